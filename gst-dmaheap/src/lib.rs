@@ -1,0 +1,1 @@
+//! GStreamer plugin `dmaheap` (work in progress: see issue 4).

@@ -1,0 +1,440 @@
+//! The owned buffer: its fd, size and origin, a CPU mapping kept for its whole life, and
+//! guards that bracket CPU access with `DMA_BUF_IOCTL_SYNC`.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::OnceLock;
+
+use rustix::mm::{MapFlags, ProtFlags};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::heap::HeapName;
+use crate::uapi::{self, SyncDirection};
+
+/// Where a buffer's memory came from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "type", content = "heap", rename_all = "kebab-case")]
+pub enum Origin {
+    /// A DMA-BUF heap (`/dev/dma_heap/<name>`).
+    Heap(HeapName),
+    /// A sealed memfd turned into a dma-buf by `/dev/udmabuf`.
+    Udmabuf,
+    /// A plain sealed memfd: shareable memory, but not a dma-buf.
+    Memfd,
+    /// An fd received from elsewhere; `exporter` is the dma-buf exporter's name if it is one.
+    Imported { exporter: Option<String> },
+}
+
+impl Origin {
+    /// Whether buffers of this origin are dma-bufs (devices can import them).
+    pub fn is_dmabuf(&self) -> bool {
+        match self {
+            Self::Heap(_) | Self::Udmabuf => true,
+            Self::Memfd => false,
+            Self::Imported { exporter } => exporter.is_some(),
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Heap(name) => write!(f, "heap {name}"),
+            Self::Udmabuf => f.write_str("udmabuf"),
+            Self::Memfd => f.write_str("memfd"),
+            Self::Imported { exporter: Some(e) } => write!(f, "imported dma-buf ({e})"),
+            Self::Imported { exporter: None } => f.write_str("imported fd"),
+        }
+    }
+}
+
+/// A shared mapping of the whole buffer, unmapped on drop.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    writable: bool,
+}
+
+// SAFETY: the mapping is plain shared memory; who may read or write it through this process is
+// governed by the borrows of the owning `DmaBuf` (`&` for reads, `&mut` for writes).
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` only hands out reads.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn new(fd: BorrowedFd<'_>, len: usize) -> rustix::io::Result<Self> {
+        let map = |prot| {
+            // SAFETY: a fresh MAP_SHARED mapping at an address the kernel picks aliases no Rust
+            // object; it lives until `Drop` unmaps it.
+            unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0) }
+        };
+        // A read-only fd (e.g. one a consumer received) can still be mapped for reading.
+        let (ptr, writable) = match map(ProtFlags::READ | ProtFlags::WRITE) {
+            Ok(ptr) => (ptr, true),
+            Err(rustix::io::Errno::ACCESS) => (map(ProtFlags::READ)?, false),
+            Err(e) => return Err(e),
+        };
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(rustix::io::Errno::FAULT)?;
+        Ok(Self { ptr, len, writable })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what mmap returned and nothing borrows the mapping
+        // any more (guards borrow the owning DmaBuf, which is being dropped).
+        if let Err(e) = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) } {
+            log::error!("munmap of a {} byte buffer failed: {e}", self.len);
+        }
+    }
+}
+
+/// An owned buffer: a dma-buf (or, as the last fallback, a sealed memfd).
+///
+/// The CPU mapping is made on first access and kept until the buffer is dropped, because
+/// mapping a large dma-buf costs milliseconds. Access goes through [`DmaBuf::read`] and
+/// [`DmaBuf::write`], whose guards issue `DMA_BUF_IOCTL_SYNC` start and end.
+pub struct DmaBuf {
+    fd: OwnedFd,
+    len: u64,
+    origin: Origin,
+    name: Option<String>,
+    mapping: OnceLock<Mapping>,
+}
+
+impl fmt::Debug for DmaBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DmaBuf")
+            .field("fd", &self.fd.as_raw_fd())
+            .field("len", &self.len)
+            .field("origin", &self.origin)
+            .field("name", &self.name)
+            .field("mapped", &self.mapping.get().is_some())
+            .finish()
+    }
+}
+
+impl DmaBuf {
+    pub(crate) fn from_parts(fd: OwnedFd, len: u64, origin: Origin) -> Self {
+        Self {
+            fd,
+            len,
+            origin,
+            name: None,
+            mapping: OnceLock::new(),
+        }
+    }
+
+    /// Wraps an fd received from elsewhere (a PipeWire buffer, another process). Its size is
+    /// the fd's end; `fdinfo` tells whether it is a dma-buf and who exported it.
+    pub fn import(fd: OwnedFd) -> Result<Self> {
+        let len = rustix::fs::seek(&fd, rustix::fs::SeekFrom::End(0))
+            .map_err(|e| Error::io("finding the size of an imported fd", e))?;
+        let info = FdInfo::read(fd.as_fd()).ok();
+        let exporter = info.as_ref().and_then(|i| i.exp_name().map(str::to_owned));
+        let name = info.as_ref().and_then(|i| i.name().map(str::to_owned));
+        let mut buf = Self::from_parts(fd, len, Origin::Imported { exporter });
+        buf.name = name;
+        Ok(buf)
+    }
+
+    /// The size in bytes (whole pages for allocated buffers).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the buffer has no bytes (never true for allocated buffers).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Where the memory came from.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// Whether devices can import it (everything but the memfd fallback).
+    pub fn is_dmabuf(&self) -> bool {
+        self.origin.is_dmabuf()
+    }
+
+    /// The name given with [`DmaBuf::set_name`] or at allocation.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// Names the buffer so `/proc/<pid>/fdinfo/<fd>` (and tools such as `dmabuf_dump`) say
+    /// who owns it. Names are at most 31 bytes. A memfd keeps the name it was created with.
+    pub fn set_name(&mut self, name: &str) -> Result<()> {
+        let cname = validate_buffer_name(name)?;
+        if self.is_dmabuf() {
+            uapi::dma_buf_set_name(&self.fd, &cname)
+                .map_err(|e| Error::io(format!("naming a dma-buf from {}", self.origin), e))?;
+        } else if self.name.is_some() {
+            return Err(Error::Unsupported(
+                "a memfd keeps the name it was created with".into(),
+            ));
+        }
+        self.name = Some(name.to_owned());
+        Ok(())
+    }
+
+    pub(crate) fn set_recorded_name(&mut self, name: &str) {
+        self.name = Some(name.to_owned());
+    }
+
+    /// What the kernel says about this fd.
+    pub fn fdinfo(&self) -> Result<FdInfo> {
+        FdInfo::read(self.fd.as_fd())
+    }
+
+    /// Makes the CPU mapping now (it is otherwise made on first access), so that a pool's
+    /// buffers cost nothing to access on the hot path.
+    pub fn map(&self) -> Result<()> {
+        self.mapping().map(|_| ())
+    }
+
+    /// Whether the CPU mapping exists.
+    pub fn is_mapped(&self) -> bool {
+        self.mapping.get().is_some()
+    }
+
+    fn mapping(&self) -> Result<&Mapping> {
+        if let Some(m) = self.mapping.get() {
+            return Ok(m);
+        }
+        let len = usize::try_from(self.len)
+            .map_err(|_| Error::Unsupported("buffer larger than the address space".into()))?;
+        if len == 0 {
+            return Err(Error::Unsupported(
+                "an empty buffer cannot be mapped".into(),
+            ));
+        }
+        let mapping = Mapping::new(self.fd.as_fd(), len).map_err(|e| match e {
+            rustix::io::Errno::PERM | rustix::io::Errno::INVAL => Error::Unsupported(format!(
+                "the CPU may not map this buffer from {} ({e}); protected heaps cannot be \
+                 mapped",
+                self.origin
+            )),
+            e => Error::io(format!("mapping {len} bytes from {}", self.origin), e),
+        })?;
+        // If another thread mapped it meanwhile, ours is dropped (unmapped) here.
+        let _ = self.mapping.set(mapping);
+        Ok(self.mapping.get().expect("mapping was just set"))
+    }
+
+    fn sync_start(&self, dir: SyncDirection) -> Result<()> {
+        if self.is_dmabuf() {
+            uapi::dma_buf_sync_start(&self.fd, dir).map_err(|e| {
+                Error::io(format!("DMA_BUF_IOCTL_SYNC start on {}", self.origin), e)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn sync_end(&self, dir: SyncDirection) -> Result<()> {
+        if self.is_dmabuf() {
+            uapi::dma_buf_sync_end(&self.fd, dir)
+                .map_err(|e| Error::io(format!("DMA_BUF_IOCTL_SYNC end on {}", self.origin), e))?;
+        }
+        Ok(())
+    }
+
+    /// Begins CPU reads; the guard derefs to the bytes and ends the access when dropped.
+    pub fn read(&self) -> Result<CpuRead<'_>> {
+        let mapping = self.mapping()?;
+        self.sync_start(SyncDirection::Read)?;
+        // SAFETY: the mapping covers `len` readable bytes and lives as long as `self`, which
+        // the guard borrows; writes through this process need `&mut self`, so none overlap.
+        let bytes = unsafe { std::slice::from_raw_parts(mapping.ptr.as_ptr(), mapping.len) };
+        Ok(CpuRead { buf: self, bytes })
+    }
+
+    /// Begins CPU reads and writes; the guard derefs to the bytes mutably and ends the access
+    /// (flushing CPU writes towards devices) when dropped or [`CpuWrite::finish`]ed.
+    pub fn write(&mut self) -> Result<CpuWrite<'_>> {
+        let mapping = self.mapping()?;
+        if !mapping.writable {
+            return Err(Error::Unsupported(format!(
+                "this buffer from {} was opened read-only",
+                self.origin
+            )));
+        }
+        let (ptr, len) = (mapping.ptr, mapping.len);
+        self.sync_start(SyncDirection::ReadWrite)?;
+        // SAFETY: the mapping covers `len` writable bytes and lives as long as `self`, which the
+        // guard borrows exclusively, so no other slice of it exists in this process.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), len) };
+        Ok(CpuWrite {
+            buf: self,
+            bytes,
+            ended: false,
+        })
+    }
+
+    /// Gives up the buffer for its fd (the mapping is dropped).
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+}
+
+impl AsFd for DmaBuf {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for DmaBuf {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// CPU read access to a buffer; ends the `DMA_BUF_IOCTL_SYNC` bracket on drop.
+pub struct CpuRead<'a> {
+    buf: &'a DmaBuf,
+    bytes: &'a [u8],
+}
+
+impl Deref for CpuRead<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.bytes
+    }
+}
+
+impl Drop for CpuRead<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.buf.sync_end(SyncDirection::Read) {
+            log::warn!("{e}");
+        }
+    }
+}
+
+/// CPU read/write access to a buffer; ends the `DMA_BUF_IOCTL_SYNC` bracket on drop.
+pub struct CpuWrite<'a> {
+    buf: &'a DmaBuf,
+    bytes: &'a mut [u8],
+    ended: bool,
+}
+
+impl CpuWrite<'_> {
+    /// Ends the access now and reports whether the kernel accepted it (drop only logs).
+    pub fn finish(mut self) -> Result<()> {
+        self.ended = true;
+        self.buf.sync_end(SyncDirection::ReadWrite)
+    }
+}
+
+impl Deref for CpuWrite<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.bytes
+    }
+}
+
+impl DerefMut for CpuWrite<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.bytes
+    }
+}
+
+impl Drop for CpuWrite<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            if let Err(e) = self.buf.sync_end(SyncDirection::ReadWrite) {
+                log::warn!("{e}");
+            }
+        }
+    }
+}
+
+pub(crate) fn validate_buffer_name(name: &str) -> Result<CString> {
+    let invalid = |reason: String| Error::InvalidBufferName {
+        name: name.to_owned(),
+        reason,
+    };
+    if name.len() > uapi::DMA_BUF_NAME_MAX {
+        return Err(invalid(format!(
+            "the kernel keeps at most {} bytes",
+            uapi::DMA_BUF_NAME_MAX
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(invalid("it contains control characters".into()));
+    }
+    CString::new(name).map_err(|_| invalid("it contains a NUL byte".into()))
+}
+
+/// `/proc/self/fdinfo/<fd>`: for a dma-buf, `size`, `exp_name` (the exporter: `system`,
+/// `reserved`, `udmabuf`, ...) and `name`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FdInfo(HashMap<String, String>);
+
+impl FdInfo {
+    /// Reads the fdinfo of one of this process's fds.
+    pub fn read(fd: BorrowedFd<'_>) -> Result<Self> {
+        let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| Error::io(format!("reading {path}"), e))?;
+        Ok(Self::parse(&text))
+    }
+
+    fn parse(text: &str) -> Self {
+        Self(
+            text.lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect(),
+        )
+    }
+
+    /// Any field.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// The exporter (heap name, `udmabuf`); present only for dma-bufs.
+    pub fn exp_name(&self) -> Option<&str> {
+        self.get("exp_name")
+    }
+
+    /// The name set with `DMA_BUF_SET_NAME`.
+    pub fn name(&self) -> Option<&str> {
+        self.get("name").filter(|n| !n.is_empty())
+    }
+
+    /// The buffer size the exporter reports.
+    pub fn size(&self) -> Option<u64> {
+        self.get("size")?.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_of_a_dmabuf_parses() {
+        let info = FdInfo::parse(
+            "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t1053\nsize:\t8388608\ncount:\t1\n\
+             exp_name:\tsystem\nname:\tdmaheap:cli\n",
+        );
+        assert_eq!(info.size(), Some(8 << 20));
+        assert_eq!(info.exp_name(), Some("system"));
+        assert_eq!(info.name(), Some("dmaheap:cli"));
+    }
+
+    #[test]
+    fn buffer_names_the_kernel_refuses_are_refused_here() {
+        assert!(validate_buffer_name("dmaheap:video-decode#12").is_ok());
+        assert!(validate_buffer_name(&"x".repeat(32)).is_err());
+        assert!(validate_buffer_name("a\0b").is_err());
+        assert!(validate_buffer_name("a\nb").is_err());
+    }
+}

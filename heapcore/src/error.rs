@@ -1,0 +1,122 @@
+//! Errors that say what went wrong and what the user can do about it.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Everything heapcore can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A heap name that could escape `/dev/dma_heap` or is not a name at all. Refused before
+    /// anything is opened.
+    #[error("{name:?} is not a valid heap name: {reason}")]
+    InvalidHeapName { name: String, reason: &'static str },
+
+    /// The name is well-formed but no such heap exists on this machine.
+    #[error("{}", unknown_heap_message(.name, .available))]
+    UnknownHeap {
+        name: String,
+        available: Vec<String>,
+    },
+
+    /// The device exists but this process may not open it.
+    #[error("no permission to open {}: {fix}", .path.display())]
+    PermissionDenied { path: PathBuf, fix: String },
+
+    /// The backend had no memory for this request.
+    #[error("{source_name} is out of memory for {size} bytes")]
+    OutOfMemory { source_name: String, size: u64 },
+
+    /// The size cannot be allocated anywhere (zero, overflowing, beyond this machine's RAM).
+    #[error("invalid buffer size {size}: {reason}")]
+    InvalidSize { size: u64, reason: String },
+
+    /// The backend has a size limit below the request.
+    #[error("{source_name} cannot allocate {size} bytes: its limit is {limit} bytes ({hint})")]
+    TooLarge {
+        source_name: String,
+        size: u64,
+        limit: u64,
+        hint: &'static str,
+    },
+
+    /// The backend does not exist on this machine (e.g. no `/dev/udmabuf`).
+    #[error("{source_name} is not available: {reason}")]
+    Unavailable { source_name: String, reason: String },
+
+    /// A buffer name the kernel would refuse.
+    #[error("invalid buffer name {name:?}: {reason}")]
+    InvalidBufferName { name: String, reason: String },
+
+    /// The operation makes no sense for this buffer (e.g. CPU-mapping a protected buffer).
+    #[error("{0}")]
+    Unsupported(String),
+
+    /// Every candidate failed; each attempt says why.
+    #[error("no candidate could allocate {size} bytes: {}", Attempts(.attempts))]
+    Exhausted {
+        size: u64,
+        attempts: Vec<(String, Error)>,
+    },
+
+    /// A system call failed where no more specific error applies.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: impl Into<io::Error>) -> Self {
+        Self::Io {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Whether the next candidate heap may succeed where this one failed. Errors about the
+    /// request itself (size, name) would fail everywhere and end the walk at once.
+    pub fn is_fallback_worthy(&self) -> bool {
+        !matches!(
+            self,
+            Self::InvalidSize { .. }
+                | Self::InvalidBufferName { .. }
+                | Self::InvalidHeapName { .. }
+        )
+    }
+}
+
+fn unknown_heap_message(name: &str, available: &[String]) -> String {
+    if available.is_empty() {
+        format!(
+            "no DMA-BUF heap named {name:?}: this kernel exposes no heaps (/dev/dma_heap is \
+             missing or empty; it needs CONFIG_DMABUF_HEAPS and a heap such as \
+             CONFIG_DMABUF_HEAPS_SYSTEM)"
+        )
+    } else {
+        format!(
+            "no DMA-BUF heap named {name:?}; heaps here: {}",
+            available.join(", ")
+        )
+    }
+}
+
+struct Attempts<'a>(&'a [(String, Error)]);
+
+impl fmt::Display for Attempts<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (who, err)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{who}: {err}")?;
+        }
+        Ok(())
+    }
+}
+
+/// heapcore's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

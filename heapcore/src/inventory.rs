@@ -1,0 +1,299 @@
+//! Discovery: which heaps and backends this machine has, what each gives, who may use it.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::access::Access;
+use crate::error::{Error, Result};
+use crate::heap::{CMA_ALIAS, DEFAULT_CMA_NAMES, HeapKind, HeapName, HeapProperties};
+use crate::sysinfo;
+
+/// Where the kernel publishes what discovery reads; tests point it at a scratch directory.
+#[derive(Debug, Clone)]
+pub struct SysPaths {
+    pub dma_heap_dir: PathBuf,
+    pub udmabuf_dev: PathBuf,
+    pub udmabuf_size_limit: PathBuf,
+    pub cma_areas_dir: PathBuf,
+    pub meminfo: PathBuf,
+}
+
+impl Default for SysPaths {
+    fn default() -> Self {
+        Self {
+            dma_heap_dir: "/dev/dma_heap".into(),
+            udmabuf_dev: "/dev/udmabuf".into(),
+            udmabuf_size_limit: "/sys/module/udmabuf/parameters/size_limit_mb".into(),
+            cma_areas_dir: "/sys/kernel/mm/cma".into(),
+            meminfo: "/proc/meminfo".into(),
+        }
+    }
+}
+
+/// One heap device.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeapInfo {
+    /// The name in `/dev/dma_heap` (for an alias, the alias).
+    pub name: HeapName,
+    /// The device node.
+    pub path: PathBuf,
+    /// For a symlinked alias (e.g. Raspberry Pi's `vidbuf_cached`), the heap it points to.
+    pub alias_of: Option<HeapName>,
+    pub kind: HeapKind,
+    /// Whether this is the default CMA area's heap, whichever name this kernel gives it.
+    pub default_cma: bool,
+    pub properties: HeapProperties,
+    pub access: Access,
+}
+
+/// `/dev/udmabuf`: turns sealed memfds into dma-bufs.
+#[derive(Debug, Clone, Serialize)]
+pub struct UdmabufInfo {
+    pub path: PathBuf,
+    pub access: Access,
+    /// The module's `size_limit_mb` in bytes (64 MiB unless changed).
+    pub size_limit: Option<u64>,
+}
+
+/// CMA totals from `/proc/meminfo` (all areas together).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CmaUsage {
+    pub total: u64,
+    pub free: u64,
+}
+
+/// Everything discovery found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inventory {
+    pub heaps: Vec<HeapInfo>,
+    pub udmabuf: UdmabufInfo,
+    pub cma: Option<CmaUsage>,
+    #[serde(skip)]
+    paths: SysPaths,
+}
+
+impl Inventory {
+    /// Looks at this machine.
+    pub fn discover() -> Self {
+        Self::discover_with(SysPaths::default())
+    }
+
+    /// Looks at the files `paths` names.
+    pub fn discover_with(paths: SysPaths) -> Self {
+        let cma_areas = read_dir_names(&paths.cma_areas_dir);
+        let mut heaps: Vec<HeapInfo> = read_dir_names(&paths.dma_heap_dir)
+            .into_iter()
+            .filter_map(|name| heap_info(&paths.dma_heap_dir, &name, &cma_areas))
+            .collect();
+        heaps.sort_by(|a, b| a.name.cmp(&b.name));
+        let udmabuf = UdmabufInfo {
+            access: Access::check(&paths.udmabuf_dev),
+            size_limit: std::fs::read_to_string(&paths.udmabuf_size_limit)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(|mb| mb << 20),
+            path: paths.udmabuf_dev.clone(),
+        };
+        let meminfo = sysinfo::MemInfo::read_from(&paths.meminfo);
+        let cma = match (meminfo.get("CmaTotal"), meminfo.get("CmaFree")) {
+            (Some(total), Some(free)) if total > 0 => Some(CmaUsage { total, free }),
+            _ => None,
+        };
+        Self {
+            heaps,
+            udmabuf,
+            cma,
+            paths,
+        }
+    }
+
+    /// The paths this inventory was read from.
+    pub fn paths(&self) -> &SysPaths {
+        &self.paths
+    }
+
+    /// Whether `/dev/udmabuf` exists.
+    pub fn has_udmabuf(&self) -> bool {
+        !matches!(self.udmabuf.access, Access::Missing)
+    }
+
+    /// Finds a heap by name. Besides exact names this understands `cma` and every name the
+    /// default CMA heap has had (`linux,cma`, `reserved`, ...), so a name written for one
+    /// kernel keeps working on another.
+    pub fn find(&self, requested: &str) -> Result<&HeapInfo> {
+        let name = HeapName::new(requested)?;
+        if let Some(heap) = self.heaps.iter().find(|h| h.name == name) {
+            return Ok(heap);
+        }
+        if requested == CMA_ALIAS || DEFAULT_CMA_NAMES.contains(&requested) {
+            let default = self.heaps.iter().find(|h| h.default_cma);
+            let any_cma = || {
+                self.heaps
+                    .iter()
+                    .find(|h| h.kind == HeapKind::Cma && requested == CMA_ALIAS)
+            };
+            if let Some(heap) = default.or_else(any_cma) {
+                return Ok(heap);
+            }
+        }
+        Err(Error::UnknownHeap {
+            name: requested.to_owned(),
+            available: self.heaps.iter().map(|h| h.name.to_string()).collect(),
+        })
+    }
+}
+
+fn read_dir_names(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect()
+}
+
+fn heap_info(dir: &Path, name: &str, cma_areas: &[String]) -> Option<HeapInfo> {
+    let Ok(heap_name) = HeapName::new(name) else {
+        log::warn!("ignoring {}/{name:?}: not a plain heap name", dir.display());
+        return None;
+    };
+    let path = dir.join(name);
+    // A vendor alias is a symlink to another heap node; its kind is that of the target.
+    let alias_of = match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            let target = std::fs::canonicalize(&path).ok()?;
+            target
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| HeapName::new(n).ok())
+        }
+        Ok(_) => None,
+        Err(_) => return None,
+    };
+    let kernel_name = alias_of.as_ref().map_or(name, HeapName::as_str);
+    let kind = HeapKind::recognise(kernel_name, cma_areas);
+    Some(HeapInfo {
+        default_cma: kind == HeapKind::Cma && DEFAULT_CMA_NAMES.contains(&kernel_name),
+        properties: kind.properties(),
+        access: Access::check(&path),
+        name: heap_name,
+        path,
+        alias_of,
+        kind,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake /dev and /sys in a scratch directory: regular files stand in for device nodes.
+    fn fake_machine(heaps: &[&str], cma_areas: &[&str]) -> (PathBuf, SysPaths) {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let root = std::env::temp_dir().join(format!("dmaheap-inv-{}-{n}", std::process::id()));
+        let paths = SysPaths {
+            dma_heap_dir: root.join("dma_heap"),
+            udmabuf_dev: root.join("udmabuf"),
+            udmabuf_size_limit: root.join("size_limit_mb"),
+            cma_areas_dir: root.join("cma"),
+            meminfo: root.join("meminfo"),
+        };
+        std::fs::create_dir_all(&paths.dma_heap_dir).unwrap();
+        std::fs::create_dir_all(&paths.cma_areas_dir).unwrap();
+        for heap in heaps {
+            std::fs::write(paths.dma_heap_dir.join(heap), b"").unwrap();
+        }
+        for area in cma_areas {
+            std::fs::create_dir_all(paths.cma_areas_dir.join(area)).unwrap();
+        }
+        (root, paths)
+    }
+
+    #[test]
+    fn finds_heaps_and_recognises_their_kinds() {
+        let (root, paths) = fake_machine(&["system", "reserved", "mystery"], &["reserved"]);
+        std::fs::write(&paths.udmabuf_dev, b"").unwrap();
+        std::fs::write(&paths.udmabuf_size_limit, b"64\n").unwrap();
+        std::fs::write(
+            &paths.meminfo,
+            "MemTotal: 100 kB\nCmaTotal: 131072 kB\nCmaFree: 1024 kB\n",
+        )
+        .unwrap();
+        let inv = Inventory::discover_with(paths);
+        let names: Vec<_> = inv.heaps.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["mystery", "reserved", "system"]);
+        assert_eq!(inv.find("system").unwrap().kind, HeapKind::System);
+        assert_eq!(inv.find("reserved").unwrap().kind, HeapKind::Cma);
+        assert_eq!(inv.find("mystery").unwrap().kind, HeapKind::Unknown);
+        assert_eq!(inv.udmabuf.size_limit, Some(64 << 20));
+        assert!(inv.has_udmabuf());
+        let cma = inv.cma.unwrap();
+        assert_eq!((cma.total, cma.free), (128 << 20, 1 << 20));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn any_default_cma_name_finds_the_default_cma_heap() {
+        let (root, paths) = fake_machine(&["system", "reserved"], &[]);
+        let inv = Inventory::discover_with(paths);
+        for name in ["cma", "linux,cma", "default_cma_region", "default-pool"] {
+            assert_eq!(inv.find(name).unwrap().name.as_str(), "reserved", "{name}");
+        }
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn cma_alias_finds_a_region_heap_when_no_default_exists() {
+        let (root, paths) = fake_machine(
+            &["system", "framebuffer@80000000"],
+            &["framebuffer@80000000"],
+        );
+        let inv = Inventory::discover_with(paths);
+        assert_eq!(
+            inv.find("cma").unwrap().name.as_str(),
+            "framebuffer@80000000"
+        );
+        assert!(matches!(
+            inv.find("linux,cma"),
+            Err(Error::UnknownHeap { .. })
+        ));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn symlinked_aliases_take_their_targets_kind() {
+        let (root, paths) = fake_machine(&["system"], &[]);
+        std::os::unix::fs::symlink("system", paths.dma_heap_dir.join("vidbuf_cached")).unwrap();
+        let inv = Inventory::discover_with(paths);
+        let alias = inv.find("vidbuf_cached").unwrap();
+        assert_eq!(alias.alias_of.as_ref().unwrap().as_str(), "system");
+        assert_eq!(alias.kind, HeapKind::System);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn unknown_heaps_list_what_exists_and_bad_names_are_refused() {
+        let (root, paths) = fake_machine(&["system"], &[]);
+        let inv = Inventory::discover_with(paths);
+        let err = inv.find("nope").unwrap_err().to_string();
+        assert!(err.contains("heaps here: system"), "{err}");
+        assert!(matches!(
+            inv.find("../system"),
+            Err(Error::InvalidHeapName { .. })
+        ));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_machine_without_heaps_says_which_kernel_options_are_missing() {
+        let (root, mut paths) = fake_machine(&[], &[]);
+        paths.dma_heap_dir = root.join("absent");
+        let inv = Inventory::discover_with(paths);
+        let err = inv.find("system").unwrap_err().to_string();
+        assert!(err.contains("CONFIG_DMABUF_HEAPS"), "{err}");
+        assert!(!inv.has_udmabuf());
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}

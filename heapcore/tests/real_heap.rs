@@ -1,0 +1,317 @@
+//! Tests against real kernel heaps. On a machine without them every test is reported ignored
+//! with its reason; `tests/vm/run` runs them in a VM where the heaps exist.
+
+use std::os::fd::AsFd;
+
+use dmaheap_tests::{Failed, Need, Suite, ensure, open_fds};
+use heapcore::{Allocator, DmaBuf, Error, Origin, Source, sysinfo};
+
+const MIB: u64 = 1 << 20;
+
+fn main() {
+    let mut suite = Suite::new();
+    suite
+        .test(
+            "real_heap_system_buffer_is_a_named_dmabuf",
+            &[Need::SystemHeap],
+            system_buffer_is_a_named_dmabuf,
+        )
+        .test(
+            "real_heap_system_buffer_is_zeroed",
+            &[Need::SystemHeap],
+            system_buffer_is_zeroed,
+        )
+        .test(
+            "real_heap_writes_read_back_through_a_second_mapping",
+            &[Need::SystemHeap],
+            writes_read_back_through_a_second_mapping,
+        )
+        .test(
+            "real_heap_cma_buffer_is_contiguous_and_from_cma",
+            &[Need::CmaHeap, Need::Root],
+            cma_buffer_is_contiguous_and_from_cma,
+        )
+        .test(
+            "real_heap_cma_out_of_memory_falls_back",
+            &[Need::CmaHeap, Need::SystemHeap],
+            cma_out_of_memory_falls_back,
+        )
+        .test(
+            "real_heap_udmabuf_buffer_works",
+            &[Need::Udmabuf],
+            udmabuf_buffer_works,
+        )
+        .test(
+            "real_heap_udmabuf_limit_is_enforced",
+            &[Need::Udmabuf],
+            udmabuf_limit_is_enforced,
+        )
+        .test(
+            "real_heap_10000_cycles_leak_no_fd",
+            &[Need::SystemHeap],
+            cycles_leak_no_fd,
+        );
+    suite.run()
+}
+
+fn system() -> Source {
+    Source::heap("system").expect("valid name")
+}
+
+fn system_buffer_is_a_named_dmabuf() -> Result<(), Failed> {
+    let alloc = Allocator::new();
+    let buf = alloc.allocate(&system(), 8 * MIB + 1, "rh-named")?;
+    ensure!(buf.is_dmabuf(), "not a dma-buf: {buf:?}");
+    ensure!(
+        buf.len() % sysinfo::page_size() == 0,
+        "length {} is not page-aligned",
+        buf.len()
+    );
+    ensure!(
+        buf.len() == 8 * MIB + sysinfo::page_size(),
+        "length {}",
+        buf.len()
+    );
+    let info = buf.fdinfo()?;
+    ensure!(
+        info.exp_name() == Some("system"),
+        "exp_name {:?}",
+        info.exp_name()
+    );
+    ensure!(info.name() == Some("rh-named"), "name {:?}", info.name());
+    ensure!(
+        info.size() == Some(buf.len()),
+        "fdinfo size {:?}",
+        info.size()
+    );
+    Ok(())
+}
+
+fn system_buffer_is_zeroed() -> Result<(), Failed> {
+    let alloc = Allocator::new();
+    // Dirty some pages and free them, so the next allocation may reuse them.
+    for _ in 0..4 {
+        let mut dirty = alloc.allocate(&system(), 4 * MIB, "rh-dirty")?;
+        dirty.write()?.fill(0xA5);
+    }
+    let buf = alloc.allocate(&system(), 16 * MIB, "rh-zero")?;
+    let bytes = buf.read()?;
+    ensure!(
+        bytes.iter().all(|&b| b == 0),
+        "a fresh system-heap buffer was not zeroed"
+    );
+    Ok(())
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
+}
+
+fn writes_read_back_through_a_second_mapping() -> Result<(), Failed> {
+    let alloc = Allocator::new();
+    let mut buf = alloc.allocate(&system(), 3 * MIB, "rh-twin")?;
+    let expected = pattern(buf.len() as usize);
+    {
+        let mut cpu = buf.write()?;
+        cpu.copy_from_slice(&expected);
+        cpu.finish()?;
+    }
+    let twin = DmaBuf::import(buf.as_fd().try_clone_to_owned()?)?;
+    ensure!(
+        twin.origin()
+            == &Origin::Imported {
+                exporter: Some("system".into())
+            },
+        "imported origin {}",
+        twin.origin()
+    );
+    ensure!(
+        twin.len() == buf.len(),
+        "imported length {} != {}",
+        twin.len(),
+        buf.len()
+    );
+    ensure!(
+        *twin.read()? == expected[..],
+        "the second mapping does not see the writes"
+    );
+    Ok(())
+}
+
+/// The allocation bitmap of a CMA area from debugfs (CONFIG_CMA_DEBUGFS): one bit per
+/// 2^order_per_bit pages, set where the area is allocated.
+struct CmaBitmap {
+    bits: Vec<bool>,
+    pages_per_bit: u64,
+}
+
+fn cma_bitmap(area: &str) -> Option<CmaBitmap> {
+    let dir = std::path::Path::new("/sys/kernel/debug/cma").join(area);
+    if !dir.exists() {
+        // Root may mount debugfs; elsewhere the bitmap is simply not available.
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "debugfs", "none", "/sys/kernel/debug"])
+            .status();
+    }
+    let words = std::fs::read_to_string(dir.join("bitmap")).ok()?;
+    let order: u32 = std::fs::read_to_string(dir.join("order_per_bit"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let bits = words
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u32>().ok())
+        .flat_map(|w| (0..32).map(move |b| w & (1 << b) != 0))
+        .collect();
+    Some(CmaBitmap {
+        bits,
+        pages_per_bit: 1 << order,
+    })
+}
+
+/// Runs of consecutive bits set in `after` but not in `before`: the allocation's placement.
+fn new_runs(before: &CmaBitmap, after: &CmaBitmap) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, (&b, &a)) in before.bits.iter().zip(&after.bits).enumerate() {
+        if a && !b {
+            match runs.last_mut() {
+                Some((start, len)) if *start + *len == i => *len += 1,
+                _ => runs.push((i, 1)),
+            }
+        }
+    }
+    runs
+}
+
+fn cma_buffer_is_contiguous_and_from_cma() -> Result<(), Failed> {
+    let cma_free = || sysinfo::MemInfo::read().get("CmaFree").unwrap_or(0);
+    let heap = dmaheap_tests::cma_heap().expect("need checked");
+    let alloc = Allocator::new();
+    let (free_before, bitmap_before) = (cma_free(), cma_bitmap(&heap));
+    let len = 24 * MIB;
+    let mut buf = alloc.allocate(&Source::heap("cma")?, len, "rh-cma")?;
+    let (free_during, bitmap_during) = (cma_free(), cma_bitmap(&heap));
+    ensure!(
+        buf.fdinfo()?.exp_name() == Some(heap.as_str()),
+        "exporter is not {heap}"
+    );
+    buf.write()?.fill(1);
+
+    // Freed CMA pages can wait on per-CPU lists, which CmaFree does not count, so a new buffer
+    // may reuse a few MiB without CmaFree moving; most of it must come off the counter.
+    let dropped = free_before.saturating_sub(free_during);
+    ensure!(
+        dropped >= len * 3 / 4,
+        "CmaFree dropped by {dropped} bytes for a {len} byte buffer"
+    );
+    match (bitmap_before, bitmap_during) {
+        (Some(before), Some(during)) => {
+            let runs = new_runs(&before, &during);
+            let pages: u64 = runs.iter().map(|r| r.1 as u64).sum::<u64>() * before.pages_per_bit;
+            ensure!(
+                runs.len() == 1,
+                "the buffer lies in {} separate runs of the CMA area: {runs:?}",
+                runs.len()
+            );
+            ensure!(
+                pages == len / sysinfo::page_size(),
+                "the area gained {pages} pages for {len} bytes"
+            );
+            println!(
+                "CMA area {heap}: the buffer is one physically contiguous run of {pages} pages at bit {}; CmaFree dropped {} MiB",
+                runs[0].0,
+                dropped / MIB
+            );
+        }
+        _ => println!(
+            "no CMA debugfs bitmap here: contiguity shown by CmaFree only (dropped {} MiB)",
+            dropped / MIB
+        ),
+    }
+    Ok(())
+}
+
+fn cma_out_of_memory_falls_back() -> Result<(), Failed> {
+    let alloc = Allocator::new();
+    let cma = Source::heap("cma")?;
+    let too_big = heapcore::sysinfo::MemInfo::read()
+        .get("CmaTotal")
+        .unwrap_or(0)
+        + 16 * MIB;
+    match alloc.allocate(&cma, too_big, "rh-oom") {
+        Err(Error::OutOfMemory { size, .. }) => ensure!(size >= too_big, "size {size}"),
+        other => return Err(format!("expected OutOfMemory from CMA, got {other:?}").into()),
+    }
+    let buf = alloc.allocate_first(&[cma, system()], too_big, "rh-fallback")?;
+    ensure!(
+        buf.origin() == &Origin::Heap("system".parse()?),
+        "served by {}",
+        buf.origin()
+    );
+    Ok(())
+}
+
+fn udmabuf_buffer_works() -> Result<(), Failed> {
+    let alloc = Allocator::new();
+    let mut buf = alloc.allocate(&Source::Udmabuf, 5 * MIB, "rh-udmabuf")?;
+    let info = buf.fdinfo()?;
+    ensure!(
+        info.exp_name() == Some("udmabuf"),
+        "exp_name {:?}",
+        info.exp_name()
+    );
+    ensure!(info.name() == Some("rh-udmabuf"), "name {:?}", info.name());
+    let expected = pattern(buf.len() as usize);
+    buf.write()?.copy_from_slice(&expected);
+    let twin = DmaBuf::import(buf.as_fd().try_clone_to_owned()?)?;
+    ensure!(
+        *twin.read()? == expected[..],
+        "udmabuf writes do not read back"
+    );
+    Ok(())
+}
+
+fn udmabuf_limit_is_enforced() -> Result<(), Failed> {
+    let alloc = Allocator::new();
+    let limit = alloc
+        .inventory()
+        .udmabuf
+        .size_limit
+        .ok_or("size_limit_mb is not readable")?;
+    match alloc.allocate(&Source::Udmabuf, limit + 1, "rh-big") {
+        Err(Error::TooLarge { limit: l, .. }) => ensure!(l == limit, "limit {l}"),
+        other => return Err(format!("expected TooLarge, got {other:?}").into()),
+    }
+    let buf = alloc.allocate_first(&[Source::Udmabuf, Source::Memfd], limit + 1, "rh-big")?;
+    ensure!(buf.origin() == &Origin::Memfd, "served by {}", buf.origin());
+    Ok(())
+}
+
+fn cycles_leak_no_fd() -> Result<(), Failed> {
+    let alloc = Allocator::new();
+    let mut sources = vec![system()];
+    if Need::Udmabuf.is_met() {
+        sources.push(Source::Udmabuf);
+    }
+    // Warm up (opens the heap devices, which stay open by design).
+    for s in &sources {
+        alloc.allocate(s, 4096, "")?;
+    }
+    let before = open_fds();
+    for i in 0..10_000 {
+        let mut buf = alloc.allocate(&sources[i % sources.len()], 64 * 1024, "rh-cycle")?;
+        buf.write()?[0] = i as u8;
+    }
+    let after = open_fds();
+    ensure!(
+        after == before,
+        "{} fds leaked over 10,000 cycles",
+        after as i64 - before as i64
+    );
+    println!(
+        "10,000 allocate/map/write/free cycles over {} source(s): {before} fds before and after",
+        sources.len()
+    );
+    Ok(())
+}

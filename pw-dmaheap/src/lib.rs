@@ -1,0 +1,1 @@
+//! PipeWire buffer negotiator (work in progress: see issue 5).
