@@ -2,10 +2,9 @@
 
 use std::os::fd::OwnedFd;
 
-use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::access::permission_fix;
+use super::open_device;
 use crate::dmabuf::{DmaBuf, Origin};
 use crate::error::{Error, Result};
 use crate::inventory::HeapInfo;
@@ -20,18 +19,10 @@ pub(crate) struct HeapDevice {
 
 impl HeapDevice {
     pub(crate) fn open(heap: &HeapInfo) -> Result<Self> {
-        let fd = rustix::fs::open(&heap.path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| match e {
-                Errno::ACCESS | Errno::PERM => Error::PermissionDenied {
-                    path: heap.path.clone(),
-                    fix: permission_fix(&heap.path),
-                },
-                Errno::NOENT | Errno::NODEV | Errno::NXIO => Error::UnknownHeap {
-                    name: heap.name.to_string(),
-                    available: Vec::new(),
-                },
-                e => Error::io(format!("opening {}", heap.path.display()), e),
-            })?;
+        let fd = open_device(&heap.path, || Error::UnknownHeap {
+            name: heap.name.to_string(),
+            available: Vec::new(),
+        })?;
         Ok(Self {
             fd,
             origin: Origin::Heap(heap.name.clone()),

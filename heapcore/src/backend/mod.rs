@@ -6,7 +6,12 @@ mod memfd;
 mod udmabuf;
 
 use std::fmt;
+use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::str::FromStr;
+
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
 
 use serde::Serialize;
 
@@ -14,6 +19,7 @@ pub(crate) use dma_heap::HeapDevice;
 pub(crate) use memfd::sealed_memfd;
 pub(crate) use udmabuf::UdmabufDevice;
 
+use crate::access::permission_fix;
 use crate::dmabuf::Origin;
 use crate::error::Error;
 use crate::heap::HeapName;
@@ -63,4 +69,17 @@ impl FromStr for Source {
             name => Self::heap(name),
         }
     }
+}
+
+/// Opens a device node read-only (the allocation ioctls do not look at the open mode), turning
+/// a denial into the error that says how to get access and absence into `absent()`.
+fn open_device(path: &Path, absent: impl FnOnce() -> Error) -> Result<OwnedFd, Error> {
+    rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(|e| match e {
+        Errno::ACCESS | Errno::PERM => Error::PermissionDenied {
+            path: path.to_owned(),
+            fix: permission_fix(path),
+        },
+        Errno::NOENT | Errno::NODEV | Errno::NXIO => absent(),
+        e => Error::io(format!("opening {}", path.display()), e),
+    })
 }

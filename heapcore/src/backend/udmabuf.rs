@@ -2,11 +2,9 @@
 
 use std::os::fd::OwnedFd;
 
-use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
-use super::sealed_memfd;
-use crate::access::permission_fix;
+use super::{open_device, sealed_memfd};
 use crate::dmabuf::{DmaBuf, Origin};
 use crate::error::{Error, Result};
 use crate::inventory::UdmabufInfo;
@@ -20,21 +18,13 @@ pub(crate) struct UdmabufDevice {
 
 impl UdmabufDevice {
     pub(crate) fn open(info: &UdmabufInfo) -> Result<Self> {
-        let fd = rustix::fs::open(&info.path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| match e {
-                Errno::ACCESS | Errno::PERM => Error::PermissionDenied {
-                    path: info.path.clone(),
-                    fix: permission_fix(&info.path),
-                },
-                Errno::NOENT | Errno::NODEV | Errno::NXIO => Error::Unavailable {
-                    source_name: "udmabuf".into(),
-                    reason: format!(
-                        "{} does not exist (CONFIG_UDMABUF, or modprobe udmabuf)",
-                        info.path.display()
-                    ),
-                },
-                e => Error::io(format!("opening {}", info.path.display()), e),
-            })?;
+        let fd = open_device(&info.path, || Error::Unavailable {
+            source_name: "udmabuf".into(),
+            reason: format!(
+                "{} does not exist (CONFIG_UDMABUF, or modprobe udmabuf)",
+                info.path.display()
+            ),
+        })?;
         Ok(Self {
             fd,
             size_limit: info.size_limit,
