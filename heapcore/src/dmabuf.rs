@@ -199,6 +199,30 @@ impl DmaBuf {
         self.mapping().map(|_| ())
     }
 
+    /// Maps the buffer and faults every page in, so that neither the first CPU access nor a
+    /// lazily backed memfd costs page faults later (pools do this before handing buffers out).
+    pub fn prefault(&self) -> Result<()> {
+        let mapping = self.mapping()?;
+        let advice = if mapping.writable {
+            rustix::mm::Advice::LinuxPopulateWrite
+        } else {
+            rustix::mm::Advice::LinuxPopulateRead
+        };
+        // SAFETY: the range is exactly our live mapping; populating changes no contents.
+        let populated =
+            unsafe { rustix::mm::madvise(mapping.ptr.as_ptr().cast(), mapping.len, advice) };
+        if populated.is_err() {
+            // Kernels before 5.14, and PFN-mapped heaps (CMA), refuse MADV_POPULATE_*: a read of
+            // each page faults it in just the same.
+            let page = crate::sysinfo::page_size() as usize;
+            for offset in (0..mapping.len).step_by(page) {
+                // SAFETY: `offset` is inside the mapping; a volatile read keeps the fault.
+                unsafe { std::ptr::read_volatile(mapping.ptr.as_ptr().add(offset)) };
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the CPU mapping exists.
     pub fn is_mapped(&self) -> bool {
         self.mapping.get().is_some()

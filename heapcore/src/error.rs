@@ -53,6 +53,26 @@ pub enum Error {
     #[error("{0}")]
     Unsupported(String),
 
+    /// No heap, backend or fallback can serve these constraints on this machine.
+    #[error("nothing on this machine can serve this request:\n{explanation}")]
+    NoCandidate { explanation: String },
+
+    /// A pool has no free buffer and may not grow.
+    #[error("pool {pool} has no free buffer and cannot grow: {reason}")]
+    PoolExhausted { pool: String, reason: String },
+
+    /// No buffer came back to a full pool in time.
+    #[error("pool {pool}: no buffer within {waited:?} ({reason})")]
+    PoolTimeout {
+        pool: String,
+        waited: std::time::Duration,
+        reason: String,
+    },
+
+    /// The pool was shut down.
+    #[error("pool {pool} has been shut down")]
+    PoolShutDown { pool: String },
+
     /// Every candidate failed; each attempt says why.
     #[error("no candidate could allocate {size} bytes: {}", Attempts(.attempts))]
     Exhausted {

@@ -4,7 +4,12 @@
 use std::os::fd::AsFd;
 
 use dmaheap_tests::{Failed, Need, Suite, ensure, open_fds};
-use heapcore::{Allocator, DmaBuf, Error, Origin, Source, sysinfo};
+use std::sync::Arc;
+
+use heapcore::{
+    Allocator, Constraints, DmaBuf, Error, Origin, Policy, PoolConfig, PoolRegistry, QosClass,
+    Source, Usage, sysinfo,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -50,6 +55,16 @@ fn main() {
             "real_heap_10000_cycles_leak_no_fd",
             &[Need::SystemHeap],
             cycles_leak_no_fd,
+        )
+        .test(
+            "real_heap_policy_pool_serves_named_heap_buffers",
+            &[Need::SystemHeap],
+            policy_pool_serves_named_heap_buffers,
+        )
+        .test(
+            "real_heap_pool_falls_back_from_cma_to_system",
+            &[Need::CmaHeap, Need::SystemHeap],
+            pool_falls_back_from_cma_to_system,
         );
     suite.run()
 }
@@ -312,6 +327,87 @@ fn cycles_leak_no_fd() -> Result<(), Failed> {
     println!(
         "10,000 allocate/map/write/free cycles over {} source(s): {before} fds before and after",
         sources.len()
+    );
+    Ok(())
+}
+
+fn policy_pool_serves_named_heap_buffers() -> Result<(), Failed> {
+    let registry = PoolRegistry::new(Arc::new(Allocator::new()), Policy::builtin(), None);
+    let layout =
+        heapcore::format::FrameLayout::packed(heapcore::format::VideoFormat::Nv12, 1920, 1080)?;
+    let constraints = Constraints::for_frame(&layout).usage(Usage::new(Usage::ANIMATION)?);
+    let candidates = registry.candidates(&constraints);
+    println!("{candidates}");
+    ensure!(
+        candidates.sources()[0] == system(),
+        "animation should prefer the system heap"
+    );
+    let pool = registry.pool_for(&constraints)?;
+    ensure!(
+        pool.config().qos == QosClass::Realtime && pool.stats().buffers_free == 4,
+        "not prewarmed: {:?}",
+        pool.stats()
+    );
+    let mut buf = pool.try_acquire()?;
+    let info = buf.fdinfo()?;
+    ensure!(
+        info.exp_name() == Some("system"),
+        "exp_name {:?}",
+        info.exp_name()
+    );
+    ensure!(
+        info.name()
+            .is_some_and(|n| n.starts_with("animation-3.0MiB#")),
+        "name {:?}",
+        info.name()
+    );
+    buf.write()?.fill(7);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&*buf);
+    drop(buf);
+    let again = pool.try_acquire()?;
+    ensure!(
+        std::os::fd::AsRawFd::as_raw_fd(&*again) == fd,
+        "the pool did not recycle the buffer"
+    );
+    ensure!(
+        again.read()?.iter().all(|&b| b == 7),
+        "recycled buffers keep their contents"
+    );
+    ensure!(pool.stats().hot_path_allocs == 0, "{:?}", pool.stats());
+    Ok(())
+}
+
+fn pool_falls_back_from_cma_to_system() -> Result<(), Failed> {
+    let alloc = Arc::new(Allocator::new());
+    let cma_total = sysinfo::MemInfo::read().get("CmaTotal").unwrap_or(0);
+    let size = 24 * MIB;
+    let count = (cma_total / size + 2) as usize;
+    let config = PoolConfig::new("rh-fallback", vec![Source::heap("cma")?, system()], size)
+        .max_buffers(count);
+    let pool = heapcore::Pool::new(alloc, config)?;
+    let held: Vec<_> = (0..count)
+        .map(|_| pool.try_acquire())
+        .collect::<Result<_, _>>()?;
+    let from = |heap: &str| {
+        held.iter()
+            .filter(|b| {
+                b.fdinfo()
+                    .ok()
+                    .and_then(|i| i.exp_name().map(str::to_owned))
+                    .as_deref()
+                    == Some(heap)
+            })
+            .count()
+    };
+    let cma = dmaheap_tests::cma_heap().expect("need checked");
+    let (n_cma, n_system) = (from(&cma), from("system"));
+    println!(
+        "{count} x 24 MiB: {n_cma} from {cma}, {n_system} from system (CMA total {} MiB)",
+        cma_total / MIB
+    );
+    ensure!(
+        n_cma >= 1 && n_system >= 2 && n_cma + n_system == count,
+        "cma {n_cma}, system {n_system}"
     );
     Ok(())
 }

@@ -1,0 +1,534 @@
+//! The usage policy: which heaps, in which order, serve each usage ("scanout: cma, system").
+//!
+//! Like fstab for mounts: built-in defaults that suit a desktop and an SoC, overridden by
+//! `/etc/dmaheap/policy.toml`, then by the user's `$XDG_CONFIG_HOME/dmaheap/policy.toml`;
+//! `DMAHEAP_POLICY` names a file that replaces both. A file that does not parse is reported
+//! with its line and left out; everything else stays in force.
+//!
+//! ```toml
+//! [usage.scanout]
+//! heaps = ["cma", "system"]   # tried in this order; "udmabuf" and "memfd" name those backends
+//! contiguous = true           # its buffers must be physically contiguous
+//! qos = "realtime"            # pool class for this usage
+//! prewarm = 4                 # buffers a realtime pool holds ready
+//! ```
+
+use std::collections::BTreeMap;
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Source;
+use crate::pool::QosClass;
+
+/// What a buffer is for. Well-known usages have constants; a policy file may add its own
+/// (lower-case letters, digits and `-`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Usage(String);
+
+impl Usage {
+    pub const GENERIC: &'static str = "generic";
+    pub const SCANOUT: &'static str = "scanout";
+    pub const VIDEO_DECODE: &'static str = "video-decode";
+    pub const VIDEO_ENCODE: &'static str = "video-encode";
+    pub const CAMERA: &'static str = "camera";
+    pub const ANIMATION: &'static str = "animation";
+    pub const SCREENCAST: &'static str = "screencast";
+    pub const RENDER: &'static str = "render";
+
+    /// Validates a usage name.
+    pub fn new(name: &str) -> Result<Self, String> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(format!(
+                "{name:?} is not a usage name (lower-case letters, digits and '-', e.g. \
+                 video-decode)"
+            ))
+        }
+    }
+
+    /// The generic usage.
+    pub fn generic() -> Self {
+        Self(Self::GENERIC.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Usage {
+    fn default() -> Self {
+        Self::generic()
+    }
+}
+
+impl fmt::Display for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Usage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::new(s)
+    }
+}
+
+/// Where a policy entry came from, for `explain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum EntryOrigin {
+    BuiltIn,
+    File { path: PathBuf, line: usize },
+}
+
+impl fmt::Display for EntryOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BuiltIn => f.write_str("built-in defaults"),
+            Self::File { path, line } => write!(f, "{}:{line}", path.display()),
+        }
+    }
+}
+
+/// What the policy says for one usage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsagePolicy {
+    /// Heap names (or `udmabuf`, `memfd`) in the order they are tried.
+    pub heaps: Vec<String>,
+    /// Buffers must be physically contiguous.
+    pub contiguous: bool,
+    /// The pool class buffers of this usage get.
+    pub qos: QosClass,
+    /// Buffers a realtime pool keeps ready.
+    pub prewarm: usize,
+    pub origin: EntryOrigin,
+}
+
+/// A policy file or layer that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}:{column}: {message}", .path.display())]
+pub struct PolicyError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// The usage → heaps table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    usages: BTreeMap<Usage, UsagePolicy>,
+    /// The files applied on top of the defaults, in order.
+    files: Vec<PathBuf>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
+/// The files `Policy::load` reads, in order.
+pub fn policy_files() -> Vec<PathBuf> {
+    if let Some(path) = std::env::var_os("DMAHEAP_POLICY") {
+        return vec![PathBuf::from(path)];
+    }
+    let mut files = vec![PathBuf::from("/etc/dmaheap/policy.toml")];
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    if let Some(dir) = config {
+        files.push(dir.join("dmaheap/policy.toml"));
+    }
+    files
+}
+
+impl Policy {
+    /// The built-in defaults. CMA first where devices may lack an IOMMU (display, codecs,
+    /// cameras), the cached system heap first where the CPU writes (animation, screen
+    /// capture, rendering); udmabuf and memfd last everywhere.
+    pub fn builtin() -> Self {
+        let entry = |heaps: &[&str], contiguous, qos, prewarm| UsagePolicy {
+            heaps: heaps.iter().map(|h| h.to_string()).collect(),
+            contiguous,
+            qos,
+            prewarm,
+            origin: EntryOrigin::BuiltIn,
+        };
+        let device_first = ["cma", "system", "udmabuf", "memfd"];
+        let cpu_first = ["system", "cma", "udmabuf", "memfd"];
+        let usages = [
+            (
+                Usage::GENERIC,
+                entry(&cpu_first, false, QosClass::Normal, 0),
+            ),
+            (
+                Usage::SCANOUT,
+                entry(&device_first, false, QosClass::Normal, 0),
+            ),
+            (
+                Usage::VIDEO_DECODE,
+                entry(&device_first, false, QosClass::Normal, 0),
+            ),
+            (
+                Usage::VIDEO_ENCODE,
+                entry(&device_first, false, QosClass::Normal, 0),
+            ),
+            (
+                Usage::CAMERA,
+                entry(&device_first, false, QosClass::Normal, 0),
+            ),
+            (
+                Usage::ANIMATION,
+                entry(&cpu_first, false, QosClass::Realtime, 4),
+            ),
+            (
+                Usage::SCREENCAST,
+                entry(
+                    &["system", "udmabuf", "memfd", "cma"],
+                    false,
+                    QosClass::Normal,
+                    0,
+                ),
+            ),
+            (Usage::RENDER, entry(&cpu_first, false, QosClass::Normal, 0)),
+        ];
+        Self {
+            usages: usages
+                .into_iter()
+                .map(|(name, policy)| (Usage(name.to_owned()), policy))
+                .collect(),
+            files: Vec::new(),
+        }
+    }
+
+    /// The defaults with every readable policy file applied. Files that do not exist are
+    /// skipped; files that do not parse are logged and returned, and change nothing.
+    pub fn load() -> (Self, Vec<PolicyError>) {
+        let mut policy = Self::builtin();
+        let mut errors = Vec::new();
+        for path in policy_files() {
+            if !path.exists() {
+                continue;
+            }
+            if let Err(e) = policy.apply_file(&path) {
+                log::warn!("policy file ignored: {e}");
+                errors.push(e);
+            }
+        }
+        (policy, errors)
+    }
+
+    /// Applies one file on top of this policy. On error this policy is left as it was.
+    pub fn apply_file(&mut self, path: &Path) -> Result<(), PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            path: path.to_owned(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read it: {e}"),
+        })?;
+        self.apply_str(&text, path)
+    }
+
+    /// Applies policy text (as if read from `path`). On error this policy is left as it was.
+    pub fn apply_str(&mut self, text: &str, path: &Path) -> Result<(), PolicyError> {
+        let layer = parse_layer(text, path)?;
+        for (usage, entry) in layer {
+            // Fields a file leaves out keep what the layer below said.
+            let base = self.usages.get(&usage);
+            let contiguous = entry
+                .contiguous
+                .or(base.map(|b| b.contiguous))
+                .unwrap_or(false);
+            let qos = entry
+                .qos
+                .or(base.map(|b| b.qos))
+                .unwrap_or(QosClass::Normal);
+            let prewarm = entry.prewarm.or(base.map(|b| b.prewarm)).unwrap_or(0);
+            self.usages.insert(
+                usage,
+                UsagePolicy {
+                    heaps: entry.heaps,
+                    contiguous,
+                    qos,
+                    prewarm,
+                    origin: EntryOrigin::File {
+                        path: path.to_owned(),
+                        line: entry.line,
+                    },
+                },
+            );
+        }
+        self.files.push(path.to_owned());
+        Ok(())
+    }
+
+    /// The entry for `usage`; an unknown usage gets `generic` (the bool says so).
+    pub fn entry(&self, usage: &Usage) -> (&UsagePolicy, bool) {
+        match self.usages.get(usage) {
+            Some(entry) => (entry, false),
+            None => {
+                log_once(format!(
+                    "usage {usage:?} is not in the policy; using generic"
+                ));
+                let generic = self
+                    .usages
+                    .get(&Usage::generic())
+                    .expect("the generic usage is always present");
+                (generic, true)
+            }
+        }
+    }
+
+    /// Every usage the policy knows.
+    pub fn usages(&self) -> impl Iterator<Item = (&Usage, &UsagePolicy)> {
+        self.usages.iter()
+    }
+
+    /// The files applied on top of the defaults.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+}
+
+/// What one file says about one usage.
+struct LayerEntry {
+    heaps: Vec<String>,
+    contiguous: Option<bool>,
+    qos: Option<QosClass>,
+    prewarm: Option<usize>,
+    line: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFormat {
+    #[serde(default)]
+    usage: BTreeMap<toml::Spanned<String>, toml::Spanned<UsageFormat>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageFormat {
+    heaps: Vec<toml::Spanned<String>>,
+    contiguous: Option<bool>,
+    qos: Option<QosClass>,
+    prewarm: Option<usize>,
+}
+
+fn parse_layer(text: &str, path: &Path) -> Result<Vec<(Usage, LayerEntry)>, PolicyError> {
+    let error_at = |offset: usize, message: String| {
+        let (line, column) = line_column(text, offset);
+        PolicyError {
+            path: path.to_owned(),
+            line,
+            column,
+            message,
+        }
+    };
+    let file: FileFormat = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        error_at(offset, e.message().trim().to_owned())
+    })?;
+    let mut layer = Vec::new();
+    for (name, entry) in file.usage {
+        let usage = Usage::new(name.get_ref()).map_err(|m| error_at(name.span().start, m))?;
+        let entry_span = entry.span();
+        let entry = entry.into_inner();
+        if entry.heaps.is_empty() {
+            return Err(error_at(
+                entry_span.start,
+                format!("usage {usage} lists no heaps"),
+            ));
+        }
+        if entry.prewarm.is_some_and(|n| n > 1024) {
+            return Err(error_at(
+                entry_span.start,
+                format!("usage {usage}: prewarm is at most 1024 buffers"),
+            ));
+        }
+        let mut heaps = Vec::with_capacity(entry.heaps.len());
+        for heap in entry.heaps {
+            Source::from_str(heap.get_ref())
+                .map_err(|e| error_at(heap.span().start, e.to_string()))?;
+            heaps.push(heap.into_inner());
+        }
+        layer.push((
+            usage,
+            LayerEntry {
+                heaps,
+                contiguous: entry.contiguous,
+                qos: entry.qos,
+                prewarm: entry.prewarm,
+                line: line_column(text, entry_span.start).0,
+            },
+        ));
+    }
+    Ok(layer)
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Logs a message the first time it is seen in this process (absent heaps, unknown usages:
+/// worth saying once, not per buffer).
+pub(crate) fn log_once(message: String) {
+    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if seen
+        .get_or_insert_with(HashSet::new)
+        .insert(message.clone())
+    {
+        log::info!("{message}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply(text: &str) -> Result<Policy, PolicyError> {
+        let mut p = Policy::builtin();
+        p.apply_str(text, Path::new("/etc/dmaheap/policy.toml"))?;
+        Ok(p)
+    }
+
+    #[test]
+    fn builtins_cover_the_well_known_usages() {
+        let p = Policy::builtin();
+        for u in [
+            "generic",
+            "scanout",
+            "video-decode",
+            "camera",
+            "animation",
+            "screencast",
+        ] {
+            let (entry, fell_back) = p.entry(&u.parse().unwrap());
+            assert!(!fell_back, "{u}");
+            assert_eq!(
+                entry.heaps.last().map(String::as_str),
+                Some(if u == "screencast" { "cma" } else { "memfd" })
+            );
+        }
+        assert_eq!(p.entry(&"scanout".parse().unwrap()).0.heaps[0], "cma");
+        assert_eq!(
+            p.entry(&"animation".parse().unwrap()).0.qos,
+            QosClass::Realtime
+        );
+    }
+
+    #[test]
+    fn a_file_overrides_one_usage_and_keeps_the_rest() {
+        let p = apply(
+            "# the kernel thread's example\n[usage.display]\nheaps = [\"cma-ecc\", \"cma\"]\n\n\
+             [usage.scanout]\nheaps = [\"reserved\"]\ncontiguous = true\nqos = \"realtime\"\nprewarm = 3\n",
+        )
+        .unwrap();
+        let (display, _) = p.entry(&"display".parse().unwrap());
+        assert_eq!(display.heaps, ["cma-ecc", "cma"]);
+        assert_eq!(
+            display.origin,
+            EntryOrigin::File {
+                path: "/etc/dmaheap/policy.toml".into(),
+                line: 2
+            }
+        );
+        let (scanout, _) = p.entry(&"scanout".parse().unwrap());
+        assert!(scanout.contiguous);
+        assert_eq!((scanout.qos, scanout.prewarm), (QosClass::Realtime, 3));
+        assert_eq!(
+            p.entry(&"camera".parse().unwrap()).0.origin,
+            EntryOrigin::BuiltIn
+        );
+    }
+
+    #[test]
+    fn unknown_usages_fall_back_to_generic() {
+        let p = Policy::builtin();
+        let (entry, fell_back) = p.entry(&"hologram".parse().unwrap());
+        assert!(fell_back);
+        assert_eq!(entry, p.entry(&Usage::generic()).0);
+    }
+
+    #[test]
+    fn malformed_files_say_where_and_change_nothing() {
+        let cases = [
+            ("[usage.scanout]\nheaps = [\"cma\"\n", 2, "unclosed array"),
+            (
+                "[usage.scanout]\nheaps = [\"cma\", \"../../dev/mem\"]\n",
+                2,
+                "not a valid heap name",
+            ),
+            (
+                "[usage.scanout]\nheaps = [\"cma\"]\nqos = \"urgent\"\n",
+                3,
+                "unknown variant",
+            ),
+            ("[usage.scanout]\nheap = [\"cma\"]\n", 2, "unknown field"),
+            (
+                "[usage.Scan_Out]\nheaps = [\"cma\"]\n",
+                1,
+                "not a usage name",
+            ),
+            ("[usage.scanout]\nheaps = []\n", 1, "lists no heaps"),
+            (
+                "[usage.scanout]\nheaps = [\"cma\"]\nprewarm = -1\n",
+                3,
+                "invalid value",
+            ),
+            ("[usages.scanout]\nheaps = [\"cma\"]\n", 1, "unknown field"),
+        ];
+        for (text, line, message) in cases {
+            let mut p = Policy::builtin();
+            let before = p.clone();
+            let err = p
+                .apply_str(text, Path::new("/etc/dmaheap/policy.toml"))
+                .unwrap_err();
+            assert_eq!(err.line, line, "{text:?}: {err}");
+            assert!(err.to_string().contains(message), "{text:?}: {err}");
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("/etc/dmaheap/policy.toml:{line}:")),
+                "{err}"
+            );
+            assert_eq!(p, before, "a bad file changed the policy");
+        }
+    }
+
+    #[test]
+    fn usage_names_are_checked() {
+        assert!(Usage::new("video-decode").is_ok());
+        for bad in ["", "Video", "a b", "x/y", &"a".repeat(65)] {
+            assert!(Usage::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn policy_files_follow_the_environment() {
+        // Only read the variables here: tests run in parallel and must not set them.
+        let files = policy_files();
+        assert!(!files.is_empty());
+        if std::env::var_os("DMAHEAP_POLICY").is_none() {
+            assert_eq!(files[0], Path::new("/etc/dmaheap/policy.toml"));
+        }
+    }
+}

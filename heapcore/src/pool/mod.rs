@@ -1,0 +1,754 @@
+//! Pools of ready buffers with priority/QoS classes.
+//!
+//! A pool keeps buffers allocated, mapped, faulted in and named, so acquiring one takes a
+//! short lock and a `Vec::pop`. A `realtime` pool is filled to its `min_buffers` before it is
+//! needed and refilled by a low-priority thread as buffers go out, so an animation frame never
+//! waits for the kernel to zero (or reclaim) pages. Every pool is capped (buffer count, its own
+//! byte budget, the registry's global budget) and gives memory back under pressure:
+//! `background` pools first, then `normal` ones, down to their `min_buffers`; a realtime
+//! pool pauses its refill while pressure is critical and resumes when it eases.
+
+mod budget;
+mod registry;
+mod stats;
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use budget::Budget;
+pub use registry::{PoolKey, PoolRegistry, RegistryStats, size_class, stats_dir};
+use stats::Counters;
+pub use stats::{LatencySummary, PoolStats};
+
+use crate::allocator::Allocator;
+use crate::backend::Source;
+use crate::dmabuf::DmaBuf;
+use crate::error::{Error, Result};
+use crate::pressure::PressureLevel;
+use crate::size::{ByteSize, page_aligned};
+
+/// How a pool is treated when memory is short and how hard it works to stay ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QosClass {
+    /// Prewarmed to `min_buffers` and refilled in the background (paused only under critical
+    /// pressure): acquire never allocates while buffers remain. Never trimmed; capped by its
+    /// budget.
+    Realtime,
+    /// Recycles on demand; trimmed to `min_buffers` under critical pressure.
+    Normal,
+    /// Recycles on demand; the first trimmed, already under moderate pressure.
+    Background,
+}
+
+impl QosClass {
+    /// How many free buffers a pool of this class may keep at a pressure level (`None`: as
+    /// many as its caps allow).
+    fn keep_free(self, level: PressureLevel, min_buffers: usize) -> Option<usize> {
+        match (self, level) {
+            (_, PressureLevel::Normal) | (Self::Realtime, _) => None,
+            (Self::Background, _) | (Self::Normal, PressureLevel::Critical) => Some(min_buffers),
+            (Self::Normal, PressureLevel::Elevated) => None,
+        }
+    }
+}
+
+impl fmt::Display for QosClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Realtime => "realtime",
+            Self::Normal => "normal",
+            Self::Background => "background",
+        })
+    }
+}
+
+impl FromStr for QosClass {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "realtime" => Ok(Self::Realtime),
+            "normal" => Ok(Self::Normal),
+            "background" => Ok(Self::Background),
+            _ => Err(format!(
+                "{s:?} is not a QoS class (realtime, normal, background)"
+            )),
+        }
+    }
+}
+
+/// What a pool holds and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Shown in statistics and in buffer names (`name#serial`, visible in fdinfo).
+    pub name: String,
+    /// Where buffers come from, tried in order (usually `Candidates::sources()`).
+    pub sources: Vec<Source>,
+    /// Bytes per buffer (rounded up to pages).
+    pub buffer_size: u64,
+    pub qos: QosClass,
+    /// Buffers allocated before the pool is used (prewarm), kept ready by a realtime pool's
+    /// refill, and kept when trimming.
+    pub min_buffers: usize,
+    /// At most this many buffers exist at once (0: no count limit).
+    pub max_buffers: usize,
+    /// At most this many bytes are held, free and in use together.
+    pub budget: Option<u64>,
+}
+
+impl PoolConfig {
+    pub fn new(name: impl Into<String>, sources: Vec<Source>, buffer_size: u64) -> Self {
+        Self {
+            name: name.into(),
+            sources,
+            buffer_size,
+            qos: QosClass::Normal,
+            min_buffers: 0,
+            max_buffers: 0,
+            budget: None,
+        }
+    }
+
+    pub fn qos(mut self, qos: QosClass) -> Self {
+        self.qos = qos;
+        self
+    }
+
+    pub fn min_buffers(mut self, n: usize) -> Self {
+        self.min_buffers = n;
+        self
+    }
+
+    pub fn max_buffers(mut self, n: usize) -> Self {
+        self.max_buffers = n;
+        self
+    }
+
+    pub fn budget(mut self, bytes: u64) -> Self {
+        self.budget = Some(bytes);
+        self
+    }
+}
+
+/// Why a pool may not grow.
+enum Denied {
+    ShutDown,
+    Count(usize),
+    Budget { cap: u64, held: u64 },
+    Global { cap: u64, used: u64 },
+}
+
+struct State {
+    free: Vec<DmaBuf>,
+    /// Buffers alive: free plus handed out.
+    total: usize,
+    shutdown: bool,
+    serial: u64,
+    /// Acquirers waiting for a buffer to come back: a release signals only when there are
+    /// some (a condvar signal is a futex syscall even with nobody waiting).
+    waiters: usize,
+    /// The refill thread sleeps and needs a signal to look again.
+    refill_idle: bool,
+}
+
+pub(crate) struct Inner {
+    config: PoolConfig,
+    len: u64,
+    alloc: Arc<Allocator>,
+    global: Option<Arc<Budget>>,
+    state: Mutex<State>,
+    /// Signalled when a buffer is returned or capacity frees up.
+    returned: Condvar,
+    /// Wakes the refill thread.
+    refill: Condvar,
+    counters: Counters,
+    pressure: AtomicU8,
+    served_by: Mutex<Option<String>>,
+}
+
+/// A pool of buffers. Cheap to clone; the pool shuts down (freeing its free buffers, and each
+/// handed-out buffer when it comes back) when the last clone is dropped or on
+/// [`Pool::shutdown`].
+#[derive(Clone)]
+pub struct Pool {
+    handle: Arc<Handle>,
+}
+
+struct Handle {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.inner.shutdown();
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("config", &self.handle.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// Creates a pool and allocates its `min_buffers` now; a realtime pool also starts its
+    /// refill thread.
+    pub fn new(alloc: Arc<Allocator>, config: PoolConfig) -> Result<Self> {
+        Self::with_global_budget(alloc, config, None)
+    }
+
+    pub(crate) fn with_global_budget(
+        alloc: Arc<Allocator>,
+        config: PoolConfig,
+        global: Option<Arc<Budget>>,
+    ) -> Result<Self> {
+        let len = page_aligned(config.buffer_size)?;
+        if config.sources.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "pool {} has no source to allocate from",
+                config.name
+            )));
+        }
+        if config.max_buffers != 0 && config.min_buffers > config.max_buffers {
+            return Err(Error::Unsupported(format!(
+                "pool {}: min-buffers {} is above max-buffers {}",
+                config.name, config.min_buffers, config.max_buffers
+            )));
+        }
+        let inner = Arc::new(Inner {
+            len,
+            alloc,
+            global,
+            state: Mutex::new(State {
+                free: Vec::with_capacity(config.min_buffers),
+                total: 0,
+                shutdown: false,
+                serial: 0,
+                waiters: 0,
+                refill_idle: false,
+            }),
+            returned: Condvar::new(),
+            refill: Condvar::new(),
+            counters: Counters::default(),
+            pressure: AtomicU8::new(PressureLevel::Normal as u8),
+            served_by: Mutex::new(None),
+            config,
+        });
+        let pool = Self {
+            handle: Arc::new(Handle {
+                inner: Arc::clone(&inner),
+            }),
+        };
+        inner.prewarm()?;
+        if inner.config.qos == QosClass::Realtime {
+            let weak = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name(format!("dmaheap-refill-{}", inner.config.name))
+                .spawn(move || refill_loop(weak))
+                .map_err(|e| Error::io("starting a pool's refill thread", e))?;
+        }
+        Ok(pool)
+    }
+
+    fn inner(&self) -> &Arc<Inner> {
+        &self.handle.inner
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PoolConfig {
+        &self.inner().config
+    }
+
+    /// The length of every buffer (page-aligned).
+    pub fn buffer_len(&self) -> u64 {
+        self.inner().len
+    }
+
+    /// A buffer now, or an error saying why none can be had (never waits).
+    pub fn try_acquire(&self) -> Result<PooledBuf> {
+        self.inner().acquire(None)
+    }
+
+    /// A buffer, waiting up to `timeout` for one to come back when the pool may not grow.
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<PooledBuf> {
+        self.inner().acquire(Some(Instant::now() + timeout))
+    }
+
+    /// Frees free buffers beyond `keep_free`; returns how many were freed.
+    pub fn trim(&self, keep_free: usize) -> usize {
+        self.inner().trim(keep_free)
+    }
+
+    /// Tells the pool the memory pressure: it trims what its class gives up at that level; a
+    /// realtime pool pauses refilling while pressure is critical and refills when it eases.
+    pub fn set_pressure(&self, level: PressureLevel) {
+        self.inner().set_pressure(level)
+    }
+
+    /// Statistics now.
+    pub fn stats(&self) -> PoolStats {
+        self.inner().stats()
+    }
+
+    /// Frees the free buffers and makes every later acquire fail; buffers still out are freed
+    /// when they come back.
+    pub fn shutdown(&self) {
+        self.inner().shutdown()
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn level(&self) -> PressureLevel {
+        PressureLevel::from_u8(self.pressure.load(Relaxed))
+    }
+
+    /// Checks every cap without reserving anything.
+    fn check_headroom(&self, st: &State) -> Result<(), Denied> {
+        if st.shutdown {
+            return Err(Denied::ShutDown);
+        }
+        let c = &self.config;
+        if c.max_buffers != 0 && st.total >= c.max_buffers {
+            return Err(Denied::Count(c.max_buffers));
+        }
+        let held = st.total as u64 * self.len;
+        if let Some(cap) = c.budget.filter(|&cap| held + self.len > cap) {
+            return Err(Denied::Budget { cap, held });
+        }
+        if let Some(g) = self
+            .global
+            .as_ref()
+            .filter(|g| g.used() + self.len > g.cap())
+        {
+            return Err(Denied::Global {
+                cap: g.cap(),
+                used: g.used(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reserves room for one more buffer; returns its serial.
+    fn reserve(&self, st: &mut State) -> Result<u64, Denied> {
+        self.check_headroom(st)?;
+        if let Some(g) = &self.global {
+            if !g.try_reserve(self.len) {
+                return Err(Denied::Global {
+                    cap: g.cap(),
+                    used: g.used(),
+                });
+            }
+        }
+        st.total += 1;
+        st.serial += 1;
+        Ok(st.serial)
+    }
+
+    fn unreserve(&self, st: &mut State) {
+        st.total -= 1;
+        if let Some(g) = &self.global {
+            g.release(self.len);
+        }
+    }
+
+    fn denied_error(&self, denied: Denied) -> Error {
+        let pool = self.config.name.clone();
+        let reason = match denied {
+            Denied::ShutDown => return Error::PoolShutDown { pool },
+            Denied::Count(max) => format!("it already has max-buffers ({max}) buffers"),
+            Denied::Budget { cap, held } => format!(
+                "another {} buffer would exceed its budget of {} ({} held)",
+                ByteSize(self.len),
+                ByteSize(cap),
+                ByteSize(held)
+            ),
+            Denied::Global { cap, used } => format!(
+                "another {} buffer would exceed the global budget of {} ({} held by all pools)",
+                ByteSize(self.len),
+                ByteSize(cap),
+                ByteSize(used)
+            ),
+        };
+        Error::PoolExhausted { pool, reason }
+    }
+
+    /// Allocates, faults in and names one buffer (outside the lock).
+    fn allocate_buffer(&self, serial: u64) -> Result<DmaBuf> {
+        let buf = self.alloc.allocate_first(
+            &self.config.sources,
+            self.len,
+            &buffer_name(&self.config.name, serial),
+        )?;
+        buf.prefault()?;
+        let mut served_by = self.served_by.lock().unwrap_or_else(|p| p.into_inner());
+        if served_by.is_none() {
+            *served_by = Some(buf.origin().to_string());
+        }
+        Ok(buf)
+    }
+
+    /// Reserves and allocates one buffer, undoing the reservation on failure.
+    fn grow(&self, serial: u64) -> Result<DmaBuf> {
+        self.allocate_buffer(serial).inspect_err(|_| {
+            self.counters.alloc_failures.fetch_add(1, Relaxed);
+            let mut st = self.lock();
+            self.unreserve(&mut st);
+            self.wake_waiter(st);
+        })
+    }
+
+    fn prewarm(&self) -> Result<()> {
+        while self.lock().total < self.config.min_buffers {
+            let serial = {
+                let mut st = self.lock();
+                self.reserve(&mut st).map_err(|d| self.denied_error(d))?
+            };
+            let buf = self.grow(serial)?;
+            self.lock().free.push(buf);
+        }
+        Ok(())
+    }
+
+    /// Whether the refill thread has work: the free list is below `min_buffers` (the refill
+    /// tops it up to there) and memory is not critically short. Under elevated pressure a
+    /// realtime pool still refills (it is the class that must stay ready, and its refill runs
+    /// off the hot path, capped by its budget); under critical pressure it waits for calm.
+    fn wants_refill(&self, st: &State) -> bool {
+        self.config.qos == QosClass::Realtime
+            && self.level() < PressureLevel::Critical
+            && st.free.len() < self.config.min_buffers
+            && self.check_headroom(st).is_ok()
+    }
+
+    /// Whether an acquire should wake the refill thread: only once the free list has fallen
+    /// below half of `min_buffers` (a low watermark), so that a steady stream cycling a few
+    /// buffers costs no wake-up per frame, and only if the thread sleeps.
+    fn should_wake_refill(&self, st: &State) -> bool {
+        st.refill_idle
+            && st.free.len() < self.config.min_buffers.div_ceil(2)
+            && self.wants_refill(st)
+    }
+
+    /// Unlocks, then signals one waiting acquirer if there is one.
+    fn wake_waiter(&self, st: MutexGuard<'_, State>) {
+        let waiting = st.waiters > 0;
+        drop(st);
+        if waiting {
+            self.returned.notify_one();
+        }
+    }
+
+    /// Signals the refill thread (the caller saw it idle and needed it).
+    fn wake_refill(&self, mut st: MutexGuard<'_, State>) {
+        st.refill_idle = false;
+        drop(st);
+        self.refill.notify_one();
+    }
+
+    fn acquire(self: &Arc<Self>, deadline: Option<Instant>) -> Result<PooledBuf> {
+        let start = Instant::now();
+        let mut st = self.lock();
+        let mut missed = false;
+        let mut denied_counted = false;
+        loop {
+            if st.shutdown {
+                return Err(self.denied_error(Denied::ShutDown));
+            }
+            if let Some(buf) = st.free.pop() {
+                if self.should_wake_refill(&st) {
+                    self.wake_refill(st);
+                } else {
+                    drop(st);
+                }
+                if !missed {
+                    self.counters.hits.fetch_add(1, Relaxed);
+                }
+                return Ok(self.hand_out(buf, start));
+            }
+            if !missed {
+                missed = true;
+                self.counters.misses.fetch_add(1, Relaxed);
+            }
+            match self.reserve(&mut st) {
+                Ok(serial) => {
+                    drop(st);
+                    self.counters.hot_path_allocs.fetch_add(1, Relaxed);
+                    let buf = self.grow(serial)?;
+                    return Ok(self.hand_out(buf, start));
+                }
+                Err(denied) => {
+                    if !denied_counted
+                        && matches!(denied, Denied::Budget { .. } | Denied::Global { .. })
+                    {
+                        denied_counted = true;
+                        self.counters.budget_denials.fetch_add(1, Relaxed);
+                    }
+                    let Some(deadline) = deadline else {
+                        return Err(self.denied_error(denied));
+                    };
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(Error::PoolTimeout {
+                            pool: self.config.name.clone(),
+                            waited: now - start,
+                            reason: self.denied_error(denied).to_string(),
+                        });
+                    }
+                    st.waiters += 1;
+                    st = self
+                        .returned
+                        .wait_timeout(st, deadline - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                    st.waiters -= 1;
+                }
+            }
+        }
+    }
+
+    fn hand_out(self: &Arc<Self>, buf: DmaBuf, start: Instant) -> PooledBuf {
+        self.counters
+            .latency
+            .record(start.elapsed().as_nanos().min(u64::MAX as u128) as u64);
+        PooledBuf {
+            buf: Some(buf),
+            pool: Arc::clone(self),
+        }
+    }
+
+    fn release(&self, buf: DmaBuf) {
+        let mut st = self.lock();
+        let keep = self
+            .config
+            .qos
+            .keep_free(self.level(), self.config.min_buffers);
+        if st.shutdown || keep.is_some_and(|k| st.free.len() >= k) {
+            if !st.shutdown {
+                self.counters.trims.fetch_add(1, Relaxed);
+            }
+            self.unreserve(&mut st);
+            self.wake_waiter(st);
+            drop(buf);
+        } else {
+            st.free.push(buf);
+            self.wake_waiter(st);
+        }
+    }
+
+    fn trim(&self, keep_free: usize) -> usize {
+        let freed: Vec<DmaBuf> = {
+            let mut st = self.lock();
+            let excess = st.free.len().saturating_sub(keep_free);
+            let at = st.free.len() - excess;
+            let freed = st.free.split_off(at);
+            for _ in 0..freed.len() {
+                self.unreserve(&mut st);
+            }
+            freed
+        };
+        let n = freed.len();
+        if n > 0 {
+            self.counters.trims.fetch_add(n as u64, Relaxed);
+            log::debug!(
+                "pool {} trimmed {n} buffer(s) ({})",
+                self.config.name,
+                ByteSize(n as u64 * self.len)
+            );
+            self.returned.notify_all();
+        }
+        n
+    }
+
+    fn set_pressure(&self, level: PressureLevel) {
+        let previous = PressureLevel::from_u8(self.pressure.swap(level as u8, Relaxed));
+        if let Some(keep) = self.config.qos.keep_free(level, self.config.min_buffers) {
+            self.trim(keep);
+        }
+        if level < previous && level < PressureLevel::Critical {
+            let st = self.lock();
+            if self.wants_refill(&st) {
+                self.wake_refill(st);
+            }
+        }
+    }
+
+    fn stats(&self) -> PoolStats {
+        let st = self.lock();
+        let c = &self.counters;
+        PoolStats {
+            name: self.config.name.clone(),
+            qos: self.config.qos.to_string(),
+            source: self
+                .served_by
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_else(|| "-".into()),
+            buffer_size: self.len,
+            hits: c.hits.load(Relaxed),
+            misses: c.misses.load(Relaxed),
+            hot_path_allocs: c.hot_path_allocs.load(Relaxed),
+            refills: c.refills.load(Relaxed),
+            trims: c.trims.load(Relaxed),
+            budget_denials: c.budget_denials.load(Relaxed),
+            alloc_failures: c.alloc_failures.load(Relaxed),
+            buffers_free: st.free.len(),
+            buffers_out: st.total - st.free.len(),
+            bytes_held: st.total as u64 * self.len,
+            budget: self.config.budget,
+            acquire_latency: c.latency.summary(),
+        }
+    }
+
+    fn shutdown(&self) {
+        let freed = {
+            let mut st = self.lock();
+            st.shutdown = true;
+            let freed = std::mem::take(&mut st.free);
+            for _ in 0..freed.len() {
+                self.unreserve(&mut st);
+            }
+            freed
+        };
+        drop(freed);
+        self.returned.notify_all();
+        self.refill.notify_all();
+    }
+}
+
+/// `name#serial`, cut to what `DMA_BUF_SET_NAME` keeps (31 bytes).
+fn buffer_name(pool: &str, serial: u64) -> String {
+    let suffix = format!("#{serial}");
+    let mut cut = 31usize.saturating_sub(suffix.len()).min(pool.len());
+    while !pool.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let clean: String = pool[..cut]
+        .chars()
+        .map(|c| if c.is_control() { '_' } else { c })
+        .collect();
+    format!("{clean}{suffix}")
+}
+
+/// The background refill of a realtime pool: tops the free list up to `min_buffers` at low
+/// CPU priority, pausing while memory pressure is critical.
+fn refill_loop(pool: Weak<Inner>) {
+    // Nice 19: refilling must never compete with the threads it exists to serve.
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
+        log::debug!("refill thread keeps its priority: {e}");
+    }
+    loop {
+        let Some(inner) = pool.upgrade() else { return };
+        let serial = {
+            let mut st = inner.lock();
+            while !st.shutdown && !inner.wants_refill(&st) {
+                st.refill_idle = true;
+                st = inner
+                    .refill
+                    .wait_timeout(st, Duration::from_millis(500))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            st.refill_idle = false;
+            if st.shutdown {
+                return;
+            }
+            match inner.reserve(&mut st) {
+                Ok(serial) => serial,
+                Err(_) => continue,
+            }
+        };
+        match inner.grow(serial) {
+            Ok(buf) => {
+                inner.counters.refills.fetch_add(1, Relaxed);
+                let mut st = inner.lock();
+                if st.shutdown {
+                    inner.unreserve(&mut st);
+                    return;
+                }
+                st.free.push(buf);
+                inner.wake_waiter(st);
+            }
+            Err(e) => {
+                log::warn!("pool {} could not refill: {e}", inner.config.name);
+                drop(inner);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// A buffer lent by a pool; it goes back to the pool when dropped (freed instead if the pool
+/// has shut down or gives memory back under pressure).
+pub struct PooledBuf {
+    buf: Option<DmaBuf>,
+    pool: Arc<Inner>,
+}
+
+impl PooledBuf {
+    /// Takes the buffer out of the pool for good (it no longer counts against the pool).
+    pub fn detach(mut self) -> DmaBuf {
+        let buf = self
+            .buf
+            .take()
+            .expect("a PooledBuf always holds its buffer");
+        let mut st = self.pool.lock();
+        self.pool.unreserve(&mut st);
+        self.pool.wake_waiter(st);
+        buf
+    }
+
+    /// The name of the pool it came from.
+    pub fn pool_name(&self) -> &str {
+        &self.pool.config.name
+    }
+}
+
+impl fmt::Debug for PooledBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledBuf")
+            .field("pool", &self.pool.config.name)
+            .field("buf", &self.buf)
+            .finish()
+    }
+}
+
+impl Deref for PooledBuf {
+    type Target = DmaBuf;
+    fn deref(&self) -> &DmaBuf {
+        self.buf
+            .as_ref()
+            .expect("a PooledBuf always holds its buffer")
+    }
+}
+
+impl DerefMut for PooledBuf {
+    fn deref_mut(&mut self) -> &mut DmaBuf {
+        self.buf
+            .as_mut()
+            .expect("a PooledBuf always holds its buffer")
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            self.pool.release(buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

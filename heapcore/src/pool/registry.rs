@@ -1,0 +1,346 @@
+//! The registry: one pool per (candidate heaps, size class, QoS class), a global budget over
+//! all of them, the pressure watch that trims them, and the statistics `dmaheap stats` reads.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Budget, Pool, PoolConfig, PoolStats, QosClass};
+use crate::allocator::Allocator;
+use crate::backend::Source;
+use crate::constraints::Constraints;
+use crate::error::{Error, Result};
+use crate::policy::Policy;
+use crate::pressure::{PressureConfig, PressureLevel, PressureMonitor, PressureSource};
+use crate::size::ByteSize;
+use crate::solver::{Candidates, solve};
+use crate::sysinfo::page_size;
+
+/// Rounds a size up to its class, so that requests of nearly the same size share a pool:
+/// eight classes per power of two (at most 12.5% slack), whole pages.
+pub fn size_class(size: u64) -> u64 {
+    let page = page_size();
+    let size = size.max(page);
+    let shift = (63 - size.leading_zeros()).saturating_sub(3);
+    let step = (1u64 << shift).max(page);
+    size.checked_next_multiple_of(step).unwrap_or(size)
+}
+
+/// What identifies a pool in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub sources: Vec<Source>,
+    pub size_class: u64,
+    pub qos: QosClass,
+}
+
+impl fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let first = self
+            .sources
+            .first()
+            .map_or("-".to_owned(), ToString::to_string);
+        write!(f, "{first}/{}/{}", ByteSize(self.size_class), self.qos)
+    }
+}
+
+/// Every pool of a process (or of a part of it), as `dmaheap stats` shows them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegistryStats {
+    pub pid: u32,
+    pub program: String,
+    pub pressure: String,
+    pub pressure_source: String,
+    pub global_budget: Option<u64>,
+    pub global_used: u64,
+    pub pools: Vec<PoolStats>,
+}
+
+struct Inner {
+    alloc: Arc<Allocator>,
+    policy: RwLock<Policy>,
+    pools: Mutex<HashMap<PoolKey, Pool>>,
+    budget: Option<Arc<Budget>>,
+    level: AtomicU8,
+    monitor: Mutex<Option<PressureMonitor>>,
+    publishing: AtomicBool,
+}
+
+/// Pools shared by everything in a process that allocates for similar needs.
+#[derive(Clone)]
+pub struct PoolRegistry {
+    inner: Arc<Inner>,
+}
+
+impl PoolRegistry {
+    /// A registry over `alloc` with `policy`, and optionally a cap on bytes all its pools
+    /// hold together.
+    pub fn new(alloc: Arc<Allocator>, policy: Policy, global_budget: Option<u64>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                alloc,
+                policy: RwLock::new(policy),
+                pools: Mutex::default(),
+                budget: global_budget.map(|cap| Arc::new(Budget::new(cap))),
+                level: AtomicU8::new(PressureLevel::Normal as u8),
+                monitor: Mutex::default(),
+                publishing: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The registry shared by everything in this process (GStreamer elements, PipeWire
+    /// streams): made on first use with this machine's heaps and the loaded policy, watching
+    /// memory pressure. Its global budget is `DMAHEAP_BUDGET` (e.g. `512MiB`), else a quarter
+    /// of RAM; with `DMAHEAP_STATS` set it publishes statistics for `dmaheap stats`.
+    pub fn process() -> Self {
+        static PROCESS: std::sync::LazyLock<PoolRegistry> = std::sync::LazyLock::new(|| {
+            let (policy, _) = Policy::load();
+            let budget = std::env::var("DMAHEAP_BUDGET")
+                .ok()
+                .and_then(|b| match b.parse::<ByteSize>() {
+                    Ok(b) => Some(b.0),
+                    Err(e) => {
+                        log::warn!("DMAHEAP_BUDGET ignored: {e}");
+                        None
+                    }
+                })
+                .unwrap_or(crate::sysinfo::total_memory() / 4);
+            let registry = PoolRegistry::new(Arc::new(Allocator::new()), policy, Some(budget));
+            if let Err(e) = registry.watch_pressure(PressureConfig::default()) {
+                log::warn!("memory pressure is not watched: {e}");
+            }
+            if std::env::var_os("DMAHEAP_STATS").is_some() {
+                match registry.publish_stats(Duration::from_secs(1)) {
+                    Ok(path) => log::info!("publishing pool statistics to {}", path.display()),
+                    Err(e) => log::warn!("cannot publish pool statistics: {e}"),
+                }
+            }
+            registry
+        });
+        PROCESS.clone()
+    }
+
+    /// The allocator pools allocate with.
+    pub fn allocator(&self) -> &Arc<Allocator> {
+        &self.inner.alloc
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Policy {
+        self.inner
+            .policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the policy (pools already made keep their sources).
+    pub fn set_policy(&self, policy: Policy) {
+        *self.inner.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+
+    /// The ordered candidates for `constraints`, with the reason for each.
+    pub fn candidates(&self, constraints: &Constraints) -> Candidates {
+        solve(
+            &self.inner.policy.read().unwrap_or_else(|p| p.into_inner()),
+            constraints,
+            self.inner.alloc.inventory(),
+        )
+    }
+
+    /// The pool for buffers meeting `constraints`: the policy picks the heaps and the QoS class
+    /// (and prewarm count for realtime usages); sizes share a pool by size class.
+    pub fn pool_for(&self, constraints: &Constraints) -> Result<Pool> {
+        let candidates = self.candidates(constraints);
+        let sources = candidates.sources();
+        if sources.is_empty() {
+            return Err(Error::NoCandidate {
+                explanation: candidates.to_string(),
+            });
+        }
+        let (qos, prewarm) = {
+            let policy = self.inner.policy.read().unwrap_or_else(|p| p.into_inner());
+            let (entry, _) = policy.entry(&constraints.usage);
+            (entry.qos, entry.prewarm)
+        };
+        let class = size_class(constraints.size);
+        let name = format!("{}-{}", constraints.usage, ByteSize(class)).replace(' ', "");
+        let min_buffers = if qos == QosClass::Realtime {
+            prewarm
+        } else {
+            0
+        };
+        self.pool_with(
+            PoolConfig::new(name, sources, class)
+                .qos(qos)
+                .min_buffers(min_buffers),
+        )
+    }
+
+    /// The pool for an explicit configuration, made on first use.
+    pub fn pool_with(&self, config: PoolConfig) -> Result<Pool> {
+        let key = PoolKey {
+            sources: config.sources.clone(),
+            size_class: size_class(config.buffer_size),
+            qos: config.qos,
+        };
+        let mut pools = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pool) = pools.get(&key) {
+            return Ok(pool.clone());
+        }
+        let config = PoolConfig {
+            buffer_size: key.size_class,
+            ..config
+        };
+        let pool = Pool::with_global_budget(
+            Arc::clone(&self.inner.alloc),
+            config,
+            self.inner.budget.clone(),
+        )?;
+        pool.set_pressure(self.pressure());
+        log::debug!("new pool {key}");
+        pools.insert(key, pool.clone());
+        Ok(pool)
+    }
+
+    /// The pressure level the pools were last told.
+    pub fn pressure(&self) -> PressureLevel {
+        PressureLevel::from_u8(self.inner.level.load(Ordering::Relaxed))
+    }
+
+    /// Tells every pool the pressure level: background pools first, realtime last.
+    pub fn set_pressure(&self, level: PressureLevel) {
+        self.inner.set_pressure(level)
+    }
+
+    /// Starts watching memory pressure (PSI triggers, else a timer) and trimming on it.
+    pub fn watch_pressure(&self, config: PressureConfig) -> std::io::Result<PressureSource> {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let monitor = PressureMonitor::start(config, move |level| {
+            if let Some(inner) = weak.upgrade() {
+                inner.set_pressure(level);
+            }
+        })?;
+        let source = monitor.source().clone();
+        *self.inner.monitor.lock().unwrap_or_else(|p| p.into_inner()) = Some(monitor);
+        Ok(source)
+    }
+
+    /// Statistics of every pool.
+    pub fn stats(&self) -> RegistryStats {
+        let pools = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stats: Vec<PoolStats> = pools.values().map(Pool::stats).collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        let source = match self
+            .inner
+            .monitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            Some(m) => match m.source() {
+                PressureSource::PsiTriggers(p) => format!("PSI triggers on {}", p.display()),
+                PressureSource::Timer => "MemAvailable timer".to_owned(),
+            },
+            None => "not watched".to_owned(),
+        };
+        RegistryStats {
+            pid: std::process::id(),
+            program: std::env::args().next().unwrap_or_default(),
+            pressure: format!("{:?}", self.pressure()).to_lowercase(),
+            pressure_source: source,
+            global_budget: self.inner.budget.as_ref().map(|b| b.cap()),
+            global_used: self.inner.budget.as_ref().map_or(0, |b| b.used()),
+            pools: stats,
+        }
+    }
+
+    /// Writes the statistics every `period` to `stats_dir()/stats-<pid>.json` (removed when
+    /// the registry goes), where `dmaheap stats` finds them.
+    pub fn publish_stats(&self, period: Duration) -> std::io::Result<PathBuf> {
+        let dir = stats_dir();
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("stats-{}.json", std::process::id()));
+        if self.inner.publishing.swap(true, Ordering::SeqCst) {
+            return Ok(path);
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let file = path.clone();
+        std::thread::Builder::new()
+            .name("dmaheap-stats".into())
+            .spawn(move || {
+                while let Some(inner) = weak.upgrade() {
+                    let stats = PoolRegistry { inner }.stats();
+                    if let Err(e) = write_atomically(&file, &stats) {
+                        log::warn!("cannot publish pool statistics to {}: {e}", file.display());
+                    }
+                    std::thread::sleep(period);
+                }
+                let _ = std::fs::remove_file(&file);
+            })?;
+        Ok(path)
+    }
+}
+
+impl Inner {
+    fn set_pressure(&self, level: PressureLevel) {
+        let mut pools: Vec<Pool> = self
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        pools.sort_by_key(|p| std::cmp::Reverse(p.config().qos));
+        for pool in pools {
+            pool.set_pressure(level);
+        }
+        // Published after the pools acted, so whoever sees the level sees its effect.
+        self.level.store(level as u8, Ordering::Relaxed);
+    }
+}
+
+/// Where running processes publish pool statistics.
+pub fn stats_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) => PathBuf::from(dir).join("dmaheap"),
+        None => {
+            std::env::temp_dir().join(format!("dmaheap-{}", rustix::process::getuid().as_raw()))
+        }
+    }
+}
+
+fn write_atomically(path: &std::path::Path, stats: &RegistryStats) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(stats).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_classes_waste_at_most_an_eighth() {
+        let page = page_size();
+        assert_eq!(size_class(1), page);
+        for size in [4096u64, 5000, 1 << 20, 3_110_400, 12_441_600, (1 << 30) + 1] {
+            let c = size_class(size);
+            assert!(c >= size && c % page == 0, "{size} -> {c}");
+            assert!(
+                (c - size) as f64 <= size as f64 / 8.0 + page as f64,
+                "{size} -> {c}"
+            );
+        }
+        assert_eq!(size_class(3_110_400), size_class(3_110_400 - 1000));
+    }
+}

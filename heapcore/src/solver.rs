@@ -1,0 +1,498 @@
+//! The constraint solver: policy + constraints + this machine → ordered candidate sources,
+//! each with the reason it is in or out.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::access::Access;
+use crate::backend::Source;
+use crate::constraints::{Constraints, CpuAccess};
+use crate::heap::{HeapKind, HeapProperties};
+use crate::inventory::Inventory;
+use crate::policy::{EntryOrigin, Policy, Usage, log_once};
+use crate::size::ByteSize;
+use crate::sysinfo;
+
+/// Whether a candidate can serve, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", content = "why", rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Usable; the notes say anything worth knowing (e.g. "only 3 MiB free now").
+    In(Vec<String>),
+    /// Not usable for this request.
+    Out(String),
+}
+
+/// One policy entry judged against the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Candidate {
+    /// The name as the policy wrote it (`cma`, `linux,cma`, `udmabuf`).
+    pub name: String,
+    /// What it resolved to on this machine.
+    pub source: Option<Source>,
+    pub verdict: Verdict,
+}
+
+/// The solver's answer: candidates in the order they will be tried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Candidates {
+    pub usage: Usage,
+    /// The usage was unknown and `generic` was used instead.
+    pub usage_fell_back: bool,
+    pub policy_origin: EntryOrigin,
+    pub constraints: Constraints,
+    pub entries: Vec<Candidate>,
+}
+
+impl Candidates {
+    /// The sources to try, in order.
+    pub fn sources(&self) -> Vec<Source> {
+        self.entries
+            .iter()
+            .filter(|c| matches!(c.verdict, Verdict::In(_)))
+            .filter_map(|c| c.source.clone())
+            .collect()
+    }
+}
+
+impl fmt::Display for Candidates {
+    /// The `dmaheap explain` text.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.constraints;
+        write!(f, "usage {}", self.usage)?;
+        if self.usage_fell_back {
+            f.write_str(" (not in the policy: using generic)")?;
+        }
+        writeln!(f, ", policy from {}", self.policy_origin)?;
+        let mut needs = vec![ByteSize(c.size).to_string()];
+        if c.contiguous {
+            needs.push("physically contiguous".into());
+        }
+        if c.cpu_access != CpuAccess::None {
+            needs.push(format!("CPU access {:?}", c.cpu_access).to_lowercase());
+        }
+        if c.alignment > 1 {
+            needs.push(format!("aligned to {}", ByteSize(c.alignment)));
+        }
+        if c.require_dmabuf {
+            needs.push("dma-buf only".into());
+        }
+        writeln!(f, "needs {}", needs.join(", "))?;
+        let mut rank = 0;
+        for entry in &self.entries {
+            let resolved = match &entry.source {
+                Some(Source::Heap(h)) if h.as_str() != entry.name => format!(" (heap {h})"),
+                _ => String::new(),
+            };
+            match &entry.verdict {
+                Verdict::In(notes) => {
+                    rank += 1;
+                    let notes = if notes.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", notes.join("; "))
+                    };
+                    writeln!(f, "  {rank}. {}{resolved}{notes}", entry.name)?;
+                }
+                Verdict::Out(why) => writeln!(f, "  -  {}{resolved}: out, {why}", entry.name)?,
+            }
+        }
+        if rank == 0 {
+            writeln!(f, "no candidate can serve this request")?;
+        }
+        Ok(())
+    }
+}
+
+/// Properties the non-heap backends have.
+fn backend_properties(source: &Source) -> HeapProperties {
+    match source {
+        Source::Heap(_) => HeapProperties::default(),
+        Source::Udmabuf | Source::Memfd => HeapProperties {
+            contiguous: Some(false),
+            cpu_cached: Some(true),
+            protected: Some(false),
+        },
+    }
+}
+
+/// Turns policy + constraints into the ordered candidates for this machine.
+pub fn solve(policy: &Policy, constraints: &Constraints, inventory: &Inventory) -> Candidates {
+    let (entry, usage_fell_back) = policy.entry(&constraints.usage);
+    let mut constraints = constraints.clone();
+    constraints.contiguous |= entry.contiguous;
+    let mut entries: Vec<Candidate> = Vec::with_capacity(entry.heaps.len());
+    for name in &entry.heaps {
+        let (source, verdict) = judge(name, &constraints, inventory);
+        let duplicate = source
+            .as_ref()
+            .is_some_and(|s| entries.iter().any(|e| e.source.as_ref() == Some(s)));
+        let verdict = if duplicate {
+            Verdict::Out("already listed under another name".into())
+        } else {
+            verdict
+        };
+        entries.push(Candidate {
+            name: name.clone(),
+            source,
+            verdict,
+        });
+    }
+    if constraints.cpu_access != CpuAccess::None {
+        prefer_cached(&mut entries, inventory);
+    }
+    Candidates {
+        usage: constraints.usage.clone(),
+        usage_fell_back,
+        policy_origin: entry.origin.clone(),
+        constraints,
+        entries,
+    }
+}
+
+fn judge(name: &str, c: &Constraints, inv: &Inventory) -> (Option<Source>, Verdict) {
+    let out = |why: String| Verdict::Out(why);
+    let (source, props, access, kind) = match name.parse::<Source>() {
+        Err(e) => return (None, out(e.to_string())),
+        Ok(Source::Udmabuf) => (
+            Source::Udmabuf,
+            backend_properties(&Source::Udmabuf),
+            inv.udmabuf.access.clone(),
+            None,
+        ),
+        Ok(Source::Memfd) => (
+            Source::Memfd,
+            backend_properties(&Source::Memfd),
+            Access::Allowed,
+            None,
+        ),
+        Ok(Source::Heap(_)) => match inv.find(name) {
+            Ok(heap) => (
+                Source::Heap(heap.name.clone()),
+                heap.properties,
+                heap.access.clone(),
+                Some(heap.kind),
+            ),
+            Err(_) => {
+                log_once(format!(
+                    "policy names heap {name:?}, which this machine does not have; skipped"
+                ));
+                return (None, out("not on this machine".into()));
+            }
+        },
+    };
+    let verdict = match access {
+        Access::Missing => out("not on this machine".into()),
+        Access::Denied { fix } => out(format!("no permission ({fix})")),
+        Access::Allowed => judge_properties(&source, props, kind, c, inv),
+    };
+    (Some(source), verdict)
+}
+
+fn judge_properties(
+    source: &Source,
+    props: HeapProperties,
+    kind: Option<HeapKind>,
+    c: &Constraints,
+    inv: &Inventory,
+) -> Verdict {
+    let mut notes = Vec::new();
+    if props.protected == Some(true) && c.cpu_access != CpuAccess::None {
+        return Verdict::Out("protected: the CPU may not map it".into());
+    }
+    if c.require_dmabuf && *source == Source::Memfd {
+        return Verdict::Out("not a dma-buf, and the consumer needs one".into());
+    }
+    match (c.contiguous, props.contiguous) {
+        (true, Some(false)) => return Verdict::Out("not physically contiguous".into()),
+        (true, None) => {
+            notes.push("contiguity unknown: trusted because the policy lists it".into())
+        }
+        _ => {}
+    }
+    if c.alignment > sysinfo::page_size() && props.contiguous != Some(true) {
+        return Verdict::Out(format!(
+            "cannot align physical memory to {} (only contiguous heaps can)",
+            ByteSize(c.alignment)
+        ));
+    }
+    if *source == Source::Udmabuf {
+        if let Some(limit) = inv.udmabuf.size_limit.filter(|&l| c.size > l) {
+            return Verdict::Out(format!(
+                "{} is over udmabuf's limit of {} (udmabuf.size_limit_mb)",
+                ByteSize(c.size),
+                ByteSize(limit)
+            ));
+        }
+    }
+    if kind == Some(HeapKind::Cma) {
+        if let Some(cma) = inv.cma {
+            if c.size > cma.total {
+                return Verdict::Out(format!(
+                    "{} is larger than all CMA memory ({})",
+                    ByteSize(c.size),
+                    ByteSize(cma.total)
+                ));
+            }
+            if c.size > cma.free {
+                notes.push(format!(
+                    "only {} of CMA free now: may fall back",
+                    ByteSize(cma.free)
+                ));
+            }
+        }
+    }
+    if c.cpu_access != CpuAccess::None {
+        match props.cpu_cached {
+            Some(true) => notes.push("CPU-cached".into()),
+            Some(false) => notes.push("uncached: slow CPU reads".into()),
+            None => {}
+        }
+    }
+    if *source == Source::Memfd {
+        notes.push("last resort: not a dma-buf".into());
+    }
+    Verdict::In(notes)
+}
+
+/// Moves CPU-cached candidates ahead of uncached ones, keeping the policy order otherwise.
+fn prefer_cached(entries: &mut [Candidate], inv: &Inventory) {
+    let rank = |c: &Candidate| {
+        let cached = match &c.source {
+            Some(Source::Heap(h)) => inv
+                .find(h.as_str())
+                .ok()
+                .and_then(|h| h.properties.cpu_cached),
+            Some(other) => backend_properties(other).cpu_cached,
+            None => None,
+        };
+        match cached {
+            Some(true) => 0,
+            None => 1,
+            Some(false) => 2,
+        }
+    };
+    entries.sort_by_key(rank);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::inventory::SysPaths;
+
+    struct FakeMachine {
+        root: PathBuf,
+        inventory: Inventory,
+    }
+
+    impl Drop for FakeMachine {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+
+    /// A machine with the given heap nodes, udmabuf (64 MiB limit) and 128 MiB of CMA, 100 free.
+    fn machine(heaps: &[&str]) -> FakeMachine {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let root = std::env::temp_dir().join(format!("dmaheap-solver-{}-{n}", std::process::id()));
+        let paths = SysPaths {
+            dma_heap_dir: root.join("dma_heap"),
+            udmabuf_dev: root.join("udmabuf"),
+            udmabuf_size_limit: root.join("size_limit_mb"),
+            cma_areas_dir: root.join("cma"),
+            meminfo: root.join("meminfo"),
+        };
+        std::fs::create_dir_all(&paths.dma_heap_dir).unwrap();
+        for h in heaps {
+            std::fs::write(paths.dma_heap_dir.join(h), b"").unwrap();
+        }
+        std::fs::write(&paths.udmabuf_dev, b"").unwrap();
+        std::fs::write(&paths.udmabuf_size_limit, b"64\n").unwrap();
+        std::fs::write(&paths.meminfo, "CmaTotal: 131072 kB\nCmaFree: 102400 kB\n").unwrap();
+        FakeMachine {
+            inventory: Inventory::discover_with(paths),
+            root,
+        }
+    }
+
+    fn usage(name: &str) -> Usage {
+        name.parse().unwrap()
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn scanout_prefers_cma_and_falls_back_in_policy_order() {
+        let m = machine(&["system", "reserved"]);
+        let c = solve(
+            &Policy::builtin(),
+            &Constraints::new(8 * MIB).usage(usage("scanout")),
+            &m.inventory,
+        );
+        let names: Vec<String> = c.sources().iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["heap reserved", "heap system", "udmabuf", "memfd"]);
+    }
+
+    #[test]
+    fn contiguous_requests_keep_only_contiguous_heaps() {
+        let m = machine(&["system", "reserved"]);
+        let c = solve(
+            &Policy::builtin(),
+            &Constraints::new(8 * MIB)
+                .usage(usage("scanout"))
+                .contiguous(true),
+            &m.inventory,
+        );
+        assert_eq!(c.sources(), [Source::heap("reserved").unwrap()]);
+        let text = c.to_string();
+        assert!(
+            text.contains("system: out, not physically contiguous"),
+            "{text}"
+        );
+        assert!(text.contains("1. cma (heap reserved)"), "{text}");
+    }
+
+    #[test]
+    fn sizes_beyond_limits_rule_out_udmabuf_and_cma() {
+        let m = machine(&["system", "reserved"]);
+        let c = solve(
+            &Policy::builtin(),
+            &Constraints::new(200 * MIB),
+            &m.inventory,
+        );
+        assert_eq!(
+            c.sources(),
+            [Source::heap("system").unwrap(), Source::Memfd]
+        );
+        let text = c.to_string();
+        assert!(text.contains("larger than all CMA memory"), "{text}");
+        assert!(text.contains("over udmabuf's limit of 64.0 MiB"), "{text}");
+        let c = solve(
+            &Policy::builtin(),
+            &Constraints::new(110 * MIB).usage(usage("scanout")),
+            &m.inventory,
+        );
+        assert!(
+            c.to_string().contains("only 100.0 MiB of CMA free now"),
+            "{c}"
+        );
+    }
+
+    #[test]
+    fn dmabuf_consumers_never_get_memfd() {
+        let m = machine(&[]);
+        let c = solve(
+            &Policy::builtin(),
+            &Constraints::new(MIB).require_dmabuf(true),
+            &m.inventory,
+        );
+        assert_eq!(c.sources(), [Source::Udmabuf]);
+        assert!(c.to_string().contains("memfd: out, not a dma-buf"), "{c}");
+    }
+
+    #[test]
+    fn absent_heaps_are_out_and_aliases_are_not_listed_twice() {
+        let m = machine(&["system", "reserved"]);
+        let mut policy = Policy::builtin();
+        policy
+            .apply_str(
+                "[usage.display]\nheaps = [\"cma-ecc\", \"linux,cma\", \"cma\", \"system\"]\n",
+                Path::new("p.toml"),
+            )
+            .unwrap();
+        let c = solve(
+            &policy,
+            &Constraints::new(MIB).usage(usage("display")),
+            &m.inventory,
+        );
+        assert_eq!(
+            c.sources(),
+            [
+                Source::heap("reserved").unwrap(),
+                Source::heap("system").unwrap()
+            ]
+        );
+        let text = c.to_string();
+        assert!(text.contains("cma-ecc: out, not on this machine"), "{text}");
+        assert!(
+            text.contains("cma (heap reserved): out, already listed"),
+            "{text}"
+        );
+        assert!(text.contains("policy from p.toml:1"), "{text}");
+    }
+
+    #[test]
+    fn cpu_access_moves_cached_heaps_first() {
+        let m = machine(&["system-uncached", "system"]);
+        let mut policy = Policy::builtin();
+        policy
+            .apply_str(
+                "[usage.ui]\nheaps = [\"system-uncached\", \"system\"]\n",
+                Path::new("p.toml"),
+            )
+            .unwrap();
+        let plain = solve(
+            &policy,
+            &Constraints::new(MIB).usage(usage("ui")),
+            &m.inventory,
+        );
+        assert_eq!(plain.sources()[0], Source::heap("system-uncached").unwrap());
+        let cpu = solve(
+            &policy,
+            &Constraints::new(MIB)
+                .usage(usage("ui"))
+                .cpu_access(CpuAccess::Write),
+            &m.inventory,
+        );
+        assert_eq!(cpu.sources()[0], Source::heap("system").unwrap());
+    }
+
+    #[test]
+    fn protected_heaps_are_out_for_cpu_access_and_large_alignment_needs_contiguity() {
+        let m = machine(&["protected,secure-video", "system", "reserved"]);
+        let mut policy = Policy::builtin();
+        policy
+            .apply_str(
+                "[usage.drm]\nheaps = [\"protected,secure-video\", \"system\", \"cma\"]\n",
+                Path::new("p.toml"),
+            )
+            .unwrap();
+        let c = solve(
+            &policy,
+            &Constraints::new(MIB)
+                .usage(usage("drm"))
+                .cpu_access(CpuAccess::Read),
+            &m.inventory,
+        );
+        assert!(
+            c.to_string().contains("protected: the CPU may not map it"),
+            "{c}"
+        );
+        let c = solve(
+            &policy,
+            &Constraints::new(MIB).usage(usage("drm")).alignment(1 << 20),
+            &m.inventory,
+        );
+        // Only CMA can promise physical alignment; the protected heap does not say.
+        assert_eq!(c.sources(), [Source::heap("reserved").unwrap()]);
+    }
+
+    #[test]
+    fn unknown_usages_are_explained() {
+        let m = machine(&["system"]);
+        let c = solve(
+            &Policy::builtin(),
+            &Constraints::new(MIB).usage(usage("hologram")),
+            &m.inventory,
+        );
+        assert!(c.usage_fell_back);
+        assert!(
+            c.to_string().contains("not in the policy: using generic"),
+            "{c}"
+        );
+    }
+}
