@@ -2,7 +2,10 @@
 //! show pool statistics.
 
 mod alloc;
+mod bench;
+mod explain;
 mod list;
+mod stats;
 mod table;
 
 use std::process::ExitCode;
@@ -13,7 +16,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "dmaheap",
     version,
-    about = "DMA-BUF heaps: discover, allocate, explain"
+    about = "DMA-BUF heaps: discover, allocate, explain, pool"
 )]
 struct Cli {
     /// More log output (-v: debug, -vv: trace); RUST_LOG works too.
@@ -29,6 +32,15 @@ enum Command {
     List(list::Args),
     /// Allocate buffers, touch and name them, and report where they came from.
     Alloc(alloc::Args),
+    /// Show which heaps a request would get, in order, and why each is in or out.
+    Explain(explain::Args),
+    /// Show pool statistics published by running processes.
+    Stats(stats::Args),
+    /// Measure pools against direct allocation, side by side, and print the ratios.
+    Bench(bench::Args),
+    /// (internal) Hold memory to create memory pressure for `bench`.
+    #[command(hide = true)]
+    BenchHog(bench::HogArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +56,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::List(args) => list::run(args),
         Command::Alloc(args) => alloc::run(args),
+        Command::Explain(args) => explain::run(args),
+        Command::Stats(args) => stats::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::BenchHog(args) => bench::hog(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

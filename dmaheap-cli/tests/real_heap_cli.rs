@@ -25,6 +25,16 @@ fn main() {
             "real_heap_cli_unprivileged_user_is_told_the_fix",
             &[Need::SystemHeap, Need::Root],
             unprivileged_user_is_told_the_fix,
+        )
+        .test(
+            "real_heap_cli_explains_scanout_on_this_kernel",
+            &[Need::SystemHeap],
+            explains_scanout_on_this_kernel,
+        )
+        .test(
+            "real_heap_cli_psi_trigger_trims_pools_and_refills_after",
+            &[Need::SystemHeap, Need::Root],
+            psi_trigger_trims_pools_and_refills_after,
         );
     suite.run()
 }
@@ -158,5 +168,131 @@ fn unprivileged_user_is_told_the_fix() -> Result<(), Failed> {
         stdout.contains("from memfd") || stdout.contains("from udmabuf"),
         "{stdout}"
     );
+    Ok(())
+}
+
+fn explains_scanout_on_this_kernel() -> Result<(), Failed> {
+    let (out, stdout, stderr) = run(Command::new(DMAHEAP).args([
+        "explain",
+        "--usage",
+        "scanout",
+        "--size",
+        "1920x1080:NV12",
+        "--contiguous",
+    ]))?;
+    print!("{stdout}{stderr}");
+    match dmaheap_tests::cma_heap() {
+        Some(cma) => {
+            ensure!(out.status.success(), "explain failed");
+            ensure!(stdout.contains(&format!("1. cma (heap {cma})")), "{stdout}");
+            ensure!(
+                stdout.contains("system: out, not physically contiguous"),
+                "{stdout}"
+            );
+        }
+        None => {
+            ensure!(
+                !out.status.success(),
+                "a contiguous request without CMA must fail"
+            );
+            ensure!(stdout.contains("cma: out, not on this machine"), "{stdout}");
+        }
+    }
+    Ok(())
+}
+
+/// A real PSI trigger, real pressure from a bounded memory hog (`dmaheap bench-hog`), and pools
+/// of real heap buffers: background pools give memory back when pressure rises, a realtime
+/// pool waits for calm before it refills.
+fn psi_trigger_trims_pools_and_refills_after() -> Result<(), Failed> {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use heapcore::pressure::{PressureConfig, PressureSource};
+    use heapcore::{Allocator, Policy, PoolConfig, PoolRegistry, PressureLevel, QosClass, Source};
+
+    let registry = PoolRegistry::new(Arc::new(Allocator::new()), Policy::builtin(), None);
+    let source = registry.watch_pressure(PressureConfig::default())?;
+    ensure!(
+        matches!(source, PressureSource::PsiTriggers(_)),
+        "no PSI trigger here: {source:?}"
+    );
+    let system = vec![Source::heap("system")?];
+    let size = 4 << 20;
+    let background = registry
+        .pool_with(PoolConfig::new("psi-bg", system.clone(), size).qos(QosClass::Background))?;
+    let realtime = registry.pool_with(
+        PoolConfig::new("psi-rt", system, size + 4096)
+            .qos(QosClass::Realtime)
+            .min_buffers(3),
+    )?;
+    drop(
+        (0..6)
+            .map(|_| background.try_acquire())
+            .collect::<Result<Vec<_>, _>>()?,
+    );
+    ensure!(
+        background.stats().buffers_free == 6,
+        "{:?}",
+        background.stats()
+    );
+
+    let wait_for = |what: &str, secs: u64, cond: &dyn Fn() -> bool| -> Result<f64, Failed> {
+        let start = Instant::now();
+        while !cond() {
+            if start.elapsed() > Duration::from_secs(secs) {
+                return Err(format!("no {what} within {secs} s").into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(start.elapsed().as_secs_f64())
+    };
+    let mut hog = Command::new(DMAHEAP)
+        .args(["bench-hog", "--leave", "64"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let rose = wait_for("rise in memory pressure", 60, &|| {
+        registry.pressure() >= PressureLevel::Elevated
+    });
+    let trimmed = rose.as_ref().ok().map(|_| background.stats().buffers_free);
+    // Under critical pressure the realtime pool still serves, but does not refill.
+    let critical = wait_for("critical memory pressure", 30, &|| {
+        registry.pressure() == PressureLevel::Critical
+    })
+    .is_ok();
+    // A refill already under way when pressure turned critical may finish: let it.
+    std::thread::sleep(Duration::from_millis(300));
+    let refills_before = realtime.stats().refills;
+    let taken: Vec<_> = (0..3)
+        .map(|_| realtime.try_acquire())
+        .collect::<Result<_, _>>()?;
+    std::thread::sleep(Duration::from_millis(1000));
+    let still_critical = registry.pressure() == PressureLevel::Critical;
+    let refills_under_pressure = realtime.stats().refills - refills_before;
+    drop(hog.stdin.take());
+    let _ = hog.wait();
+    let rose = rose?;
+    let fell = wait_for("fall in memory pressure", 60, &|| {
+        registry.pressure() == PressureLevel::Normal
+    })?;
+    let refilled = wait_for("realtime refill", 20, &|| {
+        realtime.stats().buffers_free >= 3
+    })?;
+    println!(
+        "pressure rose {rose:.1} s after the hog started; background pool kept {trimmed:?} of 6 free buffers; \
+         realtime pool refilled {refills_under_pressure} buffer(s) in 1 s of critical pressure; pressure fell {fell:.1} s after the hog \
+         ended; realtime refilled to 3 free in {refilled:.1} s"
+    );
+    ensure!(
+        trimmed == Some(0),
+        "the background pool was not trimmed: {trimmed:?}"
+    );
+    ensure!(critical, "the memory hog never made pressure critical");
+    ensure!(
+        refills_under_pressure == 0 || !still_critical,
+        "the realtime pool refilled under critical pressure"
+    );
+    drop(taken);
     Ok(())
 }

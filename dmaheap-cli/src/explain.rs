@@ -1,0 +1,92 @@
+//! `dmaheap explain`: which heaps a request would get, in order, and why each is in or out.
+
+use std::path::PathBuf;
+
+use heapcore::size::SizeSpec;
+use heapcore::{Allocator, Constraints, CpuAccess, Policy, Usage, solve};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// What the buffer is for (scanout, video-decode, camera, animation, screencast, ...).
+    #[arg(long, default_value = "generic")]
+    usage: Usage,
+    /// Bytes (`8MiB`) or a frame (`1920x1080:NV12`).
+    #[arg(long)]
+    size: SizeSpec,
+    /// The consumer needs physically contiguous memory.
+    #[arg(long)]
+    contiguous: bool,
+    /// How the CPU touches the buffer: none, read, write, read-write.
+    #[arg(long, default_value = "none")]
+    cpu_access: CpuAccess,
+    /// Physical alignment in bytes (a power of two).
+    #[arg(long, default_value_t = 1)]
+    alignment: u64,
+    /// The consumer imports dma-bufs only (no memfd fallback).
+    #[arg(long)]
+    dmabuf_only: bool,
+    /// Use this policy file on top of the defaults instead of the system and user files.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let policy = match &args.policy {
+        Some(path) => {
+            let mut policy = Policy::builtin();
+            policy.apply_file(path)?;
+            policy
+        }
+        None => {
+            let (policy, errors) = Policy::load();
+            for e in errors {
+                eprintln!("dmaheap: policy file ignored: {e}");
+            }
+            policy
+        }
+    };
+    let constraints = Constraints::new(args.size.bytes())
+        .usage(args.usage)
+        .contiguous(args.contiguous)
+        .cpu_access(args.cpu_access)
+        .alignment(args.alignment)
+        .require_dmabuf(args.dmabuf_only);
+    let alloc = Allocator::new();
+    let candidates = solve(&policy, &constraints, alloc.inventory());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&candidates)?);
+        return Ok(());
+    }
+    let files: Vec<String> = policy
+        .files()
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    println!(
+        "policy: built-in defaults{}",
+        if files.is_empty() {
+            String::new()
+        } else {
+            format!(" + {}", files.join(" + "))
+        }
+    );
+    println!("request: {}", args.size);
+    print!("{candidates}");
+    let (entry, _) = policy.entry(&candidates.usage);
+    println!(
+        "pool class: {}{}",
+        entry.qos,
+        if entry.prewarm > 0 {
+            format!(", prewarm {}", entry.prewarm)
+        } else {
+            String::new()
+        }
+    );
+    if candidates.sources().is_empty() {
+        return Err("no candidate can serve this request".into());
+    }
+    Ok(())
+}
