@@ -184,15 +184,20 @@ fn heap_info(dir: &Path, name: &str, cma_areas: &[String]) -> Option<HeapInfo> {
     })
 }
 
+/// A fake `/dev` and `/sys` in a scratch directory, for tests: regular files stand in for device
+/// nodes. Removed on drop.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) struct FakeMachine {
+    pub root: PathBuf,
+    pub paths: SysPaths,
+}
 
-    /// A fake /dev and /sys in a scratch directory: regular files stand in for device nodes.
-    fn fake_machine(heaps: &[&str], cma_areas: &[&str]) -> (PathBuf, SysPaths) {
+#[cfg(test)]
+impl FakeMachine {
+    pub fn new(heaps: &[&str], cma_areas: &[&str]) -> Self {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let root = std::env::temp_dir().join(format!("dmaheap-inv-{}-{n}", std::process::id()));
+        let root = std::env::temp_dir().join(format!("dmaheap-fake-{}-{n}", std::process::id()));
         let paths = SysPaths {
             dma_heap_dir: root.join("dma_heap"),
             udmabuf_dev: root.join("udmabuf"),
@@ -208,20 +213,44 @@ mod tests {
         for area in cma_areas {
             std::fs::create_dir_all(paths.cma_areas_dir.join(area)).unwrap();
         }
-        (root, paths)
+        Self { root, paths }
     }
+
+    /// Adds `/dev/udmabuf` with a `size_limit_mb` of `limit_mb`.
+    pub fn with_udmabuf(self, limit_mb: u64) -> Self {
+        std::fs::write(&self.paths.udmabuf_dev, b"").unwrap();
+        std::fs::write(&self.paths.udmabuf_size_limit, format!("{limit_mb}\n")).unwrap();
+        self
+    }
+
+    /// Writes `/proc/meminfo`.
+    pub fn with_meminfo(self, text: &str) -> Self {
+        std::fs::write(&self.paths.meminfo, text).unwrap();
+        self
+    }
+
+    pub fn inventory(&self) -> Inventory {
+        Inventory::discover_with(self.paths.clone())
+    }
+}
+
+#[cfg(test)]
+impl Drop for FakeMachine {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn finds_heaps_and_recognises_their_kinds() {
-        let (root, paths) = fake_machine(&["system", "reserved", "mystery"], &["reserved"]);
-        std::fs::write(&paths.udmabuf_dev, b"").unwrap();
-        std::fs::write(&paths.udmabuf_size_limit, b"64\n").unwrap();
-        std::fs::write(
-            &paths.meminfo,
-            "MemTotal: 100 kB\nCmaTotal: 131072 kB\nCmaFree: 1024 kB\n",
-        )
-        .unwrap();
-        let inv = Inventory::discover_with(paths);
+        let m = FakeMachine::new(&["system", "reserved", "mystery"], &["reserved"])
+            .with_udmabuf(64)
+            .with_meminfo("MemTotal: 100 kB\nCmaTotal: 131072 kB\nCmaFree: 1024 kB\n");
+        let inv = m.inventory();
         let names: Vec<_> = inv.heaps.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["mystery", "reserved", "system"]);
         assert_eq!(inv.find("system").unwrap().kind, HeapKind::System);
@@ -231,26 +260,24 @@ mod tests {
         assert!(inv.has_udmabuf());
         let cma = inv.cma.unwrap();
         assert_eq!((cma.total, cma.free), (128 << 20, 1 << 20));
-        std::fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
     fn any_default_cma_name_finds_the_default_cma_heap() {
-        let (root, paths) = fake_machine(&["system", "reserved"], &[]);
-        let inv = Inventory::discover_with(paths);
+        let m = FakeMachine::new(&["system", "reserved"], &[]);
+        let inv = m.inventory();
         for name in ["cma", "linux,cma", "default_cma_region", "default-pool"] {
             assert_eq!(inv.find(name).unwrap().name.as_str(), "reserved", "{name}");
         }
-        std::fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
     fn cma_alias_finds_a_region_heap_when_no_default_exists() {
-        let (root, paths) = fake_machine(
+        let m = FakeMachine::new(
             &["system", "framebuffer@80000000"],
             &["framebuffer@80000000"],
         );
-        let inv = Inventory::discover_with(paths);
+        let inv = m.inventory();
         assert_eq!(
             inv.find("cma").unwrap().name.as_str(),
             "framebuffer@80000000"
@@ -259,41 +286,37 @@ mod tests {
             inv.find("linux,cma"),
             Err(Error::UnknownHeap { .. })
         ));
-        std::fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
     fn symlinked_aliases_take_their_targets_kind() {
-        let (root, paths) = fake_machine(&["system"], &[]);
-        std::os::unix::fs::symlink("system", paths.dma_heap_dir.join("vidbuf_cached")).unwrap();
-        let inv = Inventory::discover_with(paths);
+        let m = FakeMachine::new(&["system"], &[]);
+        std::os::unix::fs::symlink("system", m.paths.dma_heap_dir.join("vidbuf_cached")).unwrap();
+        let inv = m.inventory();
         let alias = inv.find("vidbuf_cached").unwrap();
         assert_eq!(alias.alias_of.as_ref().unwrap().as_str(), "system");
         assert_eq!(alias.kind, HeapKind::System);
-        std::fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
     fn unknown_heaps_list_what_exists_and_bad_names_are_refused() {
-        let (root, paths) = fake_machine(&["system"], &[]);
-        let inv = Inventory::discover_with(paths);
+        let m = FakeMachine::new(&["system"], &[]);
+        let inv = m.inventory();
         let err = inv.find("nope").unwrap_err().to_string();
         assert!(err.contains("heaps here: system"), "{err}");
         assert!(matches!(
             inv.find("../system"),
             Err(Error::InvalidHeapName { .. })
         ));
-        std::fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
     fn a_machine_without_heaps_says_which_kernel_options_are_missing() {
-        let (root, mut paths) = fake_machine(&[], &[]);
-        paths.dma_heap_dir = root.join("absent");
-        let inv = Inventory::discover_with(paths);
+        let mut m = FakeMachine::new(&[], &[]);
+        m.paths.dma_heap_dir = m.root.join("absent");
+        let inv = m.inventory();
         let err = inv.find("system").unwrap_err().to_string();
         assert!(err.contains("CONFIG_DMABUF_HEAPS"), "{err}");
         assert!(!inv.has_udmabuf());
-        std::fs::remove_dir_all(root).unwrap();
     }
 }

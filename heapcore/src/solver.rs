@@ -278,45 +278,16 @@ fn prefer_cached(entries: &mut [Candidate], inv: &Inventory) {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     use super::*;
-    use crate::inventory::SysPaths;
-
-    struct FakeMachine {
-        root: PathBuf,
-        inventory: Inventory,
-    }
-
-    impl Drop for FakeMachine {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
-    }
+    use crate::inventory::FakeMachine;
 
     /// A machine with the given heap nodes, udmabuf (64 MiB limit) and 128 MiB of CMA, 100 free.
     fn machine(heaps: &[&str]) -> FakeMachine {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let root = std::env::temp_dir().join(format!("dmaheap-solver-{}-{n}", std::process::id()));
-        let paths = SysPaths {
-            dma_heap_dir: root.join("dma_heap"),
-            udmabuf_dev: root.join("udmabuf"),
-            udmabuf_size_limit: root.join("size_limit_mb"),
-            cma_areas_dir: root.join("cma"),
-            meminfo: root.join("meminfo"),
-        };
-        std::fs::create_dir_all(&paths.dma_heap_dir).unwrap();
-        for h in heaps {
-            std::fs::write(paths.dma_heap_dir.join(h), b"").unwrap();
-        }
-        std::fs::write(&paths.udmabuf_dev, b"").unwrap();
-        std::fs::write(&paths.udmabuf_size_limit, b"64\n").unwrap();
-        std::fs::write(&paths.meminfo, "CmaTotal: 131072 kB\nCmaFree: 102400 kB\n").unwrap();
-        FakeMachine {
-            inventory: Inventory::discover_with(paths),
-            root,
-        }
+        FakeMachine::new(heaps, &[])
+            .with_udmabuf(64)
+            .with_meminfo("CmaTotal: 131072 kB\nCmaFree: 102400 kB\n")
     }
 
     fn usage(name: &str) -> Usage {
@@ -331,7 +302,7 @@ mod tests {
         let c = solve(
             &Policy::builtin(),
             &Constraints::new(8 * MIB).usage(usage("scanout")),
-            &m.inventory,
+            &m.inventory(),
         );
         let names: Vec<String> = c.sources().iter().map(ToString::to_string).collect();
         assert_eq!(names, ["heap reserved", "heap system", "udmabuf", "memfd"]);
@@ -345,7 +316,7 @@ mod tests {
             &Constraints::new(8 * MIB)
                 .usage(usage("scanout"))
                 .contiguous(true),
-            &m.inventory,
+            &m.inventory(),
         );
         assert_eq!(c.sources(), [Source::heap("reserved").unwrap()]);
         let text = c.to_string();
@@ -362,7 +333,7 @@ mod tests {
         let c = solve(
             &Policy::builtin(),
             &Constraints::new(200 * MIB),
-            &m.inventory,
+            &m.inventory(),
         );
         assert_eq!(
             c.sources(),
@@ -374,7 +345,7 @@ mod tests {
         let c = solve(
             &Policy::builtin(),
             &Constraints::new(110 * MIB).usage(usage("scanout")),
-            &m.inventory,
+            &m.inventory(),
         );
         assert!(
             c.to_string().contains("only 100.0 MiB of CMA free now"),
@@ -388,7 +359,7 @@ mod tests {
         let c = solve(
             &Policy::builtin(),
             &Constraints::new(MIB).require_dmabuf(true),
-            &m.inventory,
+            &m.inventory(),
         );
         assert_eq!(c.sources(), [Source::Udmabuf]);
         assert!(c.to_string().contains("memfd: out, not a dma-buf"), "{c}");
@@ -407,7 +378,7 @@ mod tests {
         let c = solve(
             &policy,
             &Constraints::new(MIB).usage(usage("display")),
-            &m.inventory,
+            &m.inventory(),
         );
         assert_eq!(
             c.sources(),
@@ -438,7 +409,7 @@ mod tests {
         let plain = solve(
             &policy,
             &Constraints::new(MIB).usage(usage("ui")),
-            &m.inventory,
+            &m.inventory(),
         );
         assert_eq!(plain.sources()[0], Source::heap("system-uncached").unwrap());
         let cpu = solve(
@@ -446,7 +417,7 @@ mod tests {
             &Constraints::new(MIB)
                 .usage(usage("ui"))
                 .cpu_access(CpuAccess::Write),
-            &m.inventory,
+            &m.inventory(),
         );
         assert_eq!(cpu.sources()[0], Source::heap("system").unwrap());
     }
@@ -466,7 +437,7 @@ mod tests {
             &Constraints::new(MIB)
                 .usage(usage("drm"))
                 .cpu_access(CpuAccess::Read),
-            &m.inventory,
+            &m.inventory(),
         );
         assert!(
             c.to_string().contains("protected: the CPU may not map it"),
@@ -475,7 +446,7 @@ mod tests {
         let c = solve(
             &policy,
             &Constraints::new(MIB).usage(usage("drm")).alignment(1 << 20),
-            &m.inventory,
+            &m.inventory(),
         );
         // Only CMA can promise physical alignment; the protected heap does not say.
         assert_eq!(c.sources(), [Source::heap("reserved").unwrap()]);
@@ -487,7 +458,7 @@ mod tests {
         let c = solve(
             &Policy::builtin(),
             &Constraints::new(MIB).usage(usage("hologram")),
-            &m.inventory,
+            &m.inventory(),
         );
         assert!(c.usage_fell_back);
         assert!(
