@@ -262,6 +262,11 @@ impl Pool {
         &self.handle.inner
     }
 
+    /// A handle that does not keep the pool open.
+    pub(crate) fn downgrade(&self) -> WeakPool {
+        WeakPool(Arc::downgrade(&self.handle))
+    }
+
     /// The configuration.
     pub fn config(&self) -> &PoolConfig {
         &self.inner().config
@@ -625,6 +630,15 @@ impl Inner {
         drop(freed);
         self.returned.notify_all();
         self.refill.notify_all();
+    }
+}
+
+/// A pool the registry watches without keeping it open.
+pub(crate) struct WeakPool(Weak<Handle>);
+
+impl WeakPool {
+    pub(crate) fn upgrade(&self) -> Option<Pool> {
+        self.0.upgrade().map(|handle| Pool { handle })
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Budget, Pool, PoolConfig, PoolStats, QosClass};
+use super::{Budget, Pool, PoolConfig, PoolStats, QosClass, WeakPool};
 use crate::allocator::Allocator;
 use crate::backend::Source;
 use crate::constraints::Constraints;
@@ -65,6 +65,8 @@ struct Inner {
     alloc: Arc<Allocator>,
     policy: RwLock<Policy>,
     pools: Mutex<HashMap<PoolKey, Pool>>,
+    /// Pools that belong to one user (`private_pool`), watched while they are open.
+    private: Mutex<Vec<WeakPool>>,
     budget: Option<Arc<Budget>>,
     level: AtomicU8,
     monitor: Mutex<Option<PressureMonitor>>,
@@ -86,6 +88,7 @@ impl PoolRegistry {
                 alloc,
                 policy: RwLock::new(policy),
                 pools: Mutex::default(),
+                private: Mutex::default(),
                 budget: global_budget.map(|cap| Arc::new(Budget::new(cap))),
                 level: AtomicU8::new(PressureLevel::Normal as u8),
                 monitor: Mutex::default(),
@@ -209,6 +212,28 @@ impl PoolRegistry {
         Ok(pool)
     }
 
+    /// A pool of its own for one user (a GStreamer buffer pool, a PipeWire stream): buffers of
+    /// exactly `config.buffer_size`, not shared with anyone, but under the registry's global
+    /// budget, told the memory pressure, and listed in its statistics while it is open. It
+    /// closes when its last handle is dropped.
+    pub fn private_pool(&self, config: PoolConfig) -> Result<Pool> {
+        let pool = Pool::with_global_budget(
+            Arc::clone(&self.inner.alloc),
+            config,
+            self.inner.budget.clone(),
+        )?;
+        pool.set_pressure(self.pressure());
+        let mut private = self.inner.private.lock().unwrap_or_else(|p| p.into_inner());
+        private.retain(|w| w.upgrade().is_some());
+        private.push(pool.downgrade());
+        Ok(pool)
+    }
+
+    /// The bytes all pools hold together and the global cap, if there is one.
+    pub fn global_budget(&self) -> Option<(u64, u64)> {
+        self.inner.budget.as_ref().map(|b| (b.used(), b.cap()))
+    }
+
     /// The pressure level the pools were last told.
     pub fn pressure(&self) -> PressureLevel {
         PressureLevel::from_u8(self.inner.level.load(Ordering::Relaxed))
@@ -234,8 +259,7 @@ impl PoolRegistry {
 
     /// Statistics of every pool.
     pub fn stats(&self) -> RegistryStats {
-        let pools = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stats: Vec<PoolStats> = pools.values().map(Pool::stats).collect();
+        let mut stats: Vec<PoolStats> = self.inner.all_pools().iter().map(Pool::stats).collect();
         stats.sort_by(|a, b| a.name.cmp(&b.name));
         let source = match self
             .inner
@@ -289,7 +313,8 @@ impl PoolRegistry {
 }
 
 impl Inner {
-    fn set_pressure(&self, level: PressureLevel) {
+    /// The shared pools and the private ones still open.
+    fn all_pools(&self) -> Vec<Pool> {
         let mut pools: Vec<Pool> = self
             .pools
             .lock()
@@ -297,6 +322,19 @@ impl Inner {
             .values()
             .cloned()
             .collect();
+        let mut private = self.private.lock().unwrap_or_else(|p| p.into_inner());
+        private.retain(|w| match w.upgrade() {
+            Some(pool) => {
+                pools.push(pool);
+                true
+            }
+            None => false,
+        });
+        pools
+    }
+
+    fn set_pressure(&self, level: PressureLevel) {
+        let mut pools = self.all_pools();
         pools.sort_by_key(|p| std::cmp::Reverse(p.config().qos));
         for pool in pools {
             pool.set_pressure(level);
@@ -328,6 +366,39 @@ fn write_atomically(path: &std::path::Path, stats: &RegistryStats) -> std::io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_pools_share_the_budget_and_pressure_but_not_buffers() {
+        let registry =
+            PoolRegistry::new(Arc::new(Allocator::new()), Policy::builtin(), Some(3 << 20));
+        let config = |name: &str| {
+            PoolConfig::new(name, vec![Source::Memfd], 1_000_000).qos(QosClass::Background)
+        };
+        let a = registry.private_pool(config("private-a")).unwrap();
+        let b = registry.private_pool(config("private-b")).unwrap();
+        assert_eq!(
+            a.buffer_len(),
+            1_003_520,
+            "exact size, rounded to pages only"
+        );
+        let held: Vec<_> = (0..3).map(|_| a.try_acquire().unwrap()).collect();
+        let err = b.try_acquire().unwrap_err().to_string();
+        assert!(err.contains("global budget"), "{err}");
+        assert_eq!(registry.stats().pools.len(), 2);
+        drop(held);
+        registry.set_pressure(PressureLevel::Elevated);
+        assert_eq!(
+            a.stats().buffers_free,
+            0,
+            "background private pools are trimmed"
+        );
+        drop(a);
+        assert_eq!(
+            registry.stats().pools.len(),
+            1,
+            "closed private pools leave the registry"
+        );
+    }
 
     #[test]
     fn size_classes_waste_at_most_an_eighth() {
