@@ -1,1 +1,61 @@
-//! GStreamer plugin `dmaheap` (work in progress: see issue 4).
+#![doc = include_str!("../README.md")]
+
+use gst::glib;
+use gst::prelude::*;
+
+mod allocator;
+mod bufferpool;
+mod error;
+mod heapchoice;
+mod memory;
+mod props;
+mod stats;
+mod upload;
+
+pub use allocator::{ALLOCATOR_NAME, DmaHeapAllocator};
+pub use bufferpool::{DmaHeapBufferPool, OnExhaustion};
+pub use error::Error;
+pub use heapchoice::{HeapChoice, QosClass, Usage};
+pub use memory::{HeapMemoryInfo, heap_memory_info, is_heap_memory, live_heap_buffers};
+pub use upload::DmaHeapUpload;
+
+/// Forwards heapcore's `log` records (which source was skipped and why) to the
+/// `dmaheapcore` debug category. Only the first logger a process installs wins; an
+/// application that installed its own keeps it.
+fn forward_heapcore_log() {
+    static LOGGER: std::sync::LazyLock<gst::log::DebugCategoryLogger> =
+        std::sync::LazyLock::new(|| {
+            gst::log::DebugCategoryLogger::new(gst::DebugCategory::new(
+                "dmaheapcore",
+                gst::DebugColorFlags::empty(),
+                Some("heapcore: heap discovery, allocation and fallback"),
+            ))
+        });
+    if log::set_logger(&*LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Trace);
+    }
+}
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    forward_heapcore_log();
+    Usage::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    QosClass::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    OnExhaustion::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    allocator::register(plugin)?;
+    bufferpool::register(plugin)?;
+    upload::register(plugin)?;
+    Ok(())
+}
+
+gst::plugin_define!(
+    dmaheap,
+    env!("CARGO_PKG_DESCRIPTION"),
+    plugin_init,
+    concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),
+    // The crate is MIT OR Apache-2.0; GStreamer's license list knows "MIT/X11".
+    "MIT/X11",
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_REPOSITORY"),
+    env!("BUILD_REL_DATE")
+);

@@ -1,0 +1,532 @@
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_video::prelude::*;
+
+use super::OnExhaustion;
+use crate::allocator::DmaHeapAllocator;
+use crate::error::Error;
+use crate::heapchoice::QosClass;
+use crate::memory;
+use crate::props::{self, DEFAULT_ON_EXHAUSTION, DEFAULT_PREWARM, DEFAULT_QOS};
+use crate::stats::Stats;
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "dmaheappool",
+        gst::DebugColorFlags::empty(),
+        Some("DMA-BUF heap video buffer pool"),
+    )
+});
+
+const DEFAULT_BUFFER_LIMIT: u32 = 0;
+
+thread_local! {
+    /// Set by `alloc_buffer` so `acquire_buffer` can tell a hit from a miss.
+    static ALLOCATED: Cell<bool> = const { Cell::new(false) };
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    qos: QosClass,
+    prewarm: u32,
+    on_exhaustion: OnExhaustion,
+    buffer_limit: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            qos: DEFAULT_QOS,
+            prewarm: DEFAULT_PREWARM,
+            on_exhaustion: DEFAULT_ON_EXHAUSTION,
+            buffer_limit: DEFAULT_BUFFER_LIMIT,
+        }
+    }
+}
+
+/// What the last accepted configuration says.
+#[derive(Debug, Clone)]
+struct Config {
+    info: gst_video::VideoInfo,
+    size: usize,
+    min: u32,
+    max: u32,
+    allocator: DmaHeapAllocator,
+    params: gst::AllocationParams,
+    add_video_meta: bool,
+}
+
+#[derive(Default)]
+pub struct DmaHeapBufferPool {
+    settings: Mutex<Settings>,
+    config: Mutex<Option<Config>>,
+    stats: Mutex<Arc<Stats>>,
+    owner: Mutex<glib::WeakRef<gst::Element>>,
+    /// The default allocator, made when a config names none (or a foreign one).
+    default_allocator: Mutex<Option<DmaHeapAllocator>>,
+    /// True while `start` preallocates: those allocations are prewarm, not misses.
+    starting: AtomicBool,
+    /// Buffers allocated and not yet freed.
+    alive: AtomicI64,
+    /// Buffers acquired and not yet released.
+    outstanding: AtomicI64,
+    /// The heapcore pool buffers come from while active: counted against the process's global
+    /// budget, told the memory pressure, listed by `dmaheap stats`.
+    heap_pool: Mutex<Option<heapcore::Pool>>,
+}
+
+impl DmaHeapBufferPool {
+    pub(super) fn set_owner(&self, element: &gst::Element) {
+        *self.owner.lock().unwrap() = element.downgrade();
+    }
+
+    pub(super) fn set_stats(&self, stats: Arc<Stats>) {
+        *self.stats.lock().unwrap() = stats;
+    }
+
+    fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats.lock().unwrap())
+    }
+
+    /// Says `err` on the owning element's bus (the element that upstream's error would
+    /// otherwise only call "internal data stream error").
+    fn post_error(&self, err: &Error, kind: gst::ResourceError) {
+        let owner = self.owner.lock().unwrap().upgrade();
+        if let Some(element) = owner {
+            element.post_error_message(gst::error_msg!(
+                kind,
+                ("{}", err),
+                ["buffer pool {}", self.obj().name()]
+            ));
+        }
+    }
+
+    fn buffer_name(&self) -> String {
+        let owner = self.owner.lock().unwrap().upgrade();
+        match owner {
+            Some(element) => format!("gst:{}", element.name()),
+            None => format!("gst:{}", self.obj().name()),
+        }
+    }
+
+    fn default_allocator(&self) -> DmaHeapAllocator {
+        self.default_allocator
+            .lock()
+            .unwrap()
+            .get_or_insert_with(DmaHeapAllocator::new)
+            .clone()
+    }
+
+    fn configure(&self, config: &mut gst::BufferPoolConfigRef) -> Result<Config, String> {
+        let (caps, size, min, max) = config
+            .params()
+            .ok_or_else(|| "the configuration has no parameters".to_owned())?;
+        let caps = caps.ok_or_else(|| "the configuration has no caps".to_owned())?;
+        let mut info = gst_video::VideoInfo::from_caps(&caps)
+            .map_err(|_| format!("{caps} is not raw video"))?;
+
+        let (allocator, mut params) = match config.allocator() {
+            Some((Some(a), params)) => match a.downcast::<DmaHeapAllocator>() {
+                Ok(ours) => (ours, params),
+                Err(other) => {
+                    gst::debug!(
+                        CAT,
+                        imp = self,
+                        "allocator {} is not a heap allocator: using the default heap order",
+                        other.name()
+                    );
+                    (self.default_allocator(), params)
+                }
+            },
+            Some((None, params)) => (self.default_allocator(), params),
+            None => (self.default_allocator(), gst::AllocationParams::default()),
+        };
+
+        let add_video_meta = config.has_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META);
+        let want_alignment = config.has_option(gst_video::BUFFER_POOL_OPTION_VIDEO_ALIGNMENT);
+        if add_video_meta && want_alignment {
+            // Strides can only be padded when the consumer reads them from the video meta.
+            let mut align = config.video_alignment().unwrap_or_default();
+            let mask = align
+                .stride_align()
+                .iter()
+                .fold(params.align() as u32, |m, s| m | s);
+            for s in align.stride_align_mut() {
+                *s = mask;
+            }
+            info.align(&mut align)
+                .map_err(|_| format!("cannot apply {align:?} to {caps}"))?;
+            config.set_video_alignment(&align);
+            if params.align() < mask as usize {
+                params = gst::AllocationParams::new(
+                    params.flags(),
+                    mask as usize,
+                    params.prefix(),
+                    params.padding(),
+                );
+            }
+        }
+
+        let settings = *self.settings.lock().unwrap();
+        let size = (size as usize).max(info.size());
+        // prewarm is a floor on the buffers allocated at activation: GstBufferPool
+        // preallocates min-buffers.
+        let mut min = min.max(settings.prewarm);
+        let mut max = max;
+        if settings.buffer_limit > 0 && (max == 0 || max > settings.buffer_limit) {
+            max = settings.buffer_limit;
+        }
+        if max > 0 && min > max {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "{min} buffers asked for at activation but at most {max} allowed: \
+                 preallocating {max}"
+            );
+            min = max;
+        }
+        let size32 = u32::try_from(size).map_err(|_| format!("frames of {size} bytes"))?;
+        config.set_params(Some(&caps), size32, min, max);
+        config.set_allocator(
+            Some(allocator.upcast_ref::<gst::Allocator>()),
+            Some(&params),
+        );
+        Ok(Config {
+            info,
+            size,
+            min,
+            max,
+            allocator,
+            params,
+            add_video_meta,
+        })
+    }
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for DmaHeapBufferPool {
+    const NAME: &'static str = "GstDmaHeapBufferPool";
+    type Type = super::DmaHeapBufferPool;
+    type ParentType = gst::BufferPool;
+}
+
+impl ObjectImpl for DmaHeapBufferPool {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                props::qos().build(),
+                props::prewarm().build(),
+                props::on_exhaustion().build(),
+                glib::ParamSpecUInt::builder("buffer-limit")
+                    .nick("Buffer limit")
+                    .blurb(
+                        "The most buffers the pool may hold, whatever a configuration asks \
+                         (0: no limit)",
+                    )
+                    .default_value(DEFAULT_BUFFER_LIMIT)
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("Pool hits and misses, prewarmed and trimmed buffers, heap used")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "qos" => settings.qos = value.get().expect("type checked upstream"),
+            "prewarm" => settings.prewarm = value.get().expect("type checked upstream"),
+            "on-exhaustion" => settings.on_exhaustion = value.get().expect("type checked upstream"),
+            "buffer-limit" => settings.buffer_limit = value.get().expect("type checked upstream"),
+            _ => unimplemented!(),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "qos" => settings.qos.to_value(),
+            "prewarm" => settings.prewarm.to_value(),
+            "on-exhaustion" => settings.on_exhaustion.to_value(),
+            "buffer-limit" => settings.buffer_limit.to_value(),
+            "stats" => self.stats().to_structure("dmaheap-pool-stats").to_value(),
+            _ => unimplemented!(),
+        }
+    }
+}
+
+impl GstObjectImpl for DmaHeapBufferPool {}
+
+impl BufferPoolImpl for DmaHeapBufferPool {
+    fn options() -> &'static [&'static str] {
+        static OPTIONS: LazyLock<[&'static str; 2]> = LazyLock::new(|| {
+            [
+                gst_video::BUFFER_POOL_OPTION_VIDEO_META.as_str(),
+                gst_video::BUFFER_POOL_OPTION_VIDEO_ALIGNMENT.as_str(),
+            ]
+        });
+        &*OPTIONS
+    }
+
+    fn set_config(&self, config: &mut gst::BufferPoolConfigRef) -> bool {
+        match self.configure(config) {
+            Ok(cfg) => {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "configured: {}x{} {} frames of {} bytes, {}..{} buffers, video meta {}, \
+                     strides {:?}, offsets {:?}, allocation align {}",
+                    cfg.info.width(),
+                    cfg.info.height(),
+                    cfg.info.format(),
+                    cfg.size,
+                    cfg.min,
+                    if cfg.max == 0 {
+                        "unlimited".to_owned()
+                    } else {
+                        cfg.max.to_string()
+                    },
+                    cfg.add_video_meta,
+                    cfg.info.stride(),
+                    cfg.info.offset(),
+                    cfg.params.align() + 1,
+                );
+                *self.config.lock().unwrap() = Some(cfg);
+                self.parent_set_config(config)
+            }
+            Err(reason) => {
+                gst::warning!(CAT, imp = self, "refusing configuration: {reason}");
+                false
+            }
+        }
+    }
+
+    fn start(&self) -> bool {
+        let made = self.config.lock().unwrap().as_ref().map(|cfg| {
+            let settings = *self.settings.lock().unwrap();
+            cfg.allocator.heap_pool(
+                cfg.size,
+                &cfg.params,
+                &self.buffer_name(),
+                settings.qos,
+                settings.prewarm,
+            )
+        });
+        match made {
+            Some(Ok(pool)) => *self.heap_pool.lock().unwrap() = Some(pool),
+            Some(Err(err)) => {
+                gst::error!(CAT, imp = self, "{err}");
+                self.post_error(&err, gst::ResourceError::NoSpaceLeft);
+                return false;
+            }
+            None => {}
+        }
+        let stats = self.stats();
+        let before = stats.prewarmed.load(Ordering::Relaxed);
+        self.starting.store(true, Ordering::SeqCst);
+        let ok = self.parent_start();
+        self.starting.store(false, Ordering::SeqCst);
+        let prewarmed = stats.prewarmed.load(Ordering::Relaxed) - before;
+        let (buffers, bytes) = stats.held_total();
+        gst::info!(
+            CAT,
+            imp = self,
+            "activated with {prewarmed} prewarmed buffers ({buffers} buffers, {bytes} bytes of \
+             heap memory held by this pool's statistics group)"
+        );
+        ok
+    }
+
+    fn stop(&self) -> bool {
+        let ok = self.parent_stop();
+        // Buffers still out return to the closed heapcore pool and are freed then.
+        if let Some(pool) = self.heap_pool.lock().unwrap().take() {
+            pool.shutdown();
+        }
+        gst::debug!(
+            CAT,
+            imp = self,
+            "stopped; {} buffers still alive",
+            self.alive.load(Ordering::SeqCst)
+        );
+        ok
+    }
+
+    fn alloc_buffer(
+        &self,
+        _params: Option<&gst::BufferPoolAcquireParams>,
+    ) -> Result<gst::Buffer, gst::FlowError> {
+        let cfg = self
+            .config
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or(gst::FlowError::NotNegotiated)?;
+        let stats = self.stats();
+        let heap_pool = self.heap_pool.lock().unwrap().clone();
+        let allocated = match &heap_pool {
+            Some(pool) => {
+                cfg.allocator
+                    .alloc_pooled_memory(cfg.size, &cfg.params, &self.buffer_name(), pool)
+            }
+            None => cfg
+                .allocator
+                .alloc_heap_memory(cfg.size, &cfg.params, &self.buffer_name()),
+        };
+        let mut mem = match allocated {
+            Ok(mem) => mem,
+            Err(err) => {
+                Stats::bump(&stats.alloc_failures);
+                gst::error!(CAT, imp = self, "{err}");
+                self.post_error(&err, gst::ResourceError::NoSpaceLeft);
+                return Err(gst::FlowError::Error);
+            }
+        };
+        let heap = memory::heap_buffer(&mem).expect("heap memory carries its buffer");
+        // Held until the memory is freed, even if a buffer leaves the pool without it.
+        heap.track(Arc::clone(&stats));
+        let info = memory::heap_memory_info(&mem).expect("heap memory carries its buffer");
+        {
+            // Map once now: with KEEP_MAPPED the mapping stays for the memory's life, so no
+            // frame pays for mmap on the streaming thread.
+            let mem = mem.get_mut().expect("a fresh memory has one owner");
+            if let Err(e) = mem.map_writable() {
+                gst::debug!(CAT, imp = self, "cannot premap {}: {e}", info.origin);
+            }
+        }
+        let mut buffer = gst::Buffer::new();
+        {
+            let buffer = buffer.get_mut().expect("a fresh buffer has one owner");
+            buffer.append_memory(mem);
+            if cfg.add_video_meta {
+                gst_video::VideoMeta::add_full(
+                    buffer,
+                    gst_video::VideoFrameFlags::empty(),
+                    cfg.info.format(),
+                    cfg.info.width(),
+                    cfg.info.height(),
+                    cfg.info.offset(),
+                    cfg.info.stride(),
+                )
+                .map_err(|e| {
+                    gst::error!(CAT, imp = self, "cannot add video meta: {e}");
+                    gst::FlowError::Error
+                })?;
+            }
+        }
+        self.alive.fetch_add(1, Ordering::SeqCst);
+        if self.starting.load(Ordering::SeqCst) {
+            Stats::bump(&stats.prewarmed);
+        } else {
+            ALLOCATED.with(|a| a.set(true));
+            Stats::bump(&stats.pool_misses);
+            if self.settings.lock().unwrap().qos == QosClass::Realtime {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "realtime pool allocated {} bytes on the streaming thread; raise prewarm",
+                    info.len
+                );
+            }
+        }
+        gst::debug!(
+            CAT,
+            imp = self,
+            "allocated a {} byte buffer from {} ({}, {})",
+            info.len,
+            info.origin,
+            if info.is_dmabuf {
+                "dma-buf memory"
+            } else {
+                "fd memory"
+            },
+            if info.contiguous {
+                "contiguous"
+            } else {
+                "scattered"
+            }
+        );
+        Ok(buffer)
+    }
+
+    fn free_buffer(&self, buffer: gst::Buffer) {
+        // The heap memory leaves the statistics when it is freed (see HeapBuffer::track).
+        self.alive.fetch_sub(1, Ordering::SeqCst);
+        self.parent_free_buffer(buffer);
+    }
+
+    fn acquire_buffer(
+        &self,
+        params: Option<&gst::BufferPoolAcquireParams>,
+    ) -> Result<gst::Buffer, gst::FlowError> {
+        let on_exhaustion = self.settings.lock().unwrap().on_exhaustion;
+        let caller_wont_wait =
+            params.is_some_and(|p| p.flags().contains(gst::BufferPoolAcquireFlags::DONTWAIT));
+        ALLOCATED.with(|a| a.set(false));
+        let result = if on_exhaustion == OnExhaustion::Error && !caller_wont_wait {
+            let flags = params.map_or(gst::BufferPoolAcquireFlags::empty(), |p| p.flags())
+                | gst::BufferPoolAcquireFlags::DONTWAIT;
+            let dontwait = gst::BufferPoolAcquireParams::with_flags(flags);
+            match self.parent_acquire_buffer(Some(&dontwait)) {
+                Err(gst::FlowError::Eos) => {
+                    let max = self.config.lock().unwrap().as_ref().map_or(0, |c| c.max);
+                    let err = Error::PoolExhausted { max };
+                    gst::error!(CAT, imp = self, "{err}");
+                    self.post_error(&err, gst::ResourceError::Busy);
+                    Err(gst::FlowError::Error)
+                }
+                other => other,
+            }
+        } else {
+            self.parent_acquire_buffer(params)
+        };
+        if result.is_ok() {
+            self.outstanding.fetch_add(1, Ordering::SeqCst);
+            if !ALLOCATED.with(Cell::get) {
+                Stats::bump(&self.stats().pool_hits);
+            }
+        }
+        result
+    }
+
+    fn release_buffer(&self, mut buffer: gst::Buffer) {
+        if !self.starting.load(Ordering::SeqCst) {
+            let outstanding = self.outstanding.fetch_sub(1, Ordering::SeqCst) - 1;
+            let settings = *self.settings.lock().unwrap();
+            // Background pools stay lean; under critical memory pressure normal pools give
+            // idle buffers back too (realtime pools never do).
+            let pressure = crate::heapchoice::registry().pressure();
+            let lean = match settings.qos {
+                QosClass::Background => true,
+                QosClass::Normal => pressure == heapcore::PressureLevel::Critical,
+                QosClass::Realtime => false,
+            };
+            if lean {
+                let min = self.config.lock().unwrap().as_ref().map_or(0, |c| c.min);
+                // Idle buffers once this one is back.
+                let idle = self.alive.load(Ordering::SeqCst) - outstanding;
+                if idle > i64::from(min) {
+                    // GstBufferPool frees a returning buffer whose memory is tagged.
+                    buffer.make_mut().set_flags(gst::BufferFlags::TAG_MEMORY);
+                    Stats::bump(&self.stats().trimmed);
+                    gst::log!(
+                        CAT,
+                        imp = self,
+                        "{:?} pool ({pressure:?} memory pressure): freeing an idle buffer",
+                        settings.qos
+                    );
+                }
+            }
+        }
+        self.parent_release_buffer(buffer);
+    }
+}

@@ -1,0 +1,58 @@
+//! Properties the allocator, the buffer pool and `dmaheapupload` share, declared once so a
+//! knob has the same name, default and meaning wherever a user meets it.
+
+use gst::glib;
+use gst::glib::prelude::*;
+
+use crate::bufferpool::OnExhaustion;
+use crate::heapchoice::{QosClass, Usage};
+
+pub const DEFAULT_HEAP: &str = "";
+pub const DEFAULT_USAGE: Usage = Usage::Generic;
+pub const DEFAULT_QOS: QosClass = QosClass::Normal;
+pub const DEFAULT_PREWARM: u32 = 0;
+pub const DEFAULT_ON_EXHAUSTION: OnExhaustion = OnExhaustion::Block;
+
+/// `heap`: an ordered list of sources, or empty to let the usage policy decide.
+pub fn heap() -> glib::ParamSpecStringBuilder<'static> {
+    glib::ParamSpecString::builder("heap")
+        .nick("Heaps")
+        .blurb(
+            "Ordered list of sources, best first, separated by commas or spaces: heap names \
+             (system, reserved, cma, linux,cma, ...), udmabuf, memfd. Empty: chosen by usage",
+        )
+        .default_value(Some(DEFAULT_HEAP))
+}
+
+/// `usage`: which policy entry orders the heaps when `heap` is empty.
+pub fn usage() -> glib::ParamSpecEnumBuilder<'static, Usage> {
+    glib::ParamSpecEnum::builder_with_default("usage", DEFAULT_USAGE)
+        .nick("Usage")
+        .blurb("What the buffers are for; picks the heap order when heap is empty")
+}
+
+/// `qos`: how the pool keeps its buffers.
+pub fn qos() -> glib::ParamSpecEnumBuilder<'static, QosClass> {
+    glib::ParamSpecEnum::builder_with_default("qos", DEFAULT_QOS)
+        .nick("QoS class")
+        .blurb(
+            "realtime: prewarmed, never trimmed, misses are warnings; normal: keep what was \
+             allocated, trimmed only under critical memory pressure; background: free idle \
+             buffers above the minimum",
+        )
+}
+
+/// `prewarm`: buffers that exist before the first frame.
+pub fn prewarm() -> glib::ParamSpecUIntBuilder<'static> {
+    glib::ParamSpecUInt::builder("prewarm")
+        .nick("Prewarm")
+        .blurb("Buffers allocated when the pool is activated, before the first frame")
+        .default_value(DEFAULT_PREWARM)
+}
+
+/// `on-exhaustion`: what an acquire does when every buffer is in use.
+pub fn on_exhaustion() -> glib::ParamSpecEnumBuilder<'static, OnExhaustion> {
+    glib::ParamSpecEnum::builder_with_default("on-exhaustion", DEFAULT_ON_EXHAUSTION)
+        .nick("On exhaustion")
+        .blurb("When max-buffers are all in use: block until one returns, or error")
+}

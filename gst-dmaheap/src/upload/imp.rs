@@ -1,0 +1,843 @@
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::subclass::prelude::*;
+use gst_video::prelude::*;
+
+use crate::allocator::DmaHeapAllocator;
+use crate::bufferpool::{DmaHeapBufferPool, OnExhaustion};
+use crate::heapchoice::{HeapChoice, QosClass, Usage};
+use crate::memory;
+use crate::props::{
+    self, DEFAULT_HEAP, DEFAULT_ON_EXHAUSTION, DEFAULT_PREWARM, DEFAULT_QOS, DEFAULT_USAGE,
+};
+use crate::stats::Stats;
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "dmaheapupload",
+        gst::DebugColorFlags::empty(),
+        Some("DMA-BUF heap upload"),
+    )
+});
+
+const DEFAULT_MIN_BUFFERS: u32 = 0;
+const DEFAULT_MAX_BUFFERS: u32 = 0;
+
+const STATS_NAME: &str = "dmaheapupload-stats";
+
+#[derive(Debug, Clone)]
+struct Settings {
+    heap: String,
+    usage: Usage,
+    qos: QosClass,
+    prewarm: u32,
+    min_buffers: u32,
+    max_buffers: u32,
+    on_exhaustion: OnExhaustion,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            heap: DEFAULT_HEAP.into(),
+            usage: DEFAULT_USAGE,
+            qos: DEFAULT_QOS,
+            prewarm: DEFAULT_PREWARM,
+            min_buffers: DEFAULT_MIN_BUFFERS,
+            max_buffers: DEFAULT_MAX_BUFFERS,
+            on_exhaustion: DEFAULT_ON_EXHAUSTION,
+        }
+    }
+}
+
+/// What downstream said in its ALLOCATION answer.
+#[derive(Debug, Clone, Default)]
+struct Downstream {
+    size: u32,
+    min: u32,
+    params: gst::AllocationParams,
+    video_meta: bool,
+    alignment: Option<gst_video::VideoAlignment>,
+}
+
+/// The heap pool for the current input caps.
+#[derive(Debug)]
+struct PoolSlot {
+    pool: DmaHeapBufferPool,
+    /// The allocator it was configured with (a new one when the heap choice changes).
+    allocator: DmaHeapAllocator,
+    caps: gst::Caps,
+    size: u32,
+    min: u32,
+    max: u32,
+    /// We activated it to copy into (upstream did not take it).
+    ours: bool,
+}
+
+// One per element, replaced only on state changes: the size of `Started` does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Default)]
+enum State {
+    #[default]
+    Stopped,
+    Started {
+        /// The heap choice from the properties (memfd allowed where the list allows it).
+        choice: Arc<HeapChoice>,
+        /// The allocator for the negotiated caps (dma-buf sources only for memory:DMABuf).
+        allocator: DmaHeapAllocator,
+        in_caps: Option<gst::Caps>,
+        in_info: Option<gst_video::VideoInfo>,
+        out_dmabuf: bool,
+        downstream: Downstream,
+        pool: Option<PoolSlot>,
+        told_about_copies: bool,
+    },
+}
+
+#[derive(Default)]
+pub struct DmaHeapUpload {
+    settings: Mutex<Settings>,
+    state: Mutex<State>,
+    stats: Mutex<Arc<Stats>>,
+}
+
+impl DmaHeapUpload {
+    fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats.lock().unwrap())
+    }
+
+    /// Whether memory:DMABuf can be offered downstream with the current settings.
+    fn dmabuf_possible(&self) -> bool {
+        if let State::Started { choice, .. } = &*self.state.lock().unwrap() {
+            return choice.has_dmabuf_source();
+        }
+        let settings = self.settings.lock().unwrap().clone();
+        HeapChoice::resolve(&settings.heap, settings.usage, 0)
+            .map(|c| c.has_dmabuf_source())
+            .unwrap_or(false)
+    }
+
+    /// Makes sure a pool exists for `caps` with the current downstream needs; an existing one
+    /// with the same caps is kept (upstream may be using it).
+    fn ensure_pool(&self, state: &mut State, caps: &gst::Caps) -> Result<(), gst::ErrorMessage> {
+        let State::Started {
+            allocator,
+            downstream,
+            pool: slot,
+            ..
+        } = state
+        else {
+            return Err(gst::error_msg!(
+                gst::CoreError::StateChange,
+                ("dmaheapupload is not started")
+            ));
+        };
+        let settings = self.settings.lock().unwrap().clone();
+        let info = gst_video::VideoInfo::from_caps(caps).map_err(|_| {
+            gst::error_msg!(gst::CoreError::Negotiation, ("{caps} is not raw video"))
+        })?;
+        let size = u32::try_from(info.size())
+            .unwrap_or(u32::MAX)
+            .max(downstream.size);
+        let min = settings.min_buffers.max(downstream.min);
+        let mut max = settings.max_buffers;
+        if max > 0 && max < min {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "max-buffers={max} is below the {min} buffers downstream needs: allowing {min}"
+            );
+            max = min;
+        }
+        if let Some(existing) = slot.as_ref()
+            && existing.allocator == *allocator
+            && existing.caps == *caps
+            && existing.size == size
+            && existing.min == min
+            && existing.max == max
+        {
+            return Ok(());
+        }
+        if let Some(old) = slot.take() {
+            gst::debug!(CAT, imp = self, "replacing the pool for {}", old.caps);
+            let _ = old.pool.set_active(false);
+        }
+
+        let pool = DmaHeapBufferPool::new();
+        pool.set_owner(&*self.obj());
+        pool.set_stats(self.stats());
+        pool.set_property("qos", settings.qos);
+        pool.set_property("prewarm", settings.prewarm);
+        pool.set_property("on-exhaustion", settings.on_exhaustion);
+        pool.set_property("buffer-limit", max);
+        let mut config = pool.config();
+        config.set_params(Some(caps), size, min, max);
+        config.set_allocator(
+            Some(allocator.upcast_ref::<gst::Allocator>()),
+            Some(&downstream.params),
+        );
+        if downstream.video_meta {
+            // Downstream reads strides from the video meta, so its alignment can be honoured
+            // for whoever writes with a video meta (the pool applies it only then).
+            if let Some(align) = &downstream.alignment {
+                config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_ALIGNMENT);
+                config.set_video_alignment(align);
+            }
+        }
+        pool.set_config(config).map_err(|_| {
+            gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("the heap pool refused a configuration for {caps}")
+            )
+        })?;
+        Stats::bump(&self.stats().pools);
+        gst::info!(
+            CAT,
+            imp = self,
+            "new heap pool {} for {caps}: {size} byte buffers, {min}..{} of them, from {}",
+            pool.name(),
+            if max == 0 {
+                "unlimited".to_owned()
+            } else {
+                max.to_string()
+            },
+            allocator
+                .choice()
+                .map(|c| c.describe())
+                .unwrap_or_else(|e| e.to_string())
+        );
+        *slot = Some(PoolSlot {
+            pool,
+            allocator: allocator.clone(),
+            caps: caps.clone(),
+            size,
+            min,
+            max,
+            ours: false,
+        });
+        Ok(())
+    }
+
+    /// The pool to copy into, activated if upstream did not activate it.
+    fn copy_pool(&self) -> Result<DmaHeapBufferPool, gst::FlowError> {
+        let mut state = self.state.lock().unwrap();
+        let caps = match &*state {
+            State::Started {
+                in_caps: Some(caps),
+                ..
+            } => caps.clone(),
+            _ => return Err(gst::FlowError::NotNegotiated),
+        };
+        if matches!(&*state, State::Started { pool: None, .. }) {
+            self.ensure_pool(&mut state, &caps).map_err(|e| {
+                self.post_error_message(e);
+                gst::FlowError::Error
+            })?;
+        }
+        let State::Started {
+            pool: Some(slot), ..
+        } = &mut *state
+        else {
+            return Err(gst::FlowError::NotNegotiated);
+        };
+        if !slot.pool.is_active() {
+            // Nobody configured it for writing: the copies carry a video meta, so the pool may
+            // apply downstream's alignment.
+            let mut config = slot.pool.config();
+            config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META);
+            if slot.pool.set_config(config).is_err() {
+                gst::warning!(CAT, imp = self, "could not enable video meta on the pool");
+            }
+            slot.pool.set_active(true).map_err(|_| {
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::NoSpaceLeft,
+                    ("could not activate the heap buffer pool"),
+                    ["pool {}", slot.pool.name()]
+                );
+                gst::FlowError::Error
+            })?;
+            slot.ours = true;
+        }
+        Ok(slot.pool.clone())
+    }
+
+    /// Whether every memory of `buf` is heap memory (dma-buf memory when `need_dmabuf`).
+    fn is_heap_buffer(buf: &gst::BufferRef, need_dmabuf: bool) -> bool {
+        buf.n_memory() > 0
+            && buf.iter_memories().all(|m| {
+                memory::heap_memory_info(m).is_some_and(|info| info.is_dmabuf || !need_dmabuf)
+            })
+    }
+
+    /// Why a buffer was copied, for the log.
+    fn copy_reason(buf: &gst::BufferRef) -> String {
+        let Some(mem) = buf.iter_memories().next() else {
+            return "it has no memory".into();
+        };
+        if let Some(info) = memory::heap_memory_info(mem) {
+            return format!(
+                "it is {} memory but memory:DMABuf was negotiated",
+                info.origin
+            );
+        }
+        if mem.is_memory_type::<gst_allocators::DmaBufMemory>() {
+            return "it is a dma-buf from another exporter".into();
+        }
+        match mem.allocator() {
+            Some(a) => format!("its memory comes from allocator {}", a.name()),
+            None => "its memory has no allocator".into(),
+        }
+    }
+
+    fn copy_frame(
+        &self,
+        info: &gst_video::VideoInfo,
+        inbuf: &gst::Buffer,
+        outbuf: gst::Buffer,
+    ) -> Result<gst::Buffer, gst::FlowError> {
+        let in_frame =
+            gst_video::VideoFrame::from_buffer_readable(inbuf.clone(), info).map_err(|_| {
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Failed,
+                    ("cannot map an input frame for reading")
+                );
+                gst::FlowError::Error
+            })?;
+        let mut out_frame =
+            gst_video::VideoFrame::from_buffer_writable(outbuf, info).map_err(|_| {
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Failed,
+                    ("cannot map a heap buffer for writing")
+                );
+                gst::FlowError::Error
+            })?;
+        in_frame.copy(&mut out_frame).map_err(|_| {
+            gst::element_imp_error!(self, gst::StreamError::Failed, ("frame copy failed"));
+            gst::FlowError::Error
+        })?;
+        let mut outbuf = out_frame.into_buffer();
+        self.parent_copy_metadata(
+            inbuf.as_ref(),
+            outbuf.get_mut().expect("a pool buffer has one owner"),
+        )
+        .map_err(|_| gst::FlowError::Error)?;
+        Ok(outbuf)
+    }
+
+    fn post_stats(&self) {
+        let stats = self.stats().to_structure(STATS_NAME);
+        gst::info!(CAT, imp = self, "{stats}");
+        let msg = gst::message::Element::builder(stats)
+            .src(&*self.obj())
+            .build();
+        let _ = self.obj().post_message(msg);
+    }
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for DmaHeapUpload {
+    const NAME: &'static str = "GstDmaHeapUpload";
+    type Type = super::DmaHeapUpload;
+    type ParentType = gst_base::BaseTransform;
+}
+
+impl ObjectImpl for DmaHeapUpload {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                props::heap().mutable_ready().build(),
+                props::usage().mutable_ready().build(),
+                props::qos().mutable_ready().build(),
+                props::prewarm().mutable_ready().build(),
+                glib::ParamSpecUInt::builder("min-buffers")
+                    .nick("Minimum buffers")
+                    .blurb("Buffers the pool keeps at least (downstream may ask for more)")
+                    .default_value(DEFAULT_MIN_BUFFERS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-buffers")
+                    .nick("Maximum buffers")
+                    .blurb("The most buffers the pool holds (0: no limit)")
+                    .default_value(DEFAULT_MAX_BUFFERS)
+                    .mutable_ready()
+                    .build(),
+                props::on_exhaustion().mutable_ready().build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb(
+                        "passthrough and copies, pool hits and misses, prewarmed and trimmed \
+                         buffers, heap memory held (heap-used bytes, heap-origins)",
+                    )
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "heap" => {
+                let heap: Option<String> = value.get().expect("type checked upstream");
+                settings.heap = heap.unwrap_or_default();
+                if let Err(e) = HeapChoice::resolve(&settings.heap, settings.usage, 0) {
+                    // Said again as an element error when the element starts.
+                    gst::warning!(CAT, imp = self, "{e}");
+                }
+            }
+            "usage" => settings.usage = value.get().expect("type checked upstream"),
+            "qos" => settings.qos = value.get().expect("type checked upstream"),
+            "prewarm" => settings.prewarm = value.get().expect("type checked upstream"),
+            "min-buffers" => settings.min_buffers = value.get().expect("type checked upstream"),
+            "max-buffers" => settings.max_buffers = value.get().expect("type checked upstream"),
+            "on-exhaustion" => settings.on_exhaustion = value.get().expect("type checked upstream"),
+            _ => unimplemented!(),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if pspec.name() == "stats" {
+            return self.stats().to_structure(STATS_NAME).to_value();
+        }
+        let settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "heap" => settings.heap.to_value(),
+            "usage" => settings.usage.to_value(),
+            "qos" => settings.qos.to_value(),
+            "prewarm" => settings.prewarm.to_value(),
+            "min-buffers" => settings.min_buffers.to_value(),
+            "max-buffers" => settings.max_buffers.to_value(),
+            "on-exhaustion" => settings.on_exhaustion.to_value(),
+            _ => unimplemented!(),
+        }
+    }
+}
+
+impl GstObjectImpl for DmaHeapUpload {}
+
+impl ElementImpl for DmaHeapUpload {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static ELEMENT_METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "DMA-BUF heap upload",
+                "Filter/Video",
+                "Offers a DMA-BUF heap buffer pool upstream, passes heap buffers through and \
+                 copies other buffers into heap buffers",
+                "dmaheap developers",
+            )
+        });
+        Some(&*ELEMENT_METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let mut caps = gst_video::VideoCapsBuilder::new()
+                .features([gst_allocators::CAPS_FEATURE_MEMORY_DMABUF])
+                .build();
+            caps.merge(gst_video::VideoCapsBuilder::new().build());
+            vec![
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .expect("valid sink template"),
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .expect("valid src template"),
+            ]
+        });
+        PAD_TEMPLATES.as_ref()
+    }
+}
+
+impl BaseTransformImpl for DmaHeapUpload {
+    const MODE: gst_base::subclass::BaseTransformMode =
+        gst_base::subclass::BaseTransformMode::NeverInPlace;
+    const PASSTHROUGH_ON_SAME_CAPS: bool = false;
+    const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
+
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        let choice = HeapChoice::resolve(&settings.heap, settings.usage, 0)
+            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("{}", e)))?;
+        for skipped in choice.skipped() {
+            if choice.is_explicit() {
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Settings,
+                    ("skipping heap list entry {}", skipped)
+                );
+            } else {
+                gst::debug!(CAT, imp = self, "the policy's {skipped}");
+            }
+        }
+        let choice = Arc::new(choice);
+        gst::info!(CAT, imp = self, "allocating from {}", choice.describe());
+        *self.stats.lock().unwrap() = Arc::new(Stats::default());
+        *self.state.lock().unwrap() = State::Started {
+            allocator: DmaHeapAllocator::with_choice(Arc::clone(&choice)),
+            choice,
+            in_caps: None,
+            in_info: None,
+            out_dmabuf: false,
+            downstream: Downstream::default(),
+            pool: None,
+            told_about_copies: false,
+        };
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        let old = std::mem::take(&mut *self.state.lock().unwrap());
+        if let State::Started {
+            pool: Some(slot), ..
+        } = old
+        {
+            let _ = slot.pool.set_active(false);
+        }
+        gst::info!(
+            CAT,
+            imp = self,
+            "stopped: {}",
+            self.stats().to_structure(STATS_NAME)
+        );
+        Ok(())
+    }
+
+    fn transform_caps(
+        &self,
+        direction: gst::PadDirection,
+        caps: &gst::Caps,
+        filter: Option<&gst::Caps>,
+    ) -> Option<gst::Caps> {
+        let other = match direction {
+            gst::PadDirection::Sink => self.obj().static_pad("src"),
+            _ => self.obj().static_pad("sink"),
+        }?;
+        if caps.is_any() {
+            let templ = other.pad_template_caps();
+            return Some(match filter {
+                Some(f) => f.intersect_with_mode(&templ, gst::CapsIntersectMode::First),
+                None => templ,
+            });
+        }
+        let dmabuf = self.dmabuf_possible();
+        let dmabuf_features = gst::CapsFeatures::new([gst_allocators::CAPS_FEATURE_MEMORY_DMABUF]);
+        let mut out = gst::Caps::new_empty();
+        {
+            for s in caps.iter() {
+                let plain = (s.to_owned(), None);
+                let with_dmabuf = (s.to_owned(), Some(dmabuf_features.clone()));
+                // Downstream is offered dma-buf memory first (when a heap can give it);
+                // upstream may send either.
+                let order = match direction {
+                    gst::PadDirection::Sink if dmabuf => vec![with_dmabuf, plain],
+                    gst::PadDirection::Sink => vec![plain],
+                    _ => vec![plain, with_dmabuf],
+                };
+                for (s, features) in order {
+                    out.merge_structure_full(s, features);
+                }
+            }
+        }
+        gst::trace!(CAT, imp = self, "{direction:?} {caps} -> {out}");
+        Some(match filter {
+            Some(f) => f.intersect_with_mode(&out, gst::CapsIntersectMode::First),
+            None => out,
+        })
+    }
+
+    fn set_caps(&self, incaps: &gst::Caps, outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
+        let info = gst_video::VideoInfo::from_caps(incaps)
+            .map_err(|_| gst::loggable_error!(CAT, "{incaps} is not raw video"))?;
+        let out_dmabuf = outcaps
+            .features(0)
+            .is_some_and(|f| f.contains(gst_allocators::CAPS_FEATURE_MEMORY_DMABUF));
+        // The choice again, now that the frame size is known (the solver checks sizes
+        // against CMA and udmabuf), without memfd when downstream takes dma-bufs only.
+        let settings = self.settings.lock().unwrap().clone();
+        let wanted = HeapChoice::resolve(&settings.heap, settings.usage, info.size() as u64)
+            .and_then(|c| if out_dmabuf { c.dmabuf_only() } else { Ok(c) });
+        let wanted = match wanted {
+            Ok(c) => c,
+            Err(e) => {
+                gst::element_imp_error!(self, gst::CoreError::Negotiation, ("{}", e));
+                return Err(gst::loggable_error!(CAT, "{e}"));
+            }
+        };
+        let mut state = self.state.lock().unwrap();
+        let State::Started {
+            allocator,
+            in_caps,
+            in_info,
+            out_dmabuf: state_out_dmabuf,
+            ..
+        } = &mut *state
+        else {
+            return Err(gst::loggable_error!(CAT, "caps before start"));
+        };
+        let same = allocator
+            .choice()
+            .is_ok_and(|c| c.sources() == wanted.sources());
+        if !same {
+            gst::debug!(CAT, imp = self, "allocating from {}", wanted.describe());
+            *allocator = DmaHeapAllocator::with_choice(Arc::new(wanted));
+        }
+        *in_caps = Some(incaps.clone());
+        *in_info = Some(info);
+        *state_out_dmabuf = out_dmabuf;
+        gst::debug!(
+            CAT,
+            imp = self,
+            "in {incaps}, out {outcaps}: {} memory downstream",
+            if out_dmabuf { "dma-buf" } else { "any heap" }
+        );
+        Ok(())
+    }
+
+    fn decide_allocation(
+        &self,
+        query: &mut gst::query::Allocation,
+    ) -> Result<(), gst::LoggableError> {
+        let mut down = Downstream {
+            video_meta: query
+                .find_allocation_meta::<gst_video::VideoMeta>()
+                .is_some(),
+            ..Downstream::default()
+        };
+        if let Some((pool, size, min, _max)) = query.allocation_pools().next() {
+            down.size = size;
+            down.min = min;
+            if let Some(pool) = pool {
+                let config = pool.config();
+                if config.has_option(gst_video::BUFFER_POOL_OPTION_VIDEO_ALIGNMENT) {
+                    down.alignment = config.video_alignment();
+                }
+            }
+        }
+        // Every proposed parameter set must hold for our buffers: take the largest of each.
+        let (mut align, mut prefix, mut padding) = (0, 0, 0);
+        for (_allocator, params) in query.allocation_params() {
+            align |= params.align();
+            prefix = prefix.max(params.prefix());
+            padding = padding.max(params.padding());
+        }
+        down.params = gst::AllocationParams::new(gst::MemoryFlags::empty(), align, prefix, padding);
+        // Downstream's own pool is not used: buffers come from the heap pool, which this
+        // element (not GstBaseTransform) activates and deactivates.
+        while query.allocation_pools().len() > 0 {
+            query.remove_nth_allocation_pool(0);
+        }
+        gst::debug!(CAT, imp = self, "downstream needs {down:?}");
+
+        let mut state = self.state.lock().unwrap();
+        let caps = match &mut *state {
+            State::Started {
+                downstream,
+                in_caps: Some(caps),
+                ..
+            } => {
+                *downstream = down;
+                caps.clone()
+            }
+            _ => return Err(gst::loggable_error!(CAT, "allocation before caps")),
+        };
+        self.ensure_pool(&mut state, &caps).map_err(|e| {
+            let msg = format!("{e:?}");
+            self.post_error_message(e);
+            gst::loggable_error!(CAT, "{msg}")
+        })
+    }
+
+    fn propose_allocation(
+        &self,
+        decide_query: Option<&gst::query::Allocation>,
+        query: &mut gst::query::Allocation,
+    ) -> Result<(), gst::LoggableError> {
+        // With a decide query the parent copies downstream's metas (nothing else); without one
+        // it would forward the query downstream and return downstream's pool.
+        if decide_query.is_some() {
+            self.parent_propose_allocation(decide_query, query)?;
+        }
+        if query
+            .find_allocation_meta::<gst_video::VideoMeta>()
+            .is_none()
+        {
+            query.add_allocation_meta::<gst_video::VideoMeta>(None);
+        }
+        let Some(caps) = query.get_owned().0 else {
+            return Err(gst::loggable_error!(CAT, "allocation query without caps"));
+        };
+
+        let mut state = self.state.lock().unwrap();
+        let needs_new = match &*state {
+            State::Started {
+                pool: Some(slot), ..
+            } => slot.caps != caps || slot.ours,
+            State::Started { pool: None, .. } => true,
+            State::Stopped => return Err(gst::loggable_error!(CAT, "not started")),
+        };
+        if needs_new {
+            if let State::Started { pool, .. } = &mut *state
+                && let Some(slot) = pool.as_ref()
+                && slot.ours
+            {
+                // We activated that pool for our copies; upstream gets a fresh one it can
+                // configure for its own writing.
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "upstream asks again: offering a fresh pool"
+                );
+                if let Some(old) = pool.take() {
+                    let _ = old.pool.set_active(false);
+                }
+            }
+            self.ensure_pool(&mut state, &caps).map_err(|e| {
+                let msg = format!("{e:?}");
+                self.post_error_message(e);
+                gst::loggable_error!(CAT, "{msg}")
+            })?;
+        }
+        let State::Started {
+            pool: Some(slot),
+            allocator,
+            downstream,
+            ..
+        } = &*state
+        else {
+            return Err(gst::loggable_error!(CAT, "no pool"));
+        };
+        query.add_allocation_param(Some(allocator), downstream.params);
+        query.add_allocation_pool(Some(&slot.pool), slot.size, slot.min, slot.max);
+        gst::debug!(
+            CAT,
+            imp = self,
+            "offering {} upstream: {} byte buffers, {}..{} of them",
+            slot.pool.name(),
+            slot.size,
+            slot.min,
+            slot.max
+        );
+        Ok(())
+    }
+
+    fn sink_event(&self, event: gst::Event) -> bool {
+        match event.view() {
+            gst::EventView::FlushStart(_) | gst::EventView::FlushStop(_) => {
+                let flushing = matches!(event.view(), gst::EventView::FlushStart(_));
+                let pool = match &*self.state.lock().unwrap() {
+                    State::Started {
+                        pool: Some(slot), ..
+                    } if slot.ours => Some(slot.pool.clone()),
+                    _ => None,
+                };
+                // Unblocks a copy waiting for a free buffer.
+                if let Some(pool) = pool {
+                    pool.set_flushing(flushing);
+                }
+            }
+            gst::EventView::Eos(_) => self.post_stats(),
+            _ => {}
+        }
+        self.parent_sink_event(event)
+    }
+
+    fn transform(
+        &self,
+        inbuf: &gst::Buffer,
+        outbuf: &mut gst::BufferRef,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        // generate_output() normally does the work; this is the same copy for a caller that
+        // goes through GstBaseTransform's default path.
+        let info = match &*self.state.lock().unwrap() {
+            State::Started {
+                in_info: Some(info),
+                ..
+            } => info.clone(),
+            _ => return Err(gst::FlowError::NotNegotiated),
+        };
+        let in_frame = gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf.as_ref(), &info)
+            .map_err(|_| gst::FlowError::Error)?;
+        let mut out_frame = gst_video::VideoFrameRef::from_buffer_ref_writable(outbuf, &info)
+            .map_err(|_| gst::FlowError::Error)?;
+        in_frame
+            .copy(&mut out_frame)
+            .map_err(|_| gst::FlowError::Error)?;
+        Stats::bump(&self.stats().copies);
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    fn transform_meta<'a>(
+        &self,
+        _outbuf: &mut gst::BufferRef,
+        meta: gst::MetaRef<'a, gst::Meta>,
+        _inbuf: &'a gst::BufferRef,
+    ) -> bool {
+        // The frame is copied pixel for pixel: every meta that does not describe the memory
+        // (crop, regions of interest, timecodes, ...) still holds.
+        !meta.has_tag::<gst::meta::tags::Memory>()
+            && !meta.has_tag::<gst::meta::tags::MemoryReference>()
+    }
+
+    fn generate_output(
+        &self,
+    ) -> Result<gst_base::subclass::base_transform::GenerateOutputSuccess, gst::FlowError> {
+        let Some(inbuf) = self.take_queued_buffer() else {
+            return Ok(gst_base::subclass::base_transform::GenerateOutputSuccess::NoOutput);
+        };
+        let (out_dmabuf, info) = match &*self.state.lock().unwrap() {
+            State::Started {
+                out_dmabuf,
+                in_info: Some(info),
+                ..
+            } => (*out_dmabuf, info.clone()),
+            _ => return Err(gst::FlowError::NotNegotiated),
+        };
+        let stats = self.stats();
+        if Self::is_heap_buffer(&inbuf, out_dmabuf) {
+            let n = stats.passthrough.fetch_add(1, Ordering::Relaxed) + 1;
+            gst::log!(
+                CAT,
+                imp = self,
+                "passthrough #{n}: {inbuf:?} is heap memory"
+            );
+            return Ok(gst_base::subclass::base_transform::GenerateOutputSuccess::Buffer(inbuf));
+        }
+
+        let pool = self.copy_pool()?;
+        let outbuf = pool.acquire_buffer(None)?;
+        let outbuf = self.copy_frame(&info, &inbuf, outbuf)?;
+        let n = stats.copies.fetch_add(1, Ordering::Relaxed) + 1;
+        let first = match &mut *self.state.lock().unwrap() {
+            State::Started {
+                told_about_copies, ..
+            } => !std::mem::replace(told_about_copies, true),
+            State::Stopped => false,
+        };
+        if first {
+            gst::info!(
+                CAT,
+                imp = self,
+                "copying into heap buffers: upstream did not use the heap pool ({})",
+                Self::copy_reason(&inbuf)
+            );
+        }
+        gst::debug!(CAT, imp = self, "copy #{n} into {outbuf:?}");
+        Ok(gst_base::subclass::base_transform::GenerateOutputSuccess::Buffer(outbuf))
+    }
+}

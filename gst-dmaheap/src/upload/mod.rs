@@ -1,0 +1,22 @@
+//! `dmaheapupload`: offers a heap buffer pool upstream, passes heap buffers through and copies
+//! into heap buffers only when upstream did not use the pool.
+
+use gst::glib;
+use gst::prelude::*;
+
+mod imp;
+
+glib::wrapper! {
+    /// The `dmaheapupload` element.
+    pub struct DmaHeapUpload(ObjectSubclass<imp::DmaHeapUpload>)
+        @extends gst_base::BaseTransform, gst::Element, gst::Object;
+}
+
+pub(crate) fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    gst::Element::register(
+        Some(plugin),
+        "dmaheapupload",
+        gst::Rank::NONE,
+        DmaHeapUpload::static_type(),
+    )
+}

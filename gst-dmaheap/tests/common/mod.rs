@@ -1,0 +1,228 @@
+//! Helpers shared by the gst-check tests (`tests.rs`) and the real-kernel tests
+//! (`real_heap_gst.rs`).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+
+/// `gst::init()` and the plugin, registered statically, once per process.
+pub fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().expect("GStreamer initialises");
+        gstdmaheap::plugin_register_static().expect("the dmaheap plugin registers");
+    });
+}
+
+/// A directory holding this build's `libgstdmaheap.so` and nothing else, for tests that run
+/// the real `gst-launch-1.0` / `gst-inspect-1.0`. `cargo test` builds the cdylib next to the
+/// test binary (`target/<profile>/deps/`) but does not copy it up to `target/<profile>/`,
+/// whose copy may be stale; and GStreamer would scan every other library in `deps/`. So the
+/// fresh one is copied into a private directory.
+pub fn plugin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let deps = exe.parent().expect("target/<profile>/deps");
+    let built = [
+        deps.join("libgstdmaheap.so"),
+        deps.join("../libgstdmaheap.so"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .expect("cargo builds libgstdmaheap.so with the tests");
+    let dir = std::env::temp_dir().join(format!("dmaheap-plugin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a private plugin directory");
+    std::fs::copy(&built, dir.join("libgstdmaheap.so")).expect("copy the plugin");
+    dir
+}
+
+/// What a pipeline run ended with.
+#[derive(Debug)]
+pub struct Run {
+    /// The `dmaheapupload-stats` element message posted at EOS by the element named `up` (or
+    /// by the only dmaheapupload).
+    pub stats: Option<gst::Structure>,
+    /// Every `dmaheapupload-stats` message, by element name.
+    pub stats_by_element: std::collections::BTreeMap<String, gst::Structure>,
+    /// Caps on the src pad of the element named `up`, if there is one.
+    pub upload_src_caps: Option<gst::Caps>,
+    pub elapsed: Duration,
+}
+
+/// Runs `description` to EOS (or fails with the first error), at most `timeout`.
+pub fn run_pipeline(description: &str, timeout: Duration) -> Result<Run, String> {
+    init();
+    let pipeline = gst::parse::launch(description)
+        .map_err(|e| format!("{description}: {e}"))?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| "not a pipeline".to_owned())?;
+    let bus = pipeline.bus().expect("pipeline bus");
+    let start = Instant::now();
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| format!("{description}: cannot start: {e}; {}", drain_errors(&bus)))?;
+    let mut stats_by_element = std::collections::BTreeMap::new();
+    let mut caps = None;
+    let result = loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            break Err(format!("{description}: no EOS within {timeout:?}"));
+        }
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(left.as_millis() as u64))
+        else {
+            continue;
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) => break Ok(()),
+            gst::MessageView::Error(e) => {
+                break Err(format!(
+                    "{description}: error from {}: {} ({:?})",
+                    e.src()
+                        .map(|s| s.path_string().to_string())
+                        .unwrap_or_default(),
+                    e.error(),
+                    e.debug()
+                ));
+            }
+            gst::MessageView::Element(e) => {
+                if let Some(s) = e.structure()
+                    && s.name() == "dmaheapupload-stats"
+                {
+                    let who = e.src().map(|o| o.name().to_string()).unwrap_or_default();
+                    stats_by_element.insert(who, s.to_owned());
+                }
+            }
+            _ => {}
+        }
+        if caps.is_none()
+            && let Some(up) = pipeline.by_name("up")
+        {
+            caps = up.static_pad("src").and_then(|p| p.current_caps());
+        }
+    };
+    if caps.is_none()
+        && let Some(up) = pipeline.by_name("up")
+    {
+        caps = up.static_pad("src").and_then(|p| p.current_caps());
+    }
+    let elapsed = start.elapsed();
+    pipeline
+        .set_state(gst::State::Null)
+        .map_err(|e| format!("{description}: cannot stop: {e}"))?;
+    let stats = stats_by_element
+        .get("up")
+        .or_else(|| stats_by_element.values().next())
+        .cloned();
+    result.map(|()| Run {
+        stats,
+        stats_by_element,
+        upload_src_caps: caps,
+        elapsed,
+    })
+}
+
+fn drain_errors(bus: &gst::Bus) -> String {
+    let mut out = Vec::new();
+    while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
+        if let gst::MessageView::Error(e) = msg.view() {
+            out.push(format!("{} ({:?})", e.error(), e.debug()));
+        }
+    }
+    out.join("; ")
+}
+
+/// A `u64` field of a stats structure.
+pub fn stat(s: &gst::StructureRef, field: &str) -> u64 {
+    s.get::<u64>(field)
+        .unwrap_or_else(|e| panic!("stats field {field}: {e} in {s}"))
+}
+
+/// This process's open fds.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// This process's resident memory in bytes.
+pub fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Collects GStreamer log lines of some categories (to see what another element did).
+pub struct LogCapture {
+    lines: Arc<Mutex<Vec<(String, gst::DebugLevel, String)>>>,
+    function: Option<gst::log::DebugLogFunction>,
+}
+
+impl LogCapture {
+    /// Captures `categories` at `level` and below.
+    pub fn start(categories: &[(&str, gst::DebugLevel)]) -> Self {
+        init();
+        if std::env::var_os("GST_DEBUG").is_none() {
+            // Keep the captured categories off stderr unless the user asked for logs.
+            gst::log::remove_default_log_function();
+        }
+        for (cat, level) in categories {
+            gst::log::set_threshold_for_name(cat, *level);
+        }
+        let wanted: Vec<String> = categories.iter().map(|(c, _)| (*c).to_owned()).collect();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        let function =
+            gst::log::add_log_function(move |cat, level, _file, _func, _line, obj, msg| {
+                if wanted.iter().any(|w| w == cat.name()) {
+                    let who = obj.map(|o| o.to_string()).unwrap_or_default();
+                    let text = msg.get().map(|m| m.to_string()).unwrap_or_default();
+                    sink.lock().unwrap().push((
+                        cat.name().to_owned(),
+                        level,
+                        format!("{who}: {text}"),
+                    ));
+                }
+            });
+        Self {
+            lines,
+            function: Some(function),
+        }
+    }
+
+    /// Lines of `category` that contain `needle`.
+    pub fn count(&self, category: &str, needle: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(c, _, m)| c == category && m.contains(needle))
+            .count()
+    }
+
+    /// The first lines of `category` containing `needle`, for messages.
+    pub fn sample(&self, category: &str, needle: &str, n: usize) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(c, _, m)| c == category && m.contains(needle))
+            .take(n)
+            .map(|(_, _, m)| m.clone())
+            .collect()
+    }
+}
+
+impl Drop for LogCapture {
+    fn drop(&mut self) {
+        if let Some(f) = self.function.take() {
+            gst::log::remove_log_function(f);
+        }
+    }
+}
