@@ -16,6 +16,7 @@ pub mod size;
 mod solver;
 pub mod sysinfo;
 mod uapi;
+mod worker;
 
 pub use access::{Access, permission_fix};
 pub use allocator::Allocator;

@@ -144,12 +144,10 @@ impl PressureMonitor {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("dmaheap-pressure".into())
-            .spawn(move || match triggers {
-                Ok((some, full)) => watch_psi(&config, some, full, &thread_stop, &on_change),
-                Err(_) => watch_timer(&config, &thread_stop, &on_change),
-            })?;
+        let thread = crate::worker::spawn("dmaheap-pressure".into(), move || match triggers {
+            Ok((some, full)) => watch_psi(&config, some, full, &thread_stop, &on_change),
+            Err(_) => watch_timer(&config, &thread_stop, &on_change),
+        })?;
         Ok(Self {
             stop,
             thread: Some(thread),

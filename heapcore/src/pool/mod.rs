@@ -250,10 +250,10 @@ impl Pool {
         inner.prewarm()?;
         if inner.config.qos == QosClass::Realtime {
             let weak = Arc::downgrade(&inner);
-            std::thread::Builder::new()
-                .name(format!("dmaheap-refill-{}", inner.config.name))
-                .spawn(move || refill_loop(weak))
-                .map_err(|e| Error::io("starting a pool's refill thread", e))?;
+            crate::worker::spawn(format!("dmaheap-refill-{}", inner.config.name), move || {
+                refill_loop(weak)
+            })
+            .map_err(|e| Error::io("starting a pool's refill thread", e))?;
         }
         Ok(pool)
     }

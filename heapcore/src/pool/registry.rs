@@ -79,6 +79,15 @@ pub struct PoolRegistry {
     inner: Arc<Inner>,
 }
 
+impl fmt::Debug for PoolRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolRegistry")
+            .field("pressure", &self.pressure())
+            .field("global_budget", &self.global_budget())
+            .finish_non_exhaustive()
+    }
+}
+
 impl PoolRegistry {
     /// A registry over `alloc` with `policy`, and optionally a cap on bytes all its pools
     /// hold together.
@@ -296,18 +305,16 @@ impl PoolRegistry {
         }
         let weak = Arc::downgrade(&self.inner);
         let file = path.clone();
-        std::thread::Builder::new()
-            .name("dmaheap-stats".into())
-            .spawn(move || {
-                while let Some(inner) = weak.upgrade() {
-                    let stats = PoolRegistry { inner }.stats();
-                    if let Err(e) = write_atomically(&file, &stats) {
-                        log::warn!("cannot publish pool statistics to {}: {e}", file.display());
-                    }
-                    std::thread::sleep(period);
+        crate::worker::spawn("dmaheap-stats".into(), move || {
+            while let Some(inner) = weak.upgrade() {
+                let stats = PoolRegistry { inner }.stats();
+                if let Err(e) = write_atomically(&file, &stats) {
+                    log::warn!("cannot publish pool statistics to {}: {e}", file.display());
                 }
-                let _ = std::fs::remove_file(&file);
-            })?;
+                std::thread::sleep(period);
+            }
+            let _ = std::fs::remove_file(&file);
+        })?;
         Ok(path)
     }
 }
