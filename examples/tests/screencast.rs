@@ -1,0 +1,126 @@
+//! `dmaheap-screencast` against a private PipeWire daemon set, with the Rust consumer from
+//! pw-dmaheap's test support checking every frame it sends.
+
+#[path = "../../pw-dmaheap/tests/common/mod.rs"]
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::consumer::Accept;
+use common::scenarios::Rig;
+use pw_dmaheap::heapcore::format::VideoFormat;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dmaheap-screencast");
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn screencast(rig: &Rig, args: &[&str]) -> Command {
+    let mut cmd = rig.daemons.command(BIN);
+    cmd.arg("--remote")
+        .arg(rig.daemons.remote())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+#[test]
+fn the_example_streams_checked_frames_to_a_consumer() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let rig = Rig::start().unwrap();
+    let name = format!("example-screen-{}", std::process::id());
+    let args = [
+        "--node-name",
+        &name,
+        "--size",
+        "320x240",
+        "--format",
+        "NV12,BGRx",
+        "--rate",
+        "60",
+        "--frames",
+        "90",
+    ];
+    // Killed by its pid if the test fails before it exits.
+    let mut child = common::ChildGuard(Some(screencast(&rig, &args).spawn().unwrap()));
+    let consumer = rig
+        .consumer(&name, VideoFormat::Nv12, Accept::DmaBufOrMemFd)
+        .unwrap();
+    let mut output = None;
+    rig.session
+        .run_until(
+            "the example to stop after 90 frames",
+            common::patience(),
+            || {
+                if child
+                    .child()
+                    .try_wait()
+                    .map_err(|e| e.to_string())?
+                    .is_some()
+                {
+                    output = Some(child.take().wait_with_output().map_err(|e| e.to_string())?);
+                    return Ok(true);
+                }
+                Ok(false)
+            },
+        )
+        .unwrap();
+    let output = output.expect("finished");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    rig.session.run_for(Duration::from_millis(100));
+    let seen = consumer.seen();
+    println!(
+        "consumer: {} frames checked, types {:?}, exporters {:?}, formats {:?}",
+        seen.checked, seen.data_types, seen.exporters, seen.formats
+    );
+    assert!(seen.errors.is_empty(), "{:?}", seen.errors);
+    assert!(seen.checked >= 30, "{} frames checked", seen.checked);
+    let kind = seen.data_types.iter().next().cloned().unwrap_or_default();
+    assert!(
+        stdout.contains(&format!("negotiated {kind} buffers from")),
+        "the example did not say it negotiated {kind}"
+    );
+}
+
+#[test]
+fn bad_arguments_get_clear_errors() {
+    // Refused before any PipeWire connection; the runtime dir points nowhere regardless.
+    let nowhere = std::env::temp_dir().join("dmaheap-screencast-test-no-pipewire");
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--size", "0x480"],
+            "size 0x480: width and height must be 1 to 16384",
+        ),
+        (&["--size", "big"], "is not a size like 1920x1080"),
+        (
+            &["--format", "MJPG"],
+            "unknown video format \"MJPG\"; known: NV12",
+        ),
+        (&["--heap", "../../dev/mem"], "is not a valid heap name"),
+        (
+            &["--heap", "no-such-heap"],
+            "no DMA-BUF heap named \"no-such-heap\"",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = Command::new(BIN)
+            .args(args)
+            .env_remove("PIPEWIRE_REMOTE")
+            .env("XDG_RUNTIME_DIR", &nowhere)
+            .env("PIPEWIRE_RUNTIME_DIR", &nowhere)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        println!("dmaheap-screencast {}: {}", args.join(" "), stderr.trim());
+        assert!(!out.status.success());
+        assert!(stderr.contains(want), "{stderr:?} lacks {want:?}");
+    }
+}

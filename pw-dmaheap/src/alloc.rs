@@ -1,0 +1,354 @@
+//! The heap-choice seam: from a fixed video format to constraints, from constraints to an
+//! ordered list of sources, and from that list to buffers.
+//!
+//! Everything the negotiator knows about *where* memory comes from lives here. Sources come
+//! from heapcore's usage policy and constraint solver (usage `screencast` unless told
+//! otherwise; an explicit heap list replaces the policy's). Buffers come from a heapcore
+//! private pool per negotiated format, under the registry's global budget and memory-pressure
+//! watch: a consumer that reconnects, or a renegotiation back to the same format, gets the
+//! same buffers again instead of new ones.
+
+use std::sync::Arc;
+
+use heapcore::format::{FrameLayout, VideoFormat};
+use heapcore::{
+    Allocator, CpuAccess, HeapKind, Origin, Policy, Pool, PoolConfig, PoolRegistry, PooledBuf,
+    Source, Usage,
+};
+
+use crate::config::{DataKind, ProducerConfig};
+use crate::error::{Error, Result};
+
+/// What a buffer for one negotiated format must satisfy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameConstraints {
+    /// Strides and plane offsets of the frame inside the buffer.
+    pub layout: FrameLayout,
+    /// Bytes a buffer must hold (the frame; allocation rounds up to pages).
+    pub size: u64,
+    /// Physically contiguous memory only.
+    pub contiguous: bool,
+    /// The usage the buffers serve (`screencast`).
+    pub usage: String,
+}
+
+impl FrameConstraints {
+    /// The constraints of a `width`×`height` `format` frame under `config`'s alignment,
+    /// contiguity and usage.
+    pub fn for_frame(
+        format: VideoFormat,
+        width: u32,
+        height: u32,
+        config: &ProducerConfig,
+    ) -> Result<Self> {
+        let frame_error = |reason: String| Error::Frame {
+            width,
+            height,
+            format: format.to_string(),
+            reason,
+        };
+        crate::config::check_size(width, height)?;
+        let layout = FrameLayout::aligned(format, width, height, config.stride_align, 1)
+            .map_err(frame_error)?;
+        // SPA_PARAM_Buffers carries sizes and strides as 32-bit signed ints.
+        if layout.size > i32::MAX as u64 {
+            return Err(frame_error(format!(
+                "{} bytes per frame; PipeWire describes at most 2 GiB",
+                layout.size
+            )));
+        }
+        Ok(Self {
+            size: layout.size,
+            layout,
+            contiguous: config.contiguous,
+            usage: config.usage.clone(),
+        })
+    }
+}
+
+/// The pool serving one kind of buffer for one negotiated format.
+#[derive(Debug)]
+struct FormatPool {
+    kind: DataKind,
+    size: u64,
+    contiguous: bool,
+    pool: Pool,
+}
+
+/// Chooses sources and allocates buffers for a producer.
+#[derive(Debug)]
+pub(crate) struct HeapChoice {
+    registry: PoolRegistry,
+    alloc: Arc<Allocator>,
+    policy: Policy,
+    usage: Usage,
+    explicit: Option<Vec<Source>>,
+    contiguous: bool,
+    /// Names the pools, so fdinfo says which stream a buffer serves.
+    pool_name: String,
+    /// The pools of the current format (at most one per data kind).
+    pools: Vec<FormatPool>,
+    /// Buffers handed out so far, and how many of them were recycled rather than allocated.
+    handed_out: u64,
+    recycled: u64,
+}
+
+impl HeapChoice {
+    /// `config` must have been validated (its usage is a valid name). The registry gives the
+    /// allocator, the budget and the pressure watch; `config.policy` replaces its policy.
+    pub(crate) fn new(registry: PoolRegistry, config: &ProducerConfig) -> Self {
+        let policy = config.policy.clone().unwrap_or_else(|| registry.policy());
+        Self {
+            alloc: Arc::clone(registry.allocator()),
+            registry,
+            policy,
+            usage: Usage::new(&config.usage).unwrap_or_else(|_| Usage::generic()),
+            explicit: config.heaps.clone(),
+            contiguous: config.contiguous,
+            pool_name: pool_name(&config.usage),
+            pools: Vec::new(),
+            handed_out: 0,
+            recycled: 0,
+        }
+    }
+
+    /// The dma-buf sources that may serve `size`-byte, `contiguous` buffers the CPU writes,
+    /// in the order to try them: the policy's list for the usage as the solver judges it for
+    /// these constraints (the reasons go to the debug log), or the explicit list with
+    /// protected heaps and, for contiguous requests, everything not known to be contiguous
+    /// left out.
+    pub(crate) fn dmabuf_sources(&self, size: u64, contiguous: bool) -> Vec<Source> {
+        let inventory = self.alloc.inventory();
+        let Some(explicit) = &self.explicit else {
+            let constraints = heapcore::Constraints::new(size)
+                .usage(self.usage.clone())
+                .contiguous(contiguous)
+                .cpu_access(CpuAccess::Write)
+                .require_dmabuf(true);
+            let candidates = heapcore::solve(&self.policy, &constraints, inventory);
+            log::debug!("heap choice: {candidates}");
+            return candidates.sources();
+        };
+        explicit
+            .iter()
+            .filter(|source| match source {
+                Source::Memfd => false,
+                Source::Udmabuf => !contiguous,
+                Source::Heap(name) => match inventory.find(name.as_str()) {
+                    Ok(heap) if heap.kind == HeapKind::Protected => {
+                        log::debug!("{source}: protected memory, the CPU cannot draw into it");
+                        false
+                    }
+                    Ok(heap) if contiguous && heap.properties.contiguous != Some(true) => {
+                        log::debug!("{source}: not known to be contiguous");
+                        false
+                    }
+                    Ok(_) => true,
+                    Err(e) => {
+                        log::debug!("{source}: {e}");
+                        false
+                    }
+                },
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Why the dma-buf sources for `size`-byte buffers are what they are (the solver's
+    /// `dmaheap explain` text, or the explicit list).
+    pub(crate) fn explain(&self, size: u64) -> String {
+        match &self.explicit {
+            Some(list) => format!(
+                "explicit heap list: {}; usable here for these buffers: {}",
+                list.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.dmabuf_sources(size, self.contiguous)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => heapcore::solve(
+                &self.policy,
+                &heapcore::Constraints::new(size)
+                    .usage(self.usage.clone())
+                    .contiguous(self.contiguous)
+                    .cpu_access(CpuAccess::Write)
+                    .require_dmabuf(true),
+                self.alloc.inventory(),
+            )
+            .to_string(),
+        }
+    }
+
+    /// Whether a dma-buf can be had here at all: allocates (and frees) one page from the
+    /// sources in order. This decides whether DmaBuf formats are offered; the error says
+    /// why not.
+    pub(crate) fn probe_dmabuf(&self) -> Result<Origin, String> {
+        let page = heapcore::sysinfo::page_size();
+        let sources = self.dmabuf_sources(page, self.contiguous);
+        if sources.is_empty() {
+            return Err(if self.contiguous {
+                "no contiguous (CMA) heap here".into()
+            } else {
+                "no DMA-BUF heap or /dev/udmabuf here".into()
+            });
+        }
+        match self.alloc.allocate_first(&sources, page, "") {
+            Ok(buf) if buf.is_dmabuf() => Ok(buf.origin().clone()),
+            Ok(buf) => Err(format!("{} is not a dma-buf", buf.origin())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// How many buffers [`HeapChoice::allocate`] has handed out, and how many of those came
+    /// back from a pool instead of being allocated.
+    pub(crate) fn handed_out(&self) -> (u64, u64) {
+        (self.handed_out, self.recycled)
+    }
+
+    /// The pool for `kind` buffers under `constraints`, made on first use. Pools of another
+    /// size or contiguity (an earlier format) are shut down: their idle buffers are freed now,
+    /// the ones still attached to the stream when PipeWire removes them.
+    fn pool(&mut self, kind: DataKind, constraints: &FrameConstraints) -> Result<&Pool> {
+        let (size, contiguous) = (constraints.size, constraints.contiguous);
+        self.pools.retain(|p| {
+            let current = p.size == size && p.contiguous == contiguous;
+            if !current {
+                p.pool.shutdown();
+            }
+            current
+        });
+        if let Some(i) = self.pools.iter().position(|p| p.kind == kind) {
+            return Ok(&self.pools[i].pool);
+        }
+        let sources = match kind {
+            DataKind::DmaBuf => {
+                let sources = self.dmabuf_sources(size, contiguous);
+                if sources.is_empty() {
+                    return Err(Error::Negotiation(
+                        "DmaBuf was negotiated but no dma-buf source is left for these constraints"
+                            .into(),
+                    ));
+                }
+                sources
+            }
+            DataKind::MemFd => vec![Source::Memfd],
+        };
+        let config = PoolConfig::new(self.pool_name.clone(), sources, size);
+        let pool = self.registry.private_pool(config)?;
+        self.pools.push(FormatPool {
+            kind,
+            size,
+            contiguous,
+            pool,
+        });
+        Ok(&self.pools.last().expect("just pushed").pool)
+    }
+
+    /// One mapped buffer of `kind` for `constraints`: dma-bufs from the first source that can
+    /// give one, MemFd from a sealed memfd. It returns to its pool when dropped.
+    pub(crate) fn allocate(
+        &mut self,
+        kind: DataKind,
+        constraints: &FrameConstraints,
+    ) -> Result<PooledBuf> {
+        let pool = self.pool(kind, constraints)?;
+        let recycled = pool.stats().buffers_free > 0;
+        let buf = pool.try_acquire()?;
+        debug_assert_eq!(buf.is_dmabuf(), kind == DataKind::DmaBuf);
+        // The pool keeps its buffers mapped; this maps a fresh one now (mmap of a large
+        // dma-buf costs milliseconds) so the frame path never does.
+        buf.map()?;
+        self.handed_out += 1;
+        self.recycled += u64::from(recycled);
+        log::debug!(
+            "{} {} bytes ({kind}) from {} for usage {}",
+            if recycled { "recycled" } else { "allocated" },
+            buf.len(),
+            buf.origin(),
+            constraints.usage
+        );
+        Ok(buf)
+    }
+}
+
+impl Drop for HeapChoice {
+    fn drop(&mut self) {
+        for p in &self.pools {
+            p.pool.shutdown();
+        }
+    }
+}
+
+/// `pw-<usage>`: the pool names its buffers `pw-<usage>#<n>`, cut to the 31 bytes a dma-buf
+/// name may have.
+fn pool_name(usage: &str) -> String {
+    format!("pw-{usage}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constraints_follow_the_layout() {
+        let cfg = ProducerConfig::new(1921, 1080).with_stride_align(64);
+        let c = FrameConstraints::for_frame(VideoFormat::Nv12, 1921, 1080, &cfg).unwrap();
+        assert_eq!(c.layout.strides[0], 1984);
+        assert_eq!(c.size, c.layout.size);
+        assert_eq!(c.usage, "screencast");
+        let err = FrameConstraints::for_frame(VideoFormat::Rgba, 0, 1, &cfg).unwrap_err();
+        assert!(err.to_string().contains("1 to 16384"), "{err}");
+    }
+
+    #[test]
+    fn memfd_buffers_are_mapped_and_sized() {
+        let cfg = ProducerConfig::new(64, 48);
+        let mut choice = HeapChoice::new(registry(), &cfg);
+        let c = FrameConstraints::for_frame(VideoFormat::Bgrx, 64, 48, &cfg).unwrap();
+        let buf = choice.allocate(DataKind::MemFd, &c).unwrap();
+        assert!(buf.is_mapped());
+        assert!(buf.len() >= 64 * 48 * 4);
+        assert_eq!(buf.origin(), &Origin::Memfd);
+        assert_eq!(buf.name(), Some("pw-screencast#1"));
+    }
+
+    fn registry() -> PoolRegistry {
+        PoolRegistry::new(Arc::new(Allocator::new()), Policy::default(), None)
+    }
+
+    #[test]
+    fn buffers_of_the_same_format_are_recycled() {
+        let cfg = ProducerConfig::new(64, 48);
+        let mut choice = HeapChoice::new(registry(), &cfg);
+        let small = FrameConstraints::for_frame(VideoFormat::Bgrx, 64, 48, &cfg).unwrap();
+        let first: Vec<_> = (0..3)
+            .map(|_| choice.allocate(DataKind::MemFd, &small).unwrap())
+            .collect();
+        let ino = |b: &PooledBuf| rustix::fs::fstat(&**b).unwrap().st_ino;
+        let inodes: Vec<_> = first.iter().map(ino).collect();
+        drop(first); // a consumer went away: the buffers go back to the pool
+        let again: Vec<_> = (0..3)
+            .map(|_| choice.allocate(DataKind::MemFd, &small).unwrap())
+            .collect();
+        assert!(again.iter().all(|b| inodes.contains(&ino(b))));
+        assert_eq!(choice.handed_out(), (6, 3));
+        // Another size: a new pool; the old one is shut down and frees what comes back.
+        let big = FrameConstraints::for_frame(VideoFormat::Bgrx, 128, 96, &cfg).unwrap();
+        let resized = choice.allocate(DataKind::MemFd, &big).unwrap();
+        assert!(resized.len() >= 128 * 96 * 4);
+        drop(again);
+        assert_eq!(choice.handed_out(), (7, 3));
+        assert_eq!(choice.pools.len(), 1);
+    }
+
+    #[test]
+    fn memfd_is_never_a_dmabuf_source() {
+        let choice = HeapChoice::new(registry(), &ProducerConfig::default());
+        assert!(!choice.dmabuf_sources(4096, false).contains(&Source::Memfd));
+        assert!(!choice.dmabuf_sources(4096, true).contains(&Source::Udmabuf));
+    }
+}

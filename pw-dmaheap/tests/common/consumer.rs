@@ -1,0 +1,562 @@
+//! A Rust consumer that negotiates like a real one (dma-bufs with the LINEAR modifier when it
+//! may, shared memory otherwise), imports every fd it gets through heapcore (mapping with
+//! `DMA_BUF_IOCTL_SYNC` for dma-bufs) and checks each frame against the test pattern.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::io::Cursor;
+use std::rc::Rc;
+
+use pw_dmaheap::heapcore::format::{FrameLayout, VideoFormat};
+use pw_dmaheap::heapcore::{DmaBuf, Origin};
+use pw_dmaheap::pattern::{self, Plane};
+use pw_dmaheap::pipewire as pw;
+use pw_dmaheap::{DataKind, VideoParams, spa_video_format};
+
+use pw::spa;
+use spa::pod::serialize::PodSerializer;
+use spa::pod::{ChoiceValue, Object, Pod, Property, PropertyFlags, Value};
+use spa::sys;
+use spa::utils::{Choice, ChoiceEnum, ChoiceFlags, Fraction, Id, Rectangle};
+
+/// Which memory the consumer says it can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accept {
+    /// Like OBS or a compositor: dma-bufs with modifiers first, shared memory as fallback.
+    DmaBufOrMemFd,
+    /// A consumer without dma-buf support: no modifier, `dataType = MemFd`.
+    MemFdOnly,
+}
+
+/// What the consumer saw.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    pub frames: u64,
+    /// Frames whose content was checked against the pattern.
+    pub checked: u64,
+    pub errors: Vec<String>,
+    pub last_seq: Option<u64>,
+    pub data_types: BTreeSet<String>,
+    /// `exp_name` of every dma-buf received (the heap, `udmabuf`).
+    pub exporters: BTreeSet<String>,
+    /// Buffer names from fdinfo.
+    pub names: BTreeSet<String>,
+    /// Every format fixed, in order.
+    pub formats: Vec<VideoParams>,
+    /// `spa_data` blocks per buffer.
+    pub blocks: BTreeSet<usize>,
+    /// `/proc/self/fdinfo` of the first fd received, as the kernel shows it.
+    pub fdinfo_sample: Option<String>,
+    /// The stream was destroyed or failed (WirePlumber destroys a `dont-reconnect` stream
+    /// whose target it cannot find).
+    pub gone: Option<String>,
+}
+
+impl Seen {
+    fn error(&mut self, e: String) {
+        if self.errors.len() < 10 {
+            self.errors.push(e);
+        }
+    }
+}
+
+/// A buffer kept beyond its PipeWire life, with the frame it held.
+struct Held {
+    planes: Vec<(DmaBuf, usize, usize, usize)>, // buffer, offset, len, stride
+    params: VideoParams,
+    seq: u64,
+}
+
+struct State {
+    seen: Seen,
+    format: Option<VideoParams>,
+    /// Imported fds by their number, dropped when PipeWire removes the buffers.
+    imported: HashMap<i64, DmaBuf>,
+    hold_next: bool,
+    held: Option<Held>,
+}
+
+/// A consumer stream linked (by WirePlumber) to the node named `target`.
+pub struct Consumer {
+    _listener: pw::stream::StreamListener<()>,
+    stream: pw::stream::StreamRc,
+    state: Rc<RefCell<State>>,
+}
+
+fn bytes(object: Object) -> Vec<u8> {
+    PodSerializer::serialize(Cursor::new(Vec::new()), &Value::Object(object))
+        .expect("pod")
+        .0
+        .into_inner()
+}
+
+fn enum_format(format: VideoFormat, modifier: bool) -> Vec<u8> {
+    let mut properties = vec![
+        Property::new(
+            sys::SPA_FORMAT_mediaType,
+            Value::Id(Id(sys::SPA_MEDIA_TYPE_video)),
+        ),
+        Property::new(
+            sys::SPA_FORMAT_mediaSubtype,
+            Value::Id(Id(sys::SPA_MEDIA_SUBTYPE_raw)),
+        ),
+        Property::new(
+            sys::SPA_FORMAT_VIDEO_format,
+            Value::Id(Id(spa_video_format(format).as_raw())),
+        ),
+    ];
+    if modifier {
+        // As OBS and compositors announce it: a list, to be fixated by the producer.
+        properties.push(Property {
+            key: sys::SPA_FORMAT_VIDEO_modifier,
+            flags: PropertyFlags::MANDATORY | PropertyFlags::DONT_FIXATE,
+            value: Value::Choice(ChoiceValue::Long(Choice(
+                ChoiceFlags::empty(),
+                ChoiceEnum::Enum {
+                    default: pw_dmaheap::DRM_FORMAT_MOD_LINEAR as i64,
+                    alternatives: vec![pw_dmaheap::DRM_FORMAT_MOD_LINEAR as i64],
+                },
+            ))),
+        });
+    }
+    properties.push(Property::new(
+        sys::SPA_FORMAT_VIDEO_size,
+        Value::Choice(ChoiceValue::Rectangle(Choice(
+            ChoiceFlags::empty(),
+            ChoiceEnum::Range {
+                default: Rectangle {
+                    width: 640,
+                    height: 480,
+                },
+                min: Rectangle {
+                    width: 1,
+                    height: 1,
+                },
+                max: Rectangle {
+                    width: 16384,
+                    height: 16384,
+                },
+            },
+        ))),
+    ));
+    properties.push(Property::new(
+        sys::SPA_FORMAT_VIDEO_framerate,
+        Value::Choice(ChoiceValue::Fraction(Choice(
+            ChoiceFlags::empty(),
+            ChoiceEnum::Range {
+                default: Fraction { num: 30, denom: 1 },
+                min: Fraction { num: 0, denom: 1 },
+                max: Fraction {
+                    num: 1000,
+                    denom: 1,
+                },
+            },
+        ))),
+    ));
+    bytes(Object {
+        type_: sys::SPA_TYPE_OBJECT_Format,
+        id: sys::SPA_PARAM_EnumFormat,
+        properties,
+    })
+}
+
+fn buffers_param(types: u32) -> Vec<u8> {
+    let range = |default, min, max| {
+        Value::Choice(ChoiceValue::Int(Choice(
+            ChoiceFlags::empty(),
+            ChoiceEnum::Range { default, min, max },
+        )))
+    };
+    bytes(Object {
+        type_: sys::SPA_TYPE_OBJECT_ParamBuffers,
+        id: sys::SPA_PARAM_Buffers,
+        properties: vec![
+            Property::new(sys::SPA_PARAM_BUFFERS_buffers, range(8, 2, 16)),
+            Property::new(sys::SPA_PARAM_BUFFERS_blocks, range(1, 1, 4)),
+            Property::new(sys::SPA_PARAM_BUFFERS_size, range(0, 0, i32::MAX)),
+            Property::new(sys::SPA_PARAM_BUFFERS_stride, range(0, 0, i32::MAX)),
+            Property::new(
+                sys::SPA_PARAM_BUFFERS_dataType,
+                Value::Choice(ChoiceValue::Int(Choice(
+                    ChoiceFlags::empty(),
+                    ChoiceEnum::Flags {
+                        default: types as i32,
+                        flags: vec![],
+                    },
+                ))),
+            ),
+        ],
+    })
+}
+
+fn header_meta() -> Vec<u8> {
+    bytes(Object {
+        type_: sys::SPA_TYPE_OBJECT_ParamMeta,
+        id: sys::SPA_PARAM_Meta,
+        properties: vec![
+            Property::new(
+                sys::SPA_PARAM_META_type,
+                Value::Id(Id(sys::SPA_META_Header)),
+            ),
+            Property::new(
+                sys::SPA_PARAM_META_size,
+                Value::Int(std::mem::size_of::<sys::spa_meta_header>() as i32),
+            ),
+        ],
+    })
+}
+
+fn pods(bytes: &[Vec<u8>]) -> Vec<&Pod> {
+    bytes
+        .iter()
+        .map(|b| Pod::from_bytes(b).expect("a whole pod"))
+        .collect()
+}
+
+impl Consumer {
+    pub fn connect(
+        core: &pw::core::CoreRc,
+        target: &str,
+        format: VideoFormat,
+        accept: Accept,
+    ) -> Result<Self, String> {
+        let props = pw::properties::properties! {
+            *pw::keys::MEDIA_TYPE => "Video",
+            *pw::keys::MEDIA_CATEGORY => "Capture",
+            *pw::keys::MEDIA_ROLE => "Screen",
+            *pw::keys::NODE_NAME => "dmaheap-test-consumer",
+            *pw::keys::TARGET_OBJECT => target,
+        };
+        let stream = pw::stream::StreamRc::new(core.clone(), "dmaheap-test-consumer", props)
+            .map_err(|e| format!("consumer stream: {e}"))?;
+        let state = Rc::new(RefCell::new(State {
+            seen: Seen::default(),
+            format: None,
+            imported: HashMap::new(),
+            hold_next: false,
+            held: None,
+        }));
+        let on_state = Rc::clone(&state);
+        let on_param = Rc::clone(&state);
+        let on_remove = Rc::clone(&state);
+        let on_process = Rc::clone(&state);
+        let listener = stream
+            .add_local_listener_with_user_data(())
+            .state_changed(move |_, _, old, new| {
+                if matches!(
+                    new,
+                    pw::stream::StreamState::Error(_) | pw::stream::StreamState::Unconnected
+                ) {
+                    on_state.borrow_mut().seen.gone = Some(format!("{old:?} -> {new:?}"));
+                }
+            })
+            .param_changed(move |stream, _, id, param| {
+                if id != pw::spa::param::ParamType::Format.as_raw() {
+                    return;
+                }
+                let mut st = on_param.borrow_mut();
+                st.imported.clear();
+                let Some(param) = param else {
+                    st.format = None;
+                    return;
+                };
+                let params = match VideoParams::parse(param) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        st.seen.error(format!("format: {e}"));
+                        return;
+                    }
+                };
+                st.format = Some(params);
+                st.seen.formats.push(params);
+                let types = match (params.modifier, accept) {
+                    (Some(_), _) => DataKind::DmaBuf.mask(),
+                    (None, Accept::DmaBufOrMemFd) => {
+                        DataKind::DmaBuf.mask() | DataKind::MemFd.mask()
+                    }
+                    (None, Accept::MemFdOnly) => DataKind::MemFd.mask(),
+                };
+                drop(st);
+                let answer = [buffers_param(types), header_meta()];
+                if let Err(e) = stream.update_params(&mut pods(&answer)) {
+                    on_param
+                        .borrow_mut()
+                        .seen
+                        .error(format!("update_params: {e}"));
+                }
+            })
+            .remove_buffer(move |_, _, _| {
+                on_remove.borrow_mut().imported.clear();
+            })
+            .process(move |stream, _| {
+                let Some(mut buffer) = stream.dequeue_buffer() else {
+                    return;
+                };
+                let header_seq = buffer
+                    .find_meta::<pw::spa::buffer::meta::MetaHeader>()
+                    .map(|h| h.seq());
+                let mut st = on_process.borrow_mut();
+                st.receive(buffer.datas_mut(), header_seq);
+            })
+            .register()
+            .map_err(|e| format!("consumer listener: {e}"))?;
+        let params = match accept {
+            Accept::DmaBufOrMemFd => vec![enum_format(format, true), enum_format(format, false)],
+            Accept::MemFdOnly => vec![enum_format(format, false)],
+        };
+        stream
+            .connect(
+                pw::spa::utils::Direction::Input,
+                None,
+                // Never let WirePlumber fall back to another source (the VM has vivid).
+                pw::stream::StreamFlags::AUTOCONNECT | pw::stream::StreamFlags::DONT_RECONNECT,
+                &mut pods(&params),
+            )
+            .map_err(|e| format!("consumer connect: {e}"))?;
+        Ok(Self {
+            _listener: listener,
+            stream,
+            state,
+        })
+    }
+
+    pub fn seen(&self) -> Seen {
+        self.state.borrow().seen.clone()
+    }
+
+    /// Keeps a duplicate of the next frame's fds, as a consumer still reading it would.
+    pub fn hold_next_frame(&self) {
+        self.state.borrow_mut().hold_next = true;
+    }
+
+    /// Whether a held frame exists.
+    pub fn holds_a_frame(&self) -> bool {
+        self.state.borrow().held.is_some()
+    }
+
+    /// Checks the held frame's memory still carries the frame it held.
+    pub fn check_held(&self) -> Result<(u64, VideoParams), String> {
+        let st = self.state.borrow();
+        let held = st.held.as_ref().ok_or("no frame is held")?;
+        let guards = held
+            .planes
+            .iter()
+            .map(|(buf, _, _, _)| buf.read().map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let planes: Vec<Plane<'_>> = guards
+            .iter()
+            .zip(&held.planes)
+            .map(|(g, (_, offset, len, stride))| Plane {
+                bytes: g.get(*offset..*offset + *len).unwrap_or(&[]),
+                stride: *stride,
+            })
+            .collect();
+        let p = held.params;
+        let seq = pattern::check(&planes, p.format, p.width, p.height)?;
+        if seq != held.seq {
+            return Err(format!("held frame {} now reads as frame {seq}", held.seq));
+        }
+        Ok((seq, p))
+    }
+
+    pub fn node_id(&self) -> u32 {
+        self.stream.node_id()
+    }
+}
+
+impl State {
+    fn receive(&mut self, datas: &mut [pw::spa::buffer::Data], header_seq: Option<u64>) {
+        let Some(params) = self.format else { return };
+        self.seen.frames += 1;
+        self.seen.blocks.insert(datas.len());
+        // Import (once per buffer) and describe each block.
+        let mut blocks = Vec::with_capacity(datas.len());
+        for data in datas.iter() {
+            let raw = data.as_raw();
+            let kind = DataKind::from_spa(raw.type_)
+                .map_or_else(|| format!("type {}", raw.type_), |k| k.to_string());
+            self.seen.data_types.insert(kind);
+            if !self.imported.contains_key(&raw.fd) {
+                match pw_dmaheap::import_data(data) {
+                    Ok(buf) => {
+                        if let Origin::Imported {
+                            exporter: Some(exporter),
+                        } = buf.origin()
+                        {
+                            self.seen.exporters.insert(exporter.clone());
+                        }
+                        if let Some(name) = buf.name() {
+                            self.seen.names.insert(name.to_owned());
+                        }
+                        if self.seen.fdinfo_sample.is_none() {
+                            let path = format!(
+                                "/proc/self/fdinfo/{}",
+                                std::os::fd::AsRawFd::as_raw_fd(&buf)
+                            );
+                            self.seen.fdinfo_sample = std::fs::read_to_string(path).ok();
+                        }
+                        self.imported.insert(raw.fd, buf);
+                    }
+                    Err(e) => {
+                        self.seen.error(format!("import: {e}"));
+                        return;
+                    }
+                }
+            }
+            let chunk = data.chunk();
+            blocks.push((
+                raw.fd,
+                raw.mapoffset as usize + chunk.offset() as usize,
+                chunk.size() as usize,
+                chunk.stride().max(0) as usize,
+            ));
+        }
+        let n_planes = params.format.plane_count();
+        // One block per plane (dma-bufs with a modifier), or one block with every plane
+        // packed as GStreamer lays them out (4-byte row alignment), the first stride given.
+        let layout = if blocks.len() == 1 && n_planes > 1 {
+            let (_, _, _, stride) = blocks[0];
+            let l = FrameLayout::aligned(params.format, params.width, params.height, 4, 1)
+                .expect("a valid layout");
+            if l.strides[0] as usize != stride {
+                self.seen.error(format!(
+                    "single-block {} with stride {stride}, expected {}",
+                    params.format, l.strides[0]
+                ));
+                return;
+            }
+            Some(l)
+        } else if blocks.len() != n_planes {
+            self.seen.error(format!(
+                "{} blocks for {} planes of {}",
+                blocks.len(),
+                n_planes,
+                params.format
+            ));
+            return;
+        } else {
+            None
+        };
+        let result = (|| {
+            let guards = blocks
+                .iter()
+                .map(|(fd, ..)| self.imported[fd].read())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("map: {e}"))?;
+            let planes: Vec<Plane<'_>> = match layout {
+                Some(l) => {
+                    let (_, offset, len, _) = blocks[0];
+                    let frame = guards[0].get(offset..offset + len).unwrap_or(&[]);
+                    pattern::planes_in(frame, &l)
+                }
+                None => guards
+                    .iter()
+                    .zip(&blocks)
+                    .map(|(g, &(_, offset, len, stride))| Plane {
+                        bytes: g.get(offset..offset + len).unwrap_or(&[]),
+                        stride,
+                    })
+                    .collect(),
+            };
+            pattern::check(&planes, params.format, params.width, params.height)
+        })();
+        match result {
+            Ok(seq) => {
+                self.seen.checked += 1;
+                if let Some(h) = header_seq {
+                    if h != seq {
+                        self.seen
+                            .error(format!("frame {seq} came with header seq {h}"));
+                    }
+                }
+                if let Some(last) = self.seen.last_seq {
+                    if seq <= last {
+                        self.seen.error(format!("frame {seq} after frame {last}"));
+                    }
+                }
+                self.seen.last_seq = Some(seq);
+                if std::mem::take(&mut self.hold_next) {
+                    self.hold(&blocks, layout, params, seq);
+                }
+            }
+            Err(e) => {
+                let detail = self.describe(&blocks, header_seq);
+                self.seen.error(format!("{e} [{detail}]"));
+            }
+        }
+    }
+
+    /// Where a bad frame came from: each block's fd, offsets and first bytes, and what the
+    /// kernel says of the fd.
+    fn describe(&self, blocks: &[(i64, usize, usize, usize)], header_seq: Option<u64>) -> String {
+        let mut out = format!(
+            "header seq {header_seq:?}, last good {:?}",
+            self.seen.last_seq
+        );
+        for (fd, offset, len, stride) in blocks {
+            let Some(buf) = self.imported.get(fd) else {
+                continue;
+            };
+            let head = buf
+                .read()
+                .map(|b| {
+                    b.get(*offset..*offset + 16)
+                        .map(|h| h.iter().map(|x| format!("{x:02x}")).collect::<String>())
+                        .unwrap_or_default()
+                })
+                .unwrap_or_default();
+            let info = buf.fdinfo().ok();
+            out += &format!(
+                "; fd {fd} (dup {}) offset {offset} len {len} stride {stride} size {} ino {:?} name {:?}: {head}",
+                std::os::fd::AsRawFd::as_raw_fd(buf),
+                buf.len(),
+                info.as_ref().and_then(|i| i.get("ino").map(str::to_owned)),
+                info.as_ref().and_then(|i| i.name().map(str::to_owned)),
+            );
+        }
+        out
+    }
+
+    fn hold(
+        &mut self,
+        blocks: &[(i64, usize, usize, usize)],
+        layout: Option<FrameLayout>,
+        params: VideoParams,
+        seq: u64,
+    ) {
+        let dup = |fd: &i64| -> Option<DmaBuf> {
+            let buf = self.imported.get(fd)?;
+            let owned = std::os::fd::AsFd::as_fd(buf).try_clone_to_owned().ok()?;
+            DmaBuf::import(owned).ok()
+        };
+        let planes = match layout {
+            Some(l) => {
+                let (fd, offset, _, _) = blocks[0];
+                (0..l.n_planes)
+                    .filter_map(|p| {
+                        let end = if p + 1 < l.n_planes {
+                            l.offsets[p + 1]
+                        } else {
+                            l.size
+                        };
+                        Some((
+                            dup(&fd)?,
+                            offset + l.offsets[p] as usize,
+                            (end - l.offsets[p]) as usize,
+                            l.strides[p] as usize,
+                        ))
+                    })
+                    .collect()
+            }
+            None => blocks
+                .iter()
+                .filter_map(|(fd, offset, len, stride)| Some((dup(fd)?, *offset, *len, *stride)))
+                .collect(),
+        };
+        self.held = Some(Held {
+            planes,
+            params,
+            seq,
+        });
+    }
+}

@@ -1,0 +1,154 @@
+//! The negotiator against a real PipeWire daemon set (started per test, stopped by pid).
+//!
+//! On a machine without DMA-BUF heaps the producer offers MemFd only; where heaps exist the
+//! same tests see DmaBuf (the `real_heap_pw` suite checks that path in a VM).
+
+mod common;
+
+use std::sync::Mutex;
+
+use common::consumer::Accept;
+use common::scenarios::{self, Rig};
+use pw_dmaheap::heapcore::format::VideoFormat;
+use pw_dmaheap::{DataKind, Producer, ProducerConfig};
+
+/// One daemon set at a time: each test starts its own, and they compete for two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn rig() -> (std::sync::MutexGuard<'static, ()>, Rig) {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let rig = Rig::start().unwrap_or_else(|e| panic!("starting PipeWire: {e}"));
+    (guard, rig)
+}
+
+/// The type this machine should negotiate with a consumer that takes either.
+fn expected_kind(producer_offers_dmabuf: bool) -> DataKind {
+    if producer_offers_dmabuf {
+        DataKind::DmaBuf
+    } else {
+        DataKind::MemFd
+    }
+}
+
+#[test]
+fn rust_consumer_checks_frames_and_the_negotiated_type() {
+    let (_g, rig) = rig();
+    let offers_dmabuf = Producer::new(&rig.session.core, ProducerConfig::default())
+        .unwrap()
+        .dmabuf_offer()
+        .is_ok();
+    for format in [VideoFormat::Bgrx, VideoFormat::Nv12] {
+        let cfg = scenarios::config("rust", 320, 240, format);
+        let (negotiated, seen) =
+            scenarios::rust_consumer(&rig, cfg, Accept::DmaBufOrMemFd, 60).unwrap();
+        println!("{format}: producer: {negotiated}");
+        println!(
+            "{format}: consumer: {} frames, {} checked, types {:?}, blocks {:?}, exporters {:?}",
+            seen.frames, seen.checked, seen.data_types, seen.blocks, seen.exporters
+        );
+        let want = expected_kind(offers_dmabuf);
+        assert_eq!(negotiated.data_kind, want);
+        assert_eq!(
+            seen.data_types.iter().collect::<Vec<_>>(),
+            [&want.to_string()]
+        );
+        assert_eq!(
+            seen.formats.last().map(|f| f.modifier.is_some()),
+            Some(offers_dmabuf)
+        );
+        assert!(seen.checked >= 60);
+    }
+}
+
+#[test]
+fn memfd_only_consumer_gets_memfd() {
+    let (_g, rig) = rig();
+    let cfg = scenarios::config("memfd", 320, 240, VideoFormat::Bgrx);
+    let (negotiated, seen) = scenarios::rust_consumer(&rig, cfg, Accept::MemFdOnly, 30).unwrap();
+    println!("producer: {negotiated}");
+    println!(
+        "consumer: types {:?}, {} frames checked",
+        seen.data_types, seen.checked
+    );
+    assert_eq!(negotiated.data_kind, DataKind::MemFd);
+    assert_eq!(negotiated.origin, pw_dmaheap::heapcore::Origin::Memfd);
+    assert_eq!(seen.data_types.iter().collect::<Vec<_>>(), ["MemFd"]);
+    assert!(seen.exporters.is_empty(), "{:?}", seen.exporters);
+}
+
+#[test]
+fn gst_launch_pipewiresrc_receives_checked_frames() {
+    let (_g, rig) = rig();
+    let cfg = scenarios::config("gst", 320, 240, VideoFormat::Bgrx);
+    let run = scenarios::pipewiresrc(&rig, cfg, 30).unwrap();
+    println!("{}", run.command);
+    println!("producer: {}", run.negotiated);
+    println!(
+        "pipewiresrc wrapped {:?} memory; {} frames in the file, numbers {:?}..{:?}",
+        run.pool_memory,
+        run.sequences.len(),
+        run.sequences.first(),
+        run.sequences.last()
+    );
+    assert_eq!(run.sequences.len(), 30);
+    assert_eq!(run.pool_memory, [run.negotiated.data_kind.to_string()]);
+}
+
+#[test]
+fn reconnect_resize_and_10000_frames_leak_no_fd() {
+    let (_g, rig) = rig();
+    let cfg = scenarios::config("soak", 64, 48, VideoFormat::Bgrx);
+    let soak = scenarios::soak(&rig, cfg, Accept::DmaBufOrMemFd, 10_000).unwrap();
+    println!("{soak:#?}");
+    assert!(soak.frames_checked >= 10_000);
+    assert_eq!(soak.consumers, 3);
+    assert_eq!(soak.fds_after, soak.fds_before, "fds leaked");
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let (_g, rig) = rig();
+    let core = &rig.session.core;
+    let err = |cfg: ProducerConfig| match Producer::new(core, cfg) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    };
+    let e = err(ProducerConfig::new(0, 480));
+    assert!(e.contains("size 0x480"), "{e}");
+    let e = err(ProducerConfig::default().with_heaps(vec!["no-such-heap".parse().unwrap()]));
+    assert!(e.contains("no DMA-BUF heap named \"no-such-heap\""), "{e}");
+    let e = ProducerConfig::parse_heaps("system,../../dev/mem")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a valid heap name"), "{e}");
+    let e = "MJPG".parse::<VideoFormat>().unwrap_err();
+    assert!(e.contains("unknown video format"), "{e}");
+    let producer = Producer::new(core, ProducerConfig::default()).unwrap();
+    let e = producer.resize(20_000, 10).unwrap_err().to_string();
+    assert!(e.contains("1 to 16384"), "{e}");
+    println!("errors say: {e}");
+}
+
+#[test]
+fn daemons_are_stopped_by_pid_even_when_a_test_panics() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let result = std::thread::spawn(move || {
+        let rig = Rig::start().expect("starting PipeWire");
+        tx.send((rig.daemons.pids(), rig.daemons.dir().to_owned()))
+            .unwrap();
+        panic!("a test failing with its daemons running");
+    })
+    .join();
+    assert!(result.is_err());
+    let (pids, dir) = rx.recv().unwrap();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    for (name, pid) in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "{name} (pid {pid}) still runs"
+        );
+    }
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+}
