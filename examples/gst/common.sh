@@ -23,7 +23,7 @@ launch() {
     while [ $# -gt 0 ] && [ "$1" != -- ]; do pipeline+=("$1"); shift; done
     [ "${1:-}" = -- ] && shift
     echo "+ gst-launch-1.0 -m ${pipeline[*]}" >&2
-    out=$(gst-launch-1.0 -m "${pipeline[@]}" 2>"${LOG:-/dev/stderr}") || {
+    out=$(gst-launch-1.0 -m "${pipeline[@]}" 2>>"${LOG:-/dev/stderr}") || {
         echo "$out" | tail -n 20
         echo "FAILED: gst-launch-1.0 exited with an error" >&2
         return 1

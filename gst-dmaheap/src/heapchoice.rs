@@ -8,10 +8,10 @@
 //!   `/etc/dmaheap/policy.toml`, the user's file, `DMAHEAP_POLICY`), with the frame size and
 //!   whether the consumer needs dma-bufs; an explicit list is taken as written.
 //! - [`HeapChoice::allocate`] returns a [`HeapBuffer`], the owner of one buffer's fd, which the
-//!   GStreamer memory keeps alive until it is freed. Today that is a [`heapcore::DmaBuf`] from
-//!   the process-wide allocator; a heapcore `PooledBuf` (which returns itself to its
-//!   `heapcore::Pool` on drop) fits the same place.
-//! - [`QosClass`] travels with the choice; with heapcore's `Pool` it becomes the pool's class.
+//!   GStreamer memory keeps alive until it is freed: a [`heapcore::DmaBuf`] from the
+//!   process-wide allocator, or a `heapcore::PooledBuf` from a private pool
+//!   ([`HeapChoice::pool`], [`HeapChoice::acquire`]) that returns itself to the pool on drop.
+//! - [`QosClass`] travels with the choice and becomes the heapcore pool's class.
 
 use std::fmt;
 use std::os::fd::{AsRawFd, RawFd};

@@ -2,8 +2,8 @@
 //!
 //! The memory wraps the buffer's fd with `GST_FD_MEMORY_FLAG_DONT_CLOSE`; the [`HeapBuffer`]
 //! that owns the fd is attached to the memory as qdata and dropped when GStreamer finalizes the
-//! memory. So the fd's life is heapcore's business (today: closed on drop; with heapcore's
-//! `Pool`: returned to the pool), and any element can ask whether a memory came from a heap
+//! memory. So the fd's life is heapcore's business (closed on drop, or returned to the heapcore
+//! `Pool` it came from), and any element can ask whether a memory came from a heap
 //! ([`is_heap_memory`]) and from which one ([`heap_memory_info`]).
 
 use std::os::fd::AsRawFd;
