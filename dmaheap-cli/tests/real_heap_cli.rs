@@ -1,5 +1,6 @@
 //! The `dmaheap` command against real heaps, as a user would run it.
 
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};
 
@@ -130,9 +131,18 @@ fn test_user() -> Result<(u32, u32), Failed> {
 
 fn unprivileged_user_is_told_the_fix() -> Result<(), Failed> {
     let (uid, gid) = test_user()?;
+    // The build may live where only root can read it (the cache under /root): the user runs a
+    // world-readable copy, from a directory it may enter.
+    let exe = std::env::temp_dir().join("dmaheap-as-unprivileged-user");
+    std::fs::copy(DMAHEAP, &exe)?;
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))?;
     let as_user = |args: &[&str]| {
-        let mut cmd = Command::new(DMAHEAP);
-        cmd.args(args).uid(uid).gid(gid).env("USER", TEST_USER);
+        let mut cmd = Command::new(&exe);
+        cmd.args(args)
+            .uid(uid)
+            .gid(gid)
+            .env("USER", TEST_USER)
+            .current_dir("/");
         cmd
     };
     let (out, _, stderr) = run(&mut as_user(&[
