@@ -364,11 +364,15 @@ fn policy_pool_serves_named_heap_buffers() -> Result<(), Failed> {
     buf.write()?.fill(7);
     let fd = std::os::fd::AsRawFd::as_raw_fd(&*buf);
     drop(buf);
-    let again = pool.try_acquire()?;
-    ensure!(
-        std::os::fd::AsRawFd::as_raw_fd(&*again) == fd,
-        "the pool did not recycle the buffer"
-    );
+    // It is back on the free list; the refill thread may have topped the list up meanwhile
+    // (it does while fewer than min_buffers are free), so look through all free buffers.
+    let free = (0..pool.stats().buffers_free)
+        .map(|_| pool.try_acquire())
+        .collect::<Result<Vec<_>, _>>()?;
+    let again = free
+        .iter()
+        .find(|b| std::os::fd::AsRawFd::as_raw_fd(&***b) == fd)
+        .ok_or("the pool did not recycle the buffer")?;
     ensure!(
         again.read()?.iter().all(|&b| b == 7),
         "recycled buffers keep their contents"
