@@ -341,11 +341,7 @@ fn split_heap_list(spec: &str, exists: &dyn Fn(&str) -> bool) -> Vec<String> {
 
 /// A buffer name the kernel accepts: at most 31 bytes, no control characters.
 fn buffer_name(name: &str) -> String {
-    let mut out: String = name.chars().filter(|c| !c.is_control()).collect();
-    while out.len() > 31 {
-        out.pop();
-    }
-    out
+    heapcore::fit_buffer_name(name, "")
 }
 
 /// Who owns a buffer's fd: the buffer itself (closed on drop) or a heapcore pool (returned to

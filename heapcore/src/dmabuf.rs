@@ -378,6 +378,21 @@ impl Drop for CpuWrite<'_> {
     }
 }
 
+/// `base` then `suffix`, made a name the kernel keeps: control characters dropped and `base`
+/// cut (at a character boundary) so the whole fits in `DMA_BUF_SET_NAME`'s 31 bytes. For names
+/// built from user-chosen parts (element names, pool names) plus a serial.
+pub fn fit_buffer_name(base: &str, suffix: &str) -> String {
+    let room = uapi::DMA_BUF_NAME_MAX.saturating_sub(suffix.len());
+    let mut out: String = base.chars().filter(|c| !c.is_control()).collect();
+    let mut cut = room.min(out.len());
+    while !out.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    out.truncate(cut);
+    out.push_str(suffix);
+    out
+}
+
 pub(crate) fn validate_buffer_name(name: &str) -> Result<CString> {
     let invalid = |reason: String| Error::InvalidBufferName {
         name: name.to_owned(),

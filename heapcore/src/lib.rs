@@ -22,7 +22,7 @@ pub use access::{Access, permission_fix};
 pub use allocator::Allocator;
 pub use backend::Source;
 pub use constraints::{Constraints, CpuAccess};
-pub use dmabuf::{CpuRead, CpuWrite, DmaBuf, FdInfo, Origin};
+pub use dmabuf::{CpuRead, CpuWrite, DmaBuf, FdInfo, Origin, fit_buffer_name};
 pub use error::{Error, Result};
 pub use heap::{CMA_ALIAS, DEFAULT_CMA_NAMES, HeapKind, HeapName, HeapProperties};
 pub use inventory::{CmaUsage, HeapInfo, Inventory, SysPaths, UdmabufInfo};

@@ -120,12 +120,7 @@ impl HeapChoice {
     pub(crate) fn dmabuf_sources(&self, size: u64, contiguous: bool) -> Vec<Source> {
         let inventory = self.alloc.inventory();
         let Some(explicit) = &self.explicit else {
-            let constraints = heapcore::Constraints::new(size)
-                .usage(self.usage.clone())
-                .contiguous(contiguous)
-                .cpu_access(CpuAccess::Write)
-                .require_dmabuf(true);
-            let candidates = heapcore::solve(&self.policy, &constraints, inventory);
+            let candidates = self.solve(size, contiguous);
             log::debug!("heap choice: {candidates}");
             return candidates.sources();
         };
@@ -170,17 +165,18 @@ impl HeapChoice {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            None => heapcore::solve(
-                &self.policy,
-                &heapcore::Constraints::new(size)
-                    .usage(self.usage.clone())
-                    .contiguous(self.contiguous)
-                    .cpu_access(CpuAccess::Write)
-                    .require_dmabuf(true),
-                self.alloc.inventory(),
-            )
-            .to_string(),
+            None => self.solve(size, self.contiguous).to_string(),
         }
+    }
+
+    /// The policy's candidates for dma-bufs of `size` bytes that the CPU writes.
+    fn solve(&self, size: u64, contiguous: bool) -> heapcore::Candidates {
+        let constraints = heapcore::Constraints::new(size)
+            .usage(self.usage.clone())
+            .contiguous(contiguous)
+            .cpu_access(CpuAccess::Write)
+            .require_dmabuf(true);
+        heapcore::solve(&self.policy, &constraints, self.alloc.inventory())
     }
 
     /// Whether a dma-buf can be had here at all: allocates (and frees) one page from the
@@ -256,7 +252,7 @@ impl HeapChoice {
         constraints: &FrameConstraints,
     ) -> Result<PooledBuf> {
         let pool = self.pool(kind, constraints)?;
-        let recycled = pool.stats().buffers_free > 0;
+        let recycled = pool.buffers_free() > 0;
         let buf = pool.try_acquire()?;
         debug_assert_eq!(buf.is_dmabuf(), kind == DataKind::DmaBuf);
         // The pool keeps its buffers mapped; this maps a fresh one now (mmap of a large

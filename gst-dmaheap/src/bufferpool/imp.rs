@@ -372,16 +372,19 @@ impl BufferPoolImpl for DmaHeapBufferPool {
             .clone()
             .ok_or(gst::FlowError::NotNegotiated)?;
         let stats = self.stats();
-        let heap_pool = self.heap_pool.lock().unwrap().clone();
-        let allocated = match &heap_pool {
-            Some(pool) => {
-                cfg.allocator
-                    .alloc_pooled_memory(cfg.size, &cfg.params, &self.buffer_name(), pool)
-            }
-            None => cfg
-                .allocator
-                .alloc_heap_memory(cfg.size, &cfg.params, &self.buffer_name()),
-        };
+        // Made by start() whenever there is a configuration.
+        let heap_pool = self
+            .heap_pool
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or(gst::FlowError::NotNegotiated)?;
+        let allocated = cfg.allocator.alloc_pooled_memory(
+            cfg.size,
+            &cfg.params,
+            &self.buffer_name(),
+            &heap_pool,
+        );
         let mut mem = match allocated {
             Ok(mem) => mem,
             Err(err) => {

@@ -298,6 +298,11 @@ impl Pool {
         self.inner().set_pressure(level)
     }
 
+    /// Buffers ready to hand out now (one lock; cheaper than [`Pool::stats`]).
+    pub fn buffers_free(&self) -> usize {
+        self.inner().lock().free.len()
+    }
+
     /// Statistics now.
     pub fn stats(&self) -> PoolStats {
         self.inner().stats()
@@ -644,16 +649,7 @@ impl WeakPool {
 
 /// `name#serial`, cut to what `DMA_BUF_SET_NAME` keeps (31 bytes).
 fn buffer_name(pool: &str, serial: u64) -> String {
-    let suffix = format!("#{serial}");
-    let mut cut = 31usize.saturating_sub(suffix.len()).min(pool.len());
-    while !pool.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let clean: String = pool[..cut]
-        .chars()
-        .map(|c| if c.is_control() { '_' } else { c })
-        .collect();
-    format!("{clean}{suffix}")
+    crate::dmabuf::fit_buffer_name(pool, &format!("#{serial}"))
 }
 
 /// The background refill of a realtime pool: tops the free list up to `min_buffers` at low

@@ -210,12 +210,7 @@ impl PoolRegistry {
             buffer_size: key.size_class,
             ..config
         };
-        let pool = Pool::with_global_budget(
-            Arc::clone(&self.inner.alloc),
-            config,
-            self.inner.budget.clone(),
-        )?;
-        pool.set_pressure(self.pressure());
+        let pool = self.new_pool(config)?;
         log::debug!("new pool {key}");
         pools.insert(key, pool.clone());
         Ok(pool)
@@ -226,15 +221,21 @@ impl PoolRegistry {
     /// budget, told the memory pressure, and listed in its statistics while it is open. It
     /// closes when its last handle is dropped.
     pub fn private_pool(&self, config: PoolConfig) -> Result<Pool> {
+        let pool = self.new_pool(config)?;
+        let mut private = self.inner.private.lock().unwrap_or_else(|p| p.into_inner());
+        private.retain(|w| w.upgrade().is_some());
+        private.push(pool.downgrade());
+        Ok(pool)
+    }
+
+    /// A pool on this registry's allocator, under its global budget, told the pressure now.
+    fn new_pool(&self, config: PoolConfig) -> Result<Pool> {
         let pool = Pool::with_global_budget(
             Arc::clone(&self.inner.alloc),
             config,
             self.inner.budget.clone(),
         )?;
         pool.set_pressure(self.pressure());
-        let mut private = self.inner.private.lock().unwrap_or_else(|p| p.into_inner());
-        private.retain(|w| w.upgrade().is_some());
-        private.push(pool.downgrade());
         Ok(pool)
     }
 
