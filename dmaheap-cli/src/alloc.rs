@@ -8,9 +8,10 @@ use heapcore::{Allocator, DmaBuf, Source};
 #[derive(clap::Args)]
 pub struct Args {
     /// Where to allocate: a heap name (`system`, `cma`, `reserved`, ...), `udmabuf` or `memfd`;
-    /// a comma-separated list is tried in order. Default: the best this machine has.
-    #[arg(long, value_delimiter = ',')]
-    heap: Vec<String>,
+    /// a list (commas or spaces; `linux,cma` stays one name) is tried in order. Default: the
+    /// best this machine has.
+    #[arg(long, default_value = "")]
+    heap: String,
     /// Bytes per buffer (`8MiB`, `4096`) or a frame (`3840x2160:NV12`).
     #[arg(long, default_value = "8MiB")]
     size: SizeSpec,
@@ -24,13 +25,11 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let alloc = Allocator::new();
-    let sources: Vec<Source> = if args.heap.is_empty() {
+    let listed = Source::parse_list(&args.heap, alloc.inventory())?;
+    let sources = if listed.is_empty() {
         alloc.default_sources()
     } else {
-        args.heap
-            .iter()
-            .map(|h| h.parse())
-            .collect::<Result<_, _>>()?
+        listed
     };
     let size = args.size.bytes();
     println!(

@@ -153,15 +153,15 @@ impl HeapChoice {
     /// name this machine lacks is skipped with a warning while another entry can serve, and an
     /// error when none can.
     pub fn resolve(heap: &str, usage: Usage, size: u64) -> Result<Self, Error> {
-        let entries = split_heap_list(heap, &|name| backend().inventory().find(name).is_ok());
+        let inventory = backend().inventory();
+        let entries = Source::parse_list(heap, inventory)?;
         if entries.is_empty() {
             return Self::for_usage(usage, size);
         }
-        let inventory = backend().inventory();
         let mut sources = Vec::new();
         let mut skipped = Vec::new();
-        for entry in &entries {
-            let source: Source = entry.parse()?;
+        for source in entries {
+            let entry = source_name(&source);
             let problem = match &source {
                 Source::Heap(name) => inventory.find(name.as_str()).err().map(|e| e.to_string()),
                 Source::Udmabuf if !inventory.has_udmabuf() => {
@@ -314,31 +314,6 @@ impl HeapChoice {
     }
 }
 
-/// Splits a `heap` list on commas and white space. Heap names may themselves hold a comma
-/// (`linux,cma`, `protected,secure-video`): two neighbouring pieces are joined when the joined
-/// name is one the default CMA heap has had, or a heap `exists` on this machine.
-fn split_heap_list(spec: &str, exists: &dyn Fn(&str) -> bool) -> Vec<String> {
-    let pieces: Vec<&str> = spec
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|p| !p.is_empty())
-        .collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < pieces.len() {
-        if i + 1 < pieces.len() {
-            let joined = format!("{},{}", pieces[i], pieces[i + 1]);
-            if heapcore::DEFAULT_CMA_NAMES.contains(&joined.as_str()) || exists(&joined) {
-                out.push(joined);
-                i += 2;
-                continue;
-            }
-        }
-        out.push(pieces[i].to_owned());
-        i += 1;
-    }
-    out
-}
-
 /// A buffer name the kernel accepts: at most 31 bytes, no control characters.
 fn buffer_name(name: &str) -> String {
     heapcore::fit_buffer_name(name, "")
@@ -434,21 +409,6 @@ impl AsRawFd for HeapBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lists_split_on_commas_and_spaces_but_keep_comma_names() {
-        let none = |_: &str| false;
-        assert_eq!(split_heap_list("system, cma", &none), ["system", "cma"]);
-        assert_eq!(
-            split_heap_list("linux,cma,system", &none),
-            ["linux,cma", "system"]
-        );
-        assert_eq!(
-            split_heap_list("protected,video system", &|n| n == "protected,video"),
-            ["protected,video", "system"]
-        );
-        assert!(split_heap_list(" , ", &none).is_empty());
-    }
 
     #[test]
     fn malicious_names_are_refused_before_anything_is_opened() {

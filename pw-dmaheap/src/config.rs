@@ -226,14 +226,10 @@ impl ProducerConfig {
         self
     }
 
-    /// Parses a comma-separated source list (`system,cma,udmabuf`); names are validated.
-    pub fn parse_heaps(list: &str) -> Result<Vec<Source>> {
-        let sources = list
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| s.parse::<Source>().map_err(Error::from))
-            .collect::<Result<Vec<_>>>()?;
+    /// Parses a source list (`system,cma,udmabuf`; commas or spaces, `linux,cma` stays one
+    /// name) with heapcore's one list parser; names are validated.
+    pub fn parse_heaps(list: &str, inventory: &Inventory) -> Result<Vec<Source>> {
+        let sources = Source::parse_list(list, inventory)?;
         if sources.is_empty() {
             return Err(Error::Config(format!(
                 "the heap list {list:?} names no heap (example: system,cma,udmabuf)"
@@ -399,15 +395,12 @@ mod tests {
         let cfg = ProducerConfig::default().with_heaps(vec![Source::heap("system").unwrap()]);
         let err = cfg.validate(&no_heaps()).unwrap_err().to_string();
         assert!(err.contains("no DMA-BUF heap named \"system\""), "{err}");
-        let err = ProducerConfig::parse_heaps("system,../etc").unwrap_err();
+        let err = ProducerConfig::parse_heaps("system,../etc", &no_heaps()).unwrap_err();
         assert!(err.to_string().contains("not a valid heap name"), "{err}");
-        assert!(ProducerConfig::parse_heaps(" , ").is_err());
-        assert_eq!(
-            ProducerConfig::parse_heaps("system, cma,udmabuf")
-                .unwrap()
-                .len(),
-            3
-        );
+        assert!(ProducerConfig::parse_heaps(" , ", &no_heaps()).is_err());
+        let list = ProducerConfig::parse_heaps("system, linux,cma,udmabuf", &no_heaps()).unwrap();
+        assert_eq!(list.len(), 3, "{list:?}");
+        assert_eq!(list[1], Source::heap("linux,cma").unwrap());
     }
 
     #[test]

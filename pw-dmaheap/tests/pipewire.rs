@@ -118,7 +118,8 @@ fn bad_input_gets_clear_errors() {
     assert!(e.contains("size 0x480"), "{e}");
     let e = err(ProducerConfig::default().with_heaps(vec!["no-such-heap".parse().unwrap()]));
     assert!(e.contains("no DMA-BUF heap named \"no-such-heap\""), "{e}");
-    let e = ProducerConfig::parse_heaps("system,../../dev/mem")
+    let inventory = pw_dmaheap::heapcore::Inventory::discover();
+    let e = ProducerConfig::parse_heaps("system,../../dev/mem", &inventory)
         .unwrap_err()
         .to_string();
     assert!(e.contains("not a valid heap name"), "{e}");

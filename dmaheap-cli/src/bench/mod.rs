@@ -29,10 +29,11 @@ enum PressureMode {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Where to allocate (heap name, `udmabuf`, `memfd`, comma-separated in order); default:
-    /// the policy's order for the animation usage.
-    #[arg(long, value_delimiter = ',')]
-    heap: Vec<String>,
+    /// Where to allocate (heap names, `udmabuf`, `memfd`, in order, separated by commas or
+    /// spaces; `linux,cma` stays one name); default: the policy's order for the animation
+    /// usage.
+    #[arg(long, default_value = "")]
+    heap: String,
     /// Print JSON (one object per case) instead of tables.
     #[arg(long)]
     json: bool,
@@ -116,7 +117,8 @@ fn frames() -> [(String, FrameLayout); 2] {
 
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let alloc = Arc::new(Allocator::new());
-    let sources: Vec<Source> = if args.heap.is_empty() {
+    let listed = Source::parse_list(&args.heap, alloc.inventory())?;
+    let sources: Vec<Source> = if listed.is_empty() {
         let (policy, _) = Policy::load();
         solve(
             &policy,
@@ -125,10 +127,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         )
         .sources()
     } else {
-        args.heap
-            .iter()
-            .map(|h| h.parse())
-            .collect::<Result<_, _>>()?
+        listed
     };
     // Which source really serves (the first that can), for the report.
     let served = alloc

@@ -96,7 +96,7 @@ fn parse_rate(s: &str) -> Result<(u32, u32), String> {
     Ok(rate)
 }
 
-fn config(args: &Args) -> Result<ProducerConfig, String> {
+fn config(args: &Args, inventory: &heapcore::Inventory) -> Result<ProducerConfig, String> {
     let mut config = ProducerConfig::new(args.size.0, args.size.1)
         .with_node_name(&args.node_name)
         .with_description(format!("dmaheap test pattern ({})", args.node_name))
@@ -109,7 +109,8 @@ fn config(args: &Args) -> Result<ProducerConfig, String> {
         .with_memfd_fallback(!args.no_memfd)
         .with_dmabuf_without_modifier(args.dmabuf_without_modifier);
     if let Some(list) = &args.heap {
-        config = config.with_heaps(ProducerConfig::parse_heaps(list).map_err(|e| e.to_string())?);
+        config = config
+            .with_heaps(ProducerConfig::parse_heaps(list, inventory).map_err(|e| e.to_string())?);
     }
     Ok(config)
 }
@@ -127,11 +128,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    let config = config(args)?;
-    // Bad sizes, formats and heap names are refused before PipeWire is involved.
     // The process's pool registry: its global budget, memory-pressure watch and, with
     // DMAHEAP_STATS set, statistics for `dmaheap stats`.
     let registry = heapcore::PoolRegistry::process();
+    // Bad sizes, formats and heap names are refused before PipeWire is involved.
+    let config = config(args, registry.allocator().inventory())?;
     config
         .validate(registry.allocator().inventory())
         .map_err(|e| e.to_string())?;
