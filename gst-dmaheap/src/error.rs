@@ -8,6 +8,10 @@ pub enum Error {
     #[error(transparent)]
     Heap(#[from] heapcore::Error),
 
+    /// The `usage` property is not a usage name.
+    #[error("usage: {reason}")]
+    BadUsage { reason: String },
+
     /// Every entry of the `heap` list is missing or unusable on this machine.
     #[error("heap={spec:?} names nothing this machine can allocate from: {reasons}")]
     NoUsableSource { spec: String, reasons: String },

@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, LazyLock, OnceLock};
 
 use gst::glib;
-use heapcore::{Allocator, Constraints, DmaBuf, Origin, PoolRegistry, Source};
+use heapcore::{Allocator, Constraints, CpuAccess, DmaBuf, Origin, PoolRegistry, Source, Usage};
 
 use crate::error::Error;
 use crate::stats::Stats;
@@ -35,55 +35,6 @@ pub(crate) fn registry() -> &'static PoolRegistry {
 /// The machine's heaps and backends, as discovered once per process.
 pub(crate) fn backend() -> &'static Allocator {
     REGISTRY.allocator()
-}
-
-/// What a buffer is for: heapcore's usage names. The policy maps each to an ordered list of
-/// heaps (and a QoS class); `generic` is the fallback.
-#[derive(Debug, Default, Eq, PartialEq, Hash, Clone, Copy, glib::Enum)]
-#[repr(u32)]
-#[enum_type(name = "GstDmaHeapUsage")]
-pub enum Usage {
-    /// No particular device (built-in policy: system heap first).
-    #[default]
-    #[enum_value(name = "Generic: no particular device", nick = "generic")]
-    Generic,
-    /// Read by a display controller, which may lack an IOMMU (built-in: CMA first).
-    #[enum_value(name = "Scanout: read by a display controller", nick = "scanout")]
-    Scanout,
-    /// Written by a hardware decoder (built-in: CMA first).
-    #[enum_value(name = "Video decode: written by a decoder", nick = "video-decode")]
-    VideoDecode,
-    /// Read by a hardware encoder (built-in: CMA first).
-    #[enum_value(name = "Video encode: read by an encoder", nick = "video-encode")]
-    VideoEncode,
-    /// Written by a camera/ISP (built-in: CMA first).
-    #[enum_value(name = "Camera: written by a capture device", nick = "camera")]
-    Camera,
-    /// Small, latency-critical UI buffers (built-in: system heap first, realtime).
-    #[enum_value(name = "Animation: latency-critical UI frames", nick = "animation")]
-    Animation,
-    /// Shared with other processes (built-in: system heap, udmabuf, memfd, CMA last).
-    #[enum_value(name = "Screencast: shared with other processes", nick = "screencast")]
-    Screencast,
-    /// Written by a GPU or the CPU (built-in: system heap first).
-    #[enum_value(name = "Render: written by a GPU or the CPU", nick = "render")]
-    Render,
-}
-
-impl Usage {
-    /// The name heapcore's policy (and gst-launch) uses for it.
-    pub fn nick(self) -> &'static str {
-        match self {
-            Self::Generic => heapcore::Usage::GENERIC,
-            Self::Scanout => heapcore::Usage::SCANOUT,
-            Self::VideoDecode => heapcore::Usage::VIDEO_DECODE,
-            Self::VideoEncode => heapcore::Usage::VIDEO_ENCODE,
-            Self::Camera => heapcore::Usage::CAMERA,
-            Self::Animation => heapcore::Usage::ANIMATION,
-            Self::Screencast => heapcore::Usage::SCREENCAST,
-            Self::Render => heapcore::Usage::RENDER,
-        }
-    }
 }
 
 /// How a pool treats its buffers: heapcore's QoS classes. The GStreamer pool implements them
@@ -133,18 +84,18 @@ pub struct HeapChoice {
 
 impl fmt::Display for HeapChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<String> = self.sources.iter().map(source_name).collect();
+        let names: Vec<String> = self.sources.iter().map(Source::name).collect();
         write!(f, "{}", names.join(","))
     }
 }
 
-/// The name a source has in the `heap` property.
-fn source_name(source: &Source) -> String {
-    match source {
-        Source::Heap(name) => name.to_string(),
-        Source::Udmabuf => "udmabuf".into(),
-        Source::Memfd => "memfd".into(),
-    }
+/// What the plugin's buffers need from a source: `size` bytes (0: not known yet, judged as a
+/// page), for `usage`. GStreamer elements map what they read and write, so heaps the CPU may
+/// not map (protected ones) cannot serve plain video memory.
+fn constraints(usage: &Usage, size: u64) -> Constraints {
+    Constraints::new(size.max(heapcore::sysinfo::page_size()))
+        .usage(usage.clone())
+        .cpu_access(CpuAccess::ReadWrite)
 }
 
 impl HeapChoice {
@@ -152,29 +103,32 @@ impl HeapChoice {
     /// machine, for buffers of `size` bytes (0: not known yet). An invalid name is an error; a
     /// name this machine lacks is skipped with a warning while another entry can serve, and an
     /// error when none can.
-    pub fn resolve(heap: &str, usage: Usage, size: u64) -> Result<Self, Error> {
+    pub fn resolve(heap: &str, usage: &str, size: u64) -> Result<Self, Error> {
+        let usage = Usage::new(usage).map_err(|reason| Error::BadUsage { reason })?;
         let inventory = backend().inventory();
         let entries = Source::parse_list(heap, inventory)?;
         if entries.is_empty() {
-            return Self::for_usage(usage, size);
+            return Self::for_usage(&usage, size);
         }
-        let mut sources = Vec::new();
-        let mut skipped = Vec::new();
-        for source in entries {
-            let entry = source_name(&source);
-            let problem = match &source {
-                Source::Heap(name) => inventory.find(name.as_str()).err().map(|e| e.to_string()),
-                Source::Udmabuf if !inventory.has_udmabuf() => {
-                    Some("/dev/udmabuf is missing (CONFIG_UDMABUF)".to_owned())
+        // The same judgement as the policy's lists get (size limits, contiguity, protected
+        // heaps), in the user's order.
+        let candidates = heapcore::solve_explicit(&entries, &constraints(&usage, size), inventory);
+        let sources = candidates.sources();
+        let skipped = candidates
+            .entries
+            .iter()
+            .filter_map(|c| match &c.verdict {
+                // A heap this machine lacks: the inventory's message lists the heaps it has.
+                heapcore::Verdict::Out(_) if c.source.is_none() => {
+                    Some(match inventory.find(&c.name) {
+                        Err(e) => format!("{}: {e}", c.name),
+                        Ok(_) => format!("{}: not usable here", c.name),
+                    })
                 }
-                Source::Udmabuf | Source::Memfd => None,
-            };
-            match problem {
-                Some(why) => skipped.push(format!("{entry}: {why}")),
-                None if !sources.contains(&source) => sources.push(source),
-                None => {}
-            }
-        }
+                heapcore::Verdict::Out(why) => Some(format!("{}: {why}", c.name)),
+                heapcore::Verdict::In(_) => None,
+            })
+            .collect::<Vec<_>>();
         if sources.is_empty() {
             return Err(Error::NoUsableSource {
                 spec: heap.to_owned(),
@@ -191,10 +145,8 @@ impl HeapChoice {
 
     /// What heapcore's policy and solver give for `usage` and `size` bytes on this machine; an
     /// error (with the solver's explanation) when nothing can serve.
-    pub fn for_usage(usage: Usage, size: u64) -> Result<Self, Error> {
-        let constraints = Constraints::new(size.max(heapcore::sysinfo::page_size()))
-            .usage(heapcore::Usage::new(usage.nick()).expect("heapcore's own usage names"));
-        let candidates = REGISTRY.candidates(&constraints);
+    pub fn for_usage(usage: &Usage, size: u64) -> Result<Self, Error> {
+        let candidates = REGISTRY.candidates(&constraints(usage, size));
         let sources = candidates.sources();
         if sources.is_empty() {
             return Err(heapcore::Error::NoCandidate {
@@ -212,7 +164,7 @@ impl HeapChoice {
             .collect();
         Ok(Self {
             sources,
-            usage,
+            usage: usage.clone(),
             skipped,
             explicit: false,
         })
@@ -243,8 +195,8 @@ impl HeapChoice {
     }
 
     /// The usage the choice was made for.
-    pub fn usage(&self) -> Usage {
-        self.usage
+    pub fn usage(&self) -> &Usage {
+        &self.usage
     }
 
     /// Whether the sources came from an explicit `heap` list (not from the usage).
@@ -255,11 +207,6 @@ impl HeapChoice {
     /// Whether any source gives dma-bufs (all but memfd do).
     pub fn has_dmabuf_source(&self) -> bool {
         self.sources.iter().any(|s| *s != Source::Memfd)
-    }
-
-    /// Whether memfd (not a dma-buf) may serve.
-    pub fn allows_memfd(&self) -> bool {
-        self.sources.contains(&Source::Memfd)
     }
 
     /// Entries this machine cannot serve, each with the reason (for an explicit list, worth a
@@ -273,7 +220,7 @@ impl HeapChoice {
         if self.explicit {
             format!("heap={self}")
         } else {
-            format!("usage={} ({self})", self.usage.nick())
+            format!("usage={} ({self})", self.usage)
         }
     }
 
@@ -309,8 +256,16 @@ impl HeapChoice {
     }
 
     /// A buffer from `pool` (made by [`HeapChoice::pool`]).
+    ///
+    /// The GStreamer pool in front keeps its own free buffers, so one it lets go of (a
+    /// background pool trimming, any pool deactivating) is freed for real; only a realtime
+    /// heapcore pool takes it back, as a spare kept ready off the streaming thread.
     pub fn acquire(pool: &heapcore::Pool) -> Result<HeapBuffer, Error> {
-        Ok(HeapBuffer::new(Owned::Pooled(pool.try_acquire()?)))
+        let back_to_pool = pool.config().qos == heapcore::QosClass::Realtime;
+        Ok(HeapBuffer::new(Owned::Pooled {
+            buf: pool.try_acquire()?,
+            back_to_pool,
+        }))
     }
 }
 
@@ -320,11 +275,14 @@ fn buffer_name(name: &str) -> String {
 }
 
 /// Who owns a buffer's fd: the buffer itself (closed on drop) or a heapcore pool (returned to
-/// it on drop, still mapped and named).
+/// it on drop, still mapped and named, or taken out of it and closed).
 #[derive(Debug)]
 enum Owned {
     Plain(DmaBuf),
-    Pooled(heapcore::PooledBuf),
+    Pooled {
+        buf: heapcore::PooledBuf,
+        back_to_pool: bool,
+    },
 }
 
 impl std::ops::Deref for Owned {
@@ -332,7 +290,7 @@ impl std::ops::Deref for Owned {
     fn deref(&self) -> &DmaBuf {
         match self {
             Self::Plain(buf) => buf,
-            Self::Pooled(buf) => buf,
+            Self::Pooled { buf, .. } => buf,
         }
     }
 }
@@ -341,7 +299,8 @@ impl std::ops::Deref for Owned {
 /// drops it (closing the fd, or returning it to its heapcore pool) when the memory is freed.
 #[derive(Debug)]
 pub struct HeapBuffer {
-    buf: Owned,
+    /// Always `Some` until dropped.
+    buf: Option<Owned>,
     contiguous: bool,
     /// Statistics that count this buffer as held until it is dropped.
     stats: OnceLock<Arc<Stats>>,
@@ -349,8 +308,9 @@ pub struct HeapBuffer {
 
 impl HeapBuffer {
     fn new(buf: Owned) -> Self {
-        let contiguous = match buf.origin() {
-            Origin::Heap(name) => backend()
+        let buf = Some(buf);
+        let contiguous = match buf.as_deref().map(DmaBuf::origin) {
+            Some(Origin::Heap(name)) => backend()
                 .inventory()
                 .find(name.as_str())
                 .is_ok_and(|h| h.properties.contiguous == Some(true)),
@@ -360,6 +320,22 @@ impl HeapBuffer {
             buf,
             contiguous,
             stats: OnceLock::new(),
+        }
+    }
+
+    fn owned(&self) -> &Owned {
+        self.buf
+            .as_ref()
+            .expect("a heap buffer holds its buffer until dropped")
+    }
+
+    /// The source it came from (to check it against a heap choice).
+    pub fn source(&self) -> Option<Source> {
+        match self.origin() {
+            Origin::Heap(name) => Some(Source::Heap(name.clone())),
+            Origin::Udmabuf => Some(Source::Udmabuf),
+            Origin::Memfd => Some(Source::Memfd),
+            Origin::Imported { .. } => None,
         }
     }
 
@@ -373,17 +349,17 @@ impl HeapBuffer {
 
     /// The buffer's size (whole pages).
     pub fn len(&self) -> u64 {
-        self.buf.len()
+        self.owned().len()
     }
 
     /// Where it came from (`heap system`, `udmabuf`, `memfd`).
     pub fn origin(&self) -> &Origin {
-        self.buf.origin()
+        self.owned().origin()
     }
 
     /// Whether devices can import it (false only for the memfd fallback).
     pub fn is_dmabuf(&self) -> bool {
-        self.buf.is_dmabuf()
+        self.owned().is_dmabuf()
     }
 
     /// Whether the memory is physically contiguous (a CMA heap).
@@ -397,12 +373,19 @@ impl Drop for HeapBuffer {
         if let Some(stats) = self.stats.get() {
             stats.held_sub(&self.origin().to_string(), self.len());
         }
+        if let Some(Owned::Pooled {
+            buf,
+            back_to_pool: false,
+        }) = self.buf.take()
+        {
+            drop(buf.detach());
+        }
     }
 }
 
 impl AsRawFd for HeapBuffer {
     fn as_raw_fd(&self) -> RawFd {
-        self.buf.as_raw_fd()
+        self.owned().as_raw_fd()
     }
 }
 
@@ -413,7 +396,7 @@ mod tests {
     #[test]
     fn malicious_names_are_refused_before_anything_is_opened() {
         for bad in ["../../dev/mem", "/dev/mem", "a/b", ".."] {
-            let err = HeapChoice::resolve(bad, Usage::Generic, 0).unwrap_err();
+            let err = HeapChoice::resolve(bad, Usage::GENERIC, 0).unwrap_err();
             assert!(
                 err.to_string().contains("is not a valid heap name"),
                 "{bad}: {err}"
@@ -423,7 +406,7 @@ mod tests {
 
     #[test]
     fn an_unknown_heap_alone_is_an_error_that_lists_what_exists() {
-        let err = HeapChoice::resolve("no-such-heap", Usage::Generic, 0).unwrap_err();
+        let err = HeapChoice::resolve("no-such-heap", Usage::GENERIC, 0).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("no-such-heap"), "{msg}");
         assert!(msg.contains("no DMA-BUF heap named"), "{msg}");
@@ -431,7 +414,7 @@ mod tests {
 
     #[test]
     fn an_unknown_heap_with_a_usable_fallback_is_skipped() {
-        let choice = HeapChoice::resolve("no-such-heap,memfd", Usage::Generic, 0).unwrap();
+        let choice = HeapChoice::resolve("no-such-heap,memfd", Usage::GENERIC, 0).unwrap();
         assert_eq!(choice.sources(), [Source::Memfd]);
         assert_eq!(choice.skipped().len(), 1);
     }
@@ -439,27 +422,37 @@ mod tests {
     #[test]
     fn every_usage_resolves_through_the_policy_and_dmabuf_only_drops_memfd() {
         for usage in [
-            Usage::Generic,
-            Usage::Scanout,
-            Usage::VideoDecode,
-            Usage::VideoEncode,
-            Usage::Camera,
-            Usage::Animation,
-            Usage::Screencast,
-            Usage::Render,
+            Usage::GENERIC,
+            Usage::SCANOUT,
+            Usage::VIDEO_DECODE,
+            Usage::VIDEO_ENCODE,
+            Usage::CAMERA,
+            Usage::ANIMATION,
+            Usage::SCREENCAST,
+            Usage::RENDER,
+            // Not in the built-in policy: a file may add it; here it falls back to generic.
+            "display",
         ] {
-            assert!(heapcore::Usage::new(usage.nick()).is_ok());
             // The built-in policy ends every list with memfd, which works everywhere (unless a
             // policy file on this machine says otherwise).
-            let choice = HeapChoice::for_usage(usage, 1 << 20).unwrap();
+            let choice = HeapChoice::resolve("", usage, 1 << 20).unwrap();
+            assert_eq!(choice.usage().as_str(), usage);
             assert!(!choice.sources().is_empty());
             match choice.dmabuf_only() {
-                Ok(c) => assert!(!c.allows_memfd()),
+                Ok(c) => assert!(!c.sources().contains(&Source::Memfd)),
                 Err(e) => {
                     assert!(!choice.has_dmabuf_source());
                     assert!(e.to_string().contains("memory:DMABuf"), "{e}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn bad_usage_names_are_refused_with_the_rule() {
+        for bad in ["Scanout", "video decode", "", "../x"] {
+            let err = HeapChoice::resolve("", bad, 0).unwrap_err().to_string();
+            assert!(err.contains("is not a usage name"), "{bad:?}: {err}");
         }
     }
 

@@ -15,7 +15,7 @@ mod upload;
 pub use allocator::{ALLOCATOR_NAME, DmaHeapAllocator};
 pub use bufferpool::{DmaHeapBufferPool, OnExhaustion};
 pub use error::Error;
-pub use heapchoice::{HeapChoice, QosClass, Usage};
+pub use heapchoice::{HeapChoice, QosClass};
 pub use memory::{HeapMemoryInfo, heap_memory_info, is_heap_memory, live_heap_buffers};
 pub use upload::DmaHeapUpload;
 
@@ -38,7 +38,6 @@ fn forward_heapcore_log() {
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     forward_heapcore_log();
-    Usage::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     QosClass::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     OnExhaustion::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     allocator::register(plugin)?;

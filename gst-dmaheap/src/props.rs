@@ -5,10 +5,10 @@ use gst::glib;
 use gst::glib::prelude::*;
 
 use crate::bufferpool::OnExhaustion;
-use crate::heapchoice::{QosClass, Usage};
+use crate::heapchoice::QosClass;
 
 pub const DEFAULT_HEAP: &str = "";
-pub const DEFAULT_USAGE: Usage = Usage::Generic;
+pub const DEFAULT_USAGE: &str = heapcore::Usage::GENERIC;
 pub const DEFAULT_QOS: QosClass = QosClass::Normal;
 pub const DEFAULT_PREWARM: u32 = 0;
 pub const DEFAULT_ON_EXHAUSTION: OnExhaustion = OnExhaustion::Block;
@@ -24,11 +24,17 @@ pub fn heap() -> glib::ParamSpecStringBuilder<'static> {
         .default_value(Some(DEFAULT_HEAP))
 }
 
-/// `usage`: which policy entry orders the heaps when `heap` is empty.
-pub fn usage() -> glib::ParamSpecEnumBuilder<'static, Usage> {
-    glib::ParamSpecEnum::builder_with_default("usage", DEFAULT_USAGE)
+/// `usage`: which policy entry orders the heaps when `heap` is empty. A string, not an enum:
+/// a policy file may add usages of its own (`display`, ...).
+pub fn usage() -> glib::ParamSpecStringBuilder<'static> {
+    glib::ParamSpecString::builder("usage")
         .nick("Usage")
-        .blurb("What the buffers are for; picks the heap order when heap is empty")
+        .blurb(
+            "What the buffers are for; picks the heap order from the usage policy when heap \
+             is empty: generic, scanout, video-decode, video-encode, camera, animation, \
+             screencast, render, or a usage a policy file adds",
+        )
+        .default_value(Some(DEFAULT_USAGE))
 }
 
 /// `qos`: how the pool keeps its buffers.

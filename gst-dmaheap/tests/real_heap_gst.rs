@@ -71,6 +71,16 @@ fn main() {
             gst_launch_kmssink,
         )
         .test(
+            "real_heap_gst_passthrough_honours_the_heap_list",
+            &[Need::SystemHeap, Need::CmaHeap],
+            passthrough_honours_the_heap_list,
+        )
+        .test(
+            "real_heap_gst_dmabuf_caps_only_for_frames_a_source_can_hold",
+            &[Need::Udmabuf],
+            dmabuf_caps_only_for_frames_a_source_can_hold,
+        )
+        .test(
             "real_heap_gst_state_cycles_leak_no_dmabuf",
             &[Need::SystemHeap],
             state_cycles_leak_nothing,
@@ -234,6 +244,69 @@ fn dmabuf_caps_and_zero_copies() -> Result<(), Failed> {
     let origins = stats.get::<String>("heap-origins")?;
     ensure!(origins.contains("heap system"), "{stats}");
     println!("{caps}\n{stats}");
+    Ok(())
+}
+
+/// Heap memory from another dmaheapupload (system heap) reaching one told `heap=cma` is
+/// copied into CMA memory, not passed through: a display without an IOMMU needs that.
+fn passthrough_honours_the_heap_list() -> Result<(), Failed> {
+    let cma = dmaheap_tests::cma_heap().ok_or("no CMA heap")?;
+    let run = run_pipeline(
+        "videotestsrc num-buffers=30 ! video/x-raw,format=NV12,width=640,height=480 \
+         ! dmaheapupload name=sys heap=system ! dmaheapupload name=up heap=cma ! fakesink",
+        Duration::from_secs(120),
+    )?;
+    let sys = run.stats_by_element.get("sys").ok_or("no stats from sys")?;
+    let up = run.stats_by_element.get("up").ok_or("no stats from up")?;
+    println!("sys: {sys}\nup: {up}");
+    ensure!(
+        stat(sys, "passthrough") == 30,
+        "videotestsrc wrote into sys's pool: {sys}"
+    );
+    ensure!(
+        stat(up, "passthrough") == 0,
+        "system-heap memory passed heap=cma: {up}"
+    );
+    ensure!(stat(up, "copies") == 30, "{up}");
+    let origins = up.get::<String>("heap-origins")?;
+    ensure!(origins.contains(&format!("heap {cma}")), "{up}");
+    Ok(())
+}
+
+/// 8K RGBA frames (132 MB) are over udmabuf's 64 MiB limit: with udmabuf as the only
+/// dma-buf source, memory:DMABuf is not offered for them (negotiation would succeed and the
+/// first allocation fail), so plain caps are negotiated and memfd serves.
+fn dmabuf_caps_only_for_frames_a_source_can_hold() -> Result<(), Failed> {
+    let run = run_pipeline(
+        "videotestsrc num-buffers=3 ! video/x-raw,format=RGBA,width=7680,height=4320 \
+         ! dmaheapupload name=up heap=udmabuf,memfd ! fakesink",
+        Duration::from_secs(300),
+    )?;
+    let caps = run.upload_src_caps.ok_or("no caps")?;
+    ensure!(
+        !caps
+            .features(0)
+            .is_some_and(|f| f.contains(gst_allocators::CAPS_FEATURE_MEMORY_DMABUF)),
+        "memory:DMABuf negotiated for frames udmabuf cannot hold: {caps}"
+    );
+    let stats = run.stats.ok_or("no stats message")?;
+    println!("{caps}\n{stats}");
+    ensure!(
+        stat(&stats, "passthrough") + stat(&stats, "copies") == 3,
+        "{stats}"
+    );
+    // The same list at 1080p: udmabuf serves and memory:DMABuf is offered.
+    let small = run_pipeline(
+        "videotestsrc num-buffers=3 ! video/x-raw,format=RGBA,width=1920,height=1080 \
+         ! dmaheapupload name=up heap=udmabuf,memfd ! fakesink",
+        Duration::from_secs(120),
+    )?;
+    let caps = small.upload_src_caps.ok_or("no caps")?;
+    ensure!(
+        caps.features(0)
+            .is_some_and(|f| f.contains(gst_allocators::CAPS_FEATURE_MEMORY_DMABUF)),
+        "1080p frames fit udmabuf, but {caps}"
+    );
     Ok(())
 }
 

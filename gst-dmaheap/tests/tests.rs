@@ -115,8 +115,10 @@ fn plugin_registers_the_element_and_the_named_allocator() {
 fn allocation_query_is_answered_with_the_heap_pool_and_allocator() {
     let caps = "video/x-raw,format=NV12,width=320,height=240,framerate=30/1";
     let mut h = harness(&[], caps);
-    // Downstream (the harness) supports crop meta: it must reach upstream too.
+    // Downstream (the harness) supports crop meta and video meta: both must reach upstream
+    // (video meta only because downstream reads it: see dmaheapupload.rs).
     h.add_propose_allocation_meta(gst_video::VideoCropMeta::meta_api(), None);
+    h.add_propose_allocation_meta(gst_video::VideoMeta::meta_api(), None);
     // Renegotiate so the element sees what downstream proposes.
     h.set_src_caps_str("video/x-raw,format=NV12,width=320,height=240,framerate=25/1");
     let q = allocation_query(
@@ -535,8 +537,14 @@ fn background_pools_free_idle_buffers_above_min() {
     );
     pool.set_active(true).unwrap();
     let held: Vec<gst::Buffer> = (0..5).map(|_| pool.acquire_buffer(None).unwrap()).collect();
-    assert_eq!(stat(&pool.stats(), "heap-buffers"), 5);
+    let fds: BTreeSet<i32> = held.iter().map(|b| memory_fd(b.peek_memory(0))).collect();
+    assert_eq!(fds.len(), 5);
+    assert!(fds.iter().all(|fd| fd_is_open(*fd)));
     drop(held);
+    // The memory itself is given back: 4 of the 5 fds are closed (the kernel frees a
+    // buffer with its last fd), not parked in a pool behind the GStreamer pool.
+    let open: Vec<i32> = fds.iter().copied().filter(|fd| fd_is_open(*fd)).collect();
+    assert_eq!(open.len(), 1, "fds still open: {open:?} of {fds:?}");
     let stats = pool.stats();
     assert_eq!(
         stat(&stats, "heap-buffers"),
@@ -545,6 +553,16 @@ fn background_pools_free_idle_buffers_above_min() {
     );
     assert_eq!(stat(&stats, "trimmed"), 4, "{stats}");
     pool.set_active(false).unwrap();
+    assert!(!fd_is_open(open[0]), "deactivating frees the last one");
+}
+
+/// Whether `fd` is open in this process and refers to buffer memory (a dma-buf or memfd), so
+/// a number reused for something else does not count.
+fn fd_is_open(fd: i32) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok_and(|target| {
+        let target = target.to_string_lossy();
+        target.starts_with("/dmabuf:") || target.starts_with("/memfd:")
+    })
 }
 
 #[test]

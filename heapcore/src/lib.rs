@@ -29,4 +29,4 @@ pub use inventory::{CmaUsage, HeapInfo, Inventory, SysPaths, UdmabufInfo};
 pub use policy::{Policy, PolicyError, Usage};
 pub use pool::{Pool, PoolConfig, PoolRegistry, PoolStats, PooledBuf, QosClass};
 pub use pressure::PressureLevel;
-pub use solver::{Candidate, Candidates, Verdict, solve};
+pub use solver::{Candidate, Candidates, Verdict, solve, solve_explicit};

@@ -91,13 +91,19 @@ impl FromStr for Usage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum EntryOrigin {
     BuiltIn,
-    File { path: PathBuf, line: usize },
+    /// No policy: a list the user gave (`heap=`, `--heap`), judged as it is.
+    Explicit,
+    File {
+        path: PathBuf,
+        line: usize,
+    },
 }
 
 impl fmt::Display for EntryOrigin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::BuiltIn => f.write_str("built-in defaults"),
+            Self::Explicit => f.write_str("an explicit heap list"),
             Self::File { path, line } => write!(f, "{}:{line}", path.display()),
         }
     }

@@ -122,8 +122,27 @@ pub fn solve(policy: &Policy, constraints: &Constraints, inventory: &Inventory) 
     let (entry, usage_fell_back) = policy.entry(&constraints.usage);
     let mut constraints = constraints.clone();
     constraints.contiguous |= entry.contiguous;
-    let mut entries: Vec<Candidate> = Vec::with_capacity(entry.heaps.len());
-    for name in &entry.heaps {
+    let mut candidates = judge_all(&entry.heaps, constraints, inventory);
+    candidates.usage_fell_back = usage_fell_back;
+    candidates.policy_origin = entry.origin.clone();
+    candidates
+}
+
+/// Judges a list the user gave instead of the policy's (`heap=`, `--heap`, a PipeWire
+/// producer's heaps) against the same constraints, in the user's order: the one filter every
+/// front end applies to explicit lists.
+pub fn solve_explicit(
+    sources: &[Source],
+    constraints: &Constraints,
+    inventory: &Inventory,
+) -> Candidates {
+    let names: Vec<String> = sources.iter().map(Source::name).collect();
+    judge_all(&names, constraints.clone(), inventory)
+}
+
+fn judge_all(names: &[String], constraints: Constraints, inventory: &Inventory) -> Candidates {
+    let mut entries: Vec<Candidate> = Vec::with_capacity(names.len());
+    for name in names {
         let (source, verdict) = judge(name, &constraints, inventory);
         let duplicate = source
             .as_ref()
@@ -144,8 +163,8 @@ pub fn solve(policy: &Policy, constraints: &Constraints, inventory: &Inventory) 
     }
     Candidates {
         usage: constraints.usage.clone(),
-        usage_fell_back,
-        policy_origin: entry.origin.clone(),
+        usage_fell_back: false,
+        policy_origin: EntryOrigin::Explicit,
         constraints,
         entries,
     }
@@ -465,5 +484,26 @@ mod tests {
             c.to_string().contains("not in the policy: using generic"),
             "{c}"
         );
+    }
+
+    #[test]
+    fn explicit_lists_keep_their_order_and_get_the_same_judgement() {
+        let m = machine(&["system", "reserved"]);
+        let list =
+            Source::parse_list("udmabuf missing-heap reserved memfd", &m.inventory()).unwrap();
+        let c = solve_explicit(&list, &Constraints::new(200 * MIB), &m.inventory());
+        let names: Vec<String> = c.sources().iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["memfd"], "{c}");
+        let text = c.to_string();
+        assert!(text.contains("over udmabuf's limit"), "{text}");
+        assert!(
+            text.contains("missing-heap: out, not on this machine"),
+            "{text}"
+        );
+        assert!(text.contains("larger than all CMA memory"), "{text}");
+        assert_eq!(c.policy_origin, EntryOrigin::Explicit);
+        let small = solve_explicit(&list, &Constraints::new(MIB), &m.inventory());
+        let names: Vec<String> = small.sources().iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["udmabuf", "heap reserved", "memfd"]);
     }
 }

@@ -9,7 +9,7 @@ use gst_allocators::prelude::*;
 use gst_allocators::subclass::prelude::*;
 
 use crate::error::Error;
-use crate::heapchoice::{HeapChoice, Usage};
+use crate::heapchoice::HeapChoice;
 use crate::memory;
 use crate::props::{self, DEFAULT_HEAP, DEFAULT_USAGE};
 
@@ -24,14 +24,14 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 #[derive(Debug, Clone)]
 struct Settings {
     heap: String,
-    usage: Usage,
+    usage: String,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             heap: DEFAULT_HEAP.into(),
-            usage: DEFAULT_USAGE,
+            usage: DEFAULT_USAGE.into(),
         }
     }
 }
@@ -54,7 +54,7 @@ impl DmaHeapAllocator {
             } else {
                 String::new()
             };
-            settings.usage = choice.usage();
+            settings.usage = choice.usage().to_string();
         }
         *self.choice.lock().unwrap() = Some(choice);
     }
@@ -65,7 +65,7 @@ impl DmaHeapAllocator {
             return Ok(Arc::clone(choice));
         }
         let settings = self.settings.lock().unwrap().clone();
-        let choice = Arc::new(HeapChoice::resolve(&settings.heap, settings.usage, 0)?);
+        let choice = Arc::new(HeapChoice::resolve(&settings.heap, &settings.usage, 0)?);
         for skipped in choice.skipped() {
             if choice.is_explicit() {
                 gst::warning!(CAT, imp = self, "skipping {skipped}");
@@ -189,7 +189,12 @@ impl ObjectImpl for DmaHeapAllocator {
                         .expect("type checked upstream")
                         .unwrap_or_default();
                 }
-                "usage" => settings.usage = value.get().expect("type checked upstream"),
+                "usage" => {
+                    settings.usage = value
+                        .get::<Option<String>>()
+                        .expect("type checked upstream")
+                        .unwrap_or_else(|| DEFAULT_USAGE.into());
+                }
                 _ => unimplemented!(),
             }
         }

@@ -7,7 +7,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use crate::error::Error;
-use crate::heapchoice::{HeapChoice, Usage};
+use crate::heapchoice::HeapChoice;
 
 mod imp;
 
@@ -37,15 +37,15 @@ impl DmaHeapAllocator {
     /// An allocator for an ordered `heap` list (`"reserved,system"`); fails with the reason
     /// when no entry can be used here or a name is not a plain heap name.
     pub fn with_heaps(heaps: &str) -> Result<Self, Error> {
-        let choice = HeapChoice::resolve(heaps, Usage::Generic, 0)?;
+        let choice = HeapChoice::resolve(heaps, heapcore::Usage::GENERIC, 0)?;
         Ok(Self::with_choice(Arc::new(choice)))
     }
 
     /// An allocator for a usage: heapcore's policy picks the heaps; fails with the solver's
     /// explanation when none can serve here.
-    pub fn with_usage(usage: Usage) -> Result<Self, Error> {
-        Ok(Self::with_choice(Arc::new(HeapChoice::for_usage(
-            usage, 0,
+    pub fn with_usage(usage: &str) -> Result<Self, Error> {
+        Ok(Self::with_choice(Arc::new(HeapChoice::resolve(
+            "", usage, 0,
         )?)))
     }
 

@@ -9,7 +9,7 @@ use gst_video::prelude::*;
 
 use crate::allocator::DmaHeapAllocator;
 use crate::bufferpool::{DmaHeapBufferPool, OnExhaustion};
-use crate::heapchoice::{HeapChoice, QosClass, Usage};
+use crate::heapchoice::{HeapChoice, QosClass};
 use crate::memory;
 use crate::props::{
     self, DEFAULT_HEAP, DEFAULT_ON_EXHAUSTION, DEFAULT_PREWARM, DEFAULT_QOS, DEFAULT_USAGE,
@@ -32,7 +32,7 @@ const STATS_NAME: &str = "dmaheapupload-stats";
 #[derive(Debug, Clone)]
 struct Settings {
     heap: String,
-    usage: Usage,
+    usage: String,
     qos: QosClass,
     prewarm: u32,
     min_buffers: u32,
@@ -44,7 +44,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             heap: DEFAULT_HEAP.into(),
-            usage: DEFAULT_USAGE,
+            usage: DEFAULT_USAGE.into(),
             qos: DEFAULT_QOS,
             prewarm: DEFAULT_PREWARM,
             min_buffers: DEFAULT_MIN_BUFFERS,
@@ -55,7 +55,7 @@ impl Default for Settings {
 }
 
 /// What downstream said in its ALLOCATION answer.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct Downstream {
     size: u32,
     min: u32,
@@ -64,18 +64,23 @@ struct Downstream {
     alignment: Option<gst_video::VideoAlignment>,
 }
 
-/// The heap pool for the current input caps.
-#[derive(Debug)]
+/// A heap pool made for one set of caps.
+#[derive(Debug, Clone)]
 struct PoolSlot {
     pool: DmaHeapBufferPool,
     /// The allocator it was configured with (a new one when the heap choice changes).
     allocator: DmaHeapAllocator,
     caps: gst::Caps,
+    downstream: Downstream,
     size: u32,
     min: u32,
     max: u32,
-    /// We activated it to copy into (upstream did not take it).
-    ours: bool,
+}
+
+impl PoolSlot {
+    fn fits(&self, caps: &gst::Caps, allocator: &DmaHeapAllocator, down: &Downstream) -> bool {
+        self.caps == *caps && self.allocator == *allocator && self.downstream == *down
+    }
 }
 
 // One per element, replaced only on state changes: the size of `Started` does not matter.
@@ -85,15 +90,17 @@ enum State {
     #[default]
     Stopped,
     Started {
-        /// The heap choice from the properties (memfd allowed where the list allows it).
-        choice: Arc<HeapChoice>,
         /// The allocator for the negotiated caps (dma-buf sources only for memory:DMABuf).
         allocator: DmaHeapAllocator,
         in_caps: Option<gst::Caps>,
         in_info: Option<gst_video::VideoInfo>,
         out_dmabuf: bool,
         downstream: Downstream,
-        pool: Option<PoolSlot>,
+        /// The pool offered upstream: upstream configures, activates and writes into it.
+        offered: Option<PoolSlot>,
+        /// The pool this element copies into, configured and activated here for the caps'
+        /// layout (downstream's alignment only where it reads the video meta).
+        copies: Option<PoolSlot>,
         told_about_copies: bool,
     },
 }
@@ -105,37 +112,41 @@ pub struct DmaHeapUpload {
     stats: Mutex<Arc<Stats>>,
 }
 
+/// The frame size of fixed raw video caps, if they are fixed.
+fn frame_size(s: &gst::StructureRef) -> Option<u64> {
+    let caps = gst::Caps::builder_full().structure(s.to_owned()).build();
+    if !caps.is_fixed() {
+        return None;
+    }
+    gst_video::VideoInfo::from_caps(&caps)
+        .ok()
+        .map(|info| info.size() as u64)
+}
+
 impl DmaHeapUpload {
     fn stats(&self) -> Arc<Stats> {
         Arc::clone(&self.stats.lock().unwrap())
     }
 
-    /// Whether memory:DMABuf can be offered downstream with the current settings.
-    fn dmabuf_possible(&self) -> bool {
-        if let State::Started { choice, .. } = &*self.state.lock().unwrap() {
-            return choice.has_dmabuf_source();
-        }
+    /// Whether memory:DMABuf can be offered downstream for frames of `size` bytes (0: not
+    /// known yet) with the current settings: the solver rules sources out by size (udmabuf's
+    /// limit, the CMA area), so a fixed frame size is asked about as it is.
+    fn dmabuf_possible(&self, size: u64) -> bool {
         let settings = self.settings.lock().unwrap().clone();
-        HeapChoice::resolve(&settings.heap, settings.usage, 0)
-            .map(|c| c.has_dmabuf_source())
-            .unwrap_or(false)
+        HeapChoice::resolve(&settings.heap, &settings.usage, size)
+            .and_then(|c| c.dmabuf_only())
+            .is_ok()
     }
 
-    /// Makes sure a pool exists for `caps` with the current downstream needs; an existing one
-    /// with the same caps is kept (upstream may be using it).
-    fn ensure_pool(&self, state: &mut State, caps: &gst::Caps) -> Result<(), gst::ErrorMessage> {
-        let State::Started {
-            allocator,
-            downstream,
-            pool: slot,
-            ..
-        } = state
-        else {
-            return Err(gst::error_msg!(
-                gst::CoreError::StateChange,
-                ("dmaheapupload is not started")
-            ));
-        };
+    /// A heap pool for `caps`, configured for what downstream needs (not activated: that
+    /// allocates, and happens without the state lock).
+    fn new_pool(
+        &self,
+        caps: &gst::Caps,
+        allocator: &DmaHeapAllocator,
+        downstream: &Downstream,
+        for_copies: bool,
+    ) -> Result<PoolSlot, gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
         let info = gst_video::VideoInfo::from_caps(caps).map_err(|_| {
             gst::error_msg!(gst::CoreError::Negotiation, ("{caps} is not raw video"))
@@ -153,20 +164,6 @@ impl DmaHeapUpload {
             );
             max = min;
         }
-        if let Some(existing) = slot.as_ref()
-            && existing.allocator == *allocator
-            && existing.caps == *caps
-            && existing.size == size
-            && existing.min == min
-            && existing.max == max
-        {
-            return Ok(());
-        }
-        if let Some(old) = slot.take() {
-            gst::debug!(CAT, imp = self, "replacing the pool for {}", old.caps);
-            let _ = old.pool.set_active(false);
-        }
-
         let pool = DmaHeapBufferPool::new();
         pool.set_owner(&*self.obj());
         pool.set_stats(self.stats());
@@ -180,26 +177,36 @@ impl DmaHeapUpload {
             Some(allocator.upcast_ref::<gst::Allocator>()),
             Some(&downstream.params),
         );
-        if downstream.video_meta {
-            // Downstream reads strides from the video meta, so its alignment can be honoured
-            // for whoever writes with a video meta (the pool applies it only then).
+        // Strides can be padded only for a downstream that reads them from the video meta.
+        if for_copies && downstream.video_meta {
+            config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META);
             if let Some(align) = &downstream.alignment {
                 config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_ALIGNMENT);
                 config.set_video_alignment(align);
             }
         }
-        pool.set_config(config).map_err(|_| {
-            gst::error_msg!(
-                gst::ResourceError::Settings,
-                ("the heap pool refused a configuration for {caps}")
-            )
-        })?;
+        if pool.set_config(config).is_err() {
+            // The pool said what it can do instead (more buffers for prewarm, a bigger size):
+            // take that.
+            let adjusted = pool.config();
+            pool.set_config(adjusted).map_err(|_| {
+                gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    ("the heap pool refused a configuration for {caps}")
+                )
+            })?;
+        }
         Stats::bump(&self.stats().pools);
         gst::info!(
             CAT,
             imp = self,
-            "new heap pool {} for {caps}: {size} byte buffers, {min}..{} of them, from {}",
+            "new heap pool {} {} for {caps}: {size} byte buffers, {min}..{} of them, from {}",
             pool.name(),
+            if for_copies {
+                "to copy into"
+            } else {
+                "offered upstream"
+            },
             if max == 0 {
                 "unlimited".to_owned()
             } else {
@@ -210,80 +217,106 @@ impl DmaHeapUpload {
                 .map(|c| c.describe())
                 .unwrap_or_else(|e| e.to_string())
         );
-        *slot = Some(PoolSlot {
+        Ok(PoolSlot {
             pool,
             allocator: allocator.clone(),
             caps: caps.clone(),
+            downstream: downstream.clone(),
             size,
             min,
             max,
-            ours: false,
-        });
-        Ok(())
+        })
     }
 
-    /// The pool to copy into, activated if upstream did not activate it.
+    /// The pool to copy into, activated. Made (and the old one let go) without the state
+    /// lock held: activation allocates, and may post errors that a bus handler answers by
+    /// calling back into this element.
     fn copy_pool(&self) -> Result<DmaHeapBufferPool, gst::FlowError> {
-        let mut state = self.state.lock().unwrap();
-        let caps = match &*state {
+        let (caps, allocator, downstream) = match &*self.state.lock().unwrap() {
             State::Started {
                 in_caps: Some(caps),
+                allocator,
+                downstream,
+                copies,
                 ..
-            } => caps.clone(),
+            } => {
+                if let Some(slot) = copies
+                    && slot.fits(caps, allocator, downstream)
+                {
+                    return Ok(slot.pool.clone());
+                }
+                (caps.clone(), allocator.clone(), downstream.clone())
+            }
             _ => return Err(gst::FlowError::NotNegotiated),
         };
-        if matches!(&*state, State::Started { pool: None, .. }) {
-            self.ensure_pool(&mut state, &caps).map_err(|e| {
+        let slot = self
+            .new_pool(&caps, &allocator, &downstream, true)
+            .map_err(|e| {
                 self.post_error_message(e);
                 gst::FlowError::Error
             })?;
-        }
-        let State::Started {
-            pool: Some(slot), ..
-        } = &mut *state
-        else {
-            return Err(gst::FlowError::NotNegotiated);
+        slot.pool.set_active(true).map_err(|_| {
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::NoSpaceLeft,
+                ("could not activate the heap buffer pool"),
+                ["pool {}", slot.pool.name()]
+            );
+            gst::FlowError::Error
+        })?;
+        let pool = slot.pool.clone();
+        let old = match &mut *self.state.lock().unwrap() {
+            State::Started { copies, .. } => copies.replace(slot),
+            State::Stopped => Some(slot),
         };
-        if !slot.pool.is_active() {
-            // Nobody configured it for writing: the copies carry a video meta, so the pool may
-            // apply downstream's alignment.
-            let mut config = slot.pool.config();
-            config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META);
-            if slot.pool.set_config(config).is_err() {
-                gst::warning!(CAT, imp = self, "could not enable video meta on the pool");
-            }
-            slot.pool.set_active(true).map_err(|_| {
-                gst::element_imp_error!(
-                    self,
-                    gst::ResourceError::NoSpaceLeft,
-                    ("could not activate the heap buffer pool"),
-                    ["pool {}", slot.pool.name()]
-                );
-                gst::FlowError::Error
-            })?;
-            slot.ours = true;
+        if let Some(old) = old {
+            let _ = old.pool.set_active(false);
         }
-        Ok(slot.pool.clone())
+        Ok(pool)
     }
 
-    /// Whether every memory of `buf` is heap memory (dma-buf memory when `need_dmabuf`).
-    fn is_heap_buffer(buf: &gst::BufferRef, need_dmabuf: bool) -> bool {
+    /// Whether `buf` can go downstream as it is as far as its layout goes: downstream reads
+    /// strides and offsets from the video meta, or the buffer has the caps' default layout
+    /// (what a sink that ignores video meta assumes).
+    fn layout_fits(buf: &gst::BufferRef, info: &gst_video::VideoInfo, video_meta: bool) -> bool {
+        if video_meta {
+            return true;
+        }
+        let n = info.n_planes() as usize;
+        buf.size() >= info.size()
+            && buf.meta::<gst_video::VideoMeta>().is_none_or(|meta| {
+                meta.offset()[..n] == info.offset()[..n] && meta.stride()[..n] == info.stride()[..n]
+            })
+    }
+
+    /// Whether every memory of `buf` is heap memory from a source `choice` allows (so
+    /// `heap=`, the usage's policy and, for memory:DMABuf, dma-buf-only hold for what passes
+    /// through, whichever pool or allocator in the process made it).
+    fn is_chosen_heap_memory(buf: &gst::BufferRef, choice: &HeapChoice) -> bool {
         buf.n_memory() > 0
             && buf.iter_memories().all(|m| {
-                memory::heap_memory_info(m).is_some_and(|info| info.is_dmabuf || !need_dmabuf)
+                memory::heap_buffer(m)
+                    .and_then(|b| b.source())
+                    .is_some_and(|source| choice.sources().contains(&source))
             })
     }
 
     /// Why a buffer was copied, for the log.
-    fn copy_reason(buf: &gst::BufferRef) -> String {
+    fn copy_reason(buf: &gst::BufferRef, choice: &HeapChoice) -> String {
         let Some(mem) = buf.iter_memories().next() else {
             return "it has no memory".into();
         };
         if let Some(info) = memory::heap_memory_info(mem) {
-            return format!(
-                "it is {} memory but memory:DMABuf was negotiated",
-                info.origin
-            );
+            if !Self::is_chosen_heap_memory(buf, choice) {
+                return format!(
+                    "it is {} memory, which {} does not allow",
+                    info.origin,
+                    choice.describe()
+                );
+            }
+            return "it is heap memory laid out with strides or offsets of its own, which \
+                    downstream would not read (it takes no video meta)"
+                .into();
         }
         if mem.is_memory_type::<gst_allocators::DmaBufMemory>() {
             return "it is a dma-buf from another exporter".into();
@@ -388,12 +421,21 @@ impl ObjectImpl for DmaHeapUpload {
             "heap" => {
                 let heap: Option<String> = value.get().expect("type checked upstream");
                 settings.heap = heap.unwrap_or_default();
-                if let Err(e) = HeapChoice::resolve(&settings.heap, settings.usage, 0) {
+                if let Err(e) = HeapChoice::resolve(&settings.heap, &settings.usage, 0) {
                     // Said again as an element error when the element starts.
                     gst::warning!(CAT, imp = self, "{e}");
                 }
             }
-            "usage" => settings.usage = value.get().expect("type checked upstream"),
+            "usage" => {
+                settings.usage = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_else(|| DEFAULT_USAGE.into());
+                if let Err(e) = HeapChoice::resolve(&settings.heap, &settings.usage, 0) {
+                    // Said again as an element error when the element starts.
+                    gst::warning!(CAT, imp = self, "{e}");
+                }
+            }
             "qos" => settings.qos = value.get().expect("type checked upstream"),
             "prewarm" => settings.prewarm = value.get().expect("type checked upstream"),
             "min-buffers" => settings.min_buffers = value.get().expect("type checked upstream"),
@@ -472,7 +514,7 @@ impl BaseTransformImpl for DmaHeapUpload {
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        let choice = HeapChoice::resolve(&settings.heap, settings.usage, 0)
+        let choice = HeapChoice::resolve(&settings.heap, &settings.usage, 0)
             .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("{}", e)))?;
         for skipped in choice.skipped() {
             if choice.is_explicit() {
@@ -489,13 +531,13 @@ impl BaseTransformImpl for DmaHeapUpload {
         gst::info!(CAT, imp = self, "allocating from {}", choice.describe());
         *self.stats.lock().unwrap() = Arc::new(Stats::default());
         *self.state.lock().unwrap() = State::Started {
-            allocator: DmaHeapAllocator::with_choice(Arc::clone(&choice)),
-            choice,
+            allocator: DmaHeapAllocator::with_choice(choice),
             in_caps: None,
             in_info: None,
             out_dmabuf: false,
             downstream: Downstream::default(),
-            pool: None,
+            offered: None,
+            copies: None,
             told_about_copies: false,
         };
         Ok(())
@@ -504,10 +546,12 @@ impl BaseTransformImpl for DmaHeapUpload {
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         let old = std::mem::take(&mut *self.state.lock().unwrap());
         if let State::Started {
-            pool: Some(slot), ..
+            offered, copies, ..
         } = old
         {
-            let _ = slot.pool.set_active(false);
+            for slot in [offered, copies].into_iter().flatten() {
+                let _ = slot.pool.set_active(false);
+            }
         }
         gst::info!(
             CAT,
@@ -535,23 +579,26 @@ impl BaseTransformImpl for DmaHeapUpload {
                 None => templ,
             });
         }
-        let dmabuf = self.dmabuf_possible();
         let dmabuf_features = gst::CapsFeatures::new([gst_allocators::CAPS_FEATURE_MEMORY_DMABUF]);
+        // Size-less answers are shared by every structure whose frame size is not fixed.
+        let mut unsized_dmabuf = None;
         let mut out = gst::Caps::new_empty();
-        {
-            for s in caps.iter() {
-                let plain = (s.to_owned(), None);
-                let with_dmabuf = (s.to_owned(), Some(dmabuf_features.clone()));
-                // Downstream is offered dma-buf memory first (when a heap can give it);
-                // upstream may send either.
-                let order = match direction {
-                    gst::PadDirection::Sink if dmabuf => vec![with_dmabuf, plain],
-                    gst::PadDirection::Sink => vec![plain],
-                    _ => vec![plain, with_dmabuf],
-                };
-                for (s, features) in order {
-                    out.merge_structure_full(s, features);
-                }
+        for s in caps.iter() {
+            let dmabuf = match frame_size(s) {
+                Some(size) => self.dmabuf_possible(size),
+                None => *unsized_dmabuf.get_or_insert_with(|| self.dmabuf_possible(0)),
+            };
+            let plain = (s.to_owned(), None);
+            let with_dmabuf = (s.to_owned(), Some(dmabuf_features.clone()));
+            // Downstream is offered dma-buf memory first (when a heap can give it for this
+            // frame size); upstream may send either.
+            let order = match direction {
+                gst::PadDirection::Sink if dmabuf => vec![with_dmabuf, plain],
+                gst::PadDirection::Sink => vec![plain],
+                _ => vec![plain, with_dmabuf],
+            };
+            for (s, features) in order {
+                out.merge_structure_full(s, features);
             }
         }
         gst::trace!(CAT, imp = self, "{direction:?} {caps} -> {out}");
@@ -570,7 +617,7 @@ impl BaseTransformImpl for DmaHeapUpload {
         // The choice again, now that the frame size is known (the solver checks sizes
         // against CMA and udmabuf), without memfd when downstream takes dma-bufs only.
         let settings = self.settings.lock().unwrap().clone();
-        let wanted = HeapChoice::resolve(&settings.heap, settings.usage, info.size() as u64)
+        let wanted = HeapChoice::resolve(&settings.heap, &settings.usage, info.size() as u64)
             .and_then(|c| if out_dmabuf { c.dmabuf_only() } else { Ok(c) });
         let wanted = match wanted {
             Ok(c) => c,
@@ -637,30 +684,20 @@ impl BaseTransformImpl for DmaHeapUpload {
             padding = padding.max(params.padding());
         }
         down.params = gst::AllocationParams::new(gst::MemoryFlags::empty(), align, prefix, padding);
-        // Downstream's own pool is not used: buffers come from the heap pool, which this
+        // Downstream's own pool is not used: buffers come from the heap pools, which this
         // element (not GstBaseTransform) activates and deactivates.
         while query.allocation_pools().len() > 0 {
             query.remove_nth_allocation_pool(0);
         }
         gst::debug!(CAT, imp = self, "downstream needs {down:?}");
-
-        let mut state = self.state.lock().unwrap();
-        let caps = match &mut *state {
-            State::Started {
-                downstream,
-                in_caps: Some(caps),
-                ..
-            } => {
+        match &mut *self.state.lock().unwrap() {
+            State::Started { downstream, .. } => {
+                // The copy pool follows on the next copy; the offered one stays with upstream.
                 *downstream = down;
-                caps.clone()
+                Ok(())
             }
-            _ => return Err(gst::loggable_error!(CAT, "allocation before caps")),
-        };
-        self.ensure_pool(&mut state, &caps).map_err(|e| {
-            let msg = format!("{e:?}");
-            self.post_error_message(e);
-            gst::loggable_error!(CAT, "{msg}")
-        })
+            State::Stopped => Err(gst::loggable_error!(CAT, "allocation before start")),
+        }
     }
 
     fn propose_allocation(
@@ -673,9 +710,15 @@ impl BaseTransformImpl for DmaHeapUpload {
         if decide_query.is_some() {
             self.parent_propose_allocation(decide_query, query)?;
         }
-        if query
-            .find_allocation_meta::<gst_video::VideoMeta>()
-            .is_none()
+        // Buffers of our pool go downstream untouched, so upstream may write strides and
+        // offsets of its own (a decoder's padding) only if downstream reads them from the
+        // video meta. Until downstream has answered, it is not offered.
+        let downstream_reads_video_meta = decide_query
+            .is_some_and(|q| q.find_allocation_meta::<gst_video::VideoMeta>().is_some());
+        if downstream_reads_video_meta
+            && query
+                .find_allocation_meta::<gst_video::VideoMeta>()
+                .is_none()
         {
             query.add_allocation_meta::<gst_video::VideoMeta>(None);
         }
@@ -683,46 +726,33 @@ impl BaseTransformImpl for DmaHeapUpload {
             return Err(gst::loggable_error!(CAT, "allocation query without caps"));
         };
 
-        let mut state = self.state.lock().unwrap();
-        let needs_new = match &*state {
+        // The same pool again for the same caps (upstream may be using it); a new one,
+        // configured without the state lock, otherwise.
+        let (allocator, downstream) = match &*self.state.lock().unwrap() {
             State::Started {
-                pool: Some(slot), ..
-            } => slot.caps != caps || slot.ours,
-            State::Started { pool: None, .. } => true,
+                offered: Some(slot),
+                allocator,
+                ..
+            } if slot.caps == caps && slot.allocator == *allocator => {
+                query.add_allocation_param(Some(allocator), slot.downstream.params);
+                query.add_allocation_pool(Some(&slot.pool), slot.size, slot.min, slot.max);
+                return Ok(());
+            }
+            State::Started {
+                allocator,
+                downstream,
+                ..
+            } => (allocator.clone(), downstream.clone()),
             State::Stopped => return Err(gst::loggable_error!(CAT, "not started")),
         };
-        if needs_new {
-            if let State::Started { pool, .. } = &mut *state
-                && let Some(slot) = pool.as_ref()
-                && slot.ours
-            {
-                // We activated that pool for our copies; upstream gets a fresh one it can
-                // configure for its own writing.
-                gst::debug!(
-                    CAT,
-                    imp = self,
-                    "upstream asks again: offering a fresh pool"
-                );
-                if let Some(old) = pool.take() {
-                    let _ = old.pool.set_active(false);
-                }
-            }
-            self.ensure_pool(&mut state, &caps).map_err(|e| {
+        let slot = self
+            .new_pool(&caps, &allocator, &downstream, false)
+            .map_err(|e| {
                 let msg = format!("{e:?}");
                 self.post_error_message(e);
                 gst::loggable_error!(CAT, "{msg}")
             })?;
-        }
-        let State::Started {
-            pool: Some(slot),
-            allocator,
-            downstream,
-            ..
-        } = &*state
-        else {
-            return Err(gst::loggable_error!(CAT, "no pool"));
-        };
-        query.add_allocation_param(Some(allocator), downstream.params);
+        query.add_allocation_param(Some(&allocator), downstream.params);
         query.add_allocation_pool(Some(&slot.pool), slot.size, slot.min, slot.max);
         gst::debug!(
             CAT,
@@ -733,6 +763,13 @@ impl BaseTransformImpl for DmaHeapUpload {
             slot.min,
             slot.max
         );
+        let old = match &mut *self.state.lock().unwrap() {
+            State::Started { offered, .. } => offered.replace(slot),
+            State::Stopped => Some(slot),
+        };
+        if let Some(old) = old {
+            let _ = old.pool.set_active(false);
+        }
         Ok(())
     }
 
@@ -742,8 +779,8 @@ impl BaseTransformImpl for DmaHeapUpload {
                 let flushing = matches!(event.view(), gst::EventView::FlushStart(_));
                 let pool = match &*self.state.lock().unwrap() {
                     State::Started {
-                        pool: Some(slot), ..
-                    } if slot.ours => Some(slot.pool.clone()),
+                        copies: Some(slot), ..
+                    } => Some(slot.pool.clone()),
                     _ => None,
                 };
                 // Unblocks a copy waiting for a free buffer.
@@ -755,31 +792,6 @@ impl BaseTransformImpl for DmaHeapUpload {
             _ => {}
         }
         self.parent_sink_event(event)
-    }
-
-    fn transform(
-        &self,
-        inbuf: &gst::Buffer,
-        outbuf: &mut gst::BufferRef,
-    ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        // generate_output() normally does the work; this is the same copy for a caller that
-        // goes through GstBaseTransform's default path.
-        let info = match &*self.state.lock().unwrap() {
-            State::Started {
-                in_info: Some(info),
-                ..
-            } => info.clone(),
-            _ => return Err(gst::FlowError::NotNegotiated),
-        };
-        let in_frame = gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf.as_ref(), &info)
-            .map_err(|_| gst::FlowError::Error)?;
-        let mut out_frame = gst_video::VideoFrameRef::from_buffer_ref_writable(outbuf, &info)
-            .map_err(|_| gst::FlowError::Error)?;
-        in_frame
-            .copy(&mut out_frame)
-            .map_err(|_| gst::FlowError::Error)?;
-        Stats::bump(&self.stats().copies);
-        Ok(gst::FlowSuccess::Ok)
     }
 
     fn transform_meta<'a>(
@@ -800,16 +812,26 @@ impl BaseTransformImpl for DmaHeapUpload {
         let Some(inbuf) = self.take_queued_buffer() else {
             return Ok(gst_base::subclass::base_transform::GenerateOutputSuccess::NoOutput);
         };
-        let (out_dmabuf, info) = match &*self.state.lock().unwrap() {
+        let (choice, info, video_meta) = match &*self.state.lock().unwrap() {
             State::Started {
-                out_dmabuf,
+                allocator,
                 in_info: Some(info),
+                downstream,
                 ..
-            } => (*out_dmabuf, info.clone()),
+            } => (
+                allocator.choice().map_err(|e| {
+                    gst::element_imp_error!(self, gst::ResourceError::Settings, ("{}", e));
+                    gst::FlowError::Error
+                })?,
+                info.clone(),
+                downstream.video_meta,
+            ),
             _ => return Err(gst::FlowError::NotNegotiated),
         };
         let stats = self.stats();
-        if Self::is_heap_buffer(&inbuf, out_dmabuf) {
+        if Self::is_chosen_heap_memory(&inbuf, &choice)
+            && Self::layout_fits(&inbuf, &info, video_meta)
+        {
             let n = stats.passthrough.fetch_add(1, Ordering::Relaxed) + 1;
             gst::log!(
                 CAT,
@@ -833,8 +855,8 @@ impl BaseTransformImpl for DmaHeapUpload {
             gst::info!(
                 CAT,
                 imp = self,
-                "copying into heap buffers: upstream did not use the heap pool ({})",
-                Self::copy_reason(&inbuf)
+                "copying into heap buffers: {}",
+                Self::copy_reason(&inbuf, &choice)
             );
         }
         gst::debug!(CAT, imp = self, "copy #{n} into {outbuf:?}");

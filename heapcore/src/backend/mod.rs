@@ -47,6 +47,16 @@ impl Source {
         }
     }
 
+    /// The name a user types for it: the heap's name, `udmabuf` or `memfd` (what
+    /// [`Source::parse_list`] reads back).
+    pub fn name(&self) -> String {
+        match self {
+            Self::Heap(name) => name.to_string(),
+            Self::Udmabuf => "udmabuf".into(),
+            Self::Memfd => "memfd".into(),
+        }
+    }
+
     /// Shorthand for a heap source; the name is validated.
     pub fn heap(name: &str) -> Result<Self, Error> {
         HeapName::new(name).map(Self::Heap)
