@@ -362,6 +362,21 @@ impl HeapBuffer {
         self.owned().is_dmabuf()
     }
 
+    /// Zeroes `range` of the buffer (prefix or padding GStreamer asked to be zeroed), with
+    /// CPU access bracketed as for any write.
+    pub(crate) fn zero(&mut self, range: std::ops::Range<usize>) -> Result<(), Error> {
+        let buf: &mut DmaBuf = match self.buf.as_mut() {
+            Some(Owned::Plain(buf)) => buf,
+            Some(Owned::Pooled { buf, .. }) => buf,
+            None => return Ok(()),
+        };
+        let mut cpu = buf.write()?;
+        if let Some(bytes) = cpu.get_mut(range) {
+            bytes.fill(0);
+        }
+        Ok(cpu.finish()?)
+    }
+
     /// Whether the memory is physically contiguous (a CMA heap).
     pub fn is_contiguous(&self) -> bool {
         self.contiguous

@@ -75,8 +75,16 @@ fn pool_config(
     if let Some(align) = align {
         config.set_video_alignment(&align);
     }
-    pool.set_config(config)
-        .expect("pool accepts the configuration");
+    // As decoders and GstBaseSrc do: an adjusted configuration is read back, validated
+    // against what was asked for, and set again.
+    if pool.set_config(config).is_err() {
+        let adjusted = pool.config();
+        adjusted
+            .validate_params(Some(&caps), 0, min, max)
+            .expect("the adjusted configuration is still valid");
+        pool.set_config(adjusted)
+            .expect("pool accepts its adjusted configuration");
+    }
 }
 
 #[test]
@@ -295,12 +303,15 @@ fn video_meta_strides_and_offsets_for_nv12_i420_rgba_and_odd_sizes() {
     }
 }
 
-/// The layout GStreamer's own video pool gives for the same configuration.
+/// The layout GStreamer's own video pool gives for the same configuration: the buffer, its
+/// meta's strides, offsets and alignment.
+type StockLayout = (gst::Buffer, Vec<i32>, Vec<usize>, gst_video::VideoAlignment);
+
 fn stock_layout(
     caps: &gst::Caps,
     options: &[&str],
     align: Option<&gst_video::VideoAlignment>,
-) -> Option<(gst::Buffer, Vec<i32>, Vec<usize>)> {
+) -> Option<StockLayout> {
     let info = gst_video::VideoInfo::from_caps(caps).ok()?;
     let pool = gst_video::VideoBufferPool::new();
     let mut config = pool.config();
@@ -316,7 +327,8 @@ fn stock_layout(
     let buf = pool.acquire_buffer(None).ok()?;
     let meta = buf.meta::<gst_video::VideoMeta>()?;
     let (strides, offsets) = (meta.stride().to_vec(), meta.offset().to_vec());
-    Some((buf, strides, offsets))
+    let alignment = meta.alignment();
+    Some((buf, strides, offsets, alignment))
 }
 
 #[test]
@@ -341,12 +353,14 @@ fn every_raw_format_gets_the_video_meta_gstreamer_would_give() {
                     align.set_padding_left(8);
                     align.set_padding_bottom(6);
                     align.set_padding_right(24);
-                    align.stride_align_mut().fill(63);
+                    // A different mask per plane: both pools apply their union to every plane.
+                    align.stride_align_mut().copy_from_slice(&[63, 15, 31, 7]);
                     options.push(gst_video::BUFFER_POOL_OPTION_VIDEO_ALIGNMENT);
                 }
                 let align = aligned.then_some(align);
                 // GStreamer's own video pool is the reference.
-                let Some((stock, strides, offsets)) = stock_layout(&caps, &options, align.as_ref())
+                let Some((stock, strides, offsets, stock_alignment)) =
+                    stock_layout(&caps, &options, align.as_ref())
                 else {
                     no_layout.push(what);
                     continue;
@@ -362,6 +376,43 @@ fn every_raw_format_gets_the_video_meta_gstreamer_would_give() {
                 assert_eq!(meta.n_planes(), base.n_planes(), "{what}");
                 assert_eq!(meta.stride(), strides.as_slice(), "{what} strides");
                 assert_eq!(meta.offset(), offsets.as_slice(), "{what} offsets");
+                // The meta carries the padding the pool applied (GstVideoBufferPool 1.22
+                // leaves it at zero, newer ones set it): plane heights include it.
+                let alignment = meta.alignment();
+                let fields = |a: &gst_video::VideoAlignment| {
+                    (
+                        a.padding_top(),
+                        a.padding_bottom(),
+                        a.padding_left(),
+                        a.padding_right(),
+                        *a.stride_align(),
+                    )
+                };
+                if let Some(mut applied) = align {
+                    let mask = applied.stride_align().iter().fold(0, |m, s| m | s);
+                    applied.stride_align_mut().fill(mask);
+                    let mut info = base.clone();
+                    info.align(&mut applied).unwrap();
+                    assert_eq!(
+                        fields(&alignment),
+                        fields(&applied),
+                        "{what} meta alignment"
+                    );
+                    let tiled = gst_video::VideoFormatInfo::from_format(format)
+                        .flags()
+                        .contains(gst_video::VideoFormatFlags::TILED);
+                    if let (false, Ok(heights)) = (tiled, meta.plane_height()) {
+                        assert!(
+                            heights[0] >= h + applied.padding_top() + applied.padding_bottom(),
+                            "{what} plane heights {heights:?} lack the padding"
+                        );
+                    }
+                } else {
+                    assert_eq!(fields(&alignment), fields(&Default::default()), "{what}");
+                }
+                if stock_alignment.padding_bottom() != 0 {
+                    assert_eq!(fields(&alignment), fields(&stock_alignment), "{what}");
+                }
                 let mut expected = base.clone();
                 if let Some(mut a) = align {
                     expected.align(&mut a).unwrap();
@@ -441,6 +492,64 @@ fn pool_buffers_are_heap_memory_and_recycle_the_same_fds() {
     assert_eq!(stat(&stats, "heap-buffers"), 3, "{stats}");
     pool.set_active(false).unwrap();
     assert_eq!(stat(&pool.stats(), "heap-buffers"), 0);
+}
+
+/// The data starts after the prefix at the alignment asked for, as GStreamer's system memory
+/// does.
+#[test]
+fn allocator_honours_prefix_alignment_and_zeroing() {
+    init();
+    let allocator = DmaHeapAllocator::new();
+    let params = gst::AllocationParams::new(
+        gst::MemoryFlags::ZERO_PREFIXED | gst::MemoryFlags::ZERO_PADDED,
+        63,
+        10,
+        20,
+    );
+    let mem = allocator.alloc(1000, Some(&params)).unwrap();
+    assert_eq!(mem.size(), 1000);
+    assert_eq!(
+        mem.offset(),
+        64,
+        "the prefix of 10 rounded up to the 64-byte alignment"
+    );
+    assert!(mem.maxsize() >= 64 + 1000 + 20);
+    let map = mem.map_readable().unwrap();
+    assert_eq!(map.as_ptr() as usize % 64, 0, "data at {:p}", map.as_ptr());
+}
+
+/// GstBufferPool's contract: a configuration the pool had to change is refused (FALSE) and
+/// the changed one is left to read back, validate and set again; nothing changes silently.
+#[test]
+fn set_config_says_what_it_changed() {
+    init();
+    let caps = gst::Caps::from_str("video/x-raw,format=RGBA,width=320,height=240").unwrap();
+    let pool = DmaHeapBufferPool::new();
+    pool.set_property("prewarm", 6u32);
+    let mut config = pool.config();
+    config.set_params(Some(&caps), 0, 2, 0);
+    assert!(
+        pool.set_config(config).is_err(),
+        "min-buffers raised to prewarm, yet TRUE"
+    );
+    let adjusted = pool.config();
+    assert_eq!(adjusted.params().map(|p| p.2), Some(6));
+    adjusted.validate_params(Some(&caps), 0, 2, 0).unwrap();
+    pool.set_config(adjusted).unwrap();
+
+    // Another allocator is not taken: the pool keeps its heap allocator, and says so.
+    let config = pool.config();
+    let sysmem = gst::Allocator::find(None).unwrap();
+    config.set_allocator(Some(&sysmem), None);
+    assert!(pool.set_config(config).is_err());
+    let (allocator, _) = pool.config().allocator().unwrap();
+    assert!(allocator.unwrap().is::<DmaHeapAllocator>());
+    pool.set_config(pool.config()).unwrap();
+    pool.set_active(true).unwrap();
+    let buf = pool.acquire_buffer(None).unwrap();
+    assert!(is_heap_memory(buf.peek_memory(0)));
+    drop(buf);
+    pool.set_active(false).unwrap();
 }
 
 #[test]

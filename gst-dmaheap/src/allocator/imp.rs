@@ -82,9 +82,17 @@ impl DmaHeapAllocator {
         self.memfd.get_or_init(gst_allocators::FdAllocator::new)
     }
 
-    /// Bytes a memory of `size` needs with the prefix and padding of `params`.
+    /// Where the data of a memory starts: after the prefix, rounded up to the alignment
+    /// `params` asks for (buffers start on a page, so an offset aligned to it is an aligned
+    /// address, as GStreamer's system memory gives).
+    pub(super) fn data_offset(params: &gst::AllocationParams) -> Option<usize> {
+        params.prefix().checked_next_multiple_of(params.align() + 1)
+    }
+
+    /// Bytes a memory of `size` needs with the prefix, alignment and padding of `params`.
     pub(super) fn total_size(size: usize, params: &gst::AllocationParams) -> Result<usize, Error> {
-        size.checked_add(params.prefix())
+        Self::data_offset(params)
+            .and_then(|offset| offset.checked_add(size))
             .and_then(|s| s.checked_add(params.padding()))
             .ok_or_else(|| {
                 heapcore::Error::InvalidSize {
@@ -105,7 +113,7 @@ impl DmaHeapAllocator {
         pool: Option<&heapcore::Pool>,
     ) -> Result<gst::Memory, Error> {
         let choice = self.choice()?;
-        let prefix = params.prefix();
+        let offset = Self::data_offset(params).unwrap_or(0);
         let total = Self::total_size(size, params)?;
         debug_assert!(pool.is_none_or(|p| p.config().buffer_size == total as u64));
         if params.align() as u64 >= heapcore::sysinfo::page_size() {
@@ -117,10 +125,18 @@ impl DmaHeapAllocator {
                 params.align() + 1
             );
         }
-        let buf = match pool {
+        let mut buf = match pool {
             Some(pool) => HeapChoice::acquire(pool)?,
             None => choice.allocate(total as u64, name)?,
         };
+        // Fresh heap memory is zeroed by the kernel; a spare a pool recycles is not.
+        let flags = params.flags();
+        if flags.contains(gst::MemoryFlags::ZERO_PREFIXED) && offset > 0 {
+            buf.zero(0..offset)?;
+        }
+        if flags.contains(gst::MemoryFlags::ZERO_PADDED) && params.padding() > 0 {
+            buf.zero(offset + size..total)?;
+        }
         let origin = buf.origin().to_string();
         let is_dmabuf = buf.is_dmabuf();
         let maxsize = usize::try_from(buf.len()).map_err(|_| Error::Wrap {
@@ -154,7 +170,7 @@ impl DmaHeapAllocator {
         let mut mem = memory::attach(mem, buf);
         mem.get_mut()
             .expect("a fresh memory has one owner")
-            .resize(prefix..prefix + size);
+            .resize(offset..offset + size);
         gst::log!(
             CAT,
             imp = self,

@@ -53,6 +53,9 @@ impl Default for Settings {
 #[derive(Debug, Clone)]
 struct Config {
     info: gst_video::VideoInfo,
+    /// The alignment applied to `info` (set on each buffer's video meta, as
+    /// GstVideoBufferPool does), when the configuration asked for one.
+    alignment: Option<gst_video::VideoAlignment>,
     size: usize,
     min: u32,
     max: u32,
@@ -122,33 +125,48 @@ impl DmaHeapBufferPool {
             .clone()
     }
 
-    fn configure(&self, config: &mut gst::BufferPoolConfigRef) -> Result<Config, String> {
+    /// Reads `config`, adjusting it where this pool cannot do what it asks; the second value
+    /// says whether anything was adjusted (then `set_config` returns FALSE, as GstBufferPool's
+    /// contract says, and the caller validates the adjusted configuration).
+    fn configure(&self, config: &mut gst::BufferPoolConfigRef) -> Result<(Config, bool), String> {
         let (caps, size, min, max) = config
             .params()
             .ok_or_else(|| "the configuration has no parameters".to_owned())?;
         let caps = caps.ok_or_else(|| "the configuration has no caps".to_owned())?;
         let mut info = gst_video::VideoInfo::from_caps(&caps)
             .map_err(|_| format!("{caps} is not raw video"))?;
+        let mut adjusted = false;
 
+        // The allocator decides where memory comes from (the element's heap choice): a
+        // configuration naming another keeps this pool's own.
+        let own = || {
+            self.config
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map_or_else(|| self.default_allocator(), |c| c.allocator.clone())
+        };
         let (allocator, mut params) = match config.allocator() {
             Some((Some(a), params)) => match a.downcast::<DmaHeapAllocator>() {
                 Ok(ours) => (ours, params),
                 Err(other) => {
-                    gst::debug!(
+                    gst::info!(
                         CAT,
                         imp = self,
-                        "allocator {} is not a heap allocator: using the default heap order",
+                        "allocator {} is not a heap allocator: keeping this pool's",
                         other.name()
                     );
-                    (self.default_allocator(), params)
+                    adjusted = true;
+                    (own(), params)
                 }
             },
-            Some((None, params)) => (self.default_allocator(), params),
-            None => (self.default_allocator(), gst::AllocationParams::default()),
+            Some((None, params)) => (own(), params),
+            None => (own(), gst::AllocationParams::default()),
         };
 
         let add_video_meta = config.has_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META);
         let want_alignment = config.has_option(gst_video::BUFFER_POOL_OPTION_VIDEO_ALIGNMENT);
+        let mut alignment = None;
         if add_video_meta && want_alignment {
             // Strides can only be padded when the consumer reads them from the video meta.
             let mut align = config.video_alignment().unwrap_or_default();
@@ -162,6 +180,7 @@ impl DmaHeapBufferPool {
             info.align(&mut align)
                 .map_err(|_| format!("cannot apply {align:?} to {caps}"))?;
             config.set_video_alignment(&align);
+            alignment = Some(align);
             if params.align() < mask as usize {
                 params = gst::AllocationParams::new(
                     params.flags(),
@@ -191,20 +210,28 @@ impl DmaHeapBufferPool {
             min = max;
         }
         let size32 = u32::try_from(size).map_err(|_| format!("frames of {size} bytes"))?;
+        // A bigger size (padding) is not an adjustment the caller must approve: GStreamer's
+        // own video pool makes it silently and gst_buffer_pool_config_validate_params()
+        // accepts it. Fewer or more buffers than asked for are.
+        adjusted |= (min, max) != config.params().map_or((0, 0), |p| (p.2, p.3));
         config.set_params(Some(&caps), size32, min, max);
         config.set_allocator(
             Some(allocator.upcast_ref::<gst::Allocator>()),
             Some(&params),
         );
-        Ok(Config {
-            info,
-            size,
-            min,
-            max,
-            allocator,
-            params,
-            add_video_meta,
-        })
+        Ok((
+            Config {
+                info,
+                alignment,
+                size,
+                min,
+                max,
+                allocator,
+                params,
+                add_video_meta,
+            },
+            adjusted,
+        ))
     }
 }
 
@@ -279,7 +306,7 @@ impl BufferPoolImpl for DmaHeapBufferPool {
 
     fn set_config(&self, config: &mut gst::BufferPoolConfigRef) -> bool {
         match self.configure(config) {
-            Ok(cfg) => {
+            Ok((cfg, adjusted)) => {
                 gst::debug!(
                     CAT,
                     imp = self,
@@ -301,7 +328,12 @@ impl BufferPoolImpl for DmaHeapBufferPool {
                     cfg.params.align() + 1,
                 );
                 *self.config.lock().unwrap() = Some(cfg);
-                self.parent_set_config(config)
+                if adjusted {
+                    gst::debug!(CAT, imp = self, "configuration adjusted: {config:?}");
+                }
+                // GstBufferPool keeps the adjusted configuration for the caller to read back,
+                // validate and set again.
+                self.parent_set_config(config) && !adjusted
             }
             Err(reason) => {
                 gst::warning!(CAT, imp = self, "refusing configuration: {reason}");
@@ -411,7 +443,7 @@ impl BufferPoolImpl for DmaHeapBufferPool {
             let buffer = buffer.get_mut().expect("a fresh buffer has one owner");
             buffer.append_memory(mem);
             if cfg.add_video_meta {
-                gst_video::VideoMeta::add_full(
+                let mut meta = gst_video::VideoMeta::add_full(
                     buffer,
                     gst_video::VideoFrameFlags::empty(),
                     cfg.info.format(),
@@ -424,6 +456,13 @@ impl BufferPoolImpl for DmaHeapBufferPool {
                     gst::error!(CAT, imp = self, "cannot add video meta: {e}");
                     gst::FlowError::Error
                 })?;
+                // Elements that ask the meta for plane heights and sizes see the padding.
+                if let Some(align) = &cfg.alignment {
+                    meta.set_alignment(align).map_err(|e| {
+                        gst::error!(CAT, imp = self, "cannot set the meta's alignment: {e}");
+                        gst::FlowError::Error
+                    })?;
+                }
             }
         }
         self.alive.fetch_add(1, Ordering::SeqCst);
