@@ -20,9 +20,14 @@ pub use memory::{HeapMemoryInfo, heap_memory_info, is_heap_memory, live_heap_buf
 pub use upload::DmaHeapUpload;
 
 /// Forwards heapcore's `log` records (which source was skipped and why) to the
-/// `dmaheapcore` debug category. Only the first logger a process installs wins; an
-/// application that installed its own keeps it.
-fn forward_heapcore_log() {
+/// `dmaheapcore` debug category, when the plugin was loaded from its shared library: that
+/// copy of the `log` crate belongs to the plugin alone. A plugin registered statically
+/// (`plugin_register_static`) shares the application's `log` crate and leaves its logger,
+/// and its maximum level, to the application.
+fn forward_heapcore_log(plugin: &gst::Plugin) {
+    if plugin.filename().is_none() {
+        return;
+    }
     static LOGGER: std::sync::LazyLock<gst::log::DebugCategoryLogger> =
         std::sync::LazyLock::new(|| {
             gst::log::DebugCategoryLogger::new(gst::DebugCategory::new(
@@ -37,7 +42,7 @@ fn forward_heapcore_log() {
 }
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
-    forward_heapcore_log();
+    forward_heapcore_log(plugin);
     QosClass::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     OnExhaustion::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     allocator::register(plugin)?;
@@ -55,6 +60,7 @@ gst::plugin_define!(
     "MIT/X11",
     env!("CARGO_PKG_NAME"),
     env!("CARGO_PKG_NAME"),
-    env!("CARGO_PKG_REPOSITORY"),
+    // No public home yet: GStreamer's own words for an origin nobody gave.
+    "Unknown package origin",
     env!("BUILD_REL_DATE")
 );
