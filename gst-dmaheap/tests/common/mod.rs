@@ -48,6 +48,9 @@ pub struct Run {
     pub stats_by_element: std::collections::BTreeMap<String, gst::Structure>,
     /// Caps on the src pad of the element named `up`, if there is one.
     pub upload_src_caps: Option<gst::Caps>,
+    /// Frames each element said it dropped, from its QoS messages (a video decoder posts
+    /// one for every frame it drops).
+    pub dropped: std::collections::BTreeMap<String, u64>,
     pub elapsed: Duration,
 }
 
@@ -64,6 +67,7 @@ pub fn run_pipeline(description: &str, timeout: Duration) -> Result<Run, String>
         .set_state(gst::State::Playing)
         .map_err(|e| format!("{description}: cannot start: {e}; {}", drain_errors(&bus)))?;
     let mut stats_by_element = std::collections::BTreeMap::new();
+    let mut dropped = std::collections::BTreeMap::new();
     let mut caps = None;
     let result = loop {
         let left = timeout.saturating_sub(start.elapsed());
@@ -85,6 +89,14 @@ pub fn run_pipeline(description: &str, timeout: Duration) -> Result<Run, String>
                     e.error(),
                     e.debug()
                 ));
+            }
+            gst::MessageView::Qos(q) => {
+                let (_processed, frames_dropped) = q.stats();
+                if let gst::GenericFormattedValue::Buffers(Some(n)) = frames_dropped {
+                    let who = q.src().map(|o| o.name().to_string()).unwrap_or_default();
+                    let entry = dropped.entry(who).or_insert(0);
+                    *entry = (*entry).max(*n);
+                }
             }
             gst::MessageView::Element(e) => {
                 if let Some(s) = e.structure()
@@ -119,6 +131,7 @@ pub fn run_pipeline(description: &str, timeout: Duration) -> Result<Run, String>
         stats,
         stats_by_element,
         upload_src_caps: caps,
+        dropped,
         elapsed,
     })
 }
