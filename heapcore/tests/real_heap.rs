@@ -14,55 +14,55 @@ use heapcore::{
 const MIB: u64 = 1 << 20;
 
 fn main() {
-    let mut suite = Suite::new();
+    let mut suite = Suite::named("real_heap");
     suite
         .test(
-            "real_heap_system_buffer_is_a_named_dmabuf",
+            "system_buffer_is_a_named_dmabuf",
             &[Need::SystemHeap],
             system_buffer_is_a_named_dmabuf,
         )
         .test(
-            "real_heap_system_buffer_is_zeroed",
+            "system_buffer_is_zeroed",
             &[Need::SystemHeap],
             system_buffer_is_zeroed,
         )
         .test(
-            "real_heap_writes_read_back_through_a_second_mapping",
+            "writes_read_back_through_a_second_mapping",
             &[Need::SystemHeap],
             writes_read_back_through_a_second_mapping,
         )
         .test(
-            "real_heap_cma_buffer_is_contiguous_and_from_cma",
+            "cma_buffer_is_contiguous_and_from_cma",
             &[Need::CmaHeap, Need::Root],
             cma_buffer_is_contiguous_and_from_cma,
         )
         .test(
-            "real_heap_cma_out_of_memory_falls_back",
+            "cma_out_of_memory_falls_back",
             &[Need::CmaHeap, Need::SystemHeap],
             cma_out_of_memory_falls_back,
         )
         .test(
-            "real_heap_udmabuf_buffer_works",
+            "udmabuf_buffer_works",
             &[Need::Udmabuf],
             udmabuf_buffer_works,
         )
         .test(
-            "real_heap_udmabuf_limit_is_enforced",
+            "udmabuf_limit_is_enforced",
             &[Need::Udmabuf],
             udmabuf_limit_is_enforced,
         )
         .test(
-            "real_heap_10000_cycles_leak_no_fd",
+            "10000_cycles_leak_no_fd",
             &[Need::SystemHeap],
             cycles_leak_no_fd,
         )
         .test(
-            "real_heap_policy_pool_serves_named_heap_buffers",
+            "policy_pool_serves_named_heap_buffers",
             &[Need::SystemHeap],
             policy_pool_serves_named_heap_buffers,
         )
         .test(
-            "real_heap_pool_falls_back_from_cma_to_system",
+            "pool_falls_back_from_cma_to_system",
             &[Need::CmaHeap, Need::SystemHeap],
             pool_falls_back_from_cma_to_system,
         );
