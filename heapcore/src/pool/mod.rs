@@ -83,6 +83,10 @@ impl FromStr for QosClass {
     }
 }
 
+/// The most buffers a pool may be configured to hold (`min_buffers`, `max_buffers`): far
+/// beyond any real stream's needs, and small enough that bookkeeping sized by it cannot fail.
+pub const MAX_POOL_BUFFERS: usize = 65_536;
+
 /// What a pool holds and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
@@ -133,6 +137,36 @@ impl PoolConfig {
     pub fn budget(mut self, bytes: u64) -> Self {
         self.budget = Some(bytes);
         self
+    }
+
+    /// Checks what can be checked before anything is allocated.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |reason: String| {
+            Err(Error::InvalidConfig {
+                pool: self.name.clone(),
+                reason,
+            })
+        };
+        if self.sources.is_empty() {
+            return invalid("it has no source to allocate from".into());
+        }
+        for (what, n) in [
+            ("min-buffers", self.min_buffers),
+            ("max-buffers", self.max_buffers),
+        ] {
+            if n > MAX_POOL_BUFFERS {
+                return invalid(format!(
+                    "{what} {n} is above the limit of {MAX_POOL_BUFFERS} buffers"
+                ));
+            }
+        }
+        if self.max_buffers != 0 && self.min_buffers > self.max_buffers {
+            return invalid(format!(
+                "min-buffers {} is above max-buffers {}",
+                self.min_buffers, self.max_buffers
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -210,19 +244,8 @@ impl Pool {
         config: PoolConfig,
         global: Option<Arc<Budget>>,
     ) -> Result<Self> {
+        config.validate()?;
         let len = page_aligned(config.buffer_size)?;
-        if config.sources.is_empty() {
-            return Err(Error::Unsupported(format!(
-                "pool {} has no source to allocate from",
-                config.name
-            )));
-        }
-        if config.max_buffers != 0 && config.min_buffers > config.max_buffers {
-            return Err(Error::Unsupported(format!(
-                "pool {}: min-buffers {} is above max-buffers {}",
-                config.name, config.min_buffers, config.max_buffers
-            )));
-        }
         let inner = Arc::new(Inner {
             len,
             alloc,

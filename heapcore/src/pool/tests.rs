@@ -262,6 +262,22 @@ fn bad_configurations_are_refused() {
 }
 
 #[test]
+fn huge_buffer_counts_are_refused_before_anything_is_sized_by_them() {
+    // A prewarm of 4 billion (an unbounded u32 property) used to size a Vec first: abort.
+    for config in [
+        memfd_pool("huge-min").min_buffers(4_000_000_000),
+        memfd_pool("huge-max").max_buffers(usize::MAX),
+    ] {
+        let err = Pool::new(alloc(), config).unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+        assert!(
+            err.to_string().contains("above the limit of 65536"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn buffer_names_fit_the_kernel_limit() {
     assert_eq!(buffer_name("anim", 7), "anim#7");
     let long = buffer_name(&"é".repeat(40), 123_456);
