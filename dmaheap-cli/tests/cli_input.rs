@@ -84,3 +84,37 @@ fn explain_and_the_internal_hog_refuse_bad_numbers() {
     refused(&["bench-hog", "--leave", "18446744073709551615"], "--leave");
     refused(&["stats", "--pid=-5"], "invalid value '-5' for '--pid");
 }
+
+#[test]
+fn a_heap_name_with_a_comma_stays_one_name_and_paths_are_refused() {
+    let out = Command::new(DMAHEAP)
+        .args(["alloc", "--heap", "linux,cma", "--size", "4096"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Where the machine has a CMA heap `linux,cma` finds it; elsewhere it is reported missing.
+    // Either way it is one heap, never `linux` then `cma`.
+    assert!(
+        stdout.contains("from heap linux,cma\n") && !stdout.contains(", then"),
+        "{stdout}{stderr}"
+    );
+    if !out.status.success() {
+        assert!(
+            stderr.contains("no DMA-BUF heap named \"linux,cma\""),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("named \"linux\"") && !stderr.contains("named \"cma\""),
+            "{stderr}"
+        );
+    }
+    refused(
+        &["alloc", "--heap", "../x", "--size", "4096"],
+        "\"../x\" is not a valid heap name",
+    );
+    refused(
+        &["alloc", "--heap", "system,/dev/mem", "--size", "4096"],
+        "\"/dev/mem\" is not a valid heap name",
+    );
+}
