@@ -13,7 +13,7 @@ mod registry;
 mod stats;
 
 use std::fmt;
-use std::ops::{Deref, DerefMut};
+use std::ops::Deref;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -28,7 +28,7 @@ pub use stats::{LatencySummary, PoolStats};
 
 use crate::allocator::Allocator;
 use crate::backend::Source;
-use crate::dmabuf::DmaBuf;
+use crate::dmabuf::{CpuWrite, DmaBuf};
 use crate::error::{Error, Result};
 use crate::pressure::PressureLevel;
 use crate::size::{ByteSize, page_aligned};
@@ -725,6 +725,32 @@ fn refill_loop(pool: Weak<Inner>) {
 
 /// A buffer lent by a pool; it goes back to the pool when dropped (freed instead if the pool
 /// has shut down or gives memory back under pressure).
+///
+/// It derefs to the [`DmaBuf`] for reading and offers [`PooledBuf::write`] for the bytes, but
+/// never hands out `&mut DmaBuf`: the pool accounts for the buffer it lent, so that buffer,
+/// and no other, must come back.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use heapcore::{Allocator, Pool, PoolConfig, Source};
+/// let pool = Pool::new(Arc::new(Allocator::new()), PoolConfig::new("doc", vec![Source::Memfd], 4096))?;
+/// let mut frame = pool.try_acquire()?;
+/// frame.write()?.fill(0x80);
+/// println!("{} bytes from {}", frame.len(), frame.origin());
+/// # Ok::<(), heapcore::Error>(())
+/// ```
+///
+/// Swapping (or `mem::replace`-ing) the buffer behind a `PooledBuf` does not compile:
+///
+/// ```compile_fail
+/// # use std::sync::Arc;
+/// # use heapcore::{Allocator, Pool, PoolConfig, Source};
+/// let pool = Pool::new(Arc::new(Allocator::new()), PoolConfig::new("doc", vec![Source::Memfd], 4096))?;
+/// let mut a = pool.try_acquire()?;
+/// let mut b = pool.try_acquire()?;
+/// std::mem::swap(&mut *a, &mut *b);
+/// # Ok::<(), heapcore::Error>(())
+/// ```
 pub struct PooledBuf {
     buf: Option<DmaBuf>,
     pool: Arc<Inner>,
@@ -747,6 +773,22 @@ impl PooledBuf {
     pub fn pool_name(&self) -> &str {
         &self.pool.config.name
     }
+
+    fn buf_mut(&mut self) -> &mut DmaBuf {
+        self.buf
+            .as_mut()
+            .expect("a PooledBuf always holds its buffer")
+    }
+
+    /// Begins CPU reads and writes of the bytes (see [`DmaBuf::write`]).
+    pub fn write(&mut self) -> Result<CpuWrite<'_>> {
+        self.buf_mut().write()
+    }
+
+    /// Renames the buffer (see [`DmaBuf::set_name`]).
+    pub fn set_name(&mut self, name: &str) -> Result<()> {
+        self.buf_mut().set_name(name)
+    }
 }
 
 impl fmt::Debug for PooledBuf {
@@ -763,14 +805,6 @@ impl Deref for PooledBuf {
     fn deref(&self) -> &DmaBuf {
         self.buf
             .as_ref()
-            .expect("a PooledBuf always holds its buffer")
-    }
-}
-
-impl DerefMut for PooledBuf {
-    fn deref_mut(&mut self) -> &mut DmaBuf {
-        self.buf
-            .as_mut()
             .expect("a PooledBuf always holds its buffer")
     }
 }
