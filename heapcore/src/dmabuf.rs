@@ -201,26 +201,63 @@ impl DmaBuf {
 
     /// Maps the buffer and faults every page in, so that neither the first CPU access nor a
     /// lazily backed memfd costs page faults later (pools do this before handing buffers out).
+    ///
+    /// Memory the kernel cannot give (a memory cgroup at its limit) is
+    /// [`Error::OutOfMemory`], reported here rather than as an OOM kill or a `SIGBUS` at the
+    /// first write.
     pub fn prefault(&self) -> Result<()> {
+        use rustix::io::Errno;
         let mapping = self.mapping()?;
         let advice = if mapping.writable {
             rustix::mm::Advice::LinuxPopulateWrite
         } else {
             rustix::mm::Advice::LinuxPopulateRead
         };
-        // SAFETY: the range is exactly our live mapping; populating changes no contents.
-        let populated =
-            unsafe { rustix::mm::madvise(mapping.ptr.as_ptr().cast(), mapping.len, advice) };
-        if populated.is_err() {
-            // Kernels before 5.14, and PFN-mapped heaps (CMA), refuse MADV_POPULATE_*: a read of
-            // each page faults it in just the same.
-            let page = crate::sysinfo::page_size() as usize;
-            for offset in (0..mapping.len).step_by(page) {
-                // SAFETY: `offset` is inside the mapping; a volatile read keeps the fault.
-                unsafe { std::ptr::read_volatile(mapping.ptr.as_ptr().add(offset)) };
+        let populated = loop {
+            // SAFETY: the range is exactly our live mapping; populating changes no contents.
+            match unsafe { rustix::mm::madvise(mapping.ptr.as_ptr().cast(), mapping.len, advice) } {
+                // A signal interrupted it; the pages done so far stay, the rest follow.
+                Err(Errno::INTR) => continue,
+                other => break other,
             }
+        };
+        match populated {
+            Ok(()) => Ok(()),
+            // Kernels before 5.14 do not know MADV_POPULATE_*, and PFN-mapped heaps (CMA)
+            // refuse it: a read of each page faults it in just the same. Only here: after any
+            // other error the same faults would kill the process or hang it.
+            Err(Errno::INVAL) => {
+                let page = crate::sysinfo::page_size() as usize;
+                for offset in (0..mapping.len).step_by(page) {
+                    // SAFETY: `offset` is inside the mapping; a volatile read keeps the fault.
+                    unsafe { std::ptr::read_volatile(mapping.ptr.as_ptr().add(offset)) };
+                }
+                Ok(())
+            }
+            Err(Errno::NOMEM) => Err(Error::OutOfMemory {
+                source_name: format!("{} (faulting its pages in)", self.origin),
+                size: self.len,
+            }),
+            Err(e @ Errno::FAULT) => Err(Error::io(
+                format!(
+                    "faulting in a buffer from {}: its pages cannot be had (a memfd truncated \
+                     under us, or the exporter refused)",
+                    self.origin
+                ),
+                e,
+            )),
+            Err(e @ Errno::HWPOISON) => Err(Error::io(
+                format!(
+                    "faulting in a buffer from {}: a page is poisoned (hardware memory error)",
+                    self.origin
+                ),
+                e,
+            )),
+            Err(e) => Err(Error::io(
+                format!("faulting in {} bytes from {}", self.len, self.origin),
+                e,
+            )),
         }
-        Ok(())
     }
 
     /// Whether the CPU mapping exists.

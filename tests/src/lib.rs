@@ -27,6 +27,9 @@ pub enum Need {
     Kms,
     /// A V4L2 device whose name is given (`stateful-decoder`, `vivid-000-vid-cap`, ...).
     V4l2(&'static str),
+    /// A memory cgroup this process may create and limit, with swap kept out of it and the
+    /// OOM killer kept off its member (see [`MemoryCgroup`]).
+    MemoryCgroup,
 }
 
 impl Need {
@@ -40,6 +43,7 @@ impl Need {
             Self::Kms => "kms",
             Self::V4l2(name) if name.starts_with("vivid") => "vivid",
             Self::V4l2(_) => "vicodec",
+            Self::MemoryCgroup => "memcg",
         }
     }
 
@@ -52,6 +56,7 @@ impl Need {
             Self::Root => effective_uid() == 0,
             Self::Kms => Path::new("/dev/dri/card0").exists(),
             Self::V4l2(name) => v4l2_device(name).is_some(),
+            Self::MemoryCgroup => CgroupFlavour::usable().is_some(),
         }
     }
 
@@ -72,6 +77,11 @@ impl fmt::Display for Need {
             Self::Root => f.write_str("root"),
             Self::Kms => f.write_str("a KMS device (vkms)"),
             Self::V4l2(name) => write!(f, "the V4L2 device {name:?}"),
+            Self::MemoryCgroup => f.write_str(
+                "a memory cgroup to create as root (cgroup v2 with the memory controller, \
+                 memory.swap.max or no swap, and CAP_SYS_RESOURCE; or cgroup v1's memory \
+                 hierarchy with memsw or no swap)",
+            ),
         }
     }
 }
@@ -99,17 +109,165 @@ pub fn v4l2_device(name: &str) -> Option<String> {
     })
 }
 
+/// A field of `/proc/self/status`, split in words (avoids a libc dependency here).
+fn status_field(name: &str) -> Option<Vec<String>> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(name))?;
+    Some(line.split_whitespace().skip(1).map(str::to_owned).collect())
+}
+
 fn effective_uid() -> u32 {
-    // /proc/self/status "Uid: real effective saved fs"; avoids a libc dependency here.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2))
-                .and_then(|v| v.parse().ok())
-        })
+    // "Uid: real effective saved fs".
+    status_field("Uid:")
+        .and_then(|w| w.get(1)?.parse().ok())
         .unwrap_or(u32::MAX)
+}
+
+/// Whether this process has a capability (`CapEff`, a hex mask).
+fn has_capability(bit: u32) -> bool {
+    status_field("CapEff:")
+        .and_then(|w| u64::from_str_radix(w.first()?, 16).ok())
+        .is_some_and(|mask| mask & (1 << bit) != 0)
+}
+
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether any swap device is active (`/proc/swaps` has more than its header).
+fn swap_is_on() -> bool {
+    std::fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1)
+}
+
+/// Which memory cgroup interface a test can use here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupFlavour {
+    /// The unified hierarchy at /sys/fs/cgroup: `memory.max`, `memory.swap.max`. It has no
+    /// switch for the OOM killer, so the member must set its own `oom_score_adj` to -1000.
+    V2,
+    /// The v1 memory hierarchy at /sys/fs/cgroup/memory: `memory.limit_in_bytes`,
+    /// `memory.memsw.limit_in_bytes`, and `memory.oom_control` to turn the OOM killer off.
+    V1,
+}
+
+impl CgroupFlavour {
+    const V2_ROOT: &'static str = "/sys/fs/cgroup";
+    const V1_ROOT: &'static str = "/sys/fs/cgroup/memory";
+
+    /// The flavour a root process can create limited memory cgroups with, if any.
+    pub fn usable() -> Option<Self> {
+        if effective_uid() != 0 {
+            return None;
+        }
+        let v2 = Path::new(Self::V2_ROOT);
+        let v2_memory = std::fs::read_to_string(v2.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|w| w == "memory"));
+        // Swap must not take what the limit refuses, and a v2 member needs CAP_SYS_RESOURCE to
+        // lower its oom_score_adj.
+        if v2_memory && has_capability(CAP_SYS_RESOURCE) {
+            let swap_controlled = !swap_is_on() || swap_controller_v2();
+            if swap_controlled {
+                return Some(Self::V2);
+            }
+        }
+        let v1 = Path::new(Self::V1_ROOT);
+        if v1.join("memory.oom_control").exists()
+            && (!swap_is_on() || v1.join("memory.memsw.limit_in_bytes").exists())
+        {
+            return Some(Self::V1);
+        }
+        None
+    }
+
+    fn root(self) -> &'static Path {
+        Path::new(match self {
+            Self::V2 => Self::V2_ROOT,
+            Self::V1 => Self::V1_ROOT,
+        })
+    }
+}
+
+/// Whether v2 cgroups get `memory.swap.max`: swap accounting is on unless the kernel was booted
+/// with `swapaccount=0` (since 6.1 it is not a build option). [`MemoryCgroup::create`] checks.
+fn swap_controller_v2() -> bool {
+    !std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.contains("swapaccount=0"))
+}
+
+/// A memory cgroup made for one test, with a limit and no swap, removed on drop. Its member
+/// (a child process) joins it by writing its pid to [`MemoryCgroup::procs`].
+#[derive(Debug)]
+pub struct MemoryCgroup {
+    pub flavour: CgroupFlavour,
+    pub path: std::path::PathBuf,
+}
+
+impl MemoryCgroup {
+    /// Creates `<root>/<name>` limited to `limit` bytes of memory and no swap. On v1 the OOM
+    /// killer is turned off for it, so that an allocation over the limit fails instead.
+    pub fn create(name: &str, limit: u64) -> Result<Self, Failed> {
+        let flavour = CgroupFlavour::usable().ok_or("no usable memory cgroup")?;
+        let path = flavour.root().join(name);
+        if flavour == CgroupFlavour::V2 {
+            let control = flavour.root().join("cgroup.subtree_control");
+            let enabled = std::fs::read_to_string(&control)
+                .map_err(|e| format!("reading {}: {e}", control.display()))?;
+            if !enabled.split_whitespace().any(|w| w == "memory") {
+                std::fs::write(&control, "+memory")
+                    .map_err(|e| format!("enabling memory in {}: {e}", control.display()))?;
+            }
+        }
+        std::fs::create_dir(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        let cgroup = Self { flavour, path };
+        let write = |file: &str, value: &str| -> Result<(), Failed> {
+            let target = cgroup.path.join(file);
+            std::fs::write(&target, value)
+                .map_err(|e| format!("writing {value:?} to {}: {e}", target.display()).into())
+        };
+        match flavour {
+            CgroupFlavour::V2 => {
+                write("memory.max", &limit.to_string())?;
+                if cgroup.path.join("memory.swap.max").exists() {
+                    write("memory.swap.max", "0")?;
+                } else if swap_is_on() {
+                    return Err(format!(
+                        "{} has no memory.swap.max: swap would take what the limit refuses",
+                        cgroup.path.display()
+                    )
+                    .into());
+                }
+            }
+            CgroupFlavour::V1 => {
+                // memsw (memory + swap) may not be below the memory limit: memory first.
+                write("memory.limit_in_bytes", &limit.to_string())?;
+                if cgroup.path.join("memory.memsw.limit_in_bytes").exists() {
+                    write("memory.memsw.limit_in_bytes", &limit.to_string())?;
+                }
+                write("memory.oom_control", "1")?;
+            }
+        }
+        Ok(cgroup)
+    }
+
+    /// The file a process writes its pid to, to join.
+    pub fn procs(&self) -> std::path::PathBuf {
+        self.path.join("cgroup.procs")
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // The member has exited; its last charges may take a moment to leave.
+        for _ in 0..50 {
+            match std::fs::remove_dir(&self.path) {
+                Err(e) if e.raw_os_error() == Some(16) => {
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
+                Err(e) => {
+                    eprintln!("cannot remove {}: {e}", self.path.display());
+                    return;
+                }
+                Ok(()) => return,
+            }
+        }
+    }
 }
 
 /// Counts this process's open fds (for leak checks).
