@@ -419,12 +419,12 @@ impl Inner {
 
     /// Allocates, faults in and names one buffer (outside the lock).
     fn allocate_buffer(&self, serial: u64) -> Result<DmaBuf> {
-        let buf = self.alloc.allocate_first(
+        let buf = self.alloc.allocate_first_with(
             &self.config.sources,
             self.len,
             &buffer_name(&self.config.name, serial),
+            make_ready,
         )?;
-        buf.prefault()?;
         let mut served_by = self.served_by.lock().unwrap_or_else(|p| p.into_inner());
         if served_by.is_none() {
             *served_by = Some(buf.origin().to_string());
@@ -668,6 +668,16 @@ impl WeakPool {
     pub(crate) fn upgrade(&self) -> Option<Pool> {
         self.0.upgrade().map(|handle| Pool { handle })
     }
+}
+
+/// Readies a new buffer for the hot path: mapped and faulted in, unless the CPU may not map it
+/// (a protected heap's), which devices use as it is. A buffer that cannot be made ready sends
+/// the pool on to its next source.
+fn make_ready(buf: &DmaBuf) -> Result<()> {
+    if buf.origin().is_protected() {
+        return Ok(());
+    }
+    buf.prefault()
 }
 
 /// `name#serial`, cut to what `DMA_BUF_SET_NAME` keeps (31 bytes).

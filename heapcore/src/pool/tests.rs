@@ -283,3 +283,68 @@ fn buffer_names_fit_the_kernel_limit() {
     let long = buffer_name(&"é".repeat(40), 123_456);
     assert!(long.len() <= 31 && long.ends_with("#123456"), "{long}");
 }
+
+#[test]
+fn protected_heap_buffers_are_pooled_without_being_mapped() {
+    // A memfd stands in for a protected heap's buffer: mapping it would work, so only the
+    // origin keeps the pool from mapping it (a real protected buffer would refuse the map and
+    // fail the allocation).
+    let fd = crate::backend::sealed_memfd("protected-stand-in", LEN).unwrap();
+    let protected = crate::dmabuf::Origin::Heap("protected,secure-video".parse().unwrap());
+    let buf = DmaBuf::from_parts(fd, LEN, protected);
+    make_ready(&buf).unwrap();
+    assert!(!buf.is_mapped());
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert!(!maps.contains("dmaheap:protected-stand-in"), "{maps}");
+
+    let fd = crate::backend::sealed_memfd("plain-stand-in", LEN).unwrap();
+    let buf = DmaBuf::from_parts(fd, LEN, crate::dmabuf::Origin::Memfd);
+    make_ready(&buf).unwrap();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert!(buf.is_mapped() && maps.contains("dmaheap:plain-stand-in"));
+}
+
+#[test]
+fn cpu_users_of_a_policy_listing_a_protected_heap_first_fall_back() {
+    use crate::constraints::{Constraints, CpuAccess};
+    use crate::inventory::FakeMachine;
+
+    let m = FakeMachine::new(&["protected,secure-video", "system"], &[]);
+    let mut policy = crate::policy::Policy::builtin();
+    policy
+        .apply_str(
+            "[usage.video-decode]\nheaps = [\"protected,secure-video\", \"system\", \"memfd\"]\n",
+            std::path::Path::new("p.toml"),
+        )
+        .unwrap();
+    let registry = PoolRegistry::new(
+        Arc::new(Allocator::with_inventory(m.inventory())),
+        policy,
+        None,
+    );
+    let decode = Constraints::new(LEN).usage("video-decode".parse().unwrap());
+    // Devices only: the protected heap comes first.
+    assert_eq!(
+        registry.candidates(&decode).sources()[0],
+        Source::heap("protected,secure-video").unwrap()
+    );
+    // The CPU writes: the protected heap is out, and the pool serves from what follows (the
+    // fake system heap node cannot allocate, so memfd), mapped and writable.
+    let cpu = decode.cpu_access(CpuAccess::Write);
+    let candidates = registry.candidates(&cpu);
+    assert_eq!(
+        candidates.sources(),
+        [Source::heap("system").unwrap(), Source::Memfd]
+    );
+    assert!(
+        candidates
+            .to_string()
+            .contains("protected,secure-video: out, protected"),
+        "{candidates}"
+    );
+    let pool = registry.pool_for(&cpu).unwrap();
+    let mut buf = pool.try_acquire().unwrap();
+    assert_eq!(buf.origin(), &crate::dmabuf::Origin::Memfd);
+    assert!(buf.is_mapped());
+    buf.write().unwrap()[0] = 1;
+}
