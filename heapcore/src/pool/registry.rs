@@ -280,7 +280,7 @@ impl PoolRegistry {
         {
             Some(m) => match m.source() {
                 PressureSource::PsiTriggers(p) => format!("PSI triggers on {}", p.display()),
-                PressureSource::Timer => "MemAvailable timer".to_owned(),
+                PressureSource::Timer { reason } => format!("MemAvailable timer ({reason})"),
             },
             None => "not watched".to_owned(),
         };
