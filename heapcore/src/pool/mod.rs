@@ -290,6 +290,11 @@ impl Pool {
         WeakPool(Arc::downgrade(&self.handle))
     }
 
+    /// Whether both handles are the same pool.
+    pub fn ptr_eq(&self, other: &Pool) -> bool {
+        Arc::ptr_eq(&self.handle, &other.handle)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &PoolConfig {
         &self.inner().config

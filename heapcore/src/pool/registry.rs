@@ -31,12 +31,41 @@ pub fn size_class(size: u64) -> u64 {
     size.checked_next_multiple_of(step).unwrap_or(size)
 }
 
-/// What identifies a pool in the registry.
+/// What identifies a shared pool in the registry: every field of its configuration, so a
+/// caller never gets a pool made for another configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub sources: Vec<Source>,
     pub size_class: u64,
     pub qos: QosClass,
+    pub name: String,
+    pub min_buffers: usize,
+    pub max_buffers: usize,
+    pub budget: Option<u64>,
+}
+
+impl PoolKey {
+    fn of(config: &PoolConfig) -> Self {
+        // Destructured so that a field added to PoolConfig must be considered here.
+        let PoolConfig {
+            name,
+            sources,
+            buffer_size,
+            qos,
+            min_buffers,
+            max_buffers,
+            budget,
+        } = config;
+        Self {
+            sources: sources.clone(),
+            size_class: size_class(*buffer_size),
+            qos: *qos,
+            name: name.clone(),
+            min_buffers: *min_buffers,
+            max_buffers: *max_buffers,
+            budget: *budget,
+        }
+    }
 }
 
 impl fmt::Display for PoolKey {
@@ -64,7 +93,8 @@ pub struct RegistryStats {
 struct Inner {
     alloc: Arc<Allocator>,
     policy: RwLock<Policy>,
-    pools: Mutex<HashMap<PoolKey, Pool>>,
+    /// Shared pools, held weakly: a pool closes when its last user drops it.
+    pools: Mutex<HashMap<PoolKey, WeakPool>>,
     /// Pools that belong to one user (`private_pool`), watched while they are open.
     private: Mutex<Vec<WeakPool>>,
     budget: Option<Arc<Budget>>,
@@ -195,24 +225,33 @@ impl PoolRegistry {
         )
     }
 
-    /// The pool for an explicit configuration, made on first use.
+    /// The pool for an explicit configuration, shared with every caller asking for the same
+    /// configuration (its size rounded up to the size class) while one of them holds it.
+    ///
+    /// The registry does not keep shared pools alive: when the last handle is dropped the
+    /// pool closes and frees its buffers, and the next call makes a new one. A new pool is made
+    /// (and prewarmed) without holding the registry's lock; if another thread made the same
+    /// pool meanwhile, that one is returned and ours is freed.
     pub fn pool_with(&self, config: PoolConfig) -> Result<Pool> {
-        let key = PoolKey {
-            sources: config.sources.clone(),
-            size_class: size_class(config.buffer_size),
-            qos: config.qos,
-        };
-        let mut pools = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(pool) = pools.get(&key) {
-            return Ok(pool.clone());
+        let key = PoolKey::of(&config);
+        if let Some(pool) = self.inner.shared(&key) {
+            return Ok(pool);
         }
         let config = PoolConfig {
             buffer_size: key.size_class,
             ..config
         };
         let pool = self.new_pool(config)?;
+        let mut pools = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(theirs) = pools.get(&key).and_then(WeakPool::upgrade) {
+            drop(pools);
+            // Ours closes here, outside the lock.
+            drop(pool);
+            return Ok(theirs);
+        }
+        pools.retain(|_, w| w.upgrade().is_some());
         log::debug!("new pool {key}");
-        pools.insert(key, pool.clone());
+        pools.insert(key, pool.downgrade());
         Ok(pool)
     }
 
@@ -321,15 +360,28 @@ impl PoolRegistry {
 }
 
 impl Inner {
-    /// The shared pools and the private ones still open.
-    fn all_pools(&self) -> Vec<Pool> {
-        let mut pools: Vec<Pool> = self
-            .pools
+    /// The shared pool for `key`, if someone still holds it.
+    fn shared(&self, key: &PoolKey) -> Option<Pool> {
+        self.pools
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+            .get(key)
+            .and_then(WeakPool::upgrade)
+    }
+
+    /// The shared and private pools still open.
+    fn all_pools(&self) -> Vec<Pool> {
+        let mut pools: Vec<Pool> = Vec::new();
+        self.pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, w| match w.upgrade() {
+                Some(pool) => {
+                    pools.push(pool);
+                    true
+                }
+                None => false,
+            });
         let mut private = self.private.lock().unwrap_or_else(|p| p.into_inner());
         private.retain(|w| match w.upgrade() {
             Some(pool) => {
@@ -406,6 +458,102 @@ mod tests {
             1,
             "closed private pools leave the registry"
         );
+    }
+
+    fn memfd_config(name: &str) -> PoolConfig {
+        PoolConfig::new(name, vec![Source::Memfd], 64 * 1024)
+    }
+
+    /// This process's fds that are memfds of pool `name` (each buffer is `dmaheap:name#N`).
+    fn buffers_of(name: &str) -> usize {
+        let marker = format!("dmaheap:{name}#");
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy().contains(&marker))
+            .count()
+    }
+
+    #[test]
+    fn a_different_configuration_never_gets_a_cached_pool() {
+        let registry = PoolRegistry::new(Arc::new(Allocator::new()), Policy::builtin(), None);
+        let one = registry
+            .pool_with(memfd_config("key-min").min_buffers(1))
+            .unwrap();
+        let two = registry
+            .pool_with(memfd_config("key-min").min_buffers(2))
+            .unwrap();
+        assert!(!one.ptr_eq(&two));
+        assert_eq!((one.buffers_free(), two.buffers_free()), (1, 2));
+        assert_eq!(buffers_of("key-min"), 3);
+        for other in [
+            memfd_config("key-min").min_buffers(1).max_buffers(8),
+            memfd_config("key-min").min_buffers(1).budget(1 << 20),
+            memfd_config("key-other").min_buffers(1),
+            memfd_config("key-min")
+                .min_buffers(1)
+                .qos(QosClass::Background),
+        ] {
+            assert!(
+                !registry.pool_with(other.clone()).unwrap().ptr_eq(&one),
+                "{other:?}"
+            );
+        }
+        let again = registry
+            .pool_with(memfd_config("key-min").min_buffers(1))
+            .unwrap();
+        assert!(again.ptr_eq(&one));
+    }
+
+    #[test]
+    fn a_shared_pool_closes_when_its_last_user_drops_it() {
+        let registry = PoolRegistry::new(Arc::new(Allocator::new()), Policy::builtin(), None);
+        let pool = registry
+            .pool_with(memfd_config("weak-shared").min_buffers(3))
+            .unwrap();
+        let user2 = pool.clone();
+        assert_eq!(buffers_of("weak-shared"), 3);
+        drop(pool);
+        assert_eq!(buffers_of("weak-shared"), 3, "one user still holds it");
+        drop(user2);
+        assert_eq!(
+            buffers_of("weak-shared"),
+            0,
+            "the buffers' fds must be closed"
+        );
+        assert!(
+            registry
+                .stats()
+                .pools
+                .iter()
+                .all(|p| p.name != "weak-shared")
+        );
+        // Asking again makes a new pool.
+        let again = registry
+            .pool_with(memfd_config("weak-shared").min_buffers(3))
+            .unwrap();
+        assert_eq!(again.buffers_free(), 3);
+    }
+
+    #[test]
+    fn two_threads_asking_at_once_get_one_pool() {
+        let registry = PoolRegistry::new(Arc::new(Allocator::new()), Policy::builtin(), None);
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (registry, barrier) = (registry.clone(), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    registry
+                        .pool_with(memfd_config("race").min_buffers(2))
+                        .unwrap()
+                })
+            })
+            .collect();
+        let pools: Vec<Pool> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(pools[0].ptr_eq(&pools[1]));
+        // A pool the losing thread may have made meanwhile is closed.
+        assert_eq!(buffers_of("race"), 2);
     }
 
     #[test]
