@@ -26,7 +26,7 @@ pub use dmabuf::{CpuRead, CpuWrite, DmaBuf, FdInfo, Origin, fit_buffer_name};
 pub use error::{Error, Result};
 pub use heap::{CMA_ALIAS, DEFAULT_CMA_NAMES, HeapKind, HeapName, HeapProperties};
 pub use inventory::{CmaAlignment, CmaUsage, HeapInfo, Inventory, SysPaths, UdmabufInfo};
-pub use policy::{Policy, PolicyError, Usage};
+pub use policy::{Policy, PolicyEnv, PolicyError, Usage};
 pub use pool::{Pool, PoolConfig, PoolRegistry, PoolStats, PooledBuf, QosClass};
 pub use pressure::PressureLevel;
 pub use solver::{Candidate, Candidates, Verdict, solve};

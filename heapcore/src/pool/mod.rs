@@ -697,6 +697,7 @@ fn refill_loop(pool: Weak<Inner>) {
     if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
         log::debug!("refill thread keeps its priority: {e}");
     }
+    let mut streak = FailureStreak::default();
     loop {
         let Some(inner) = pool.upgrade() else { return };
         let serial = {
@@ -720,6 +721,12 @@ fn refill_loop(pool: Weak<Inner>) {
         };
         match inner.grow(serial) {
             Ok(buf) => {
+                if let Some(failures) = streak.succeeded() {
+                    log::info!(
+                        "pool {} refills again after {failures} failed attempt(s)",
+                        inner.config.name
+                    );
+                }
                 inner.counters.refills.fetch_add(1, Relaxed);
                 let mut st = inner.lock();
                 if st.shutdown {
@@ -730,11 +737,52 @@ fn refill_loop(pool: Weak<Inner>) {
                 inner.wake_waiter(st);
             }
             Err(e) => {
-                log::warn!("pool {} could not refill: {e}", inner.config.name);
+                let (level, pause) = streak.failed();
+                log::log!(
+                    level,
+                    "pool {} could not refill: {e} (retrying in {pause:?}{})",
+                    inner.config.name,
+                    if level == log::Level::Warn {
+                        "; further failures are logged at debug level"
+                    } else {
+                        ""
+                    }
+                );
                 drop(inner);
-                std::thread::sleep(Duration::from_millis(200));
+                std::thread::sleep(pause);
             }
         }
+    }
+}
+
+/// Consecutive refill failures: the first is a warning, the rest debug messages, with a pause
+/// that doubles up to a few seconds so that a pool that cannot grow neither floods the log
+/// nor spins.
+#[derive(Debug, Default)]
+struct FailureStreak {
+    failures: u32,
+}
+
+impl FailureStreak {
+    const FIRST_PAUSE: Duration = Duration::from_millis(200);
+    const MAX_PAUSE: Duration = Duration::from_secs(5);
+
+    /// Records a failure: how loudly to say it, and how long to wait before the next try.
+    fn failed(&mut self) -> (log::Level, Duration) {
+        self.failures = self.failures.saturating_add(1);
+        let level = if self.failures == 1 {
+            log::Level::Warn
+        } else {
+            log::Level::Debug
+        };
+        let doublings = (self.failures - 1).min(16);
+        let pause = (Self::FIRST_PAUSE * (1 << doublings)).min(Self::MAX_PAUSE);
+        (level, pause)
+    }
+
+    /// Records a success: the number of failures it ends, if it ends a streak.
+    fn succeeded(&mut self) -> Option<u32> {
+        Some(std::mem::take(&mut self.failures)).filter(|&n| n > 0)
     }
 }
 
