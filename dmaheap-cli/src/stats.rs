@@ -55,8 +55,13 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
 pub fn print_registry(s: &RegistryStats) {
     let budget = s.global_budget.map_or("no global budget".to_owned(), |b| {
+        let from = if s.budget_source.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", s.budget_source)
+        };
         format!(
-            "global budget {} of {}",
+            "global budget {} of {}{from}",
             ByteSize(s.global_used),
             ByteSize(b)
         )

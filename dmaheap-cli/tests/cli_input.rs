@@ -43,7 +43,7 @@ fn alloc_refuses_counts_and_sizes_it_cannot_honour() {
     refused(&["alloc", "--size", "99999999999999999999"], "overflows");
     refused(
         &["alloc", "--heap", "memfd", "--size", "16TiB"],
-        "larger than this machine's memory",
+        "larger than the memory this process may use",
     );
     refused(&["alloc", "--size", "0x1080:NV12"], "--size");
 }

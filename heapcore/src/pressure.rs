@@ -62,9 +62,18 @@ pub struct PressureConfig {
 }
 
 impl Default for PressureConfig {
+    /// Watches this process's memory cgroup (`memory.pressure`, cgroup v2) where it may make
+    /// triggers there, else the host's `/proc/pressure/memory`.
     fn default() -> Self {
+        let cgroup = &crate::sysinfo::memory_limits().psi;
+        let host = Path::new("/proc/pressure/memory");
+        let writable = rustix::fs::access(cgroup, rustix::fs::Access::WRITE_OK).is_ok();
         Self {
-            psi_path: "/proc/pressure/memory".into(),
+            psi_path: if writable {
+                cgroup.clone()
+            } else {
+                host.into()
+            },
             window: Duration::from_secs(2),
             some_stall: Duration::from_millis(100),
             full_stall: Duration::from_millis(100),

@@ -9,8 +9,8 @@ use crate::format::{FrameLayout, VideoFormat};
 use crate::sysinfo;
 
 /// Rounds `size` up to whole pages and checks that some backend could ever give it: not zero,
-/// no overflow, not more than this machine's RAM (a sparse memfd would accept it and the
-/// process would die touching it).
+/// no overflow, not more than this machine's RAM or this process's memory cgroup limit (a
+/// sparse memfd would accept it and the process would die touching it).
 pub fn page_aligned(size: u64) -> Result<u64> {
     if size == 0 {
         return Err(Error::InvalidSize {
@@ -30,8 +30,8 @@ pub fn page_aligned(size: u64) -> Result<u64> {
         return Err(Error::InvalidSize {
             size,
             reason: format!(
-                "it is larger than this machine's memory ({})",
-                ByteSize(total)
+                "it is larger than the memory this process may use ({})",
+                sysinfo::memory_limits().usable_source()
             ),
         });
     }

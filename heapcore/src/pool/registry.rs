@@ -86,6 +86,10 @@ pub struct RegistryStats {
     pub pressure: String,
     pub pressure_source: String,
     pub global_budget: Option<u64>,
+    /// Where the global budget comes from (`DMAHEAP_BUDGET`, a quarter of the cgroup's
+    /// limit or of RAM, the program).
+    #[serde(default)]
+    pub budget_source: String,
     pub global_used: u64,
     pub pools: Vec<PoolStats>,
 }
@@ -98,6 +102,7 @@ struct Inner {
     /// Pools that belong to one user (`private_pool`), watched while they are open.
     private: Mutex<Vec<WeakPool>>,
     budget: Option<Arc<Budget>>,
+    budget_source: String,
     level: AtomicU8,
     monitor: Mutex<Option<PressureMonitor>>,
     publishing: AtomicBool,
@@ -122,6 +127,19 @@ impl PoolRegistry {
     /// A registry over `alloc` with `policy`, and optionally a cap on bytes all its pools
     /// hold together.
     pub fn new(alloc: Arc<Allocator>, policy: Policy, global_budget: Option<u64>) -> Self {
+        let source = match global_budget {
+            Some(_) => "set by the program",
+            None => "none",
+        };
+        Self::with_budget_source(alloc, policy, global_budget, source.into())
+    }
+
+    fn with_budget_source(
+        alloc: Arc<Allocator>,
+        policy: Policy,
+        global_budget: Option<u64>,
+        budget_source: String,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 alloc,
@@ -129,6 +147,7 @@ impl PoolRegistry {
                 pools: Mutex::default(),
                 private: Mutex::default(),
                 budget: global_budget.map(|cap| Arc::new(Budget::new(cap))),
+                budget_source,
                 level: AtomicU8::new(PressureLevel::Normal as u8),
                 monitor: Mutex::default(),
                 publishing: AtomicBool::new(false),
@@ -138,22 +157,28 @@ impl PoolRegistry {
 
     /// The registry shared by everything in this process (GStreamer elements, PipeWire
     /// streams): made on first use with this machine's heaps and the loaded policy, watching
-    /// memory pressure. Its global budget is `DMAHEAP_BUDGET` (e.g. `512MiB`), else a quarter
-    /// of RAM; with `DMAHEAP_STATS` set it publishes statistics for `dmaheap stats`.
+    /// memory pressure (of the process's cgroup where it can). Its global budget is
+    /// `DMAHEAP_BUDGET` (e.g. `512MiB`), else a quarter of RAM or of the memory cgroup's limit,
+    /// whichever is lower; with `DMAHEAP_STATS` set it publishes statistics for `dmaheap stats`.
     pub fn process() -> Self {
         static PROCESS: std::sync::LazyLock<PoolRegistry> = std::sync::LazyLock::new(|| {
             let (policy, _) = Policy::load();
-            let budget = std::env::var("DMAHEAP_BUDGET")
+            let (budget, source) = std::env::var("DMAHEAP_BUDGET")
                 .ok()
                 .and_then(|b| match b.parse::<ByteSize>() {
-                    Ok(b) => Some(b.0),
+                    Ok(b) => Some((b.0, "DMAHEAP_BUDGET".to_owned())),
                     Err(e) => {
                         log::warn!("DMAHEAP_BUDGET ignored: {e}");
                         None
                     }
                 })
-                .unwrap_or(crate::sysinfo::total_memory() / 4);
-            let registry = PoolRegistry::new(Arc::new(Allocator::new()), policy, Some(budget));
+                .unwrap_or_else(|| default_budget(crate::sysinfo::memory_limits()));
+            let registry = PoolRegistry::with_budget_source(
+                Arc::new(Allocator::new()),
+                policy,
+                Some(budget),
+                source,
+            );
             if let Err(e) = registry.watch_pressure(PressureConfig::default()) {
                 log::warn!("memory pressure is not watched: {e}");
             }
@@ -329,6 +354,7 @@ impl PoolRegistry {
             pressure: format!("{:?}", self.pressure()).to_lowercase(),
             pressure_source: source,
             global_budget: self.inner.budget.as_ref().map(|b| b.cap()),
+            budget_source: self.inner.budget_source.clone(),
             global_used: self.inner.budget.as_ref().map_or(0, |b| b.used()),
             pools: stats,
         }
@@ -402,6 +428,15 @@ impl Inner {
         // Published after the pools acted, so whoever sees the level sees its effect.
         self.level.store(level as u8, Ordering::Relaxed);
     }
+}
+
+/// A quarter of the memory this process may use (RAM, or its cgroup's limit where lower), and
+/// where that comes from.
+fn default_budget(limits: &crate::sysinfo::MemoryLimits) -> (u64, String) {
+    (
+        limits.usable() / 4,
+        format!("a quarter of {}", limits.usable_source()),
+    )
 }
 
 /// Where running processes publish pool statistics.
@@ -554,6 +589,28 @@ mod tests {
         assert!(pools[0].ptr_eq(&pools[1]));
         // A pool the losing thread may have made meanwhile is closed.
         assert_eq!(buffers_of("race"), 2);
+    }
+
+    #[test]
+    fn the_default_budget_is_a_quarter_of_the_cgroup_limit_where_lower() {
+        use crate::sysinfo::{CgroupVersion, MemoryLimits};
+        let mut limits = MemoryLimits {
+            mem_total: 8 << 30,
+            cgroup: Some((CgroupVersion::V2, "/sys/fs/cgroup/app".into())),
+            cgroup_limit: Some((1 << 30, "/sys/fs/cgroup/app/memory.max".into())),
+            psi: "/sys/fs/cgroup/app/memory.pressure".into(),
+        };
+        let (budget, source) = default_budget(&limits);
+        assert_eq!(budget, 256 << 20);
+        assert_eq!(
+            source,
+            "a quarter of 1.0 GiB in /sys/fs/cgroup/app/memory.max"
+        );
+        limits.cgroup_limit = None;
+        assert_eq!(
+            default_budget(&limits),
+            (2 << 30, "a quarter of MemTotal 8.0 GiB".to_owned())
+        );
     }
 
     #[test]
