@@ -22,7 +22,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use budget::Budget;
-pub use registry::{PoolKey, PoolRegistry, RegistryStats, size_class, stats_dir};
+pub use registry::{
+    PoolKey, PoolRegistry, RegistryStats, open_private_dir, process_start_time, size_class,
+    stats_dir,
+};
 use stats::Counters;
 pub use stats::{LatencySummary, PoolStats};
 
