@@ -212,6 +212,11 @@ pub(crate) struct Inner {
 /// A pool of buffers. Cheap to clone; the pool shuts down (freeing its free buffers, and each
 /// handed-out buffer when it comes back) when the last clone is dropped or on
 /// [`Pool::shutdown`].
+///
+/// Do not use a pool in a child forked (without `exec`) after the pool was made: the child
+/// shares the parent's buffers (the same dma-buf fds and `MAP_SHARED` mappings), so both
+/// would hand out, and write, the same buffer; a realtime pool's refill thread does not exist
+/// in the child; and a lock another thread held at the fork stays locked there forever.
 #[derive(Clone)]
 pub struct Pool {
     handle: Arc<Handle>,

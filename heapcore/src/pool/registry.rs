@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -118,6 +118,11 @@ struct Inner {
 }
 
 /// Pools shared by everything in a process that allocates for similar needs.
+///
+/// Not for use across `fork()` without `exec`: the child inherits the pools' dma-buf fds and
+/// mappings, so parent and child would hand out the same buffers, and none of the registry's
+/// threads (pressure, statistics, refill). [`PoolRegistry::process`] gives a forked child a
+/// registry of its own; registries and pools made before the fork must not be used there.
 #[derive(Clone)]
 pub struct PoolRegistry {
     inner: Arc<Inner>,
@@ -169,37 +174,66 @@ impl PoolRegistry {
     /// memory pressure (of the process's cgroup where it can). Its global budget is
     /// `DMAHEAP_BUDGET` (e.g. `512MiB`), else a quarter of RAM or of the memory cgroup's limit,
     /// whichever is lower; with `DMAHEAP_STATS` set it publishes statistics for `dmaheap stats`.
+    ///
+    /// A child forked from a process that used it (without `exec`) gets a registry of its own
+    /// on its first call here, never the inherited one: that one's pools hold the same dma-bufs
+    /// as the parent's, and its refill, pressure and statistics threads did not survive the
+    /// fork. Pools and registries a child inherited otherwise must not be used (see the crate
+    /// documentation on `fork`).
     pub fn process() -> Self {
-        static PROCESS: std::sync::LazyLock<PoolRegistry> = std::sync::LazyLock::new(|| {
-            let (policy, _) = Policy::load();
-            let (budget, source) = std::env::var("DMAHEAP_BUDGET")
-                .ok()
-                .and_then(|b| match b.parse::<ByteSize>() {
-                    Ok(b) => Some((b.0, "DMAHEAP_BUDGET".to_owned())),
-                    Err(e) => {
-                        log::warn!("DMAHEAP_BUDGET ignored: {e}");
-                        None
-                    }
-                })
-                .unwrap_or_else(|| default_budget(crate::sysinfo::memory_limits()));
-            let registry = PoolRegistry::with_budget_source(
-                Arc::new(Allocator::new()),
-                policy,
-                Some(budget),
-                source,
-            );
-            if let Err(e) = registry.watch_pressure(PressureConfig::default()) {
-                log::warn!("memory pressure is not watched: {e}");
+        static PROCESS: OnceLock<(u32, PoolRegistry)> = OnceLock::new();
+        // Only forked children come here: the parent never takes this lock.
+        static FORKED: Mutex<Option<(u32, PoolRegistry)>> = Mutex::new(None);
+        let pid = std::process::id();
+        let (owner, registry) = PROCESS.get_or_init(|| (pid, Self::make_process()));
+        if *owner == pid {
+            return registry.clone();
+        }
+        let mut forked = FORKED.lock().unwrap_or_else(|p| p.into_inner());
+        match forked.as_ref() {
+            Some((owner, registry)) if *owner == pid => registry.clone(),
+            _ => {
+                log::debug!("process {pid} was forked: it gets a pool registry of its own");
+                let registry = Self::make_process();
+                *forked = Some((pid, registry.clone()));
+                registry
             }
-            if std::env::var_os("DMAHEAP_STATS").is_some() {
-                match registry.publish_stats(Duration::from_secs(1)) {
-                    Ok(path) => log::info!("publishing pool statistics to {}", path.display()),
-                    Err(e) => log::warn!("cannot publish pool statistics: {e}"),
+        }
+    }
+
+    fn make_process() -> Self {
+        let (policy, _) = Policy::load();
+        let (budget, source) = std::env::var("DMAHEAP_BUDGET")
+            .ok()
+            .and_then(|b| match b.parse::<ByteSize>() {
+                Ok(b) => Some((b.0, "DMAHEAP_BUDGET".to_owned())),
+                Err(e) => {
+                    log::warn!("DMAHEAP_BUDGET ignored: {e}");
+                    None
                 }
+            })
+            .unwrap_or_else(|| default_budget(crate::sysinfo::memory_limits()));
+        let registry = PoolRegistry::with_budget_source(
+            Arc::new(Allocator::new()),
+            policy,
+            Some(budget),
+            source,
+        );
+        if let Err(e) = registry.watch_pressure(PressureConfig::default()) {
+            log::warn!("memory pressure is not watched: {e}");
+        }
+        if std::env::var_os("DMAHEAP_STATS").is_some() {
+            match registry.publish_stats(Duration::from_secs(1)) {
+                Ok(path) => log::info!("publishing pool statistics to {}", path.display()),
+                Err(e) => log::warn!("cannot publish pool statistics: {e}"),
             }
-            registry
-        });
-        PROCESS.clone()
+        }
+        registry
+    }
+
+    /// Whether both handles are the same registry.
+    pub fn ptr_eq(&self, other: &PoolRegistry) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// The allocator pools allocate with.
