@@ -5,6 +5,9 @@ use std::time::{Duration, Instant};
 use heapcore::size::{ByteSize, SizeSpec};
 use heapcore::{Allocator, DmaBuf, Source};
 
+/// More buffers than any test of a heap needs; each holds an fd, and fds are limited anyway.
+const MAX_COUNT: i64 = 65_536;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Where to allocate: a heap name (`system`, `cma`, `reserved`, ...), `udmabuf` or `memfd`;
@@ -15,8 +18,8 @@ pub struct Args {
     /// Bytes per buffer (`8MiB`, `4096`) or a frame (`3840x2160:NV12`).
     #[arg(long, default_value = "8MiB")]
     size: SizeSpec,
-    /// How many buffers to hold at once.
-    #[arg(long, default_value_t = 1)]
+    /// How many buffers to hold at once (1 to 65536).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_COUNT))]
     count: u32,
     /// Name shown in /proc/<pid>/fdinfo (a `#N` suffix numbers the buffers).
     #[arg(long, default_value = "dmaheap-cli")]
@@ -42,7 +45,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .collect::<Vec<_>>()
             .join(", then ")
     );
-    let mut held: Vec<DmaBuf> = Vec::with_capacity(args.count as usize);
+    let mut held: Vec<DmaBuf> = Vec::new();
     for i in 0..args.count {
         let name = format!("{}#{i}", args.name);
         let start = Instant::now();
@@ -81,15 +84,17 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Writes every page so the memory is really there, then checks a byte came back.
-fn touch(buf: &mut DmaBuf) -> heapcore::Result<()> {
+fn touch(buf: &mut DmaBuf) -> Result<(), Box<dyn std::error::Error>> {
     let page = heapcore::sysinfo::page_size() as usize;
     let mut cpu = buf.write()?;
     for (i, chunk) in cpu.chunks_mut(page).enumerate() {
         chunk[0] = i as u8;
     }
-    let last = cpu.len().div_ceil(page) - 1;
-    assert_eq!(cpu[last * page], last as u8, "a write did not read back");
-    cpu.finish()
+    let last = cpu.len().div_ceil(page).saturating_sub(1);
+    if cpu.get(last * page) != Some(&(last as u8)) {
+        return Err(format!("a write to page {last} did not read back").into());
+    }
+    Ok(cpu.finish()?)
 }
 
 fn ms(d: Duration) -> String {

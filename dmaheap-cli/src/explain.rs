@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use heapcore::size::SizeSpec;
+use heapcore::size::{ByteSize, SizeSpec};
 use heapcore::{Allocator, Constraints, CpuAccess, Policy, Usage, solve};
 
 #[derive(clap::Args)]
@@ -19,8 +19,8 @@ pub struct Args {
     /// How the CPU touches the buffer: none, read, write, read-write.
     #[arg(long, default_value = "none")]
     cpu_access: CpuAccess,
-    /// Physical alignment in bytes (a power of two).
-    #[arg(long, default_value_t = 1)]
+    /// Physical alignment in bytes, a power of two (`4096`, `1MiB`).
+    #[arg(long, default_value = "1", value_parser = power_of_two)]
     alignment: u64,
     /// The consumer imports dma-bufs only (no memfd fallback).
     #[arg(long)]
@@ -31,6 +31,14 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+fn power_of_two(s: &str) -> Result<u64, String> {
+    let ByteSize(v) = s.parse()?;
+    if !v.is_power_of_two() {
+        return Err(format!("{s} is not a power of two (1, 4096, 1MiB, ...)"));
+    }
+    Ok(v)
 }
 
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {

@@ -1,5 +1,5 @@
-//! `dmaheap`: list heaps, allocate from them, and (as the library grows) explain choices and
-//! show pool statistics.
+//! `dmaheap`: list heaps and backends, allocate from them, explain which heap a request gets,
+//! show the pool statistics running processes publish, and benchmark pools.
 
 mod alloc;
 mod bench;

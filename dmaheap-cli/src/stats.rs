@@ -1,7 +1,8 @@
 //! `dmaheap stats`: pool statistics that running processes publish.
 
-use heapcore::pool::{RegistryStats, stats_dir};
+use heapcore::pool::{RegistryStats, open_private_dir, process_start_time, stats_dir};
 use heapcore::size::ByteSize;
+use rustix::fs::AtFlags;
 
 use crate::table::Table;
 
@@ -15,23 +16,42 @@ pub struct Args {
     json: bool,
 }
 
-/// Statistics every live process published.
-pub fn published() -> Vec<RegistryStats> {
-    let Ok(entries) = std::fs::read_dir(stats_dir()) else {
-        return Vec::new();
-    };
-    let mut all: Vec<RegistryStats> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-        .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
-        .filter(|s: &RegistryStats| std::path::Path::new(&format!("/proc/{}", s.pid)).exists())
-        .collect();
+/// Statistics every live process published. Files whose process is gone, or whose pid now
+/// belongs to another process (its start time differs), are removed and not shown. A
+/// directory another user could have prepared is refused.
+pub fn published() -> Result<Vec<RegistryStats>, Box<dyn std::error::Error>> {
+    let dir = stats_dir();
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let dir_fd = open_private_dir(&dir, false)?;
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(&dir)?.filter_map(Result::ok) {
+        let name = entry.file_name();
+        if !name.to_string_lossy().ends_with(".json") {
+            continue;
+        }
+        let Some(stats) = std::fs::read(entry.path())
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<RegistryStats>(&bytes).ok())
+        else {
+            continue;
+        };
+        let live = stats
+            .start_time
+            .is_some_and(|t| process_start_time(stats.pid) == Some(t));
+        if live {
+            all.push(stats);
+        } else if let Err(e) = rustix::fs::unlinkat(&dir_fd, name.as_os_str(), AtFlags::empty()) {
+            log::debug!("cannot remove the stale {}: {e}", entry.path().display());
+        }
+    }
     all.sort_by_key(|s| s.pid);
-    all
+    Ok(all)
 }
 
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let all: Vec<RegistryStats> = published()
+    let all: Vec<RegistryStats> = published()?
         .into_iter()
         .filter(|s| args.pid.is_none_or(|p| p == s.pid))
         .collect();
@@ -55,8 +75,13 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
 pub fn print_registry(s: &RegistryStats) {
     let budget = s.global_budget.map_or("no global budget".to_owned(), |b| {
+        let from = if s.budget_source.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", s.budget_source)
+        };
         format!(
-            "global budget {} of {}",
+            "global budget {} of {}{from}",
             ByteSize(s.global_used),
             ByteSize(b)
         )

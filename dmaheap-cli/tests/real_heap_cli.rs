@@ -10,30 +10,26 @@ const DMAHEAP: &str = env!("CARGO_BIN_EXE_dmaheap");
 const TEST_USER: &str = "dmaheap-test";
 
 fn main() {
-    let mut suite = Suite::new();
+    let mut suite = Suite::named("real_heap_cli");
     suite
         .test(
-            "real_heap_cli_lists_every_source",
+            "lists_every_source",
             &[Need::SystemHeap, Need::Udmabuf],
             lists_every_source,
         )
+        .test("allocates_4k_nv12", &[Need::SystemHeap], allocates_4k_nv12)
         .test(
-            "real_heap_cli_allocates_4k_nv12",
-            &[Need::SystemHeap],
-            allocates_4k_nv12,
-        )
-        .test(
-            "real_heap_cli_unprivileged_user_is_told_the_fix",
+            "unprivileged_user_is_told_the_fix",
             &[Need::SystemHeap, Need::Root],
             unprivileged_user_is_told_the_fix,
         )
         .test(
-            "real_heap_cli_explains_scanout_on_this_kernel",
+            "explains_scanout_on_this_kernel",
             &[Need::SystemHeap],
             explains_scanout_on_this_kernel,
         )
         .test(
-            "real_heap_cli_psi_trigger_trims_pools_and_refills_after",
+            "psi_trigger_trims_pools_and_refills_after",
             &[Need::SystemHeap, Need::Root],
             psi_trigger_trims_pools_and_refills_after,
         );

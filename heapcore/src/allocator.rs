@@ -96,9 +96,25 @@ impl Allocator {
     /// is out of memory, too small, absent or forbidden is skipped (and said in the debug log);
     /// a request no source could serve (size 0, bad name) stops the walk at once.
     pub fn allocate_first(&self, sources: &[Source], size: u64, name: &str) -> Result<DmaBuf> {
+        self.allocate_first_with(sources, size, name, |_| Ok(()))
+    }
+
+    /// Like [`Allocator::allocate_first`], but a buffer must also pass `prepare` (a pool maps
+    /// and faults it in): a source whose buffer fails it is skipped like one that could not
+    /// allocate.
+    pub(crate) fn allocate_first_with(
+        &self,
+        sources: &[Source],
+        size: u64,
+        name: &str,
+        prepare: impl Fn(&DmaBuf) -> Result<()>,
+    ) -> Result<DmaBuf> {
         let mut attempts: Vec<(String, Error)> = Vec::new();
         for source in sources {
-            match self.allocate(source, size, name) {
+            match self
+                .allocate(source, size, name)
+                .and_then(|buf| prepare(&buf).map(|()| buf))
+            {
                 Ok(buf) => {
                     if !attempts.is_empty() {
                         log::debug!(
@@ -212,6 +228,23 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("heap nope2"), "{err}");
+    }
+
+    #[test]
+    fn a_buffer_that_cannot_be_prepared_falls_back_to_the_next_source() {
+        let alloc = Allocator::new();
+        let calls = std::cell::Cell::new(0);
+        let buf = alloc
+            .allocate_first_with(&[Source::Memfd, Source::Memfd], 4096, "prep", |_| {
+                calls.set(calls.get() + 1);
+                if calls.get() == 1 {
+                    Err(Error::Unsupported("the CPU may not map it".into()))
+                } else {
+                    Ok(())
+                }
+            })
+            .unwrap();
+        assert_eq!((calls.get(), buf.origin()), (2, &Origin::Memfd));
     }
 
     #[test]

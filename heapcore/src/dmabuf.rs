@@ -31,6 +31,18 @@ pub enum Origin {
 }
 
 impl Origin {
+    /// Whether the memory is a protected heap's (`protected,*`), which the CPU may not map.
+    pub fn is_protected(&self) -> bool {
+        let name = match self {
+            Self::Heap(name) => name.as_str(),
+            Self::Imported {
+                exporter: Some(exporter),
+            } => exporter,
+            _ => return false,
+        };
+        crate::heap::HeapKind::recognise(name, &[]) == crate::heap::HeapKind::Protected
+    }
+
     /// Whether buffers of this origin are dma-bufs (devices can import them).
     pub fn is_dmabuf(&self) -> bool {
         match self {
@@ -73,10 +85,13 @@ impl Mapping {
             // object; it lives until `Drop` unmaps it.
             unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0) }
         };
-        // A read-only fd (e.g. one a consumer received) can still be mapped for reading.
+        // A read-only fd (e.g. one a consumer received: EACCES) or a write-sealed memfd
+        // (EPERM) can still be mapped for reading.
         let (ptr, writable) = match map(ProtFlags::READ | ProtFlags::WRITE) {
             Ok(ptr) => (ptr, true),
-            Err(rustix::io::Errno::ACCESS) => (map(ProtFlags::READ)?, false),
+            Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => {
+                (map(ProtFlags::READ)?, false)
+            }
             Err(e) => return Err(e),
         };
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(rustix::io::Errno::FAULT)?;
@@ -132,11 +147,29 @@ impl DmaBuf {
 
     /// Wraps an fd received from elsewhere (a PipeWire buffer, another process). Its size is
     /// the fd's end; `fdinfo` tells whether it is a dma-buf and who exported it.
+    ///
+    /// An fd that is not a dma-buf must be a memfd sealed against shrinking
+    /// (`F_SEAL_SHRINK`, as PipeWire and heapcore seal theirs): otherwise the peer could
+    /// truncate it while it is mapped here, and the next access would kill this process with
+    /// `SIGBUS`.
     pub fn import(fd: OwnedFd) -> Result<Self> {
         let len = rustix::fs::seek(&fd, rustix::fs::SeekFrom::End(0))
             .map_err(|e| Error::io("finding the size of an imported fd", e))?;
         let info = FdInfo::read(fd.as_fd()).ok();
         let exporter = info.as_ref().and_then(|i| i.exp_name().map(str::to_owned));
+        if exporter.is_none() {
+            let refuse = |why: String| {
+                Err(Error::Unsupported(format!(
+                    "the imported fd is not a dma-buf and {why}: a peer could truncate this \
+                     memfd; refusing to map it"
+                )))
+            };
+            match rustix::fs::fcntl_get_seals(&fd) {
+                Ok(seals) if seals.contains(rustix::fs::SealFlags::SHRINK) => {}
+                Ok(_) => return refuse("is not sealed against shrinking (F_SEAL_SHRINK)".into()),
+                Err(e) => return refuse(format!("cannot be sealed (not a memfd: {e})")),
+            }
+        }
         let name = info.as_ref().and_then(|i| i.name().map(str::to_owned));
         let mut buf = Self::from_parts(fd, len, Origin::Imported { exporter });
         buf.name = name;
@@ -201,26 +234,63 @@ impl DmaBuf {
 
     /// Maps the buffer and faults every page in, so that neither the first CPU access nor a
     /// lazily backed memfd costs page faults later (pools do this before handing buffers out).
+    ///
+    /// Memory the kernel cannot give (a memory cgroup at its limit) is
+    /// [`Error::OutOfMemory`], reported here rather than as an OOM kill or a `SIGBUS` at the
+    /// first write.
     pub fn prefault(&self) -> Result<()> {
+        use rustix::io::Errno;
         let mapping = self.mapping()?;
         let advice = if mapping.writable {
             rustix::mm::Advice::LinuxPopulateWrite
         } else {
             rustix::mm::Advice::LinuxPopulateRead
         };
-        // SAFETY: the range is exactly our live mapping; populating changes no contents.
-        let populated =
-            unsafe { rustix::mm::madvise(mapping.ptr.as_ptr().cast(), mapping.len, advice) };
-        if populated.is_err() {
-            // Kernels before 5.14, and PFN-mapped heaps (CMA), refuse MADV_POPULATE_*: a read of
-            // each page faults it in just the same.
-            let page = crate::sysinfo::page_size() as usize;
-            for offset in (0..mapping.len).step_by(page) {
-                // SAFETY: `offset` is inside the mapping; a volatile read keeps the fault.
-                unsafe { std::ptr::read_volatile(mapping.ptr.as_ptr().add(offset)) };
+        let populated = loop {
+            // SAFETY: the range is exactly our live mapping; populating changes no contents.
+            match unsafe { rustix::mm::madvise(mapping.ptr.as_ptr().cast(), mapping.len, advice) } {
+                // A signal interrupted it; the pages done so far stay, the rest follow.
+                Err(Errno::INTR) => continue,
+                other => break other,
             }
+        };
+        match populated {
+            Ok(()) => Ok(()),
+            // Kernels before 5.14 do not know MADV_POPULATE_*, and PFN-mapped heaps (CMA)
+            // refuse it: a read of each page faults it in just the same. Only here: after any
+            // other error the same faults would kill the process or hang it.
+            Err(Errno::INVAL) => {
+                let page = crate::sysinfo::page_size() as usize;
+                for offset in (0..mapping.len).step_by(page) {
+                    // SAFETY: `offset` is inside the mapping; a volatile read keeps the fault.
+                    unsafe { std::ptr::read_volatile(mapping.ptr.as_ptr().add(offset)) };
+                }
+                Ok(())
+            }
+            Err(Errno::NOMEM) => Err(Error::OutOfMemory {
+                source_name: format!("{} (faulting its pages in)", self.origin),
+                size: self.len,
+            }),
+            Err(e @ Errno::FAULT) => Err(Error::io(
+                format!(
+                    "faulting in a buffer from {}: its pages cannot be had (a memfd truncated \
+                     under us, or the exporter refused)",
+                    self.origin
+                ),
+                e,
+            )),
+            Err(e @ Errno::HWPOISON) => Err(Error::io(
+                format!(
+                    "faulting in a buffer from {}: a page is poisoned (hardware memory error)",
+                    self.origin
+                ),
+                e,
+            )),
+            Err(e) => Err(Error::io(
+                format!("faulting in {} bytes from {}", self.len, self.origin),
+                e,
+            )),
         }
-        Ok(())
     }
 
     /// Whether the CPU mapping exists.
@@ -240,9 +310,15 @@ impl DmaBuf {
             ));
         }
         let mapping = Mapping::new(self.fd.as_fd(), len).map_err(|e| match e {
+            rustix::io::Errno::PERM | rustix::io::Errno::INVAL if self.origin.is_protected() => {
+                Error::Unsupported(format!(
+                    "the CPU may not map this buffer from {} ({e}): protected heaps cannot be \
+                     mapped",
+                    self.origin
+                ))
+            }
             rustix::io::Errno::PERM | rustix::io::Errno::INVAL => Error::Unsupported(format!(
-                "the CPU may not map this buffer from {} ({e}); protected heaps cannot be \
-                 mapped",
+                "the CPU may not map this buffer from {} ({e})",
                 self.origin
             )),
             e => Error::io(format!("mapping {len} bytes from {}", self.origin), e),
@@ -467,6 +543,91 @@ mod tests {
         assert_eq!(info.size(), Some(8 << 20));
         assert_eq!(info.exp_name(), Some("system"));
         assert_eq!(info.name(), Some("dmaheap:cli"));
+    }
+
+    /// A memfd of `data`, sealed with `seals` (none: unsealed).
+    fn memfd_with(data: &[u8], seals: rustix::fs::SealFlags) -> OwnedFd {
+        use rustix::fs::MemfdFlags;
+        let fd = rustix::fs::memfd_create(
+            c"dmaheap-import-test",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
+        rustix::io::write(&fd, data).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+        fd
+    }
+
+    #[test]
+    fn unsealed_memfds_and_plain_files_are_refused_on_import() {
+        let err = DmaBuf::import(memfd_with(b"frame", rustix::fs::SealFlags::empty()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not sealed against shrinking") && err.contains("refusing to map it"),
+            "{err}"
+        );
+        let file = std::fs::File::open("/proc/self/exe").unwrap();
+        let err = DmaBuf::import(file.into()).unwrap_err().to_string();
+        assert!(err.contains("cannot be sealed"), "{err}");
+    }
+
+    #[test]
+    fn shrink_sealed_memfds_import_and_cannot_be_truncated_under_us() {
+        use rustix::fs::SealFlags;
+        let fd = memfd_with(&[7; 8192], SealFlags::SHRINK | SealFlags::GROW);
+        let peer = fd.try_clone().unwrap();
+        let buf = DmaBuf::import(fd).unwrap();
+        assert_eq!(
+            (buf.len(), buf.origin()),
+            (8192, &Origin::Imported { exporter: None })
+        );
+        assert!(buf.read().unwrap().iter().all(|&b| b == 7));
+        // The peer's truncation is what the seal is for: the kernel refuses it.
+        assert_eq!(
+            rustix::fs::ftruncate(&peer, 0),
+            Err(rustix::io::Errno::PERM)
+        );
+        assert!(buf.read().unwrap().iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn write_sealed_memfds_map_read_only() {
+        use rustix::fs::SealFlags;
+        let fd = memfd_with(
+            b"sealed frame",
+            SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE,
+        );
+        let mut buf = DmaBuf::import(fd).unwrap();
+        assert_eq!(&buf.read().unwrap()[..12], b"sealed frame");
+        // The kernel's view: a shared mapping of the memfd without write permission.
+        let start = buf.mapping.get().unwrap().ptr.as_ptr() as usize;
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let line = maps
+            .lines()
+            .find(|l| l.starts_with(&format!("{start:x}-")))
+            .expect("the mapping is in /proc/self/maps");
+        assert!(
+            line.contains(" r--s ") && line.contains("dmaheap-import-test"),
+            "{line}"
+        );
+        let Err(err) = buf.write() else {
+            panic!("a write-sealed memfd was mapped writable");
+        };
+        assert!(err.to_string().contains("read-only"), "{err}");
+    }
+
+    #[test]
+    fn only_protected_origins_are_called_protected() {
+        assert!(Origin::Heap(HeapName::new("protected,secure-video").unwrap()).is_protected());
+        assert!(
+            Origin::Imported {
+                exporter: Some("protected,cma".into())
+            }
+            .is_protected()
+        );
+        assert!(!Origin::Heap(HeapName::new("system").unwrap()).is_protected());
+        assert!(!Origin::Memfd.is_protected());
     }
 
     #[test]

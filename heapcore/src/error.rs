@@ -49,6 +49,10 @@ pub enum Error {
     #[error("invalid buffer name {name:?}: {reason}")]
     InvalidBufferName { name: String, reason: String },
 
+    /// A pool configuration that cannot work (no source, min above max, counts beyond the cap).
+    #[error("pool {pool} cannot be made: {reason}")]
+    InvalidConfig { pool: String, reason: String },
+
     /// The operation makes no sense for this buffer (e.g. CPU-mapping a protected buffer).
     #[error("{0}")]
     Unsupported(String),
@@ -105,6 +109,7 @@ impl Error {
             Self::InvalidSize { .. }
                 | Self::InvalidBufferName { .. }
                 | Self::InvalidHeapName { .. }
+                | Self::InvalidConfig { .. }
         )
     }
 }

@@ -63,12 +63,87 @@ pub struct CmaUsage {
     pub free: u64,
 }
 
+/// How the CMA heap aligns a buffer: `DMA_HEAP_IOCTL_ALLOC` takes no alignment, and the heap
+/// asks `cma_alloc` for `min(get_order(size), CONFIG_CMA_ALIGNMENT)` pages of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CmaAlignment {
+    /// `CONFIG_CMA_ALIGNMENT`, an order of pages.
+    pub order: u32,
+    /// The kernel configuration it was read from; `None`: the Kconfig default, assumed.
+    pub from: Option<PathBuf>,
+}
+
+impl CmaAlignment {
+    /// The Kconfig default of `CONFIG_CMA_ALIGNMENT`.
+    pub const DEFAULT_ORDER: u32 = 8;
+
+    /// Where this kernel's configuration may be: `/proc/config.gz` (CONFIG_IKCONFIG_PROC), then
+    /// `/boot/config-<release>`.
+    pub fn kernel_configs() -> Vec<PathBuf> {
+        let release = rustix::system::uname();
+        let release = release.release().to_string_lossy();
+        vec![
+            "/proc/config.gz".into(),
+            PathBuf::from(format!("/boot/config-{release}")),
+        ]
+    }
+
+    /// Reads `CONFIG_CMA_ALIGNMENT` from the first of `configs` (plain or gzip) that has it;
+    /// assumes the default when none does.
+    pub fn read_from(configs: &[PathBuf]) -> Self {
+        configs
+            .iter()
+            .find_map(|path| {
+                let order = read_kernel_config(path)?
+                    .lines()
+                    .find_map(|l| l.strip_prefix("CONFIG_CMA_ALIGNMENT="))?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some(Self {
+                    order,
+                    from: Some(path.clone()),
+                })
+            })
+            .unwrap_or(Self {
+                order: Self::DEFAULT_ORDER,
+                from: None,
+            })
+    }
+
+    /// The largest physical alignment the CMA heap gives a buffer of `size` bytes.
+    pub fn max_alignment(&self, size: u64, page: u64) -> u64 {
+        let pages = size.div_ceil(page).max(1);
+        // get_order(): the power of two of pages that holds the buffer.
+        let order = pages.next_power_of_two().trailing_zeros();
+        page << order.min(self.order).min(62 - page.trailing_zeros())
+    }
+}
+
+/// A kernel configuration file, gzip-compressed (`/proc/config.gz`) or not.
+fn read_kernel_config(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let bytes = std::fs::read(path).ok()?;
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return String::from_utf8(bytes).ok();
+    }
+    let mut text = String::new();
+    // A kernel configuration is a few hundred KiB; anything far larger is not one.
+    flate2::read::GzDecoder::new(bytes.as_slice())
+        .take(16 << 20)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
+}
+
 /// Everything discovery found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Inventory {
     pub heaps: Vec<HeapInfo>,
     pub udmabuf: UdmabufInfo,
     pub cma: Option<CmaUsage>,
+    /// How the CMA heap aligns buffers.
+    pub cma_alignment: CmaAlignment,
     #[serde(skip)]
     paths: SysPaths,
 }
@@ -104,6 +179,7 @@ impl Inventory {
             heaps,
             udmabuf,
             cma,
+            cma_alignment: CmaAlignment::read_from(&CmaAlignment::kernel_configs()),
             paths,
         }
     }
@@ -190,6 +266,8 @@ fn heap_info(dir: &Path, name: &str, cma_areas: &[String]) -> Option<HeapInfo> {
 pub(crate) struct FakeMachine {
     pub root: PathBuf,
     pub paths: SysPaths,
+    /// The kernel configuration the inventory reads (none: the default is assumed).
+    pub kernel_config: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -213,7 +291,27 @@ impl FakeMachine {
         for area in cma_areas {
             std::fs::create_dir_all(paths.cma_areas_dir.join(area)).unwrap();
         }
-        Self { root, paths }
+        Self {
+            root,
+            paths,
+            kernel_config: None,
+        }
+    }
+
+    /// Writes a kernel configuration, gzip-compressed as /proc/config.gz is or plain.
+    pub fn with_kernel_config(mut self, text: &str, gzip: bool) -> Self {
+        use std::io::Write;
+        let path = self.root.join(if gzip { "config.gz" } else { "config" });
+        let bytes = if gzip {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(text.as_bytes()).unwrap();
+            gz.finish().unwrap()
+        } else {
+            text.as_bytes().to_vec()
+        };
+        std::fs::write(&path, bytes).unwrap();
+        self.kernel_config = Some(path);
+        self
     }
 
     /// Adds `/dev/udmabuf` with a `size_limit_mb` of `limit_mb`.
@@ -230,7 +328,9 @@ impl FakeMachine {
     }
 
     pub fn inventory(&self) -> Inventory {
-        Inventory::discover_with(self.paths.clone())
+        let mut inventory = Inventory::discover_with(self.paths.clone());
+        inventory.cma_alignment = CmaAlignment::read_from(self.kernel_config.as_slice());
+        inventory
     }
 }
 
@@ -308,6 +408,29 @@ mod tests {
             inv.find("../system"),
             Err(Error::InvalidHeapName { .. })
         ));
+    }
+
+    #[test]
+    fn cma_alignment_comes_from_the_kernel_config_or_is_assumed() {
+        let page = 4096;
+        for gzip in [true, false] {
+            let m = FakeMachine::new(&[], &[])
+                .with_kernel_config("CONFIG_CMA=y\nCONFIG_CMA_ALIGNMENT=4\n", gzip);
+            let a = m.inventory().cma_alignment;
+            assert_eq!((a.order, &a.from), (4, &m.kernel_config));
+            assert_eq!(a.max_alignment(4 << 20, page), 64 << 10);
+        }
+        let m = FakeMachine::new(&[], &[]).with_kernel_config("# CONFIG_CMA is not set\n", true);
+        let assumed = m.inventory().cma_alignment;
+        assert_eq!(
+            (assumed.order, &assumed.from),
+            (CmaAlignment::DEFAULT_ORDER, &None)
+        );
+        // get_order(): 64 KiB is 16 pages, order 4; 4 MiB is order 10, capped at 8.
+        assert_eq!(assumed.max_alignment(64 << 10, page), 64 << 10);
+        assert_eq!(assumed.max_alignment((64 << 10) + 1, page), 128 << 10);
+        assert_eq!(assumed.max_alignment(4 << 20, page), 1 << 20);
+        assert_eq!(assumed.max_alignment(1, page), page);
     }
 
     #[test]

@@ -62,9 +62,18 @@ pub struct PressureConfig {
 }
 
 impl Default for PressureConfig {
+    /// Watches this process's memory cgroup (`memory.pressure`, cgroup v2) where it may make
+    /// triggers there, else the host's `/proc/pressure/memory`.
     fn default() -> Self {
+        let cgroup = &crate::sysinfo::memory_limits().psi;
+        let host = Path::new("/proc/pressure/memory");
+        let writable = rustix::fs::access(cgroup, rustix::fs::Access::WRITE_OK).is_ok();
         Self {
-            psi_path: "/proc/pressure/memory".into(),
+            psi_path: if writable {
+                cgroup.clone()
+            } else {
+                host.into()
+            },
             window: Duration::from_secs(2),
             some_stall: Duration::from_millis(100),
             full_stall: Duration::from_millis(100),
@@ -81,8 +90,9 @@ impl Default for PressureConfig {
 pub enum PressureSource {
     /// PSI triggers with poll (the kernel wakes us).
     PsiTriggers(PathBuf),
-    /// No PSI (or no triggers allowed): MemAvailable sampled by a timer.
-    Timer,
+    /// No PSI (or no triggers allowed): MemAvailable sampled by a timer. `reason` says why
+    /// triggers could not be used (the file and the error).
+    Timer { reason: String },
 }
 
 /// The `some` line's `total=` (microseconds stalled since boot) from a PSI file.
@@ -135,11 +145,9 @@ impl PressureMonitor {
         let source = match &triggers {
             Ok(_) => PressureSource::PsiTriggers(config.psi_path.clone()),
             Err(e) => {
-                log::info!(
-                    "no PSI trigger on {} ({e}): watching MemAvailable every second instead",
-                    config.psi_path.display()
-                );
-                PressureSource::Timer
+                let reason = format!("no PSI trigger on {}: {e}", config.psi_path.display());
+                log::info!("{reason}: watching MemAvailable every second instead");
+                PressureSource::Timer { reason }
             }
         };
         let stop = Arc::new(AtomicBool::new(false));
@@ -165,7 +173,12 @@ impl Drop for PressureMonitor {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // `on_change` may drop the monitor's last owner, on the monitor thread itself: a
+            // thread cannot join itself (EDEADLK, which std turns into a panic). It sees
+            // `stop` and ends once the callback returns.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -297,22 +310,84 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_psi_file_means_the_timer() {
+    fn a_missing_psi_file_means_the_timer_and_says_why() {
         let config = PressureConfig {
             psi_path: "/nonexistent/memory.pressure".into(),
             ..PressureConfig::default()
         };
         let monitor = PressureMonitor::start(config, |_| {}).unwrap();
-        assert_eq!(monitor.source(), &PressureSource::Timer);
+        let PressureSource::Timer { reason } = monitor.source() else {
+            panic!("{:?}", monitor.source());
+        };
+        let enoent = rustix::io::Errno::NOENT.to_string();
+        assert!(
+            reason.contains("/nonexistent/memory.pressure") && reason.contains(&enoent),
+            "{reason}"
+        );
+    }
+
+    /// Asks the kernel directly whether a trigger can be made on `path`, as the monitor does.
+    fn kernel_allows_a_trigger(path: &Path) -> Result<(), rustix::io::Errno> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::RDWR | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        rustix::io::write(&fd, b"some 100000 2000000\0").map(|_| ())
     }
 
     #[test]
     fn this_machine_has_psi_triggers_or_says_why_not() {
-        let monitor = PressureMonitor::start(PressureConfig::default(), |_| {}).unwrap();
-        // Either is fine here; what matters is that the monitor says which.
-        match monitor.source() {
-            PressureSource::PsiTriggers(p) => assert!(p.ends_with("memory")),
-            PressureSource::Timer => {}
+        let config = PressureConfig::default();
+        let path = config.psi_path.clone();
+        let monitor = PressureMonitor::start(config, |_| {}).unwrap();
+        match (kernel_allows_a_trigger(&path), monitor.source()) {
+            (Ok(()), PressureSource::PsiTriggers(p)) => assert_eq!(p, &path),
+            (Ok(()), source) => {
+                panic!(
+                    "{} takes triggers, but the monitor uses {source:?}",
+                    path.display()
+                )
+            }
+            (Err(e), PressureSource::Timer { reason }) => assert!(
+                reason.contains(&path.display().to_string()) && reason.contains(&e.to_string()),
+                "the kernel said {e} for {}; the monitor said {reason:?}",
+                path.display()
+            ),
+            (Err(e), source) => panic!("{}: {e}, yet the monitor says {source:?}", path.display()),
         }
+    }
+
+    #[test]
+    fn a_callback_that_drops_the_last_monitor_handle_does_not_panic() {
+        use std::sync::Mutex;
+        use std::sync::mpsc;
+        // The timer fallback with a threshold every machine is under: the first sample (after
+        // a tick) is a change to Elevated.
+        let config = PressureConfig {
+            psi_path: "/nonexistent/memory.pressure".into(),
+            elevated_available: 1.01,
+            critical_available: 0.0,
+            ..PressureConfig::default()
+        };
+        let slot: Arc<Mutex<Option<PressureMonitor>>> = Arc::default();
+        let (after_drop, reached) = mpsc::channel();
+        let mut guard = slot.lock().unwrap();
+        let in_callback = Arc::clone(&slot);
+        *guard = Some(
+            PressureMonitor::start(config, move |_| {
+                let last = in_callback.lock().unwrap().take();
+                drop(last);
+                let _ = after_drop.send(std::thread::current().id());
+            })
+            .unwrap(),
+        );
+        drop(guard);
+        // If the drop panicked, the thread unwound and dropped the sender: recv fails.
+        let thread = reached
+            .recv()
+            .expect("the monitor thread panicked dropping its own monitor");
+        assert_ne!(thread, std::thread::current().id());
+        assert!(slot.lock().unwrap().is_none());
     }
 }

@@ -9,8 +9,8 @@ use crate::format::{FrameLayout, VideoFormat};
 use crate::sysinfo;
 
 /// Rounds `size` up to whole pages and checks that some backend could ever give it: not zero,
-/// no overflow, not more than this machine's RAM (a sparse memfd would accept it and the
-/// process would die touching it).
+/// no overflow, not more than this machine's RAM or this process's memory cgroup limit (a
+/// sparse memfd would accept it and the process would die touching it).
 pub fn page_aligned(size: u64) -> Result<u64> {
     if size == 0 {
         return Err(Error::InvalidSize {
@@ -30,8 +30,8 @@ pub fn page_aligned(size: u64) -> Result<u64> {
         return Err(Error::InvalidSize {
             size,
             reason: format!(
-                "it is larger than this machine's memory ({})",
-                ByteSize(total)
+                "it is larger than the memory this process may use ({})",
+                sysinfo::memory_limits().usable_source()
             ),
         });
     }
@@ -95,7 +95,13 @@ impl FromStr for ByteSize {
             }
             bytes.ceil() as u64
         } else {
-            let value: u64 = number.parse().map_err(|_| format!("{s:?} is not a size"))?;
+            let value: u64 = number.parse().map_err(|e: std::num::ParseIntError| {
+                if *e.kind() == std::num::IntErrorKind::PosOverflow {
+                    format!("{s:?} overflows 64 bits")
+                } else {
+                    format!("{s:?} is not a size")
+                }
+            })?;
             value
                 .checked_mul(scale)
                 .ok_or_else(|| format!("{s:?} overflows 64 bits"))?
@@ -143,7 +149,11 @@ impl FromStr for SizeSpec {
     /// `8MiB`, `12441600`, or `WIDTHxHEIGHT:FORMAT` such as `3840x2160:NV12`.
     fn from_str(s: &str) -> Result<Self, String> {
         let Some((dims, format)) = s.split_once(':') else {
-            return s.parse::<ByteSize>().map(|b| Self::Bytes(b.0));
+            let ByteSize(bytes) = s.parse()?;
+            if bytes == 0 {
+                return Err(format!("{s:?}: a buffer needs at least one byte"));
+            }
+            return Ok(Self::Bytes(bytes));
         };
         let (w, h) = dims
             .split_once(['x', 'X'])
@@ -208,6 +218,11 @@ mod tests {
         assert!("3840x2160:WHAT".parse::<SizeSpec>().is_err());
         assert!("0x2160:NV12".parse::<SizeSpec>().is_err());
         assert!("3840:NV12".parse::<SizeSpec>().is_err());
+        assert!(
+            "0".parse::<SizeSpec>()
+                .unwrap_err()
+                .contains("at least one byte")
+        );
     }
 
     #[test]

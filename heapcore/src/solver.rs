@@ -230,11 +230,33 @@ fn judge_properties(
         }
         _ => {}
     }
-    if c.alignment > sysinfo::page_size() && props.contiguous != Some(true) {
+    let page = sysinfo::page_size();
+    if c.alignment > page && props.contiguous != Some(true) {
         return Verdict::Out(format!(
             "cannot align physical memory to {} (only contiguous heaps can)",
             ByteSize(c.alignment)
         ));
+    }
+    if c.alignment > page && kind == Some(HeapKind::Cma) {
+        // The allocation ioctl takes no alignment: CMA gives what the size implies.
+        let cma = &inv.cma_alignment;
+        let max = cma.max_alignment(c.size, page);
+        let config = match &cma.from {
+            Some(path) => format!("CONFIG_CMA_ALIGNMENT={} in {}", cma.order, path.display()),
+            None => format!(
+                "CONFIG_CMA_ALIGNMENT={} assumed: no readable kernel configuration",
+                cma.order
+            ),
+        };
+        if c.alignment > max {
+            return Verdict::Out(format!(
+                "CMA aligns a {} buffer to {} at most ({config}), not {}",
+                ByteSize(c.size),
+                ByteSize(max),
+                ByteSize(c.alignment)
+            ));
+        }
+        notes.push(format!("CMA aligns it to {} ({config})", ByteSize(max)));
     }
     if *source == Source::Udmabuf {
         if let Some(limit) = inv.udmabuf.size_limit.filter(|&l| c.size > l) {
@@ -469,6 +491,52 @@ mod tests {
         );
         // Only CMA can promise physical alignment; the protected heap does not say.
         assert_eq!(c.sources(), [Source::heap("reserved").unwrap()]);
+    }
+
+    #[test]
+    fn cma_is_in_for_an_alignment_only_where_the_size_brings_it() {
+        let m = machine(&["system", "reserved"]);
+        let scanout = |size: u64| {
+            solve(
+                &Policy::builtin(),
+                &Constraints::new(size)
+                    .usage(usage("scanout"))
+                    .alignment(MIB),
+                &m.inventory(),
+            )
+        };
+        // 64 KiB is 16 pages: CMA aligns it to 64 KiB, not 1 MiB.
+        let small = scanout(64 * 1024);
+        assert!(small.sources().is_empty(), "{small}");
+        let text = small.to_string();
+        assert!(
+            text.contains(
+                "cma (heap reserved): out, CMA aligns a 64.0 KiB buffer to 64.0 KiB at most \
+                 (CONFIG_CMA_ALIGNMENT=8 assumed: no readable kernel configuration), not 1.0 MiB"
+            ),
+            "{text}"
+        );
+        let big = scanout(4 * MIB);
+        assert_eq!(big.sources(), [Source::heap("reserved").unwrap()], "{big}");
+        assert!(
+            big.to_string().contains("CMA aligns it to 1.0 MiB"),
+            "{big}"
+        );
+        // A kernel built with a smaller CONFIG_CMA_ALIGNMENT caps it.
+        let m = machine(&["reserved"]).with_kernel_config("CONFIG_CMA_ALIGNMENT=4\n", true);
+        let c = solve(
+            &Policy::builtin(),
+            &Constraints::new(4 * MIB)
+                .usage(usage("scanout"))
+                .alignment(MIB),
+            &m.inventory(),
+        );
+        assert!(c.sources().is_empty(), "{c}");
+        assert!(
+            c.to_string()
+                .contains("to 64.0 KiB at most (CONFIG_CMA_ALIGNMENT=4 in"),
+            "{c}"
+        );
     }
 
     #[test]

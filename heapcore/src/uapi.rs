@@ -39,7 +39,9 @@ struct UdmabufCreate {
 
 const DMA_HEAP_IOCTL_ALLOC: Opcode = opcode::read_write::<DmaHeapAllocationData>(b'H', 0);
 const DMA_BUF_IOCTL_SYNC: Opcode = opcode::write::<DmaBufSync>(b'b', 0);
-/// `_IOW('b', 1, const char *)`: the size field is that of a pointer.
+/// `DMA_BUF_SET_NAME_B`, i.e. `_IOW('b', 1, u64)`. The header's `DMA_BUF_SET_NAME` uses
+/// `const char *`, so its size field is 4 or 8 bytes by architecture; the kernel accepts both
+/// `_A` (u32) and `_B` (u64) spellings everywhere, so one encoding serves every target.
 const DMA_BUF_SET_NAME: Opcode = opcode::write::<u64>(b'b', 1);
 const UDMABUF_CREATE: Opcode = opcode::write::<UdmabufCreate>(b'u', 0x42);
 
@@ -193,7 +195,21 @@ pub fn udmabuf_create(
 mod tests {
     use super::*;
 
+    // The literals are asm-generic's encoding (_IOC_WRITE = 1, 14 size bits); powerpc, mips and
+    // sparc encode differently, and rustix computes their opcodes from their own headers.
     #[test]
+    #[cfg_attr(
+        not(any(
+            target_arch = "x86",
+            target_arch = "x86_64",
+            target_arch = "arm",
+            target_arch = "aarch64",
+            target_arch = "riscv64",
+            target_arch = "loongarch64",
+            target_arch = "s390x"
+        )),
+        ignore = "skipped: the literal opcodes are asm-generic's; this architecture encodes ioctls differently"
+    )]
     fn opcodes_match_the_uapi_headers() {
         assert_eq!(DMA_HEAP_IOCTL_ALLOC, 0xC018_4800);
         assert_eq!(DMA_BUF_IOCTL_SYNC, 0x4008_6200);

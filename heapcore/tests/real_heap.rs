@@ -13,58 +13,70 @@ use heapcore::{
 
 const MIB: u64 = 1 << 20;
 
+/// Set (to a cgroup's `cgroup.procs`) in the child that `prefault_over_a_memory_cgroup_limit`
+/// runs: this binary, re-executed, allocates inside the cgroup instead of running the suite.
+const MEMCG_CHILD: &str = "DMAHEAP_TEST_MEMCG_CHILD";
+
 fn main() {
-    let mut suite = Suite::new();
+    if let Some(procs) = std::env::var_os(MEMCG_CHILD) {
+        std::process::exit(prefault_child(std::path::Path::new(&procs)));
+    }
+    let mut suite = Suite::named("real_heap");
     suite
         .test(
-            "real_heap_system_buffer_is_a_named_dmabuf",
+            "system_buffer_is_a_named_dmabuf",
             &[Need::SystemHeap],
             system_buffer_is_a_named_dmabuf,
         )
         .test(
-            "real_heap_system_buffer_is_zeroed",
+            "system_buffer_is_zeroed",
             &[Need::SystemHeap],
             system_buffer_is_zeroed,
         )
         .test(
-            "real_heap_writes_read_back_through_a_second_mapping",
+            "writes_read_back_through_a_second_mapping",
             &[Need::SystemHeap],
             writes_read_back_through_a_second_mapping,
         )
         .test(
-            "real_heap_cma_buffer_is_contiguous_and_from_cma",
+            "cma_buffer_is_contiguous_and_from_cma",
             &[Need::CmaHeap, Need::Root],
             cma_buffer_is_contiguous_and_from_cma,
         )
         .test(
-            "real_heap_cma_out_of_memory_falls_back",
+            "cma_out_of_memory_falls_back",
             &[Need::CmaHeap, Need::SystemHeap],
             cma_out_of_memory_falls_back,
         )
         .test(
-            "real_heap_udmabuf_buffer_works",
+            "udmabuf_buffer_works",
             &[Need::Udmabuf],
             udmabuf_buffer_works,
         )
         .test(
-            "real_heap_udmabuf_limit_is_enforced",
+            "udmabuf_limit_is_enforced",
             &[Need::Udmabuf],
             udmabuf_limit_is_enforced,
         )
         .test(
-            "real_heap_10000_cycles_leak_no_fd",
+            "10000_cycles_leak_no_fd",
             &[Need::SystemHeap],
             cycles_leak_no_fd,
         )
         .test(
-            "real_heap_policy_pool_serves_named_heap_buffers",
+            "policy_pool_serves_named_heap_buffers",
             &[Need::SystemHeap],
             policy_pool_serves_named_heap_buffers,
         )
         .test(
-            "real_heap_pool_falls_back_from_cma_to_system",
+            "pool_falls_back_from_cma_to_system",
             &[Need::CmaHeap, Need::SystemHeap],
             pool_falls_back_from_cma_to_system,
+        )
+        .test(
+            "prefault_over_a_memory_cgroup_limit_is_out_of_memory",
+            &[Need::Root, Need::MemoryCgroup],
+            prefault_over_a_memory_cgroup_limit,
         );
     suite.run()
 }
@@ -414,4 +426,93 @@ fn pool_falls_back_from_cma_to_system() -> Result<(), Failed> {
         "cma {n_cma}, system {n_system}"
     );
     Ok(())
+}
+
+const MEMCG_LIMIT: u64 = 64 * MIB;
+
+/// A pool prewarmed with 4 memfd buffers of 32 MiB in a cgroup limited to 64 MiB: the second
+/// buffer cannot be faulted in. MADV_POPULATE_WRITE says ENOMEM; the pool must report that,
+/// not fault the pages in one by one, which the kernel answers with a hang (v1 with the OOM
+/// killer off; v2 with no process it may kill) or, where it may kill, SIGKILL.
+fn prefault_over_a_memory_cgroup_limit() -> Result<(), Failed> {
+    use std::time::{Duration, Instant};
+
+    let cgroup = dmaheap_tests::MemoryCgroup::create(
+        &format!("dmaheap-test-prefault-{}", std::process::id()),
+        MEMCG_LIMIT,
+    )?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .env(MEMCG_CHILD, cgroup.procs())
+        .env(
+            "DMAHEAP_TEST_MEMCG_FLAVOUR",
+            format!("{:?}", cgroup.flavour),
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // With the fix the child ends within seconds; without it, it never ends on its own.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().ok_or("no stderr")?, &mut stderr)?;
+    println!(
+        "{:?} cgroup: child said {:?}",
+        cgroup.flavour,
+        stderr.trim()
+    );
+    let status = status.ok_or(
+        "the child did not end in 120 s: it hangs faulting in pages the cgroup cannot hold",
+    )?;
+    ensure!(
+        status.code().is_some(),
+        "the child was killed ({status:?}) instead of reporting out of memory: {stderr}"
+    );
+    ensure!(
+        status.code() == Some(3) && stderr.contains("is out of memory"),
+        "the child exited with {status:?}: {stderr}"
+    );
+    Ok(())
+}
+
+/// The child: joins the cgroup (its memory so far stays charged where it was) and prewarms.
+fn prefault_child(procs: &std::path::Path) -> i32 {
+    let alloc = Arc::new(Allocator::new());
+    if std::env::var("DMAHEAP_TEST_MEMCG_FLAVOUR").as_deref() == Ok("V2") {
+        // cgroup v2 cannot turn the OOM killer off for a cgroup; exempt its only member.
+        if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+            eprintln!("cannot set oom_score_adj: {e}");
+            return 4;
+        }
+    }
+    if let Err(e) = std::fs::write(procs, std::process::id().to_string()) {
+        eprintln!("cannot join {}: {e}", procs.display());
+        return 4;
+    }
+    let config = PoolConfig::new("memcg-prefault", vec![Source::Memfd], 32 * MIB).min_buffers(4);
+    match heapcore::Pool::new(alloc, config) {
+        Ok(pool) => {
+            eprintln!(
+                "{} bytes prewarmed inside a {MEMCG_LIMIT} byte limit",
+                pool.stats().bytes_held
+            );
+            5
+        }
+        Err(e @ Error::OutOfMemory { .. }) => {
+            eprintln!("{e}");
+            3
+        }
+        Err(e) => {
+            eprintln!("not an out-of-memory error: {e}");
+            6
+        }
+    }
 }

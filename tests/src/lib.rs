@@ -1,8 +1,9 @@
 //! The test kit for tests that need real kernel parts (heaps, udmabuf, vkms, V4L2 devices).
 //!
 //! Such a test says what it needs. Where that is missing it is reported as *ignored* with the
-//! reason, never as passed; where the environment says the part must be there
-//! (`DMAHEAP_REQUIRE`, set by the VM rig per kernel), it fails instead. Suites use
+//! reason, never as passed (forced to run with `--include-ignored`, it fails with "skipped:
+//! needs …"); where the environment says the part must be there (`DMAHEAP_REQUIRE`, set by the
+//! VM rig per kernel), it fails instead. Suites use
 //! libtest-mimic, so they take cargo test's usual arguments (filters, `--list`).
 
 use std::fmt;
@@ -26,6 +27,9 @@ pub enum Need {
     Kms,
     /// A V4L2 device whose name is given (`stateful-decoder`, `vivid-000-vid-cap`, ...).
     V4l2(&'static str),
+    /// A memory cgroup this process may create and limit, with swap kept out of it and the
+    /// OOM killer kept off its member (see [`MemoryCgroup`]).
+    MemoryCgroup,
 }
 
 impl Need {
@@ -39,6 +43,7 @@ impl Need {
             Self::Kms => "kms",
             Self::V4l2(name) if name.starts_with("vivid") => "vivid",
             Self::V4l2(_) => "vicodec",
+            Self::MemoryCgroup => "memcg",
         }
     }
 
@@ -51,6 +56,7 @@ impl Need {
             Self::Root => effective_uid() == 0,
             Self::Kms => Path::new("/dev/dri/card0").exists(),
             Self::V4l2(name) => v4l2_device(name).is_some(),
+            Self::MemoryCgroup => CgroupFlavour::usable().is_some(),
         }
     }
 
@@ -71,6 +77,11 @@ impl fmt::Display for Need {
             Self::Root => f.write_str("root"),
             Self::Kms => f.write_str("a KMS device (vkms)"),
             Self::V4l2(name) => write!(f, "the V4L2 device {name:?}"),
+            Self::MemoryCgroup => f.write_str(
+                "a memory cgroup to create as root (cgroup v2 with the memory controller, \
+                 memory.swap.max or no swap, and CAP_SYS_RESOURCE; or cgroup v1's memory \
+                 hierarchy with memsw or no swap)",
+            ),
         }
     }
 }
@@ -98,17 +109,165 @@ pub fn v4l2_device(name: &str) -> Option<String> {
     })
 }
 
+/// A field of `/proc/self/status`, split in words (avoids a libc dependency here).
+fn status_field(name: &str) -> Option<Vec<String>> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(name))?;
+    Some(line.split_whitespace().skip(1).map(str::to_owned).collect())
+}
+
 fn effective_uid() -> u32 {
-    // /proc/self/status "Uid: real effective saved fs"; avoids a libc dependency here.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2))
-                .and_then(|v| v.parse().ok())
-        })
+    // "Uid: real effective saved fs".
+    status_field("Uid:")
+        .and_then(|w| w.get(1)?.parse().ok())
         .unwrap_or(u32::MAX)
+}
+
+/// Whether this process has a capability (`CapEff`, a hex mask).
+fn has_capability(bit: u32) -> bool {
+    status_field("CapEff:")
+        .and_then(|w| u64::from_str_radix(w.first()?, 16).ok())
+        .is_some_and(|mask| mask & (1 << bit) != 0)
+}
+
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether any swap device is active (`/proc/swaps` has more than its header).
+fn swap_is_on() -> bool {
+    std::fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1)
+}
+
+/// Which memory cgroup interface a test can use here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupFlavour {
+    /// The unified hierarchy at /sys/fs/cgroup: `memory.max`, `memory.swap.max`. It has no
+    /// switch for the OOM killer, so the member must set its own `oom_score_adj` to -1000.
+    V2,
+    /// The v1 memory hierarchy at /sys/fs/cgroup/memory: `memory.limit_in_bytes`,
+    /// `memory.memsw.limit_in_bytes`, and `memory.oom_control` to turn the OOM killer off.
+    V1,
+}
+
+impl CgroupFlavour {
+    const V2_ROOT: &'static str = "/sys/fs/cgroup";
+    const V1_ROOT: &'static str = "/sys/fs/cgroup/memory";
+
+    /// The flavour a root process can create limited memory cgroups with, if any.
+    pub fn usable() -> Option<Self> {
+        if effective_uid() != 0 {
+            return None;
+        }
+        let v2 = Path::new(Self::V2_ROOT);
+        let v2_memory = std::fs::read_to_string(v2.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|w| w == "memory"));
+        // Swap must not take what the limit refuses, and a v2 member needs CAP_SYS_RESOURCE to
+        // lower its oom_score_adj.
+        if v2_memory && has_capability(CAP_SYS_RESOURCE) {
+            let swap_controlled = !swap_is_on() || swap_controller_v2();
+            if swap_controlled {
+                return Some(Self::V2);
+            }
+        }
+        let v1 = Path::new(Self::V1_ROOT);
+        if v1.join("memory.oom_control").exists()
+            && (!swap_is_on() || v1.join("memory.memsw.limit_in_bytes").exists())
+        {
+            return Some(Self::V1);
+        }
+        None
+    }
+
+    fn root(self) -> &'static Path {
+        Path::new(match self {
+            Self::V2 => Self::V2_ROOT,
+            Self::V1 => Self::V1_ROOT,
+        })
+    }
+}
+
+/// Whether v2 cgroups get `memory.swap.max`: swap accounting is on unless the kernel was booted
+/// with `swapaccount=0` (since 6.1 it is not a build option). [`MemoryCgroup::create`] checks.
+fn swap_controller_v2() -> bool {
+    !std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.contains("swapaccount=0"))
+}
+
+/// A memory cgroup made for one test, with a limit and no swap, removed on drop. Its member
+/// (a child process) joins it by writing its pid to [`MemoryCgroup::procs`].
+#[derive(Debug)]
+pub struct MemoryCgroup {
+    pub flavour: CgroupFlavour,
+    pub path: std::path::PathBuf,
+}
+
+impl MemoryCgroup {
+    /// Creates `<root>/<name>` limited to `limit` bytes of memory and no swap. On v1 the OOM
+    /// killer is turned off for it, so that an allocation over the limit fails instead.
+    pub fn create(name: &str, limit: u64) -> Result<Self, Failed> {
+        let flavour = CgroupFlavour::usable().ok_or("no usable memory cgroup")?;
+        let path = flavour.root().join(name);
+        if flavour == CgroupFlavour::V2 {
+            let control = flavour.root().join("cgroup.subtree_control");
+            let enabled = std::fs::read_to_string(&control)
+                .map_err(|e| format!("reading {}: {e}", control.display()))?;
+            if !enabled.split_whitespace().any(|w| w == "memory") {
+                std::fs::write(&control, "+memory")
+                    .map_err(|e| format!("enabling memory in {}: {e}", control.display()))?;
+            }
+        }
+        std::fs::create_dir(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        let cgroup = Self { flavour, path };
+        let write = |file: &str, value: &str| -> Result<(), Failed> {
+            let target = cgroup.path.join(file);
+            std::fs::write(&target, value)
+                .map_err(|e| format!("writing {value:?} to {}: {e}", target.display()).into())
+        };
+        match flavour {
+            CgroupFlavour::V2 => {
+                write("memory.max", &limit.to_string())?;
+                if cgroup.path.join("memory.swap.max").exists() {
+                    write("memory.swap.max", "0")?;
+                } else if swap_is_on() {
+                    return Err(format!(
+                        "{} has no memory.swap.max: swap would take what the limit refuses",
+                        cgroup.path.display()
+                    )
+                    .into());
+                }
+            }
+            CgroupFlavour::V1 => {
+                // memsw (memory + swap) may not be below the memory limit: memory first.
+                write("memory.limit_in_bytes", &limit.to_string())?;
+                if cgroup.path.join("memory.memsw.limit_in_bytes").exists() {
+                    write("memory.memsw.limit_in_bytes", &limit.to_string())?;
+                }
+                write("memory.oom_control", "1")?;
+            }
+        }
+        Ok(cgroup)
+    }
+
+    /// The file a process writes its pid to, to join.
+    pub fn procs(&self) -> std::path::PathBuf {
+        self.path.join("cgroup.procs")
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // The member has exited; its last charges may take a moment to leave.
+        for _ in 0..50 {
+            match std::fs::remove_dir(&self.path) {
+                Err(e) if e.raw_os_error() == Some(16) => {
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
+                Err(e) => {
+                    eprintln!("cannot remove {}: {e}", self.path.display());
+                    return;
+                }
+                Ok(()) => return,
+            }
+        }
+    }
 }
 
 /// Counts this process's open fds (for leak checks).
@@ -119,39 +278,53 @@ pub fn open_fds() -> usize {
 /// A suite of real-kernel tests.
 #[derive(Default)]
 pub struct Suite {
+    /// Put before every test name, with a `_` (e.g. `real_heap_cli`), so a suite's tests can be
+    /// picked out by filter without each name repeating it.
+    prefix: String,
     trials: Vec<Trial>,
 }
 
 impl Suite {
+    /// A suite whose tests are named exactly as given to [`Suite::test`].
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// A suite whose tests are named `<prefix>_<name>`.
+    pub fn named(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            trials: Vec::new(),
+        }
+    }
+
     /// Adds a test that runs only where every need is met.
+    ///
+    /// Where a need is missing the test is marked ignored and the reason printed; its body is
+    /// replaced by one that fails with "skipped: needs …", so `--include-ignored` (or
+    /// `--ignored`) reports exactly that and never counts it as passed.
     pub fn test(
         &mut self,
         name: &str,
         needs: &[Need],
         body: impl FnOnce() -> Result<(), Failed> + Send + 'static,
     ) -> &mut Self {
+        let name = if self.prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}_{name}", self.prefix)
+        };
         let missing: Vec<Need> = needs.iter().copied().filter(|n| !n.is_met()).collect();
         let required: Vec<Need> = missing
             .iter()
             .copied()
             .filter(|n| n.is_required())
             .collect();
-        let trial = if !required.is_empty() {
-            let what = join(&required);
-            Trial::test(name, move || {
-                Err(format!("this machine must have {what} (DMAHEAP_REQUIRE) but does not").into())
-            })
-        } else if !missing.is_empty() {
-            eprintln!("skipping {name}: needs {}", join(&missing));
-            Trial::test(name, body).with_ignored_flag(true)
-        } else {
-            Trial::test(name, body)
-        };
-        self.trials.push(trial);
+        let gate = Gate::new(&missing, &required);
+        if let Gate::Skip(why) = &gate {
+            eprintln!("{name}: {why}");
+        }
+        self.trials.push(gate.trial(name, body));
         self
     }
 
@@ -161,6 +334,52 @@ impl Suite {
         // Real-kernel tests measure fds and memory of the whole process: one at a time.
         args.test_threads = Some(1);
         libtest_mimic::run(&args, self.trials).exit()
+    }
+}
+
+/// What becomes of a test given what this machine lacks.
+#[derive(Debug, PartialEq, Eq)]
+enum Gate {
+    Run,
+    /// Ignored; if run anyway it fails with this message.
+    Skip(String),
+    /// The environment says the machine must have it: fail with this message.
+    Fail(String),
+}
+
+impl Gate {
+    fn new(missing: &[Need], required: &[Need]) -> Self {
+        if !required.is_empty() {
+            Self::Fail(format!(
+                "this machine must have {} (DMAHEAP_REQUIRE) but does not",
+                join(required)
+            ))
+        } else if !missing.is_empty() {
+            Self::Skip(format!("skipped: needs {}", join(missing)))
+        } else {
+            Self::Run
+        }
+    }
+
+    fn trial(
+        self,
+        name: String,
+        body: impl FnOnce() -> Result<(), Failed> + Send + 'static,
+    ) -> Trial {
+        let (ignored, body) = self.body(body);
+        Trial::test(name, body).with_ignored_flag(ignored)
+    }
+
+    /// Whether the trial is marked ignored, and what runs when it runs.
+    fn body(
+        self,
+        body: impl FnOnce() -> Result<(), Failed> + Send + 'static,
+    ) -> (bool, Box<dyn FnOnce() -> Result<(), Failed> + Send>) {
+        match self {
+            Self::Run => (false, Box::new(body)),
+            Self::Fail(message) => (false, Box::new(move || Err(message.into()))),
+            Self::Skip(message) => (true, Box::new(move || Err(message.into()))),
+        }
     }
 }
 
@@ -180,4 +399,57 @@ macro_rules! ensure {
             return Err(format!($($msg)+).into());
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A need no machine has.
+    const NEVER: Need = Need::V4l2("no-such-device-for-the-kit-test");
+
+    #[test]
+    fn a_test_with_a_missing_need_is_ignored_and_fails_if_forced_to_run() {
+        // A body that would pass: run anyway (`--include-ignored`), the test must still fail.
+        let (ignored, run) = Gate::new(&[NEVER], &[]).body(|| Ok(()));
+        assert!(ignored);
+        let err = run().unwrap_err();
+        assert_eq!(
+            err.message(),
+            Some("skipped: needs the V4L2 device \"no-such-device-for-the-kit-test\"")
+        );
+    }
+
+    #[test]
+    fn a_required_need_fails_and_a_met_one_runs() {
+        let (ignored, run) = Gate::new(&[NEVER], &[NEVER]).body(|| Ok(()));
+        assert!(!ignored);
+        let err = run().unwrap_err();
+        assert!(
+            err.message().unwrap().contains("DMAHEAP_REQUIRE"),
+            "{err:?}"
+        );
+        let (ignored, run) = Gate::new(&[], &[]).body(|| Ok(()));
+        assert!(!ignored && run().is_ok());
+    }
+
+    #[test]
+    fn named_suites_prefix_their_tests_and_mark_missing_needs_ignored() {
+        let mut suite = Suite::named("real_heap_kit");
+        suite
+            .test("a", &[], || Ok(()))
+            .test("b", &[NEVER], || Ok(()));
+        let seen: Vec<(&str, bool)> = suite
+            .trials
+            .iter()
+            .map(|t| (t.name(), t.has_ignored_flag()))
+            .collect();
+        assert_eq!(
+            seen,
+            [("real_heap_kit_a", false), ("real_heap_kit_b", true)]
+        );
+        let mut plain = Suite::new();
+        plain.test("real_heap_x", &[], || Ok(()));
+        assert_eq!(plain.trials[0].name(), "real_heap_x");
+    }
 }

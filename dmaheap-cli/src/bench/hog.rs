@@ -14,7 +14,7 @@ const CHUNK: usize = 16 << 20;
 #[derive(clap::Args)]
 pub struct HogArgs {
     /// MiB of MemAvailable to leave when there is no swap.
-    #[arg(long, default_value_t = 96)]
+    #[arg(long, default_value_t = 96, value_parser = clap::value_parser!(u64).range(0..=1 << 30))]
     leave: u64,
 }
 

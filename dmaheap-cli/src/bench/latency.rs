@@ -33,10 +33,6 @@ impl Method {
             Self::DirectAllocReady => "direct allocation + map + fault-in",
         }
     }
-
-    fn is_direct(self) -> bool {
-        matches!(self, Self::DirectAlloc | Self::DirectAllocReady)
-    }
 }
 
 /// How long each measurement may run.
@@ -154,7 +150,6 @@ pub fn measure(
         Method::DirectAlloc | Method::DirectAllocReady => {
             let alloc = Arc::clone(alloc);
             let ready = method == Method::DirectAllocReady;
-            debug_assert!(method.is_direct());
             let samples = on_threads(threads, move || {
                 let mut samples = Vec::new();
                 let deadline = Instant::now() + Duration::from_secs_f64(limits.direct_seconds);

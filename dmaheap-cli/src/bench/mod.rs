@@ -37,20 +37,21 @@ pub struct Args {
     /// Print JSON (one object per case) instead of tables.
     #[arg(long)]
     json: bool,
-    /// Acquires per thread for the pool and recycle cases.
-    #[arg(long, default_value_t = 20_000)]
+    /// Acquires per thread for the pool and recycle cases (1 to 1,000,000).
+    #[arg(long, default_value_t = 20_000, value_parser = count(1_000_000))]
     iterations: usize,
-    /// Upper bound of direct allocations per thread and case.
-    #[arg(long, default_value_t = 500)]
+    /// Upper bound of direct allocations per thread and case (1 to 1,000,000).
+    #[arg(long, default_value_t = 500, value_parser = count(1_000_000))]
     direct_iterations: usize,
-    /// Seconds a direct-allocation case may run (at least 20 samples are taken).
-    #[arg(long, default_value_t = 2.0)]
+    /// Seconds a direct-allocation case may run (more than 0, at most 3600; at least 20
+    /// samples are taken).
+    #[arg(long, default_value_t = 2.0, value_parser = seconds, allow_negative_numbers = true)]
     direct_seconds: f64,
-    /// Frames of the animation burst.
-    #[arg(long, default_value_t = 600)]
+    /// Frames of the animation burst (1 to 1,000,000).
+    #[arg(long, default_value_t = 600, value_parser = count(1_000_000))]
     frames: usize,
-    /// Frame rate of the animation burst.
-    #[arg(long, default_value_t = 60)]
+    /// Frame rate of the animation burst (1 to 1000).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1000))]
     fps: u32,
     /// Run the memory-pressure cases (a bounded memory hog).
     #[arg(long, value_enum, default_value = "auto")]
@@ -63,6 +64,27 @@ pub struct Args {
         default_value = "latency,burst,timeline"
     )]
     cases: Vec<Part>,
+}
+
+/// A count from 1 to `max`: samples are kept per iteration, so the count sizes memory.
+fn count(max: u64) -> impl clap::builder::TypedValueParser<Value = usize> {
+    use clap::builder::TypedValueParser;
+    clap::value_parser!(u64)
+        .range(1..=max)
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// A duration in seconds: a finite number above 0, at most an hour.
+fn seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(v.is_finite() && v > 0.0 && v <= 3600.0) {
+        return Err(format!(
+            "{s} is not a duration: give seconds above 0 and at most 3600"
+        ));
+    }
+    Ok(v)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -50,7 +50,7 @@ pub fn run(
             .map_err(|e| e.to_string())?
         {
             heapcore::pressure::PressureSource::PsiTriggers(_) => "real (PSI triggers)",
-            heapcore::pressure::PressureSource::Timer => "real (MemAvailable timer)",
+            heapcore::pressure::PressureSource::Timer { .. } => "real (MemAvailable timer)",
         }
     } else {
         "simulated"

@@ -13,7 +13,7 @@ mod registry;
 mod stats;
 
 use std::fmt;
-use std::ops::{Deref, DerefMut};
+use std::ops::Deref;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -22,13 +22,16 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use budget::Budget;
-pub use registry::{PoolKey, PoolRegistry, RegistryStats, size_class, stats_dir};
+pub use registry::{
+    PoolKey, PoolRegistry, RegistryStats, open_private_dir, process_start_time, size_class,
+    stats_dir,
+};
 use stats::Counters;
 pub use stats::{LatencySummary, PoolStats};
 
 use crate::allocator::Allocator;
 use crate::backend::Source;
-use crate::dmabuf::DmaBuf;
+use crate::dmabuf::{CpuWrite, DmaBuf};
 use crate::error::{Error, Result};
 use crate::pressure::PressureLevel;
 use crate::size::{ByteSize, page_aligned};
@@ -83,6 +86,10 @@ impl FromStr for QosClass {
     }
 }
 
+/// The most buffers a pool may be configured to hold (`min_buffers`, `max_buffers`): far
+/// beyond any real stream's needs, and small enough that bookkeeping sized by it cannot fail.
+pub const MAX_POOL_BUFFERS: usize = 65_536;
+
 /// What a pool holds and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
@@ -134,6 +141,36 @@ impl PoolConfig {
         self.budget = Some(bytes);
         self
     }
+
+    /// Checks what can be checked before anything is allocated.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |reason: String| {
+            Err(Error::InvalidConfig {
+                pool: self.name.clone(),
+                reason,
+            })
+        };
+        if self.sources.is_empty() {
+            return invalid("it has no source to allocate from".into());
+        }
+        for (what, n) in [
+            ("min-buffers", self.min_buffers),
+            ("max-buffers", self.max_buffers),
+        ] {
+            if n > MAX_POOL_BUFFERS {
+                return invalid(format!(
+                    "{what} {n} is above the limit of {MAX_POOL_BUFFERS} buffers"
+                ));
+            }
+        }
+        if self.max_buffers != 0 && self.min_buffers > self.max_buffers {
+            return invalid(format!(
+                "min-buffers {} is above max-buffers {}",
+                self.min_buffers, self.max_buffers
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Why a pool may not grow.
@@ -175,6 +212,11 @@ pub(crate) struct Inner {
 /// A pool of buffers. Cheap to clone; the pool shuts down (freeing its free buffers, and each
 /// handed-out buffer when it comes back) when the last clone is dropped or on
 /// [`Pool::shutdown`].
+///
+/// Do not use a pool in a child forked (without `exec`) after the pool was made: the child
+/// shares the parent's buffers (the same dma-buf fds and `MAP_SHARED` mappings), so both
+/// would hand out, and write, the same buffer; a realtime pool's refill thread does not exist
+/// in the child; and a lock another thread held at the fork stays locked there forever.
 #[derive(Clone)]
 pub struct Pool {
     handle: Arc<Handle>,
@@ -210,19 +252,8 @@ impl Pool {
         config: PoolConfig,
         global: Option<Arc<Budget>>,
     ) -> Result<Self> {
+        config.validate()?;
         let len = page_aligned(config.buffer_size)?;
-        if config.sources.is_empty() {
-            return Err(Error::Unsupported(format!(
-                "pool {} has no source to allocate from",
-                config.name
-            )));
-        }
-        if config.max_buffers != 0 && config.min_buffers > config.max_buffers {
-            return Err(Error::Unsupported(format!(
-                "pool {}: min-buffers {} is above max-buffers {}",
-                config.name, config.min_buffers, config.max_buffers
-            )));
-        }
         let inner = Arc::new(Inner {
             len,
             alloc,
@@ -265,6 +296,11 @@ impl Pool {
     /// A handle that does not keep the pool open.
     pub(crate) fn downgrade(&self) -> WeakPool {
         WeakPool(Arc::downgrade(&self.handle))
+    }
+
+    /// Whether both handles are the same pool.
+    pub fn ptr_eq(&self, other: &Pool) -> bool {
+        Arc::ptr_eq(&self.handle, &other.handle)
     }
 
     /// The configuration.
@@ -396,12 +432,12 @@ impl Inner {
 
     /// Allocates, faults in and names one buffer (outside the lock).
     fn allocate_buffer(&self, serial: u64) -> Result<DmaBuf> {
-        let buf = self.alloc.allocate_first(
+        let buf = self.alloc.allocate_first_with(
             &self.config.sources,
             self.len,
             &buffer_name(&self.config.name, serial),
+            make_ready,
         )?;
-        buf.prefault()?;
         let mut served_by = self.served_by.lock().unwrap_or_else(|p| p.into_inner());
         if served_by.is_none() {
             *served_by = Some(buf.origin().to_string());
@@ -647,6 +683,16 @@ impl WeakPool {
     }
 }
 
+/// Readies a new buffer for the hot path: mapped and faulted in, unless the CPU may not map it
+/// (a protected heap's), which devices use as it is. A buffer that cannot be made ready sends
+/// the pool on to its next source.
+fn make_ready(buf: &DmaBuf) -> Result<()> {
+    if buf.origin().is_protected() {
+        return Ok(());
+    }
+    buf.prefault()
+}
+
 /// `name#serial`, cut to what `DMA_BUF_SET_NAME` keeps (31 bytes).
 fn buffer_name(pool: &str, serial: u64) -> String {
     crate::dmabuf::fit_buffer_name(pool, &format!("#{serial}"))
@@ -659,6 +705,7 @@ fn refill_loop(pool: Weak<Inner>) {
     if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
         log::debug!("refill thread keeps its priority: {e}");
     }
+    let mut streak = FailureStreak::default();
     loop {
         let Some(inner) = pool.upgrade() else { return };
         let serial = {
@@ -682,6 +729,12 @@ fn refill_loop(pool: Weak<Inner>) {
         };
         match inner.grow(serial) {
             Ok(buf) => {
+                if let Some(failures) = streak.succeeded() {
+                    log::info!(
+                        "pool {} refills again after {failures} failed attempt(s)",
+                        inner.config.name
+                    );
+                }
                 inner.counters.refills.fetch_add(1, Relaxed);
                 let mut st = inner.lock();
                 if st.shutdown {
@@ -692,16 +745,83 @@ fn refill_loop(pool: Weak<Inner>) {
                 inner.wake_waiter(st);
             }
             Err(e) => {
-                log::warn!("pool {} could not refill: {e}", inner.config.name);
+                let (level, pause) = streak.failed();
+                log::log!(
+                    level,
+                    "pool {} could not refill: {e} (retrying in {pause:?}{})",
+                    inner.config.name,
+                    if level == log::Level::Warn {
+                        "; further failures are logged at debug level"
+                    } else {
+                        ""
+                    }
+                );
                 drop(inner);
-                std::thread::sleep(Duration::from_millis(200));
+                std::thread::sleep(pause);
             }
         }
     }
 }
 
+/// Consecutive refill failures: the first is a warning, the rest debug messages, with a pause
+/// that doubles up to a few seconds so that a pool that cannot grow neither floods the log
+/// nor spins.
+#[derive(Debug, Default)]
+struct FailureStreak {
+    failures: u32,
+}
+
+impl FailureStreak {
+    const FIRST_PAUSE: Duration = Duration::from_millis(200);
+    const MAX_PAUSE: Duration = Duration::from_secs(5);
+
+    /// Records a failure: how loudly to say it, and how long to wait before the next try.
+    fn failed(&mut self) -> (log::Level, Duration) {
+        self.failures = self.failures.saturating_add(1);
+        let level = if self.failures == 1 {
+            log::Level::Warn
+        } else {
+            log::Level::Debug
+        };
+        let doublings = (self.failures - 1).min(16);
+        let pause = (Self::FIRST_PAUSE * (1 << doublings)).min(Self::MAX_PAUSE);
+        (level, pause)
+    }
+
+    /// Records a success: the number of failures it ends, if it ends a streak.
+    fn succeeded(&mut self) -> Option<u32> {
+        Some(std::mem::take(&mut self.failures)).filter(|&n| n > 0)
+    }
+}
+
 /// A buffer lent by a pool; it goes back to the pool when dropped (freed instead if the pool
 /// has shut down or gives memory back under pressure).
+///
+/// It derefs to the [`DmaBuf`] for reading and offers [`PooledBuf::write`] for the bytes, but
+/// never hands out `&mut DmaBuf`: the pool accounts for the buffer it lent, so that buffer,
+/// and no other, must come back.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use heapcore::{Allocator, Pool, PoolConfig, Source};
+/// let pool = Pool::new(Arc::new(Allocator::new()), PoolConfig::new("doc", vec![Source::Memfd], 4096))?;
+/// let mut frame = pool.try_acquire()?;
+/// frame.write()?.fill(0x80);
+/// println!("{} bytes from {}", frame.len(), frame.origin());
+/// # Ok::<(), heapcore::Error>(())
+/// ```
+///
+/// Swapping (or `mem::replace`-ing) the buffer behind a `PooledBuf` does not compile:
+///
+/// ```compile_fail
+/// # use std::sync::Arc;
+/// # use heapcore::{Allocator, Pool, PoolConfig, Source};
+/// let pool = Pool::new(Arc::new(Allocator::new()), PoolConfig::new("doc", vec![Source::Memfd], 4096))?;
+/// let mut a = pool.try_acquire()?;
+/// let mut b = pool.try_acquire()?;
+/// std::mem::swap(&mut *a, &mut *b);
+/// # Ok::<(), heapcore::Error>(())
+/// ```
 pub struct PooledBuf {
     buf: Option<DmaBuf>,
     pool: Arc<Inner>,
@@ -724,6 +844,22 @@ impl PooledBuf {
     pub fn pool_name(&self) -> &str {
         &self.pool.config.name
     }
+
+    fn buf_mut(&mut self) -> &mut DmaBuf {
+        self.buf
+            .as_mut()
+            .expect("a PooledBuf always holds its buffer")
+    }
+
+    /// Begins CPU reads and writes of the bytes (see [`DmaBuf::write`]).
+    pub fn write(&mut self) -> Result<CpuWrite<'_>> {
+        self.buf_mut().write()
+    }
+
+    /// Renames the buffer (see [`DmaBuf::set_name`]).
+    pub fn set_name(&mut self, name: &str) -> Result<()> {
+        self.buf_mut().set_name(name)
+    }
 }
 
 impl fmt::Debug for PooledBuf {
@@ -740,14 +876,6 @@ impl Deref for PooledBuf {
     fn deref(&self) -> &DmaBuf {
         self.buf
             .as_ref()
-            .expect("a PooledBuf always holds its buffer")
-    }
-}
-
-impl DerefMut for PooledBuf {
-    fn deref_mut(&mut self) -> &mut DmaBuf {
-        self.buf
-            .as_mut()
             .expect("a PooledBuf always holds its buffer")
     }
 }

@@ -3,11 +3,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 use super::{Budget, Pool, PoolConfig, PoolStats, QosClass, WeakPool};
@@ -31,12 +35,41 @@ pub fn size_class(size: u64) -> u64 {
     size.checked_next_multiple_of(step).unwrap_or(size)
 }
 
-/// What identifies a pool in the registry.
+/// What identifies a shared pool in the registry: every field of its configuration, so a
+/// caller never gets a pool made for another configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub sources: Vec<Source>,
     pub size_class: u64,
     pub qos: QosClass,
+    pub name: String,
+    pub min_buffers: usize,
+    pub max_buffers: usize,
+    pub budget: Option<u64>,
+}
+
+impl PoolKey {
+    fn of(config: &PoolConfig) -> Self {
+        // Destructured so that a field added to PoolConfig must be considered here.
+        let PoolConfig {
+            name,
+            sources,
+            buffer_size,
+            qos,
+            min_buffers,
+            max_buffers,
+            budget,
+        } = config;
+        Self {
+            sources: sources.clone(),
+            size_class: size_class(*buffer_size),
+            qos: *qos,
+            name: name.clone(),
+            min_buffers: *min_buffers,
+            max_buffers: *max_buffers,
+            budget: *budget,
+        }
+    }
 }
 
 impl fmt::Display for PoolKey {
@@ -53,10 +86,19 @@ impl fmt::Display for PoolKey {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegistryStats {
     pub pid: u32,
+    /// When the process started (field 22 of `/proc/<pid>/stat`, clock ticks since boot):
+    /// with the pid, it tells a live publisher from a file left by a dead one whose pid was
+    /// reused.
+    #[serde(default)]
+    pub start_time: Option<u64>,
     pub program: String,
     pub pressure: String,
     pub pressure_source: String,
     pub global_budget: Option<u64>,
+    /// Where the global budget comes from (`DMAHEAP_BUDGET`, a quarter of the cgroup's
+    /// limit or of RAM, the program).
+    #[serde(default)]
+    pub budget_source: String,
     pub global_used: u64,
     pub pools: Vec<PoolStats>,
 }
@@ -64,16 +106,23 @@ pub struct RegistryStats {
 struct Inner {
     alloc: Arc<Allocator>,
     policy: RwLock<Policy>,
-    pools: Mutex<HashMap<PoolKey, Pool>>,
+    /// Shared pools, held weakly: a pool closes when its last user drops it.
+    pools: Mutex<HashMap<PoolKey, WeakPool>>,
     /// Pools that belong to one user (`private_pool`), watched while they are open.
     private: Mutex<Vec<WeakPool>>,
     budget: Option<Arc<Budget>>,
+    budget_source: String,
     level: AtomicU8,
     monitor: Mutex<Option<PressureMonitor>>,
     publishing: AtomicBool,
 }
 
 /// Pools shared by everything in a process that allocates for similar needs.
+///
+/// Not for use across `fork()` without `exec`: the child inherits the pools' dma-buf fds and
+/// mappings, so parent and child would hand out the same buffers, and none of the registry's
+/// threads (pressure, statistics, refill). [`PoolRegistry::process`] gives a forked child a
+/// registry of its own; registries and pools made before the fork must not be used there.
 #[derive(Clone)]
 pub struct PoolRegistry {
     inner: Arc<Inner>,
@@ -92,6 +141,19 @@ impl PoolRegistry {
     /// A registry over `alloc` with `policy`, and optionally a cap on bytes all its pools
     /// hold together.
     pub fn new(alloc: Arc<Allocator>, policy: Policy, global_budget: Option<u64>) -> Self {
+        let source = match global_budget {
+            Some(_) => "set by the program",
+            None => "none",
+        };
+        Self::with_budget_source(alloc, policy, global_budget, source.into())
+    }
+
+    fn with_budget_source(
+        alloc: Arc<Allocator>,
+        policy: Policy,
+        global_budget: Option<u64>,
+        budget_source: String,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 alloc,
@@ -99,6 +161,7 @@ impl PoolRegistry {
                 pools: Mutex::default(),
                 private: Mutex::default(),
                 budget: global_budget.map(|cap| Arc::new(Budget::new(cap))),
+                budget_source,
                 level: AtomicU8::new(PressureLevel::Normal as u8),
                 monitor: Mutex::default(),
                 publishing: AtomicBool::new(false),
@@ -108,34 +171,69 @@ impl PoolRegistry {
 
     /// The registry shared by everything in this process (GStreamer elements, PipeWire
     /// streams): made on first use with this machine's heaps and the loaded policy, watching
-    /// memory pressure. Its global budget is `DMAHEAP_BUDGET` (e.g. `512MiB`), else a quarter
-    /// of RAM; with `DMAHEAP_STATS` set it publishes statistics for `dmaheap stats`.
+    /// memory pressure (of the process's cgroup where it can). Its global budget is
+    /// `DMAHEAP_BUDGET` (e.g. `512MiB`), else a quarter of RAM or of the memory cgroup's limit,
+    /// whichever is lower; with `DMAHEAP_STATS` set it publishes statistics for `dmaheap stats`.
+    ///
+    /// A child forked from a process that used it (without `exec`) gets a registry of its own
+    /// on its first call here, never the inherited one: that one's pools hold the same dma-bufs
+    /// as the parent's, and its refill, pressure and statistics threads did not survive the
+    /// fork. Pools and registries a child inherited otherwise must not be used (see the crate
+    /// documentation on `fork`).
     pub fn process() -> Self {
-        static PROCESS: std::sync::LazyLock<PoolRegistry> = std::sync::LazyLock::new(|| {
-            let (policy, _) = Policy::load();
-            let budget = std::env::var("DMAHEAP_BUDGET")
-                .ok()
-                .and_then(|b| match b.parse::<ByteSize>() {
-                    Ok(b) => Some(b.0),
-                    Err(e) => {
-                        log::warn!("DMAHEAP_BUDGET ignored: {e}");
-                        None
-                    }
-                })
-                .unwrap_or(crate::sysinfo::total_memory() / 4);
-            let registry = PoolRegistry::new(Arc::new(Allocator::new()), policy, Some(budget));
-            if let Err(e) = registry.watch_pressure(PressureConfig::default()) {
-                log::warn!("memory pressure is not watched: {e}");
+        static PROCESS: OnceLock<(u32, PoolRegistry)> = OnceLock::new();
+        // Only forked children come here: the parent never takes this lock.
+        static FORKED: Mutex<Option<(u32, PoolRegistry)>> = Mutex::new(None);
+        let pid = std::process::id();
+        let (owner, registry) = PROCESS.get_or_init(|| (pid, Self::make_process()));
+        if *owner == pid {
+            return registry.clone();
+        }
+        let mut forked = FORKED.lock().unwrap_or_else(|p| p.into_inner());
+        match forked.as_ref() {
+            Some((owner, registry)) if *owner == pid => registry.clone(),
+            _ => {
+                log::debug!("process {pid} was forked: it gets a pool registry of its own");
+                let registry = Self::make_process();
+                *forked = Some((pid, registry.clone()));
+                registry
             }
-            if std::env::var_os("DMAHEAP_STATS").is_some() {
-                match registry.publish_stats(Duration::from_secs(1)) {
-                    Ok(path) => log::info!("publishing pool statistics to {}", path.display()),
-                    Err(e) => log::warn!("cannot publish pool statistics: {e}"),
+        }
+    }
+
+    fn make_process() -> Self {
+        let (policy, _) = Policy::load();
+        let (budget, source) = std::env::var("DMAHEAP_BUDGET")
+            .ok()
+            .and_then(|b| match b.parse::<ByteSize>() {
+                Ok(b) => Some((b.0, "DMAHEAP_BUDGET".to_owned())),
+                Err(e) => {
+                    log::warn!("DMAHEAP_BUDGET ignored: {e}");
+                    None
                 }
+            })
+            .unwrap_or_else(|| default_budget(crate::sysinfo::memory_limits()));
+        let registry = PoolRegistry::with_budget_source(
+            Arc::new(Allocator::new()),
+            policy,
+            Some(budget),
+            source,
+        );
+        if let Err(e) = registry.watch_pressure(PressureConfig::default()) {
+            log::warn!("memory pressure is not watched: {e}");
+        }
+        if std::env::var_os("DMAHEAP_STATS").is_some() {
+            match registry.publish_stats(Duration::from_secs(1)) {
+                Ok(path) => log::info!("publishing pool statistics to {}", path.display()),
+                Err(e) => log::warn!("cannot publish pool statistics: {e}"),
             }
-            registry
-        });
-        PROCESS.clone()
+        }
+        registry
+    }
+
+    /// Whether both handles are the same registry.
+    pub fn ptr_eq(&self, other: &PoolRegistry) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// The allocator pools allocate with.
@@ -195,24 +293,33 @@ impl PoolRegistry {
         )
     }
 
-    /// The pool for an explicit configuration, made on first use.
+    /// The pool for an explicit configuration, shared with every caller asking for the same
+    /// configuration (its size rounded up to the size class) while one of them holds it.
+    ///
+    /// The registry does not keep shared pools alive: when the last handle is dropped the
+    /// pool closes and frees its buffers, and the next call makes a new one. A new pool is made
+    /// (and prewarmed) without holding the registry's lock; if another thread made the same
+    /// pool meanwhile, that one is returned and ours is freed.
     pub fn pool_with(&self, config: PoolConfig) -> Result<Pool> {
-        let key = PoolKey {
-            sources: config.sources.clone(),
-            size_class: size_class(config.buffer_size),
-            qos: config.qos,
-        };
-        let mut pools = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(pool) = pools.get(&key) {
-            return Ok(pool.clone());
+        let key = PoolKey::of(&config);
+        if let Some(pool) = self.inner.shared(&key) {
+            return Ok(pool);
         }
         let config = PoolConfig {
             buffer_size: key.size_class,
             ..config
         };
         let pool = self.new_pool(config)?;
+        let mut pools = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(theirs) = pools.get(&key).and_then(WeakPool::upgrade) {
+            drop(pools);
+            // Ours closes here, outside the lock.
+            drop(pool);
+            return Ok(theirs);
+        }
+        pools.retain(|_, w| w.upgrade().is_some());
         log::debug!("new pool {key}");
-        pools.insert(key, pool.clone());
+        pools.insert(key, pool.downgrade());
         Ok(pool)
     }
 
@@ -280,56 +387,74 @@ impl PoolRegistry {
         {
             Some(m) => match m.source() {
                 PressureSource::PsiTriggers(p) => format!("PSI triggers on {}", p.display()),
-                PressureSource::Timer => "MemAvailable timer".to_owned(),
+                PressureSource::Timer { reason } => format!("MemAvailable timer ({reason})"),
             },
             None => "not watched".to_owned(),
         };
         RegistryStats {
             pid: std::process::id(),
+            start_time: process_start_time(std::process::id()),
             program: std::env::args().next().unwrap_or_default(),
             pressure: format!("{:?}", self.pressure()).to_lowercase(),
             pressure_source: source,
             global_budget: self.inner.budget.as_ref().map(|b| b.cap()),
+            budget_source: self.inner.budget_source.clone(),
             global_used: self.inner.budget.as_ref().map_or(0, |b| b.used()),
             pools: stats,
         }
     }
 
     /// Writes the statistics every `period` to `stats_dir()/stats-<pid>.json` (removed when
-    /// the registry goes), where `dmaheap stats` finds them.
+    /// the registry goes; `dmaheap stats` removes files whose process is gone), where
+    /// `dmaheap stats` finds them. The directory is made private (0700) and refused if it is
+    /// not this user's alone, so another user cannot plant links or fake statistics there.
     pub fn publish_stats(&self, period: Duration) -> std::io::Result<PathBuf> {
         let dir = stats_dir();
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("stats-{}.json", std::process::id()));
+        let dir_fd = open_private_dir(&dir, true)?;
+        let name = format!("stats-{}.json", std::process::id());
+        let path = dir.join(&name);
         if self.inner.publishing.swap(true, Ordering::SeqCst) {
             return Ok(path);
         }
         let weak = Arc::downgrade(&self.inner);
-        let file = path.clone();
+        let shown = path.clone();
         crate::worker::spawn("dmaheap-stats".into(), move || {
             while let Some(inner) = weak.upgrade() {
                 let stats = PoolRegistry { inner }.stats();
-                if let Err(e) = write_atomically(&file, &stats) {
-                    log::warn!("cannot publish pool statistics to {}: {e}", file.display());
+                if let Err(e) = write_stats(dir_fd.as_fd(), &name, &stats) {
+                    log::warn!("cannot publish pool statistics to {}: {e}", shown.display());
                 }
                 std::thread::sleep(period);
             }
-            let _ = std::fs::remove_file(&file);
+            let _ = rustix::fs::unlinkat(&dir_fd, name.as_str(), AtFlags::empty());
         })?;
         Ok(path)
     }
 }
 
 impl Inner {
-    /// The shared pools and the private ones still open.
-    fn all_pools(&self) -> Vec<Pool> {
-        let mut pools: Vec<Pool> = self
-            .pools
+    /// The shared pool for `key`, if someone still holds it.
+    fn shared(&self, key: &PoolKey) -> Option<Pool> {
+        self.pools
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+            .get(key)
+            .and_then(WeakPool::upgrade)
+    }
+
+    /// The shared and private pools still open.
+    fn all_pools(&self) -> Vec<Pool> {
+        let mut pools: Vec<Pool> = Vec::new();
+        self.pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, w| match w.upgrade() {
+                Some(pool) => {
+                    pools.push(pool);
+                    true
+                }
+                None => false,
+            });
         let mut private = self.private.lock().unwrap_or_else(|p| p.into_inner());
         private.retain(|w| match w.upgrade() {
             Some(pool) => {
@@ -352,6 +477,15 @@ impl Inner {
     }
 }
 
+/// A quarter of the memory this process may use (RAM, or its cgroup's limit where lower), and
+/// where that comes from.
+fn default_budget(limits: &crate::sysinfo::MemoryLimits) -> (u64, String) {
+    (
+        limits.usable() / 4,
+        format!("a quarter of {}", limits.usable_source()),
+    )
+}
+
 /// Where running processes publish pool statistics.
 pub fn stats_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
@@ -362,13 +496,94 @@ pub fn stats_dir() -> PathBuf {
     }
 }
 
-fn write_atomically(path: &std::path::Path, stats: &RegistryStats) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(stats).map_err(std::io::Error::other)?,
+/// Opens the directory `dir` (made 0700 first if `create`), refusing one another user could
+/// have prepared: a symlink, not ours, or writable by group or others.
+pub fn open_private_dir(dir: &Path, create: bool) -> std::io::Result<OwnedFd> {
+    let fail = |what: String, e: rustix::io::Errno| {
+        std::io::Error::new(std::io::Error::from(e).kind(), format!("{what}: {e}"))
+    };
+    if create {
+        match rustix::fs::mkdir(dir, Mode::RWXU) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(fail(format!("creating {}", dir.display()), e)),
+        }
+    }
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::LOOP | Errno::NOTDIR => std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "refusing {}: it is a symlink or not a directory (another user may have put \
+                 it there; remove it)",
+                dir.display()
+            ),
+        ),
+        e => fail(format!("opening {}", dir.display()), e),
+    })?;
+    let st = rustix::fs::fstat(&fd)?;
+    check_private(
+        dir,
+        st.st_uid,
+        st.st_mode,
+        rustix::process::geteuid().as_raw(),
     )?;
-    std::fs::rename(&tmp, path)
+    Ok(fd)
+}
+
+/// Whether a directory with this owner and mode is this user's alone.
+fn check_private(dir: &Path, owner: u32, mode: u32, euid: u32) -> std::io::Result<()> {
+    let refuse = |why: String| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("refusing {}: {why}", dir.display()),
+        ))
+    };
+    if owner != euid {
+        return refuse(format!(
+            "it belongs to uid {owner}, not to this process's uid {euid} (another user may have \
+             made it to plant files; remove it)"
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return refuse(format!(
+            "its mode {:04o} lets other users write in it (it must be 0700)",
+            mode & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Writes `stats` to `name` in `dir` through a temporary file: a planted or stale temporary
+/// (even a symlink) is unlinked, never followed, and the new one is created exclusively.
+fn write_stats(dir: BorrowedFd<'_>, name: &str, stats: &RegistryStats) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(stats).map_err(std::io::Error::other)?;
+    let tmp = format!("{name}.tmp");
+    match rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let fd = rustix::fs::openat(
+        dir,
+        tmp.as_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::RUSR | Mode::WUSR,
+    )?;
+    std::fs::File::from(fd).write_all(&json)?;
+    rustix::fs::renameat(dir, tmp.as_str(), dir, name)?;
+    Ok(())
+}
+
+/// When process `pid` started (field 22 of `/proc/<pid>/stat`), if it runs.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces or ')': fields 3 on
+    // follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -406,6 +621,213 @@ mod tests {
             1,
             "closed private pools leave the registry"
         );
+    }
+
+    fn memfd_config(name: &str) -> PoolConfig {
+        PoolConfig::new(name, vec![Source::Memfd], 64 * 1024)
+    }
+
+    /// This process's fds that are memfds of pool `name` (each buffer is `dmaheap:name#N`).
+    fn buffers_of(name: &str) -> usize {
+        let marker = format!("dmaheap:{name}#");
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy().contains(&marker))
+            .count()
+    }
+
+    #[test]
+    fn a_different_configuration_never_gets_a_cached_pool() {
+        let registry = PoolRegistry::new(Arc::new(Allocator::new()), Policy::builtin(), None);
+        let one = registry
+            .pool_with(memfd_config("key-min").min_buffers(1))
+            .unwrap();
+        let two = registry
+            .pool_with(memfd_config("key-min").min_buffers(2))
+            .unwrap();
+        assert!(!one.ptr_eq(&two));
+        assert_eq!((one.buffers_free(), two.buffers_free()), (1, 2));
+        assert_eq!(buffers_of("key-min"), 3);
+        for other in [
+            memfd_config("key-min").min_buffers(1).max_buffers(8),
+            memfd_config("key-min").min_buffers(1).budget(1 << 20),
+            memfd_config("key-other").min_buffers(1),
+            memfd_config("key-min")
+                .min_buffers(1)
+                .qos(QosClass::Background),
+        ] {
+            assert!(
+                !registry.pool_with(other.clone()).unwrap().ptr_eq(&one),
+                "{other:?}"
+            );
+        }
+        let again = registry
+            .pool_with(memfd_config("key-min").min_buffers(1))
+            .unwrap();
+        assert!(again.ptr_eq(&one));
+    }
+
+    #[test]
+    fn a_shared_pool_closes_when_its_last_user_drops_it() {
+        let registry = PoolRegistry::new(Arc::new(Allocator::new()), Policy::builtin(), None);
+        let pool = registry
+            .pool_with(memfd_config("weak-shared").min_buffers(3))
+            .unwrap();
+        let user2 = pool.clone();
+        assert_eq!(buffers_of("weak-shared"), 3);
+        drop(pool);
+        assert_eq!(buffers_of("weak-shared"), 3, "one user still holds it");
+        drop(user2);
+        assert_eq!(
+            buffers_of("weak-shared"),
+            0,
+            "the buffers' fds must be closed"
+        );
+        assert!(
+            registry
+                .stats()
+                .pools
+                .iter()
+                .all(|p| p.name != "weak-shared")
+        );
+        // Asking again makes a new pool.
+        let again = registry
+            .pool_with(memfd_config("weak-shared").min_buffers(3))
+            .unwrap();
+        assert_eq!(again.buffers_free(), 3);
+    }
+
+    #[test]
+    fn two_threads_asking_at_once_get_one_pool() {
+        let registry = PoolRegistry::new(Arc::new(Allocator::new()), Policy::builtin(), None);
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (registry, barrier) = (registry.clone(), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    registry
+                        .pool_with(memfd_config("race").min_buffers(2))
+                        .unwrap()
+                })
+            })
+            .collect();
+        let pools: Vec<Pool> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(pools[0].ptr_eq(&pools[1]));
+        // A pool the losing thread may have made meanwhile is closed.
+        assert_eq!(buffers_of("race"), 2);
+    }
+
+    #[test]
+    fn the_default_budget_is_a_quarter_of_the_cgroup_limit_where_lower() {
+        use crate::sysinfo::{CgroupVersion, MemoryLimits};
+        let mut limits = MemoryLimits {
+            mem_total: 8 << 30,
+            cgroup: Some((CgroupVersion::V2, "/sys/fs/cgroup/app".into())),
+            cgroup_limit: Some((1 << 30, "/sys/fs/cgroup/app/memory.max".into())),
+            psi: "/sys/fs/cgroup/app/memory.pressure".into(),
+        };
+        let (budget, source) = default_budget(&limits);
+        assert_eq!(budget, 256 << 20);
+        assert_eq!(
+            source,
+            "a quarter of 1.0 GiB in /sys/fs/cgroup/app/memory.max"
+        );
+        limits.cgroup_limit = None;
+        assert_eq!(
+            default_budget(&limits),
+            (2 << 30, "a quarter of MemTotal 8.0 GiB".to_owned())
+        );
+    }
+
+    /// A scratch directory of the given mode, removed on drop.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str, mode: u32) -> Self {
+            let path = std::env::temp_dir().join(format!("dmaheap-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir(&path).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_planted_symlink_at_the_temporary_path_is_not_followed() {
+        let dir = Dir::new("stats-symlink", 0o700);
+        let victim = dir.0.with_extension("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let name = "stats-4242.json";
+        std::os::unix::fs::symlink(&victim, dir.0.join(format!("{name}.tmp"))).unwrap();
+        let fd = open_private_dir(&dir.0, false).unwrap();
+        let registry = PoolRegistry::new(Arc::new(Allocator::new()), Policy::builtin(), None);
+        write_stats(fd.as_fd(), name, &registry.stats()).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        std::fs::remove_file(&victim).unwrap();
+        let written = dir.0.join(name);
+        assert!(std::fs::symlink_metadata(&written).unwrap().is_file());
+        let back: RegistryStats =
+            serde_json::from_slice(&std::fs::read(&written).unwrap()).unwrap();
+        assert_eq!(back.pid, std::process::id());
+        assert_eq!(back.start_time, process_start_time(std::process::id()));
+        assert!(!dir.0.join(format!("{name}.tmp")).exists());
+    }
+
+    #[test]
+    fn a_directory_others_could_write_or_own_is_refused_and_says_why() {
+        let open = Dir::new("stats-0777", 0o777);
+        let err = open_private_dir(&open.0, true).unwrap_err().to_string();
+        assert!(
+            err.contains("mode 0777 lets other users write in it"),
+            "{err}"
+        );
+        let euid = rustix::process::geteuid().as_raw();
+        let err = check_private(Path::new("/tmp/x"), euid + 1, 0o40700, euid)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("belongs to uid {}", euid + 1)),
+            "{err}"
+        );
+        // Where this test may give a directory away (root), the real one is refused too.
+        let theirs = Dir::new("stats-theirs", 0o700);
+        if rustix::fs::chown(&theirs.0, Some(rustix::process::Uid::from_raw(4242)), None).is_ok() {
+            let err = open_private_dir(&theirs.0, false).unwrap_err().to_string();
+            assert!(err.contains("belongs to uid 4242"), "{err}");
+        }
+        // A symlink to a private directory is refused as well.
+        let mine = Dir::new("stats-mine", 0o700);
+        let link = mine.0.with_extension("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&mine.0, &link).unwrap();
+        let err = open_private_dir(&link, true).unwrap_err().to_string();
+        std::fs::remove_file(&link).unwrap();
+        assert!(err.contains("is a symlink"), "{err}");
+        // A new one is made private.
+        let fresh = mine.0.join("dmaheap");
+        open_private_dir(&fresh, true).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn start_times_tell_processes_apart() {
+        let me = process_start_time(std::process::id()).unwrap();
+        assert!(me > 0);
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert_eq!(process_start_time(pid), None, "a reaped child has no stat");
     }
 
     #[test]

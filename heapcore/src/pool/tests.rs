@@ -262,8 +262,110 @@ fn bad_configurations_are_refused() {
 }
 
 #[test]
+fn huge_buffer_counts_are_refused_before_anything_is_sized_by_them() {
+    // A prewarm of 4 billion (an unbounded u32 property) used to size a Vec first: abort.
+    for config in [
+        memfd_pool("huge-min").min_buffers(4_000_000_000),
+        memfd_pool("huge-max").max_buffers(usize::MAX),
+    ] {
+        let err = Pool::new(alloc(), config).unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+        assert!(
+            err.to_string().contains("above the limit of 65536"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn buffer_names_fit_the_kernel_limit() {
     assert_eq!(buffer_name("anim", 7), "anim#7");
     let long = buffer_name(&"é".repeat(40), 123_456);
     assert!(long.len() <= 31 && long.ends_with("#123456"), "{long}");
+}
+
+#[test]
+fn protected_heap_buffers_are_pooled_without_being_mapped() {
+    // A memfd stands in for a protected heap's buffer: mapping it would work, so only the
+    // origin keeps the pool from mapping it (a real protected buffer would refuse the map and
+    // fail the allocation).
+    let fd = crate::backend::sealed_memfd("protected-stand-in", LEN).unwrap();
+    let protected = crate::dmabuf::Origin::Heap("protected,secure-video".parse().unwrap());
+    let buf = DmaBuf::from_parts(fd, LEN, protected);
+    make_ready(&buf).unwrap();
+    assert!(!buf.is_mapped());
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert!(!maps.contains("dmaheap:protected-stand-in"), "{maps}");
+
+    let fd = crate::backend::sealed_memfd("plain-stand-in", LEN).unwrap();
+    let buf = DmaBuf::from_parts(fd, LEN, crate::dmabuf::Origin::Memfd);
+    make_ready(&buf).unwrap();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert!(buf.is_mapped() && maps.contains("dmaheap:plain-stand-in"));
+}
+
+#[test]
+fn cpu_users_of_a_policy_listing_a_protected_heap_first_fall_back() {
+    use crate::constraints::{Constraints, CpuAccess};
+    use crate::inventory::FakeMachine;
+
+    let m = FakeMachine::new(&["protected,secure-video", "system"], &[]);
+    let mut policy = crate::policy::Policy::builtin();
+    policy
+        .apply_str(
+            "[usage.video-decode]\nheaps = [\"protected,secure-video\", \"system\", \"memfd\"]\n",
+            std::path::Path::new("p.toml"),
+        )
+        .unwrap();
+    let registry = PoolRegistry::new(
+        Arc::new(Allocator::with_inventory(m.inventory())),
+        policy,
+        None,
+    );
+    let decode = Constraints::new(LEN).usage("video-decode".parse().unwrap());
+    // Devices only: the protected heap comes first.
+    assert_eq!(
+        registry.candidates(&decode).sources()[0],
+        Source::heap("protected,secure-video").unwrap()
+    );
+    // The CPU writes: the protected heap is out, and the pool serves from what follows (the
+    // fake system heap node cannot allocate, so memfd), mapped and writable.
+    let cpu = decode.cpu_access(CpuAccess::Write);
+    let candidates = registry.candidates(&cpu);
+    assert_eq!(
+        candidates.sources(),
+        [Source::heap("system").unwrap(), Source::Memfd]
+    );
+    assert!(
+        candidates
+            .to_string()
+            .contains("protected,secure-video: out, protected"),
+        "{candidates}"
+    );
+    let pool = registry.pool_for(&cpu).unwrap();
+    let mut buf = pool.try_acquire().unwrap();
+    assert_eq!(buf.origin(), &crate::dmabuf::Origin::Memfd);
+    assert!(buf.is_mapped());
+    buf.write().unwrap()[0] = 1;
+}
+
+#[test]
+fn refill_failures_warn_once_per_streak_and_back_off() {
+    let mut streak = FailureStreak::default();
+    assert_eq!(streak.succeeded(), None, "no streak to end");
+    let failures: Vec<(log::Level, Duration)> = (0..8).map(|_| streak.failed()).collect();
+    let levels: Vec<log::Level> = failures.iter().map(|f| f.0).collect();
+    assert_eq!(levels[0], log::Level::Warn);
+    assert!(
+        levels[1..].iter().all(|&l| l == log::Level::Debug),
+        "{levels:?}"
+    );
+    let pauses: Vec<u64> = failures.iter().map(|f| f.1.as_millis() as u64).collect();
+    assert_eq!(pauses, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+    assert_eq!(streak.succeeded(), Some(8));
+    // A new streak warns again, from the short pause.
+    assert_eq!(
+        streak.failed(),
+        (log::Level::Warn, Duration::from_millis(200))
+    );
 }
