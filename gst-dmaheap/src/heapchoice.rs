@@ -365,12 +365,11 @@ impl HeapBuffer {
     /// Zeroes `range` of the buffer (prefix or padding GStreamer asked to be zeroed), with
     /// CPU access bracketed as for any write.
     pub(crate) fn zero(&mut self, range: std::ops::Range<usize>) -> Result<(), Error> {
-        let buf: &mut DmaBuf = match self.buf.as_mut() {
-            Some(Owned::Plain(buf)) => buf,
-            Some(Owned::Pooled { buf, .. }) => buf,
+        let mut cpu = match self.buf.as_mut() {
+            Some(Owned::Plain(buf)) => buf.write()?,
+            Some(Owned::Pooled { buf, .. }) => buf.write()?,
             None => return Ok(()),
         };
-        let mut cpu = buf.write()?;
         if let Some(bytes) = cpu.get_mut(range) {
             bytes.fill(0);
         }

@@ -183,8 +183,11 @@ enum Denied {
 
 struct State {
     free: Vec<DmaBuf>,
-    /// Buffers alive: free plus handed out.
+    /// Buffers alive or reserved: free, handed out, and being allocated.
     total: usize,
+    /// Reservations whose allocation has not finished yet (counted in `total`, neither free
+    /// nor out).
+    allocating: usize,
     shutdown: bool,
     serial: u64,
     /// Acquirers waiting for a buffer to come back: a release signals only when there are
@@ -261,6 +264,7 @@ impl Pool {
             state: Mutex::new(State {
                 free: Vec::with_capacity(config.min_buffers),
                 total: 0,
+                allocating: 0,
                 shutdown: false,
                 serial: 0,
                 waiters: 0,
@@ -398,6 +402,7 @@ impl Inner {
             }
         }
         st.total += 1;
+        st.allocating += 1;
         st.serial += 1;
         Ok(st.serial)
     }
@@ -445,14 +450,17 @@ impl Inner {
         Ok(buf)
     }
 
-    /// Reserves and allocates one buffer, undoing the reservation on failure.
+    /// Allocates the buffer reserved as `serial`, undoing the reservation on failure.
     fn grow(&self, serial: u64) -> Result<DmaBuf> {
-        self.allocate_buffer(serial).inspect_err(|_| {
+        let allocated = self.allocate_buffer(serial);
+        let mut st = self.lock();
+        st.allocating -= 1;
+        if allocated.is_err() {
             self.counters.alloc_failures.fetch_add(1, Relaxed);
-            let mut st = self.lock();
             self.unreserve(&mut st);
             self.wake_waiter(st);
-        })
+        }
+        allocated
     }
 
     fn prewarm(&self) -> Result<()> {
@@ -651,7 +659,8 @@ impl Inner {
             budget_denials: c.budget_denials.load(Relaxed),
             alloc_failures: c.alloc_failures.load(Relaxed),
             buffers_free: st.free.len(),
-            buffers_out: st.total - st.free.len(),
+            buffers_out: st.total - st.free.len() - st.allocating,
+            buffers_allocating: st.allocating,
             bytes_held: st.total as u64 * self.len,
             budget: self.config.budget,
             acquire_latency: c.latency.summary(),

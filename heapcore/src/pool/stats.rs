@@ -126,6 +126,9 @@ pub struct PoolStats {
     pub alloc_failures: u64,
     pub buffers_free: usize,
     pub buffers_out: usize,
+    /// Buffers being allocated right now (a refill, a prewarm or a miss), not yet free or out.
+    #[serde(default)]
+    pub buffers_allocating: usize,
     pub bytes_held: u64,
     pub budget: Option<u64>,
     pub acquire_latency: LatencySummary,
