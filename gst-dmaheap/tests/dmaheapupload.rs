@@ -1,14 +1,21 @@
-//! dmaheapupload in real pipelines: what a sink that reads no video meta receives.
+//! gst-check tests of `dmaheapupload`: the ALLOCATION query, passthrough and copies, frames
+//! a sink without video meta receives, exhaustion and flushing, errors, and the plugin seen
+//! from gst-launch-1.0 and gst-inspect-1.0.
+//!
+//! They run on any machine: without DMA-BUF heaps the memory comes from the memfd fallback
+//! (fd memory); where heaps exist it is dma-buf memory. `real_heap_gst.rs` has the tests that
+//! need real heaps and devices.
 
 mod common;
 
+use std::str::FromStr;
+use std::sync::mpsc;
 use std::time::Duration;
 
-use std::str::FromStr;
-
-use common::{init, run_pipeline, stat};
+use common::*;
 use gst::prelude::*;
 use gst_video::prelude::*;
+use gstdmaheap::{DmaHeapAllocator, DmaHeapBufferPool, is_heap_memory};
 
 /// The bytes a pipeline wrote through `filesink`, from a fresh file.
 fn written(pipeline_with_sink: impl Fn(&str) -> String, tag: &str) -> Vec<u8> {
@@ -257,4 +264,410 @@ fn bus_handler_calls_back() {
         .expect("an error was posted");
     println!("posted: {error}; the handler got caps {caps}");
     assert!(!caps.is_empty());
+}
+
+#[test]
+fn allocation_query_is_answered_with_the_heap_pool_and_allocator() {
+    let caps = "video/x-raw,format=NV12,width=320,height=240,framerate=30/1";
+    let mut h = harness(&[], caps);
+    // Downstream (the harness) supports crop meta and video meta: both must reach upstream
+    // (video meta only because downstream reads it: see dmaheapupload.rs).
+    h.add_propose_allocation_meta(gst_video::VideoCropMeta::meta_api(), None);
+    h.add_propose_allocation_meta(gst_video::VideoMeta::meta_api(), None);
+    // Renegotiate so the element sees what downstream proposes.
+    h.set_src_caps_str("video/x-raw,format=NV12,width=320,height=240,framerate=25/1");
+    let q = allocation_query(
+        &h,
+        "video/x-raw,format=NV12,width=320,height=240,framerate=25/1",
+    );
+
+    let (pool, size, _min, _max) = q.allocation_pools().next().expect("a pool is proposed");
+    let pool = pool.expect("the pool is set");
+    assert!(
+        pool.is::<DmaHeapBufferPool>(),
+        "proposed pool is a {}",
+        pool.type_()
+    );
+    assert!(size as usize >= 320 * 240 * 3 / 2);
+    let (alloc, _params) = q
+        .allocation_params()
+        .next()
+        .expect("an allocator is proposed");
+    assert!(alloc.expect("allocator set").is::<DmaHeapAllocator>());
+    assert!(q.find_allocation_meta::<gst_video::VideoMeta>().is_some());
+    assert!(
+        q.find_allocation_meta::<gst_video::VideoCropMeta>()
+            .is_some(),
+        "downstream's metas are proposed upstream"
+    );
+    let config = pool.config();
+    let (_, _, _, _) = config.params().unwrap();
+    let (alloc, _) = config.allocator().unwrap();
+    assert!(alloc.unwrap().is::<DmaHeapAllocator>());
+}
+
+#[test]
+fn downstream_size_minimum_and_alignment_are_merged() {
+    init();
+    let caps_str = "video/x-raw,format=I420,width=640,height=480,framerate=30/1";
+    let mut h = gst_check::Harness::new("dmaheapupload");
+    h.element().unwrap().set_property("min-buffers", 1u32);
+    // Play downstream: answer the element's ALLOCATION query with a bigger size, a minimum of
+    // 5, 32-byte stride alignment and video meta support.
+    let element = h.element().unwrap();
+    let src = element.static_pad("src").unwrap();
+    src.add_probe(
+        gst::PadProbeType::QUERY_DOWNSTREAM | gst::PadProbeType::PULL,
+        |_, info| {
+            if let Some(gst::QueryViewMut::Allocation(q)) = info.query_mut().map(|q| q.view_mut()) {
+                let caps = q.get_owned().0.unwrap();
+                let down_pool = gst_video::VideoBufferPool::new();
+                let mut config = down_pool.config();
+                config.set_params(Some(&caps), 600_000, 5, 0);
+                config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META);
+                config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_ALIGNMENT);
+                let mut align = gst_video::VideoAlignment::default();
+                align.stride_align_mut().fill(31);
+                config.set_video_alignment(&align);
+                down_pool.set_config(config).unwrap();
+                q.add_allocation_pool(Some(&down_pool), 600_000, 5, 0);
+                q.add_allocation_meta::<gst_video::VideoMeta>(None);
+                let params = gst::AllocationParams::new(gst::MemoryFlags::empty(), 15, 0, 0);
+                q.add_allocation_param(None::<&gst::Allocator>, params);
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+    h.play();
+    h.set_src_caps_str(caps_str);
+    let q = allocation_query(&h, caps_str);
+    let (pool, size, min, _) = q.allocation_pools().next().unwrap();
+    assert_eq!(size, 600_000, "downstream's larger size wins");
+    assert_eq!(
+        min, 5,
+        "downstream's larger minimum wins over min-buffers=1"
+    );
+    let (_, params) = q.allocation_params().next().unwrap();
+    assert_eq!(
+        params.align(),
+        15,
+        "downstream's allocation alignment is passed up"
+    );
+
+    // Upstream that writes with a video meta gets downstream's stride alignment.
+    let pool = pool.unwrap().downcast::<DmaHeapBufferPool>().unwrap();
+    let mut config = pool.config();
+    config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META);
+    pool.set_config(config).unwrap();
+    pool.set_active(true).unwrap();
+    let buf = pool.acquire_buffer(None).unwrap();
+    let meta = buf.meta::<gst_video::VideoMeta>().expect("video meta");
+    for stride in meta.stride() {
+        assert_eq!(stride % 32, 0, "stride {stride} is not 32-byte aligned");
+    }
+    assert!(buf.size() >= 600_000);
+    drop(buf);
+    pool.set_active(false).unwrap();
+}
+
+#[test]
+fn caps_renegotiation_mid_stream_gives_a_new_pool() {
+    let a = "video/x-raw,format=NV12,width=320,height=240,framerate=30/1";
+    let b = "video/x-raw,format=RGBA,width=640,height=360,framerate=30/1";
+    let mut h = harness(&[], a);
+    let pool_a = allocation_query(&h, a)
+        .allocation_pools()
+        .next()
+        .unwrap()
+        .0
+        .unwrap();
+    pool_a.set_active(true).unwrap();
+    let buf = pool_a.acquire_buffer(None).unwrap();
+    h.push(buf).unwrap();
+    let out = h.pull().unwrap();
+    assert!(is_heap_memory(out.peek_memory(0)));
+    drop(out);
+
+    h.set_src_caps_str(b);
+    let q = allocation_query(&h, b);
+    let (pool_b, size_b, _, _) = q.allocation_pools().next().unwrap();
+    let pool_b = pool_b.unwrap();
+    assert_ne!(pool_a, pool_b, "new caps, new pool");
+    assert_eq!(size_b as usize, 640 * 360 * 4);
+    let (caps_b, ..) = pool_b.config().params().unwrap();
+    assert_eq!(caps_b.unwrap(), gst::Caps::from_str(b).unwrap());
+    pool_b.set_active(true).unwrap();
+    let buf = pool_b.acquire_buffer(None).unwrap();
+    h.push(buf).unwrap();
+    let out = h.pull().unwrap();
+    assert_eq!(out.size(), 640 * 360 * 4);
+    let stats: gst::Structure = h.element().unwrap().property("stats");
+    assert_eq!(stat(&stats, "passthrough"), 2, "{stats}");
+    assert_eq!(stat(&stats, "copies"), 0, "{stats}");
+    assert_eq!(stat(&stats, "pools"), 2, "{stats}");
+    pool_a.set_active(false).unwrap();
+}
+
+#[test]
+fn buffers_upstream_made_elsewhere_are_copied_into_heap_buffers() {
+    let caps = "video/x-raw,format=I420,width=64,height=48,framerate=30/1";
+    let mut h = harness(&[], caps);
+    let info = gst_video::VideoInfo::from_caps(&gst::Caps::from_str(caps).unwrap()).unwrap();
+    let pattern: Vec<u8> = (0..info.size()).map(|i| (i * 7 % 251) as u8).collect();
+    let mut input = gst::Buffer::from_mut_slice(pattern.clone());
+    {
+        let b = input.get_mut().unwrap();
+        b.set_pts(gst::ClockTime::from_mseconds(40));
+        b.set_duration(gst::ClockTime::from_mseconds(33));
+        b.set_flags(gst::BufferFlags::DISCONT);
+        gst_video::VideoCropMeta::add(b, (2, 2, 60, 44));
+    }
+    h.push(input).unwrap();
+    let out = h.pull().unwrap();
+    assert!(
+        is_heap_memory(out.peek_memory(0)),
+        "copied into heap memory"
+    );
+    assert_eq!(out.pts(), Some(gst::ClockTime::from_mseconds(40)));
+    assert_eq!(out.duration(), Some(gst::ClockTime::from_mseconds(33)));
+    assert!(out.flags().contains(gst::BufferFlags::DISCONT));
+    assert!(
+        out.meta::<gst_video::VideoCropMeta>().is_some(),
+        "crop meta kept"
+    );
+    let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(out.as_ref(), &info).unwrap();
+    let mut offset = 0;
+    for plane in 0..frame.n_planes() {
+        let (pw, ph) = (
+            frame.comp_width(plane) as usize,
+            frame.comp_height(plane) as usize,
+        );
+        let stride = frame.plane_stride()[plane as usize] as usize;
+        let data = frame.plane_data(plane).unwrap();
+        let in_stride = info.stride()[plane as usize] as usize;
+        for row in 0..ph {
+            assert_eq!(
+                &data[row * stride..row * stride + pw],
+                &pattern[offset + row * in_stride..offset + row * in_stride + pw],
+                "plane {plane} row {row}"
+            );
+        }
+        offset = info.offset().get(plane as usize + 1).copied().unwrap_or(0);
+    }
+    drop(frame);
+    let stats: gst::Structure = h.element().unwrap().property("stats");
+    assert_eq!(stat(&stats, "copies"), 1, "{stats}");
+    assert_eq!(stat(&stats, "passthrough"), 0, "{stats}");
+}
+
+#[test]
+fn a_full_max_buffers_pool_blocks_until_a_buffer_returns() {
+    let caps = "video/x-raw,format=RGBA,width=64,height=64,framerate=30/1";
+    let mut h = harness(&[("max-buffers", "2")], caps);
+    let size = 64 * 64 * 4;
+    // Upstream ignores the pool: each push is copied into one of the two heap buffers, which
+    // the harness holds until pulled.
+    h.push(gst::Buffer::with_size(size).unwrap()).unwrap();
+    h.push(gst::Buffer::with_size(size).unwrap()).unwrap();
+    assert_eq!(h.buffers_in_queue(), 2);
+    let element = h.element().unwrap();
+    let sinkpad = element.static_pad("sink").unwrap();
+    let (tx, rx) = mpsc::channel();
+    let pusher = std::thread::spawn(move || {
+        let r = sinkpad.chain(gst::Buffer::with_size(size).unwrap());
+        tx.send(r).unwrap();
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "the third copy must wait for a free buffer"
+    );
+    drop(h.pull().unwrap()); // one buffer back into the pool
+    let r = rx.recv_timeout(Duration::from_secs(5)).expect("unblocked");
+    assert_eq!(r, Ok(gst::FlowSuccess::Ok));
+    pusher.join().unwrap();
+}
+
+#[test]
+fn a_full_max_buffers_pool_errors_when_configured_to() {
+    let caps = "video/x-raw,format=RGBA,width=64,height=64,framerate=30/1";
+    let mut h = harness(&[("max-buffers", "2"), ("on-exhaustion", "error")], caps);
+    let size = 64 * 64 * 4;
+    let element = h.element().unwrap();
+    let bus = gst::Bus::new();
+    element.set_bus(Some(&bus));
+    h.push(gst::Buffer::with_size(size).unwrap()).unwrap();
+    h.push(gst::Buffer::with_size(size).unwrap()).unwrap();
+    let r = h.push(gst::Buffer::with_size(size).unwrap());
+    assert_eq!(r, Err(gst::FlowError::Error));
+    let msg = bus
+        .timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error])
+        .expect("an error message on the bus");
+    let gst::MessageView::Error(err) = msg.view() else {
+        unreachable!()
+    };
+    let text = err.error().to_string();
+    assert!(
+        text.contains("exhausted") && text.contains("max-buffers"),
+        "unclear error: {text}"
+    );
+}
+
+#[test]
+fn a_flush_unblocks_a_copy_waiting_for_a_full_pool() {
+    let caps = "video/x-raw,format=RGBA,width=64,height=64,framerate=30/1";
+    let mut h = harness(&[("max-buffers", "1")], caps);
+    let size = 64 * 64 * 4;
+    h.push(gst::Buffer::with_size(size).unwrap()).unwrap(); // held by the harness
+    let sinkpad = h.element().unwrap().static_pad("sink").unwrap();
+    let (tx, rx) = mpsc::channel();
+    let pusher = std::thread::spawn(move || {
+        tx.send(sinkpad.chain(gst::Buffer::with_size(size).unwrap()))
+            .unwrap();
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "the copy waits for the only buffer"
+    );
+    assert!(h.push_event(gst::event::FlushStart::new()));
+    let r = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the flush unblocks it");
+    assert_eq!(r, Err(gst::FlowError::Flushing));
+    pusher.join().unwrap();
+    assert!(h.push_event(gst::event::FlushStop::new(true)));
+    // Streaming resumes once the held buffer is back.
+    drop(h.pull().unwrap());
+    let segment = gst::FormattedSegment::<gst::ClockTime>::new();
+    assert!(h.push_event(gst::event::Segment::new(&segment)));
+    h.push(gst::Buffer::with_size(size).unwrap()).unwrap();
+    assert!(is_heap_memory(h.pull().unwrap().peek_memory(0)));
+}
+
+fn start_error(launch: &str) -> String {
+    init();
+    let pipeline = gst::parse::launch(launch).unwrap();
+    let bus = pipeline.bus().unwrap();
+    let r = pipeline.set_state(gst::State::Paused);
+    assert!(r.is_err(), "{launch} must not start");
+    let msg = bus
+        .timed_pop_filtered(gst::ClockTime::from_seconds(2), &[gst::MessageType::Error])
+        .expect("an error message");
+    pipeline.set_state(gst::State::Null).unwrap();
+    let gst::MessageView::Error(err) = msg.view() else {
+        unreachable!()
+    };
+    assert_eq!(
+        err.src().map(|s| s.name().to_string()).as_deref(),
+        Some("up"),
+        "the element itself reports the error"
+    );
+    err.error().to_string()
+}
+
+#[test]
+fn bad_heap_names_give_a_clear_element_error() {
+    for (heap, expect) in [
+        ("../../dev/mem", "is not a valid heap name"),
+        ("/dev/mem", "not paths"),
+        ("no-such-heap", "no DMA-BUF heap named \"no-such-heap\""),
+        (
+            "nope1,nope2",
+            "names nothing this machine can allocate from",
+        ),
+    ] {
+        let text = start_error(&format!(
+            "videotestsrc ! dmaheapupload name=up heap=\"{heap}\" ! fakesink"
+        ));
+        assert!(text.contains(expect), "heap={heap:?}: {text}");
+    }
+    // The allocator refuses the same names for applications.
+    let err = DmaHeapAllocator::with_heaps("../x")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not a valid heap name"), "{err}");
+}
+
+#[test]
+fn host_pipeline_nv12_1080p_300_frames_zero_copies() {
+    let run = run_pipeline(
+        "videotestsrc num-buffers=300 ! video/x-raw,format=NV12,width=1920,height=1080 \
+         ! dmaheapupload name=up ! fakesink",
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    let stats = run.stats.expect("dmaheapupload posts its stats at EOS");
+    println!("{stats} in {:?}", run.elapsed);
+    assert_eq!(stat(&stats, "copies"), 0, "{stats}");
+    assert_eq!(stat(&stats, "passthrough"), 300, "{stats}");
+    assert!(stat(&stats, "pool-hits") >= 290, "{stats}");
+}
+
+#[test]
+fn dmabuf_caps_are_offered_only_when_a_dmabuf_source_exists() {
+    let run = run_pipeline(
+        "videotestsrc num-buffers=2 ! video/x-raw,width=64,height=64 \
+         ! dmaheapupload name=up heap=memfd ! fakesink",
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let caps = run.upload_src_caps.expect("negotiated");
+    let features = caps.features(0).unwrap();
+    assert!(
+        !features.contains(gst_allocators::CAPS_FEATURE_MEMORY_DMABUF),
+        "memfd cannot back memory:DMABuf caps: {caps}"
+    );
+    // Asking for dma-buf memory from a memfd-only element fails at link time.
+    let err = gst::parse::launch(
+        "videotestsrc ! dmaheapupload heap=memfd ! video/x-raw(memory:DMABuf) ! fakesink",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("memory:DMABuf"), "{err}");
+}
+
+#[test]
+fn gst_launch_and_gst_inspect_see_a_clean_plugin() {
+    let dir = common::plugin_dir();
+    let registry = dir.join("registry.bin");
+    let tool = |args: &[&str]| {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .env("GST_PLUGIN_PATH", &dir)
+            .env("GST_REGISTRY", &registry)
+            .env_remove("GST_DEBUG")
+            .output()
+            .expect("gst tools are installed")
+    };
+    let inspect = tool(&["gst-inspect-1.0", "dmaheap"]);
+    let stdout = String::from_utf8_lossy(&inspect.stdout);
+    let stderr = String::from_utf8_lossy(&inspect.stderr);
+    assert!(inspect.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("dmaheapupload"), "{stdout}");
+    assert!(
+        stderr.trim().is_empty(),
+        "gst-inspect-1.0 complained: {stderr}"
+    );
+
+    let launch = tool(&[
+        "gst-launch-1.0",
+        "-m",
+        "videotestsrc",
+        "num-buffers=300",
+        "!",
+        "video/x-raw,format=NV12,width=1920,height=1080",
+        "!",
+        "dmaheapupload",
+        "!",
+        "fakesink",
+    ]);
+    let stdout = String::from_utf8_lossy(&launch.stdout);
+    assert!(launch.status.success(), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("dmaheapupload-stats"))
+        .unwrap_or_else(|| panic!("no stats message in:\n{stdout}"));
+    println!("{line}");
+    assert!(line.contains("passthrough=(guint64)300"), "{line}");
+    assert!(line.contains("copies=(guint64)0"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,10 +3,13 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
+use gst_video::prelude::*;
+use gstdmaheap::{DmaHeapBufferPool, heap_memory_info};
 
 /// `gst::init()` and the plugin, registered statically, once per process.
 pub fn init() {
@@ -237,5 +240,77 @@ impl Drop for LogCapture {
         if let Some(f) = self.function.take() {
             gst::log::remove_log_function(f);
         }
+    }
+}
+
+// gst-check helpers shared by the per-object test files.
+
+/// A harness around one `dmaheapupload` with `props` set, playing, with `caps` on its input.
+pub fn harness(props: &[(&str, &str)], caps: &str) -> gst_check::Harness {
+    init();
+    let mut h = gst_check::Harness::new("dmaheapupload");
+    let element = h.element().unwrap();
+    for (name, value) in props {
+        element.set_property_from_str(name, value);
+    }
+    h.play();
+    h.set_src_caps_str(caps);
+    h
+}
+
+pub fn allocation_query(h: &gst_check::Harness, caps: &str) -> gst::query::Allocation<gst::Query> {
+    let caps = gst::Caps::from_str(caps).unwrap();
+    let mut q = gst::query::Allocation::new(Some(&caps), true);
+    assert!(
+        h.srcpad().unwrap().peer_query(&mut q),
+        "dmaheapupload did not answer the ALLOCATION query"
+    );
+    q
+}
+
+pub fn memory_fd(mem: &gst::MemoryRef) -> i32 {
+    mem.downcast_memory_ref::<gst_allocators::FdMemory>()
+        .expect("heap memory is fd memory")
+        .fd()
+}
+
+/// Heap memory must say what it is: dma-buf memory exactly when the heap buffer is a dma-buf.
+pub fn assert_honest_heap_memory(mem: &gst::MemoryRef) {
+    let info = heap_memory_info(mem).expect("heap memory");
+    assert!(mem.is_memory_type::<gst_allocators::FdMemory>());
+    assert_eq!(
+        mem.is_memory_type::<gst_allocators::DmaBufMemory>(),
+        info.is_dmabuf,
+        "gst_is_dmabuf_memory() must match the buffer's origin {}",
+        info.origin
+    );
+}
+
+pub fn pool_config(
+    pool: &DmaHeapBufferPool,
+    caps: &str,
+    min: u32,
+    max: u32,
+    options: &[&str],
+    align: Option<gst_video::VideoAlignment>,
+) {
+    let caps = gst::Caps::from_str(caps).unwrap();
+    let mut config = pool.config();
+    config.set_params(Some(&caps), 0, min, max);
+    for o in options {
+        config.add_option(o);
+    }
+    if let Some(align) = align {
+        config.set_video_alignment(&align);
+    }
+    // As decoders and GstBaseSrc do: an adjusted configuration is read back, validated
+    // against what was asked for, and set again.
+    if pool.set_config(config).is_err() {
+        let adjusted = pool.config();
+        adjusted
+            .validate_params(Some(&caps), 0, min, max)
+            .expect("the adjusted configuration is still valid");
+        pool.set_config(adjusted)
+            .expect("pool accepts its adjusted configuration");
     }
 }
