@@ -11,30 +11,23 @@
 //!   GStreamer memory keeps alive until it is freed: a [`heapcore::DmaBuf`] from the
 //!   process-wide allocator, or a `heapcore::PooledBuf` from a private pool
 //!   ([`HeapChoice::pool`], [`HeapChoice::acquire`]) that returns itself to the pool on drop.
-//! - [`QosClass`] travels with the choice and becomes the heapcore pool's class.
+//! - [`DmaHeapQos`] travels with the choice and becomes the heapcore pool's class.
 
 use std::fmt;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use gst::glib;
-use heapcore::{Allocator, Constraints, CpuAccess, DmaBuf, Origin, PoolRegistry, Source, Usage};
+use heapcore::{Constraints, CpuAccess, DmaBuf, Origin, PoolRegistry, Source, Usage};
 
 use crate::error::Error;
 use crate::stats::Stats;
 
-/// heapcore's registry for this process: the policy in force and the allocator (heap devices
-/// opened once, discovery done once), shared with every other heapcore user in the process.
-static REGISTRY: LazyLock<PoolRegistry> = LazyLock::new(PoolRegistry::process);
-
-/// The process's pool registry: its policy, global budget and memory-pressure watch.
-pub(crate) fn registry() -> &'static PoolRegistry {
-    &REGISTRY
-}
-
-/// The machine's heaps and backends, as discovered once per process.
-pub(crate) fn backend() -> &'static Allocator {
-    REGISTRY.allocator()
+/// heapcore's registry for this process (made once, and once more in a forked child): the
+/// policy in force, the allocator (heap devices opened and discovered once), the global
+/// budget and the memory-pressure watch, shared with every other heapcore user in the process.
+pub(crate) fn registry() -> PoolRegistry {
+    PoolRegistry::process()
 }
 
 /// How a pool treats its buffers: heapcore's QoS classes. The GStreamer pool implements them
@@ -42,7 +35,7 @@ pub(crate) fn backend() -> &'static Allocator {
 #[derive(Debug, Default, Eq, PartialEq, Hash, Clone, Copy, glib::Enum)]
 #[repr(u32)]
 #[enum_type(name = "GstDmaHeapQos")]
-pub enum QosClass {
+pub enum DmaHeapQos {
     /// Prewarmed, never trimmed; a buffer allocated on the streaming thread is a warning.
     #[enum_value(
         name = "Realtime: prewarmed, never trimmed, misses are warnings",
@@ -61,13 +54,13 @@ pub enum QosClass {
     Background,
 }
 
-impl From<QosClass> for heapcore::QosClass {
+impl From<DmaHeapQos> for heapcore::QosClass {
     /// The class a heapcore `Pool` behind this pool would get.
-    fn from(qos: QosClass) -> Self {
+    fn from(qos: DmaHeapQos) -> Self {
         match qos {
-            QosClass::Realtime => Self::Realtime,
-            QosClass::Normal => Self::Normal,
-            QosClass::Background => Self::Background,
+            DmaHeapQos::Realtime => Self::Realtime,
+            DmaHeapQos::Normal => Self::Normal,
+            DmaHeapQos::Background => Self::Background,
         }
     }
 }
@@ -105,7 +98,8 @@ impl HeapChoice {
     /// error when none can.
     pub fn resolve(heap: &str, usage: &str, size: u64) -> Result<Self, Error> {
         let usage = Usage::new(usage).map_err(|reason| Error::BadUsage { reason })?;
-        let inventory = backend().inventory();
+        let registry = registry();
+        let inventory = registry.allocator().inventory();
         let entries = Source::parse_list(heap, inventory)?;
         if entries.is_empty() {
             return Self::for_usage(&usage, size);
@@ -146,7 +140,7 @@ impl HeapChoice {
     /// What heapcore's policy and solver give for `usage` and `size` bytes on this machine; an
     /// error (with the solver's explanation) when nothing can serve.
     pub fn for_usage(usage: &Usage, size: u64) -> Result<Self, Error> {
-        let candidates = REGISTRY.candidates(&constraints(usage, size));
+        let candidates = registry().candidates(&constraints(usage, size));
         let sources = candidates.sources();
         if sources.is_empty() {
             return Err(heapcore::Error::NoCandidate {
@@ -228,7 +222,9 @@ impl HeapChoice {
     ///
     /// `name` labels the buffer in `/proc/<pid>/fdinfo` (dma-bufs) or `/proc/<pid>/fd` (memfd).
     pub fn allocate(&self, size: u64, name: &str) -> Result<HeapBuffer, Error> {
-        let buf = backend().allocate_first(&self.sources, size, &buffer_name(name))?;
+        let buf = registry()
+            .allocator()
+            .allocate_first(&self.sources, size, &buffer_name(name))?;
         Ok(HeapBuffer::new(Owned::Plain(buf)))
     }
 
@@ -241,10 +237,10 @@ impl HeapChoice {
         &self,
         size: u64,
         name: &str,
-        qos: QosClass,
+        qos: DmaHeapQos,
         prewarm: u32,
     ) -> Result<heapcore::Pool, Error> {
-        let min = if qos == QosClass::Realtime {
+        let min = if qos == DmaHeapQos::Realtime {
             prewarm as usize
         } else {
             0
@@ -252,7 +248,7 @@ impl HeapChoice {
         let config = heapcore::PoolConfig::new(buffer_name(name), self.sources.clone(), size)
             .qos(qos.into())
             .min_buffers(min);
-        Ok(REGISTRY.private_pool(config)?)
+        Ok(registry().private_pool(config)?)
     }
 
     /// A buffer from `pool` (made by [`HeapChoice::pool`]).
@@ -310,7 +306,8 @@ impl HeapBuffer {
     fn new(buf: Owned) -> Self {
         let buf = Some(buf);
         let contiguous = match buf.as_deref().map(DmaBuf::origin) {
-            Some(Origin::Heap(name)) => backend()
+            Some(Origin::Heap(name)) => registry()
+                .allocator()
                 .inventory()
                 .find(name.as_str())
                 .is_ok_and(|h| h.properties.contiguous == Some(true)),

@@ -15,7 +15,7 @@ mod upload;
 pub use allocator::{ALLOCATOR_NAME, DmaHeapAllocator};
 pub use bufferpool::{DmaHeapBufferPool, OnExhaustion};
 pub use error::Error;
-pub use heapchoice::{HeapChoice, QosClass};
+pub use heapchoice::{DmaHeapQos, HeapChoice};
 pub use memory::{HeapMemoryInfo, heap_memory_info, is_heap_memory, live_heap_buffers};
 pub use upload::DmaHeapUpload;
 
@@ -43,7 +43,7 @@ fn forward_heapcore_log(plugin: &gst::Plugin) {
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     forward_heapcore_log(plugin);
-    QosClass::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    DmaHeapQos::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     OnExhaustion::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     allocator::register(plugin)?;
     bufferpool::register(plugin)?;

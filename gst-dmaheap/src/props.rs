@@ -5,11 +5,11 @@ use gst::glib;
 use gst::glib::prelude::*;
 
 use crate::bufferpool::OnExhaustion;
-use crate::heapchoice::QosClass;
+use crate::heapchoice::DmaHeapQos;
 
 pub const DEFAULT_HEAP: &str = "";
 pub const DEFAULT_USAGE: &str = heapcore::Usage::GENERIC;
-pub const DEFAULT_QOS: QosClass = QosClass::Normal;
+pub const DEFAULT_QOS: DmaHeapQos = DmaHeapQos::Normal;
 pub const DEFAULT_PREWARM: u32 = 0;
 pub const DEFAULT_ON_EXHAUSTION: OnExhaustion = OnExhaustion::Block;
 
@@ -38,7 +38,7 @@ pub fn usage() -> glib::ParamSpecStringBuilder<'static> {
 }
 
 /// `qos`: how the pool keeps its buffers.
-pub fn qos() -> glib::ParamSpecEnumBuilder<'static, QosClass> {
+pub fn qos() -> glib::ParamSpecEnumBuilder<'static, DmaHeapQos> {
     glib::ParamSpecEnum::builder_with_default("qos", DEFAULT_QOS)
         .nick("QoS class")
         .blurb(

@@ -78,7 +78,7 @@ impl DmaHeapAllocator {
         size: usize,
         params: &gst::AllocationParams,
         name: &str,
-        qos: crate::QosClass,
+        qos: crate::DmaHeapQos,
         prewarm: u32,
     ) -> Result<heapcore::Pool, Error> {
         let total = imp::DmaHeapAllocator::total_size(size, params)?;

@@ -10,7 +10,7 @@ use gst_video::prelude::*;
 use super::OnExhaustion;
 use crate::allocator::DmaHeapAllocator;
 use crate::error::Error;
-use crate::heapchoice::QosClass;
+use crate::heapchoice::DmaHeapQos;
 use crate::memory;
 use crate::props::{self, DEFAULT_ON_EXHAUSTION, DEFAULT_PREWARM, DEFAULT_QOS};
 use crate::stats::Stats;
@@ -32,7 +32,7 @@ thread_local! {
 
 #[derive(Debug, Clone, Copy)]
 struct Settings {
-    qos: QosClass,
+    qos: DmaHeapQos,
     prewarm: u32,
     on_exhaustion: OnExhaustion,
     buffer_limit: u32,
@@ -471,7 +471,7 @@ impl BufferPoolImpl for DmaHeapBufferPool {
         } else {
             ALLOCATED.with(|a| a.set(true));
             Stats::bump(&stats.pool_misses);
-            if self.settings.lock().unwrap().qos == QosClass::Realtime {
+            if self.settings.lock().unwrap().qos == DmaHeapQos::Realtime {
                 gst::warning!(
                     CAT,
                     imp = self,
@@ -548,9 +548,9 @@ impl BufferPoolImpl for DmaHeapBufferPool {
             // idle buffers back too (realtime pools never do).
             let pressure = crate::heapchoice::registry().pressure();
             let lean = match settings.qos {
-                QosClass::Background => true,
-                QosClass::Normal => pressure == heapcore::PressureLevel::Critical,
-                QosClass::Realtime => false,
+                DmaHeapQos::Background => true,
+                DmaHeapQos::Normal => pressure == heapcore::PressureLevel::Critical,
+                DmaHeapQos::Realtime => false,
             };
             if lean {
                 let min = self.config.lock().unwrap().as_ref().map_or(0, |c| c.min);

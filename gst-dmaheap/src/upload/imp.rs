@@ -9,7 +9,7 @@ use gst_video::prelude::*;
 
 use crate::allocator::DmaHeapAllocator;
 use crate::bufferpool::{DmaHeapBufferPool, OnExhaustion};
-use crate::heapchoice::{HeapChoice, QosClass};
+use crate::heapchoice::{DmaHeapQos, HeapChoice};
 use crate::memory;
 use crate::props::{
     self, DEFAULT_HEAP, DEFAULT_ON_EXHAUSTION, DEFAULT_PREWARM, DEFAULT_QOS, DEFAULT_USAGE,
@@ -33,7 +33,7 @@ const STATS_NAME: &str = "dmaheapupload-stats";
 struct Settings {
     heap: String,
     usage: String,
-    qos: QosClass,
+    qos: DmaHeapQos,
     prewarm: u32,
     min_buffers: u32,
     max_buffers: u32,
