@@ -24,7 +24,7 @@ pub enum Error {
     #[error("no permission to open {}: {fix}", .path.display())]
     PermissionDenied { path: PathBuf, fix: String },
 
-    /// The backend had no memory for this request.
+    /// The source had no memory for this request.
     #[error("{source_name} is out of memory for {size} bytes")]
     OutOfMemory { source_name: String, size: u64 },
 
@@ -32,7 +32,7 @@ pub enum Error {
     #[error("invalid buffer size {size}: {reason}")]
     InvalidSize { size: u64, reason: String },
 
-    /// The backend has a size limit below the request.
+    /// The source has a size limit below the request.
     #[error("{source_name} cannot allocate {size} bytes: its limit is {limit} bytes ({hint})")]
     TooLarge {
         source_name: String,
@@ -41,7 +41,7 @@ pub enum Error {
         hint: &'static str,
     },
 
-    /// The backend does not exist on this machine (e.g. no `/dev/udmabuf`).
+    /// The source does not exist on this machine (e.g. no `/dev/udmabuf`).
     #[error("{source_name} is not available: {reason}")]
     Unavailable { source_name: String, reason: String },
 
@@ -57,7 +57,7 @@ pub enum Error {
     #[error("{0}")]
     Unsupported(String),
 
-    /// No heap, backend or fallback can serve these constraints on this machine.
+    /// No heap, other source or fallback can serve these constraints on this machine.
     #[error("nothing on this machine can serve this request:\n{explanation}")]
     NoCandidate { explanation: String },
 

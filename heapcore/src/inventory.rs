@@ -1,4 +1,4 @@
-//! Discovery: which heaps and backends this machine has, what each gives, who may use it.
+//! Discovery: which heaps and other sources this machine has, what each gives, who may use it.
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,6 @@
 
 mod access;
 mod allocator;
-mod backend;
 mod constraints;
 mod dmabuf;
 mod error;
@@ -14,13 +13,13 @@ pub mod pool;
 pub mod pressure;
 pub mod size;
 mod solver;
+mod source;
 pub mod sysinfo;
 mod uapi;
 mod worker;
 
 pub use access::{Access, permission_fix};
 pub use allocator::Allocator;
-pub use backend::Source;
 pub use constraints::{Constraints, CpuAccess};
 pub use dmabuf::{CpuRead, CpuWrite, DmaBuf, FdInfo, Origin, fit_buffer_name};
 pub use error::{Error, Result};
@@ -30,3 +29,4 @@ pub use policy::{Policy, PolicyEnv, PolicyError, Usage};
 pub use pool::{Pool, PoolConfig, PoolRegistry, PoolStats, PooledBuf, QosClass};
 pub use pressure::PressureLevel;
 pub use solver::{Candidate, Candidates, Verdict, solve, solve_explicit};
+pub use source::Source;

@@ -9,7 +9,7 @@
 //!
 //! ```toml
 //! [usage.scanout]
-//! heaps = ["cma", "system"]   # tried in this order; "udmabuf" and "memfd" name those backends
+//! heaps = ["cma", "system"]   # tried in this order; "udmabuf" and "memfd" name those sources
 //! contiguous = true           # its buffers must be physically contiguous
 //! qos = "realtime"            # pool class for this usage
 //! prewarm = 4                 # buffers a realtime pool holds ready
@@ -24,8 +24,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Source;
 use crate::pool::QosClass;
+use crate::source::Source;
 
 /// What a buffer is for. Well-known usages have constants; a policy file may add its own
 /// (lower-case letters, digits and `-`).

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::format::{FrameLayout, VideoFormat};
 use crate::sysinfo;
 
-/// Rounds `size` up to whole pages and checks that some backend could ever give it: not zero,
+/// Rounds `size` up to whole pages and checks that some source could ever give it: not zero,
 /// no overflow, not more than this machine's RAM or this process's memory cgroup limit (a
 /// sparse memfd would accept it and the process would die touching it).
 pub fn page_aligned(size: u64) -> Result<u64> {

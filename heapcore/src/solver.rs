@@ -6,12 +6,12 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::access::Access;
-use crate::backend::Source;
 use crate::constraints::{Constraints, CpuAccess};
 use crate::heap::{HeapKind, HeapProperties};
 use crate::inventory::Inventory;
 use crate::policy::{EntryOrigin, Policy, Usage, log_once};
 use crate::size::ByteSize;
+use crate::source::Source;
 use crate::sysinfo;
 
 /// Whether a candidate can serve, and why.
@@ -105,8 +105,8 @@ impl fmt::Display for Candidates {
     }
 }
 
-/// Properties the non-heap backends have.
-fn backend_properties(source: &Source) -> HeapProperties {
+/// Properties the sources that are not heaps (udmabuf, memfd) have.
+fn non_heap_properties(source: &Source) -> HeapProperties {
     match source {
         Source::Heap(_) => HeapProperties::default(),
         Source::Udmabuf | Source::Memfd => HeapProperties {
@@ -176,13 +176,13 @@ fn judge(name: &str, c: &Constraints, inv: &Inventory) -> (Option<Source>, Verdi
         Err(e) => return (None, out(e.to_string())),
         Ok(Source::Udmabuf) => (
             Source::Udmabuf,
-            backend_properties(&Source::Udmabuf),
+            non_heap_properties(&Source::Udmabuf),
             inv.udmabuf.access.clone(),
             None,
         ),
         Ok(Source::Memfd) => (
             Source::Memfd,
-            backend_properties(&Source::Memfd),
+            non_heap_properties(&Source::Memfd),
             Access::Allowed,
             None,
         ),
@@ -305,7 +305,7 @@ fn prefer_cached(entries: &mut [Candidate], inv: &Inventory) {
                 .find(h.as_str())
                 .ok()
                 .and_then(|h| h.properties.cpu_cached),
-            Some(other) => backend_properties(other).cpu_cached,
+            Some(other) => non_heap_properties(other).cpu_cached,
             None => None,
         };
         match cached {

@@ -30,11 +30,11 @@ use stats::Counters;
 pub use stats::{LatencySummary, PoolStats};
 
 use crate::allocator::Allocator;
-use crate::backend::Source;
 use crate::dmabuf::{CpuWrite, DmaBuf};
 use crate::error::{Error, Result};
 use crate::pressure::PressureLevel;
 use crate::size::{ByteSize, page_aligned};
+use crate::source::Source;
 
 /// How a pool is treated when memory is short and how hard it works to stay ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

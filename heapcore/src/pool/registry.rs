@@ -16,13 +16,13 @@ use serde::{Deserialize, Serialize};
 
 use super::{Budget, Pool, PoolConfig, PoolStats, QosClass, WeakPool};
 use crate::allocator::Allocator;
-use crate::backend::Source;
 use crate::constraints::Constraints;
 use crate::error::{Error, Result};
 use crate::policy::Policy;
 use crate::pressure::{PressureConfig, PressureLevel, PressureMonitor, PressureSource};
 use crate::size::ByteSize;
 use crate::solver::{Candidates, solve};
+use crate::source::Source;
 use crate::sysinfo::page_size;
 
 /// Rounds a size up to its class, so that requests of nearly the same size share a pool:

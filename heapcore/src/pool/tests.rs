@@ -289,7 +289,7 @@ fn protected_heap_buffers_are_pooled_without_being_mapped() {
     // A memfd stands in for a protected heap's buffer: mapping it would work, so only the
     // origin keeps the pool from mapping it (a real protected buffer would refuse the map and
     // fail the allocation).
-    let fd = crate::backend::sealed_memfd("protected-stand-in", LEN).unwrap();
+    let fd = crate::source::sealed_memfd("protected-stand-in", LEN).unwrap();
     let protected = crate::dmabuf::Origin::Heap("protected,secure-video".parse().unwrap());
     let buf = DmaBuf::from_parts(fd, LEN, protected);
     make_ready(&buf).unwrap();
@@ -297,7 +297,7 @@ fn protected_heap_buffers_are_pooled_without_being_mapped() {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
     assert!(!maps.contains("dmaheap:protected-stand-in"), "{maps}");
 
-    let fd = crate::backend::sealed_memfd("plain-stand-in", LEN).unwrap();
+    let fd = crate::source::sealed_memfd("plain-stand-in", LEN).unwrap();
     let buf = DmaBuf::from_parts(fd, LEN, crate::dmabuf::Origin::Memfd);
     make_ready(&buf).unwrap();
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();

@@ -107,7 +107,7 @@ impl fmt::Display for Source {
 impl FromStr for Source {
     type Err = Error;
 
-    /// `udmabuf` and `memfd` name those backends; anything else is a heap name.
+    /// `udmabuf` and `memfd` name those sources; anything else is a heap name.
     fn from_str(s: &str) -> Result<Self, Error> {
         match s {
             "udmabuf" => Ok(Self::Udmabuf),
