@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::heap::HeapName;
-use crate::uapi::{self, SyncDirection};
+use crate::uapi::{self, DmaBufSyncFlags};
 
 /// Where a buffer's memory came from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -328,18 +328,18 @@ impl DmaBuf {
         Ok(self.mapping.get().expect("mapping was just set"))
     }
 
-    fn sync_start(&self, dir: SyncDirection) -> Result<()> {
+    fn sync_start(&self, access: DmaBufSyncFlags) -> Result<()> {
         if self.is_dmabuf() {
-            uapi::dma_buf_sync_start(&self.fd, dir).map_err(|e| {
+            uapi::dma_buf_sync_start(&self.fd, access).map_err(|e| {
                 Error::io(format!("DMA_BUF_IOCTL_SYNC start on {}", self.origin), e)
             })?;
         }
         Ok(())
     }
 
-    fn sync_end(&self, dir: SyncDirection) -> Result<()> {
+    fn sync_end(&self, access: DmaBufSyncFlags) -> Result<()> {
         if self.is_dmabuf() {
-            uapi::dma_buf_sync_end(&self.fd, dir)
+            uapi::dma_buf_sync_end(&self.fd, access)
                 .map_err(|e| Error::io(format!("DMA_BUF_IOCTL_SYNC end on {}", self.origin), e))?;
         }
         Ok(())
@@ -348,7 +348,7 @@ impl DmaBuf {
     /// Begins CPU reads; the guard derefs to the bytes and ends the access when dropped.
     pub fn read(&self) -> Result<CpuRead<'_>> {
         let mapping = self.mapping()?;
-        self.sync_start(SyncDirection::Read)?;
+        self.sync_start(DmaBufSyncFlags::READ)?;
         // SAFETY: the mapping covers `len` readable bytes and lives as long as `self`, which
         // the guard borrows; writes through this process need `&mut self`, so none overlap.
         let bytes = unsafe { std::slice::from_raw_parts(mapping.ptr.as_ptr(), mapping.len) };
@@ -366,7 +366,7 @@ impl DmaBuf {
             )));
         }
         let (ptr, len) = (mapping.ptr, mapping.len);
-        self.sync_start(SyncDirection::ReadWrite)?;
+        self.sync_start(DmaBufSyncFlags::READ | DmaBufSyncFlags::WRITE)?;
         // SAFETY: the mapping covers `len` writable bytes and lives as long as `self`, which the
         // guard borrows exclusively, so no other slice of it exists in this process.
         let bytes = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), len) };
@@ -410,7 +410,7 @@ impl Deref for CpuRead<'_> {
 
 impl Drop for CpuRead<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.buf.sync_end(SyncDirection::Read) {
+        if let Err(e) = self.buf.sync_end(DmaBufSyncFlags::READ) {
             log::warn!("{e}");
         }
     }
@@ -427,7 +427,8 @@ impl CpuWrite<'_> {
     /// Ends the access now and reports whether the kernel accepted it (drop only logs).
     pub fn finish(mut self) -> Result<()> {
         self.ended = true;
-        self.buf.sync_end(SyncDirection::ReadWrite)
+        self.buf
+            .sync_end(DmaBufSyncFlags::READ | DmaBufSyncFlags::WRITE)
     }
 }
 
@@ -447,7 +448,10 @@ impl DerefMut for CpuWrite<'_> {
 impl Drop for CpuWrite<'_> {
     fn drop(&mut self) {
         if !self.ended {
-            if let Err(e) = self.buf.sync_end(SyncDirection::ReadWrite) {
+            if let Err(e) = self
+                .buf
+                .sync_end(DmaBufSyncFlags::READ | DmaBufSyncFlags::WRITE)
+            {
                 log::warn!("{e}");
             }
         }
