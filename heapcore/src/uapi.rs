@@ -85,12 +85,10 @@ pub(crate) fn dma_heap_alloc(heap: impl AsFd, len: u64) -> rustix::io::Result<Ow
     retry_eintr(|| {
         // SAFETY: the opcode is _IOWR('H', 0, struct dma_heap_allocation_data) and `data` is
         // that struct, laid out as the UAPI header with #[repr(C)].
-        unsafe {
-            ioctl::ioctl(
-                heap,
-                ioctl::Updater::<DMA_HEAP_IOCTL_ALLOC, _>::new(&mut data),
-            )
-        }
+        let alloc = unsafe { ioctl::Updater::<DMA_HEAP_IOCTL_ALLOC, _>::new(&mut data) };
+        // SAFETY: `alloc` pairs the opcode with its struct (above); the kernel reads and writes
+        // only `data`, which outlives the call.
+        unsafe { ioctl::ioctl(heap, alloc) }
     })?;
     // SAFETY: on success the kernel installed a new fd in `data.fd` that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(data.fd as i32) })
@@ -101,12 +99,9 @@ fn dma_buf_sync(buf: impl AsFd, flags: DmaBufSyncFlags) -> rustix::io::Result<()
     let flags = flags.bits();
     retry_eintr(|| {
         // SAFETY: the opcode is _IOW('b', 0, struct dma_buf_sync) and the input is that struct.
-        unsafe {
-            ioctl::ioctl(
-                buf,
-                ioctl::Setter::<DMA_BUF_IOCTL_SYNC, _>::new(DmaBufSync { flags }),
-            )
-        }
+        let sync = unsafe { ioctl::Setter::<DMA_BUF_IOCTL_SYNC, _>::new(DmaBufSync { flags }) };
+        // SAFETY: `sync` pairs the opcode with its struct (above), which the kernel only reads.
+        unsafe { ioctl::ioctl(buf, sync) }
     })
 }
 
@@ -129,14 +124,13 @@ pub(crate) fn dma_buf_set_name(buf: impl AsFd, name: &CStr) -> rustix::io::Resul
     debug_assert!(name.to_bytes().len() <= DMA_BUF_NAME_MAX);
     let buf = buf.as_fd();
     retry_eintr(|| {
-        // SAFETY: DMA_BUF_SET_NAME takes a pointer to a NUL-terminated string which the kernel
-        // copies (strndup_user) before returning; `name` outlives the call.
-        unsafe {
-            ioctl::ioctl(
-                buf,
-                ioctl::IntegerSetter::<DMA_BUF_SET_NAME>::new_pointer(name.as_ptr() as *mut _),
-            )
-        }
+        // SAFETY: DMA_BUF_SET_NAME takes a pointer to a NUL-terminated string, which `name` is.
+        let set_name = unsafe {
+            ioctl::IntegerSetter::<DMA_BUF_SET_NAME>::new_pointer(name.as_ptr() as *mut _)
+        };
+        // SAFETY: the kernel only reads the string, copying it (strndup_user) before returning;
+        // `name` outlives the call.
+        unsafe { ioctl::ioctl(buf, set_name) }
     })
 }
 
