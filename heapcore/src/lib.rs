@@ -8,6 +8,7 @@ mod error;
 pub mod format;
 mod heap;
 mod inventory;
+mod mapping;
 pub mod policy;
 pub mod pool;
 pub mod pressure;
