@@ -1,4 +1,7 @@
 #![doc = include_str!("../README.md")]
+// `unsafe` only where the kernel boundary demands it: the ioctls (uapi), the CPU mapping
+// (mapping) and the worker threads' signal mask (worker).
+#![deny(unsafe_code)]
 
 mod access;
 mod allocator;
@@ -8,6 +11,7 @@ mod error;
 pub mod format;
 mod heap;
 mod inventory;
+#[allow(unsafe_code)]
 mod mapping;
 pub mod policy;
 pub mod pool;
@@ -16,7 +20,9 @@ pub mod size;
 mod solver;
 mod source;
 pub mod sysinfo;
+#[allow(unsafe_code)]
 mod uapi;
+#[allow(unsafe_code)]
 mod worker;
 
 pub use access::{Access, permission_fix};
