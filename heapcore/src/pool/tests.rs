@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::pressure::PressureLevel;
+use crate::source::Source;
 
 const LEN: u64 = 64 * 1024;
 
@@ -347,25 +348,4 @@ fn cpu_users_of_a_policy_listing_a_protected_heap_first_fall_back() {
     assert_eq!(buf.origin(), &crate::dmabuf::Origin::Memfd);
     assert!(buf.is_mapped());
     buf.write().unwrap()[0] = 1;
-}
-
-#[test]
-fn refill_failures_warn_once_per_streak_and_back_off() {
-    let mut streak = FailureStreak::default();
-    assert_eq!(streak.succeeded(), None, "no streak to end");
-    let failures: Vec<(log::Level, Duration)> = (0..8).map(|_| streak.failed()).collect();
-    let levels: Vec<log::Level> = failures.iter().map(|f| f.0).collect();
-    assert_eq!(levels[0], log::Level::Warn);
-    assert!(
-        levels[1..].iter().all(|&l| l == log::Level::Debug),
-        "{levels:?}"
-    );
-    let pauses: Vec<u64> = failures.iter().map(|f| f.1.as_millis() as u64).collect();
-    assert_eq!(pauses, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
-    assert_eq!(streak.succeeded(), Some(8));
-    // A new streak warns again, from the short pause.
-    assert_eq!(
-        streak.failed(),
-        (log::Level::Warn, Duration::from_millis(200))
-    );
 }
