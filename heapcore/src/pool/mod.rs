@@ -11,6 +11,7 @@
 mod budget;
 mod config;
 mod pooled;
+mod publish;
 mod refill;
 mod registry;
 mod stats;
@@ -23,10 +24,8 @@ use std::time::{Duration, Instant};
 pub use budget::Budget;
 pub use config::{MAX_POOL_BUFFERS, PoolConfig, QosClass};
 pub use pooled::PooledBuf;
-pub use registry::{
-    PoolKey, PoolRegistry, RegistryStats, open_private_dir, process_start_time, size_class,
-    stats_dir,
-};
+pub use publish::{open_private_dir, process_start_time, stats_dir};
+pub use registry::{PoolKey, PoolRegistry, RegistryStats, size_class};
 use stats::Counters;
 pub use stats::{LatencySummary, PoolStats};
 
