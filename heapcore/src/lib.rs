@@ -29,7 +29,7 @@ pub use access::{Access, permission_fix};
 pub use allocator::Allocator;
 pub use constraints::{Constraints, CpuAccess};
 pub use dmabuf::{CpuRead, CpuWrite, DmaBuf, FdInfo, Origin, fit_buffer_name};
-pub use error::{Error, Result};
+pub use error::{Error, FrameLayoutError, Result};
 pub use heap::{CMA_ALIAS, DEFAULT_CMA_NAMES, HeapKind, HeapName, HeapProperties};
 pub use inventory::{CmaAlignment, CmaUsage, HeapInfo, Inventory, SysPaths, UdmabufInfo};
 pub use policy::{Policy, PolicyEnv, PolicyError, Usage};

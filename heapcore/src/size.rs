@@ -161,7 +161,9 @@ impl FromStr for SizeSpec {
         let width: u32 = w.parse().map_err(|_| format!("{s:?}: bad width {w:?}"))?;
         let height: u32 = h.parse().map_err(|_| format!("{s:?}: bad height {h:?}"))?;
         let format: VideoFormat = format.parse()?;
-        FrameLayout::packed(format, width, height).map(Self::Frame)
+        FrameLayout::packed(format, width, height)
+            .map(Self::Frame)
+            .map_err(|e| e.to_string())
     }
 }
 

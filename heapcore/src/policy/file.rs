@@ -233,7 +233,8 @@ fn parse_layer(text: &str, path: &Path) -> Result<Vec<(Usage, LayerEntry)>, Poli
     })?;
     let mut layer = Vec::new();
     for (name, entry) in file.usage {
-        let usage = Usage::new(name.get_ref()).map_err(|m| error_at(name.span().start, m))?;
+        let usage =
+            Usage::new(name.get_ref()).map_err(|e| error_at(name.span().start, e.to_string()))?;
         let entry_span = entry.span();
         let entry = entry.into_inner();
         if entry.heaps.as_ref().is_some_and(Vec::is_empty) {

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 pub use file::{PolicyEnv, PolicyError, policy_files};
 
+use crate::error::Error;
 use crate::pool::QosClass;
 
 /// What a buffer is for. Well-known usages have constants; a policy file may add its own
@@ -34,7 +35,7 @@ impl Usage {
     pub const RENDER: &'static str = "render";
 
     /// Validates a usage name.
-    pub fn new(name: &str) -> Result<Self, String> {
+    pub fn new(name: &str) -> Result<Self, Error> {
         let ok = !name.is_empty()
             && name.len() <= 64
             && name
@@ -43,10 +44,9 @@ impl Usage {
         if ok {
             Ok(Self(name.to_owned()))
         } else {
-            Err(format!(
-                "{name:?} is not a usage name (lower-case letters, digits and '-', e.g. \
-                 video-decode)"
-            ))
+            Err(Error::InvalidUsage {
+                name: name.to_owned(),
+            })
         }
     }
 
@@ -75,7 +75,7 @@ impl fmt::Display for Usage {
 impl FromStr for Usage {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::new(s)
+        Self::new(s).map_err(|e| e.to_string())
     }
 }
 
