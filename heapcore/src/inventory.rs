@@ -26,7 +26,7 @@ impl Default for SysPaths {
             udmabuf_dev: "/dev/udmabuf".into(),
             udmabuf_size_limit: "/sys/module/udmabuf/parameters/size_limit_mb".into(),
             cma_areas_dir: "/sys/kernel/mm/cma".into(),
-            meminfo: "/proc/meminfo".into(),
+            meminfo: sysinfo::MEMINFO.into(),
         }
     }
 }
@@ -80,11 +80,9 @@ impl CmaAlignment {
     /// Where this kernel's configuration may be: `/proc/config.gz` (CONFIG_IKCONFIG_PROC), then
     /// `/boot/config-<release>`.
     pub fn kernel_configs() -> Vec<PathBuf> {
-        let release = rustix::system::uname();
-        let release = release.release().to_string_lossy();
         vec![
             "/proc/config.gz".into(),
-            PathBuf::from(format!("/boot/config-{release}")),
+            PathBuf::from(format!("/boot/config-{}", sysinfo::kernel_release())),
         ]
     }
 

@@ -66,7 +66,7 @@ impl Default for PressureConfig {
     /// triggers there, else the host's `/proc/pressure/memory`.
     fn default() -> Self {
         let cgroup = &crate::sysinfo::memory_limits().psi;
-        let host = Path::new("/proc/pressure/memory");
+        let host = Path::new(crate::sysinfo::HOST_MEMORY_PSI);
         let writable = rustix::fs::access(cgroup, rustix::fs::Access::WRITE_OK).is_ok();
         Self {
             psi_path: if writable {

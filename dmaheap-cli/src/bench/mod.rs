@@ -162,10 +162,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         PressureMode::Off => false,
         PressureMode::Auto => in_vm,
     };
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
+    let kernel = heapcore::sysinfo::kernel_release();
     let say = |s: String| {
         if !args.json {
             eprintln!("{s}");
