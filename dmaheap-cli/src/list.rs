@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::table::Table;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Print JSON for scripts instead of a table.
     #[arg(long)]
     json: bool,
@@ -38,7 +38,7 @@ struct MemfdReport {
     dmabuf: bool,
 }
 
-pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let alloc = Allocator::new();
     let inv = alloc.inventory();
     let order: Vec<String> = alloc

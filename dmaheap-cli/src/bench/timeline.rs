@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::hog::Hog;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Sample {
+pub(super) struct Sample {
     pub t_ms: u64,
     pub pressure: String,
     pub realtime_bytes: u64,
@@ -24,7 +24,7 @@ pub struct Sample {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Timeline {
+pub(super) struct Timeline {
     /// "real (PSI triggers)", "real (timer)" or "simulated".
     pub pressure_mode: String,
     pub budget: u64,
@@ -35,7 +35,7 @@ pub struct Timeline {
 /// `real`: a memory hog from 2.5 s until 3 s after pressure was seen, with the registry
 /// watching PSI. Otherwise the registry is told the levels (Elevated at 2.5 s, Critical at
 /// 4 s, Normal at 5.5 s).
-pub fn run(
+pub(super) fn run(
     alloc: &Arc<Allocator>,
     sources: &[Source],
     size: u64,
