@@ -26,8 +26,11 @@ pub enum Origin {
     Udmabuf,
     /// A plain sealed memfd: shareable memory, but not a dma-buf.
     Memfd,
-    /// An fd received from elsewhere; `exporter` is the dma-buf exporter's name if it is one.
-    Imported { exporter: Option<String> },
+    /// An fd received from elsewhere.
+    Imported {
+        /// The dma-buf exporter's name (`exp_name` in fdinfo), if the fd is a dma-buf.
+        exporter: Option<String>,
+    },
 }
 
 impl Origin {

@@ -31,7 +31,7 @@ macro_rules! video_formats {
         /// A raw video format.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         #[allow(non_camel_case_types)]
-        pub enum VideoFormat { $($variant,)+ }
+        pub enum VideoFormat { $(#[doc = concat!("`", $name, "`")] $variant,)+ }
 
         impl VideoFormat {
             /// Every supported format.
@@ -107,11 +107,17 @@ impl FromStr for VideoFormat {
 /// Where each plane of a frame lies in one buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameLayout {
+    /// The format.
     pub format: VideoFormat,
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
+    /// How many of `strides` and `offsets` are used.
     pub n_planes: usize,
+    /// Bytes per row, per plane.
     pub strides: [u32; MAX_PLANES],
+    /// Where each plane starts, in bytes from the buffer start.
     pub offsets: [u64; MAX_PLANES],
     /// Bytes the whole frame needs.
     pub size: u64,

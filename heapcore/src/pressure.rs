@@ -25,6 +25,7 @@ use crate::sysinfo::MemInfo;
 #[serde(rename_all = "kebab-case")]
 #[repr(u8)]
 pub enum PressureLevel {
+    /// No stalls worth acting on: pools keep what their caps allow.
     Normal = 0,
     /// Some tasks stall on memory: background pools give memory back.
     Elevated = 1,
@@ -56,8 +57,9 @@ pub struct PressureConfig {
     pub full_stall: Duration,
     /// Stall time per window, as a fraction of the window, under which the level may fall.
     pub calm_fraction: f64,
-    /// The timer fallback: MemAvailable/MemTotal below these fractions.
+    /// The timer fallback: MemAvailable/MemTotal below this fraction means Elevated...
     pub elevated_available: f64,
+    /// ... and below this one Critical.
     pub critical_available: f64,
 }
 
@@ -90,9 +92,11 @@ impl Default for PressureConfig {
 pub enum PressureSource {
     /// PSI triggers with poll (the kernel wakes us).
     PsiTriggers(PathBuf),
-    /// No PSI (or no triggers allowed): MemAvailable sampled by a timer. `reason` says why
-    /// triggers could not be used (the file and the error).
-    Timer { reason: String },
+    /// No PSI (or no triggers allowed): MemAvailable sampled by a timer.
+    Timer {
+        /// Why triggers could not be used (the file and the error).
+        reason: String,
+    },
 }
 
 /// The `some` line's `total=` (microseconds stalled since boot) from a PSI file.

@@ -113,7 +113,9 @@ impl FromStr for ByteSize {
 /// What a user asks for: a byte count, or a video frame whose size follows from its format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SizeSpec {
+    /// A number of bytes.
     Bytes(u64),
+    /// One frame of this layout (packed).
     Frame(FrameLayout),
 }
 

@@ -31,17 +31,22 @@ pub struct Candidate {
     pub name: String,
     /// What it resolved to on this machine.
     pub source: Option<Source>,
+    /// In or out, and why.
     pub verdict: Verdict,
 }
 
 /// The solver's answer: candidates in the order they will be tried.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Candidates {
+    /// The usage asked for.
     pub usage: Usage,
     /// The usage was unknown and `generic` was used instead.
     pub usage_fell_back: bool,
+    /// Where the policy entry that ordered them came from.
     pub policy_origin: EntryOrigin,
+    /// The constraints judged against, with the policy's additions (its `contiguous`).
     pub constraints: Constraints,
+    /// Every entry of the list, in the order tried, each in or out.
     pub entries: Vec<Candidate>,
 }
 

@@ -83,6 +83,7 @@ pub struct CgroupPaths {
     pub proc_self_cgroup: PathBuf,
     /// Where cgroupfs is mounted: the v2 hierarchy itself, or v1's per-controller directories.
     pub cgroup_root: PathBuf,
+    /// `/proc/meminfo`, for `MemTotal`.
     pub meminfo: PathBuf,
     /// The host-wide PSI file, for v1 (which has no per-cgroup PSI) and no cgroup.
     pub host_psi: PathBuf,
@@ -103,7 +104,9 @@ impl Default for CgroupPaths {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CgroupVersion {
+    /// cgroup v1's `memory` hierarchy (`memory.limit_in_bytes`, no per-cgroup PSI).
     V1,
+    /// The unified cgroup v2 hierarchy (`memory.max`, `memory.pressure`).
     V2,
 }
 

@@ -27,9 +27,13 @@ use crate::source::Source;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}:{line}:{column}: {message}", .path.display())]
 pub struct PolicyError {
+    /// The file.
     pub path: PathBuf,
+    /// 1-based line of the problem (0: the file as a whole, e.g. unreadable).
     pub line: usize,
+    /// 1-based column of the problem (0: the file as a whole).
     pub column: usize,
+    /// What is wrong.
     pub message: String,
 }
 

@@ -25,13 +25,21 @@ use crate::pool::QosClass;
 pub struct Usage(String);
 
 impl Usage {
+    /// Anything without a more specific usage; what unknown usages fall back to.
     pub const GENERIC: &'static str = "generic";
+    /// Buffers a display controller scans out.
     pub const SCANOUT: &'static str = "scanout";
+    /// A video decoder's output.
     pub const VIDEO_DECODE: &'static str = "video-decode";
+    /// A video encoder's input.
     pub const VIDEO_ENCODE: &'static str = "video-encode";
+    /// A camera's capture buffers.
     pub const CAMERA: &'static str = "camera";
+    /// Frames the CPU renders at a steady rate (user-interface animation).
     pub const ANIMATION: &'static str = "animation";
+    /// Screen capture for sharing.
     pub const SCREENCAST: &'static str = "screencast";
+    /// Buffers the CPU or GPU renders into.
     pub const RENDER: &'static str = "render";
 
     /// Validates a usage name.
@@ -55,6 +63,7 @@ impl Usage {
         Self(Self::GENERIC.to_owned())
     }
 
+    /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -82,11 +91,15 @@ impl FromStr for Usage {
 /// Where a policy entry came from, for `explain`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum EntryOrigin {
+    /// The built-in defaults ([`Policy::builtin`]).
     BuiltIn,
     /// No policy: a list the user gave (`heap=`, `--heap`), judged as it is.
     Explicit,
+    /// A policy file.
     File {
+        /// The file.
         path: PathBuf,
+        /// The line its `[usage.NAME]` table starts on.
         line: usize,
     },
 }
@@ -112,6 +125,7 @@ pub struct UsagePolicy {
     pub qos: QosClass,
     /// Buffers a realtime pool keeps ready.
     pub prewarm: usize,
+    /// Where this entry came from.
     pub origin: EntryOrigin,
 }
 

@@ -72,6 +72,7 @@ pub struct PoolConfig {
     pub sources: Vec<Source>,
     /// Bytes per buffer (rounded up to pages).
     pub buffer_size: u64,
+    /// How the pool is treated under memory pressure and how hard it stays ready.
     pub qos: QosClass,
     /// Buffers allocated before the pool is used (prewarm), kept ready by a realtime pool's
     /// refill, and kept when trimming.
@@ -83,6 +84,8 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
+    /// A `normal` pool of `buffer_size` byte buffers from `sources`, without prewarm, count
+    /// limit or budget of its own.
     pub fn new(name: impl Into<String>, sources: Vec<Source>, buffer_size: u64) -> Self {
         Self {
             name: name.into(),
@@ -95,21 +98,25 @@ impl PoolConfig {
         }
     }
 
+    /// The QoS class.
     pub fn qos(mut self, qos: QosClass) -> Self {
         self.qos = qos;
         self
     }
 
+    /// Buffers allocated before the pool is used, kept when trimming (and refilled if realtime).
     pub fn min_buffers(mut self, n: usize) -> Self {
         self.min_buffers = n;
         self
     }
 
+    /// The most buffers that may exist at once (0: no count limit).
     pub fn max_buffers(mut self, n: usize) -> Self {
         self.max_buffers = n;
         self
     }
 
+    /// The most bytes the pool may hold.
     pub fn budget(mut self, bytes: u64) -> Self {
         self.budget = Some(bytes);
         self

@@ -37,12 +37,19 @@ pub fn size_class(size: u64) -> u64 {
 /// caller never gets a pool made for another configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
+    /// [`PoolConfig::sources`].
     pub sources: Vec<Source>,
+    /// [`PoolConfig::buffer_size`] rounded up to its [`size_class`].
     pub size_class: u64,
+    /// [`PoolConfig::qos`].
     pub qos: QosClass,
+    /// [`PoolConfig::name`].
     pub name: String,
+    /// [`PoolConfig::min_buffers`].
     pub min_buffers: usize,
+    /// [`PoolConfig::max_buffers`].
     pub max_buffers: usize,
+    /// [`PoolConfig::budget`].
     pub budget: Option<u64>,
 }
 
@@ -83,21 +90,28 @@ impl fmt::Display for PoolKey {
 /// Every pool of a process (or of a part of it), as `dmaheap stats` shows them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegistryStats {
+    /// The process.
     pub pid: u32,
     /// When the process started (field 22 of `/proc/<pid>/stat`, clock ticks since boot):
     /// with the pid, it tells a live publisher from a file left by a dead one whose pid was
     /// reused.
     #[serde(default)]
     pub start_time: Option<u64>,
+    /// The program's name (its `argv[0]`).
     pub program: String,
+    /// The memory pressure level the pools were last told (`normal`, `elevated`, `critical`).
     pub pressure: String,
+    /// How pressure is watched (PSI triggers on a file, the `MemAvailable` timer, or not).
     pub pressure_source: String,
+    /// The cap on bytes all pools hold together, if there is one.
     pub global_budget: Option<u64>,
     /// Where the global budget comes from (`DMAHEAP_BUDGET`, a quarter of the cgroup's
     /// limit or of RAM, the program).
     #[serde(default)]
     pub budget_source: String,
+    /// Bytes all pools hold together.
     pub global_used: u64,
+    /// Every open pool, by name.
     pub pools: Vec<PoolStats>,
 }
 
