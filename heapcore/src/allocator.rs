@@ -144,7 +144,7 @@ impl Allocator {
             // One candidate: its own error says it best.
             return Err(attempts.pop().expect("one attempt").1);
         }
-        Err(Error::Exhausted { size, attempts })
+        Err(Error::AllSourcesFailed { size, attempts })
     }
 
     fn heap_device(&self, requested: &HeapName) -> Result<Arc<HeapDevice>> {

@@ -141,9 +141,9 @@ pub enum Error {
         pool: String,
     },
 
-    /// Every candidate failed; each attempt says why.
+    /// Every source of the list failed; each attempt says why.
     #[error("no candidate could allocate {size} bytes: {}", Attempts(.attempts))]
-    Exhausted {
+    AllSourcesFailed {
         /// The bytes asked for.
         size: u64,
         /// Each source tried, in order, and why it failed.

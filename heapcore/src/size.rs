@@ -25,8 +25,7 @@ pub fn page_aligned(size: u64) -> Result<u64> {
             size,
             reason: "it overflows when rounded up to the page size".into(),
         })?;
-    let total = sysinfo::total_memory();
-    if aligned > total {
+    if aligned > sysinfo::usable_memory() {
         return Err(Error::InvalidSize {
             size,
             reason: format!(

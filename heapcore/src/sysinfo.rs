@@ -66,7 +66,7 @@ pub fn kernel_release() -> String {
 
 /// The memory this process may use, in bytes, read once: RAM, or its memory cgroup's limit
 /// where that is lower. No single buffer can be larger.
-pub fn total_memory() -> u64 {
+pub fn usable_memory() -> u64 {
     memory_limits().usable()
 }
 
@@ -319,7 +319,7 @@ mod tests {
     fn meminfo_is_in_bytes() {
         let info = MemInfo::read();
         assert!(info.get("MemTotal").unwrap() > 1 << 20);
-        assert!(total_memory() > 1 << 20);
+        assert!(usable_memory() > 1 << 20);
         assert!(page_size().is_power_of_two());
     }
 }

@@ -25,7 +25,7 @@ pub(super) struct Sample {
 
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct Timeline {
-    /// "real (PSI triggers)", "real (timer)" or "simulated".
+    /// "real (PSI triggers)", "real (MemAvailable timer)" or "simulated".
     pub pressure_mode: String,
     pub budget: u64,
     pub max_total: u64,
@@ -49,8 +49,8 @@ pub(super) fn run(
             .watch_pressure(PressureConfig::default())
             .map_err(|e| e.to_string())?
         {
-            heapcore::pressure::PressureSource::PsiTriggers(_) => "real (PSI triggers)",
-            heapcore::pressure::PressureSource::Timer { .. } => "real (MemAvailable timer)",
+            heapcore::pressure::PressureWatch::PsiTriggers(_) => "real (PSI triggers)",
+            heapcore::pressure::PressureWatch::Timer { .. } => "real (MemAvailable timer)",
         }
     } else {
         "simulated"

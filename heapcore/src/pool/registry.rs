@@ -17,7 +17,7 @@ use crate::allocator::Allocator;
 use crate::constraints::Constraints;
 use crate::error::{Error, Result};
 use crate::policy::Policy;
-use crate::pressure::{PressureConfig, PressureLevel, PressureMonitor, PressureSource};
+use crate::pressure::{PressureConfig, PressureLevel, PressureMonitor, PressureWatch};
 use crate::size::ByteSize;
 use crate::solver::{Candidates, solve};
 use crate::source::Source;
@@ -374,32 +374,32 @@ impl PoolRegistry {
     }
 
     /// Starts watching memory pressure (PSI triggers, else a timer) and trimming on it.
-    pub fn watch_pressure(&self, config: PressureConfig) -> std::io::Result<PressureSource> {
+    pub fn watch_pressure(&self, config: PressureConfig) -> std::io::Result<PressureWatch> {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let monitor = PressureMonitor::start(config, move |level| {
             if let Some(inner) = weak.upgrade() {
                 inner.set_pressure(level);
             }
         })?;
-        let source = monitor.source().clone();
+        let watch = monitor.watch().clone();
         *self.inner.monitor.lock().unwrap_or_else(|p| p.into_inner()) = Some(monitor);
-        Ok(source)
+        Ok(watch)
     }
 
     /// Statistics of every pool.
     pub fn stats(&self) -> RegistryStats {
         let mut stats: Vec<PoolStats> = self.inner.all_pools().iter().map(Pool::stats).collect();
         stats.sort_by(|a, b| a.name.cmp(&b.name));
-        let source = match self
+        let watch = match self
             .inner
             .monitor
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
         {
-            Some(m) => match m.source() {
-                PressureSource::PsiTriggers(p) => format!("PSI triggers on {}", p.display()),
-                PressureSource::Timer { reason } => format!("MemAvailable timer ({reason})"),
+            Some(m) => match m.watch() {
+                PressureWatch::PsiTriggers(p) => format!("PSI triggers on {}", p.display()),
+                PressureWatch::Timer { reason } => format!("MemAvailable timer ({reason})"),
             },
             None => "not watched".to_owned(),
         };
@@ -408,7 +408,7 @@ impl PoolRegistry {
             start_time: process_start_time(std::process::id()),
             program: std::env::args().next().unwrap_or_default(),
             pressure: format!("{:?}", self.pressure()).to_lowercase(),
-            pressure_source: source,
+            pressure_source: watch,
             global_budget: self.inner.budget.as_ref().map(|b| b.cap()),
             budget_source: self.inner.budget_source.clone(),
             global_used: self.inner.budget.as_ref().map_or(0, |b| b.used()),
