@@ -492,6 +492,7 @@ impl FdInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mapping::test_memfd;
 
     #[test]
     fn fdinfo_of_a_dmabuf_parses() {
@@ -504,22 +505,9 @@ mod tests {
         assert_eq!(info.name(), Some("dmaheap:cli"));
     }
 
-    /// A memfd of `data`, sealed with `seals` (none: unsealed).
-    fn memfd_with(data: &[u8], seals: rustix::fs::SealFlags) -> OwnedFd {
-        use rustix::fs::MemfdFlags;
-        let fd = rustix::fs::memfd_create(
-            c"dmaheap-import-test",
-            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-        )
-        .unwrap();
-        rustix::io::write(&fd, data).unwrap();
-        rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
-        fd
-    }
-
     #[test]
     fn unsealed_memfds_and_plain_files_are_refused_on_import() {
-        let err = DmaBuf::import(memfd_with(b"frame", rustix::fs::SealFlags::empty()))
+        let err = DmaBuf::import(test_memfd(b"frame", rustix::fs::SealFlags::empty()))
             .unwrap_err()
             .to_string();
         assert!(
@@ -534,7 +522,7 @@ mod tests {
     #[test]
     fn shrink_sealed_memfds_import_and_cannot_be_truncated_under_us() {
         use rustix::fs::SealFlags;
-        let fd = memfd_with(&[7; 8192], SealFlags::SHRINK | SealFlags::GROW);
+        let fd = test_memfd(&[7; 8192], SealFlags::SHRINK | SealFlags::GROW);
         let peer = fd.try_clone().unwrap();
         let buf = DmaBuf::import(fd).unwrap();
         assert_eq!(
@@ -553,7 +541,7 @@ mod tests {
     #[test]
     fn write_sealed_memfds_map_read_only() {
         use rustix::fs::SealFlags;
-        let fd = memfd_with(
+        let fd = test_memfd(
             b"sealed frame",
             SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE,
         );

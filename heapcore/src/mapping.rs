@@ -107,29 +107,32 @@ impl Drop for Mapping {
     }
 }
 
+/// A memfd named `dmaheap-import-test` holding `data`, with `seals` added (none: unsealed),
+/// for the tests here and in `dmabuf`.
+#[cfg(test)]
+pub(crate) fn test_memfd(data: &[u8], seals: rustix::fs::SealFlags) -> std::os::fd::OwnedFd {
+    use rustix::fs::MemfdFlags;
+    let fd = rustix::fs::memfd_create(
+        c"dmaheap-import-test",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .unwrap();
+    rustix::io::write(&fd, data).unwrap();
+    rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+    fd
+}
+
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::fd::AsFd;
 
-    use rustix::fs::{MemfdFlags, SealFlags};
+    use rustix::fs::SealFlags;
 
     use super::*;
 
-    /// A memfd of `data` with `seals` added.
-    fn memfd(data: &[u8], seals: SealFlags) -> OwnedFd {
-        let fd = rustix::fs::memfd_create(
-            c"dmaheap-mapping-test",
-            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-        )
-        .unwrap();
-        rustix::io::write(&fd, data).unwrap();
-        rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
-        fd
-    }
-
     #[test]
     fn writable_mappings_write_through_to_the_fd() {
-        let fd = memfd(&[0; 8192], SealFlags::empty());
+        let fd = test_memfd(&[0; 8192], SealFlags::empty());
         let mut mapping = Mapping::new(fd.as_fd(), 8192).unwrap();
         mapping.populate().unwrap();
         mapping.bytes_mut().unwrap()[4096..4099].copy_from_slice(b"abc");
@@ -141,7 +144,7 @@ mod tests {
 
     #[test]
     fn write_sealed_fds_map_read_only_and_give_no_mutable_bytes() {
-        let fd = memfd(
+        let fd = test_memfd(
             b"sealed",
             SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE,
         );
