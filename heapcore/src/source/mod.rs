@@ -1,5 +1,6 @@
-//! The three ways to get shareable buffer memory, best first: a DMA-BUF heap device, a sealed
-//! memfd wrapped by `/dev/udmabuf`, and a plain sealed memfd.
+//! Where buffers come from: [`Source`], the one parser of source lists, and the three ways to
+//! get shareable buffer memory, best first: a DMA-BUF heap device, a sealed memfd wrapped by
+//! `/dev/udmabuf`, and a plain sealed memfd.
 
 mod dma_heap;
 mod memfd;
