@@ -9,7 +9,7 @@ use heapcore::{Allocator, DmaBuf, Source};
 const MAX_COUNT: i64 = 65_536;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Where to allocate: a heap name (`system`, `cma`, `reserved`, ...), `udmabuf` or `memfd`;
     /// a list (commas or spaces; `linux,cma` stays one name) is tried in order. Default: the
     /// best this machine has.
@@ -26,7 +26,7 @@ pub struct Args {
     name: String,
 }
 
-pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let alloc = Allocator::new();
     let listed = Source::parse_list(&args.heap, alloc.inventory())?;
     let sources = if listed.is_empty() {

@@ -6,7 +6,7 @@ use heapcore::size::{ByteSize, SizeSpec};
 use heapcore::{Allocator, Constraints, CpuAccess, Policy, Usage, solve};
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// What the buffer is for (scanout, video-decode, camera, animation, screencast, ...).
     #[arg(long, default_value = "generic")]
     usage: Usage,
@@ -41,7 +41,7 @@ fn power_of_two(s: &str) -> Result<u64, String> {
     Ok(v)
 }
 
-pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let policy = match &args.policy {
         Some(path) => {
             let mut policy = Policy::builtin();

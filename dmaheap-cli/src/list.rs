@@ -1,25 +1,35 @@
 //! `dmaheap list`: what this machine offers and whether the caller may use it.
 
 use heapcore::size::ByteSize;
-use heapcore::{Access, Allocator, HeapInfo, Inventory};
+use heapcore::{Access, Allocator, CmaAlignment, CmaUsage, HeapInfo, Inventory, UdmabufInfo};
 use serde::Serialize;
 
 use crate::table::Table;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Print JSON for scripts instead of a table.
     #[arg(long)]
     json: bool,
 }
 
+/// What `--json` prints: the two tables (heaps, other sources), CMA totals and the default
+/// order.
 #[derive(Serialize)]
 struct Report<'a> {
-    #[serde(flatten)]
-    inventory: &'a Inventory,
-    memfd: MemfdReport,
+    heaps: &'a [HeapInfo],
+    other_sources: OtherSources<'a>,
+    cma: Option<CmaUsage>,
+    cma_alignment: &'a CmaAlignment,
     /// Sources in the order `dmaheap alloc` tries them when no heap is named.
     default_order: Vec<String>,
+}
+
+/// The sources that are not heaps, as the OTHER SOURCES table lists them.
+#[derive(Serialize)]
+struct OtherSources<'a> {
+    udmabuf: &'a UdmabufInfo,
+    memfd: MemfdReport,
 }
 
 #[derive(Serialize)]
@@ -28,7 +38,7 @@ struct MemfdReport {
     dmabuf: bool,
 }
 
-pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let alloc = Allocator::new();
     let inv = alloc.inventory();
     let order: Vec<String> = alloc
@@ -38,11 +48,16 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     if args.json {
         let report = Report {
-            inventory: inv,
-            memfd: MemfdReport {
-                access: Access::Allowed,
-                dmabuf: false,
+            heaps: &inv.heaps,
+            other_sources: OtherSources {
+                udmabuf: &inv.udmabuf,
+                memfd: MemfdReport {
+                    access: Access::Allowed,
+                    dmabuf: false,
+                },
             },
+            cma: inv.cma,
+            cma_alignment: &inv.cma_alignment,
             default_order: order,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -79,25 +94,25 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     println!();
 
-    let mut backends = Table::new(&["BACKEND", "DMA-BUF", "USABLE", "NOTES"]);
+    let mut others = Table::new(&["OTHER SOURCES", "DMA-BUF", "USABLE", "NOTES"]);
     let udmabuf_notes = match (&inv.udmabuf.access, inv.udmabuf.size_limit) {
         (Access::Missing, _) => format!("{} missing (CONFIG_UDMABUF)", inv.udmabuf.path.display()),
         (_, Some(limit)) => format!("up to {} per buffer (size_limit_mb)", ByteSize(limit)),
         (_, None) => "size limit unknown".to_owned(),
     };
-    backends.row(vec![
+    others.row(vec![
         "udmabuf".into(),
         "yes".into(),
         usable(&inv.udmabuf.access),
         udmabuf_notes,
     ]);
-    backends.row(vec![
+    others.row(vec![
         "memfd".into(),
         "no".into(),
         "yes".into(),
         "last resort: shareable memory that devices cannot import".into(),
     ]);
-    backends.print();
+    others.print();
     println!();
     println!("Default order: {}", order.join(" → "));
     for (what, access) in inv

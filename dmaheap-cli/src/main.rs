@@ -1,5 +1,5 @@
-//! `dmaheap`: list heaps and backends, allocate from them, explain which heap a request gets,
-//! show the pool statistics running processes publish, and benchmark pools.
+//! `dmaheap`: list heaps and other sources, allocate from them, explain which heap a request
+//! gets, show the pool statistics running processes publish, and benchmark pools.
 
 mod alloc;
 mod bench;
@@ -28,7 +28,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List heaps and backends with their properties and whether this user may use them.
+    /// List heaps and other sources with their properties and whether this user may use them.
     List(list::Args),
     /// Allocate buffers, touch and name them, and report where they came from.
     Alloc(alloc::Args),

@@ -7,7 +7,7 @@ use rustix::fs::AtFlags;
 use crate::table::Table;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Only this process.
     #[arg(long)]
     pid: Option<u32>,
@@ -19,7 +19,7 @@ pub struct Args {
 /// Statistics every live process published. Files whose process is gone, or whose pid now
 /// belongs to another process (its start time differs), are removed and not shown. A
 /// directory another user could have prepared is refused.
-pub fn published() -> Result<Vec<RegistryStats>, Box<dyn std::error::Error>> {
+pub(crate) fn published() -> Result<Vec<RegistryStats>, Box<dyn std::error::Error>> {
     let dir = stats_dir();
     if !dir.exists() {
         return Ok(Vec::new());
@@ -50,7 +50,7 @@ pub fn published() -> Result<Vec<RegistryStats>, Box<dyn std::error::Error>> {
     Ok(all)
 }
 
-pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let all: Vec<RegistryStats> = published()?
         .into_iter()
         .filter(|s| args.pid.is_none_or(|p| p == s.pid))
@@ -73,7 +73,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-pub fn print_registry(s: &RegistryStats) {
+pub(crate) fn print_registry(s: &RegistryStats) {
     let budget = s.global_budget.map_or("no global budget".to_owned(), |b| {
         let from = if s.budget_source.is_empty() {
             String::new()
@@ -133,7 +133,7 @@ pub fn print_registry(s: &RegistryStats) {
     println!();
 }
 
-pub fn ns(v: u64) -> String {
+pub(crate) fn ns(v: u64) -> String {
     match v {
         0..1_000 => format!("{v} ns"),
         1_000..1_000_000 => format!("{:.1} µs", v as f64 / 1e3),

@@ -214,14 +214,14 @@ fn psi_trigger_trims_pools_and_refills_after() -> Result<(), Failed> {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use heapcore::pressure::{PressureConfig, PressureSource};
+    use heapcore::pressure::{PressureConfig, PressureWatch};
     use heapcore::{Allocator, Policy, PoolConfig, PoolRegistry, PressureLevel, QosClass, Source};
 
     let registry = PoolRegistry::new(Arc::new(Allocator::new()), Policy::builtin(), None);
-    let source = registry.watch_pressure(PressureConfig::default())?;
+    let watch = registry.watch_pressure(PressureConfig::default())?;
     ensure!(
-        matches!(source, PressureSource::PsiTriggers(_)),
-        "no PSI trigger here: {source:?}"
+        matches!(watch, PressureWatch::PsiTriggers(_)),
+        "no PSI trigger here: {watch:?}"
     );
     let system = vec![Source::heap("system")?];
     let size = 4 << 20;

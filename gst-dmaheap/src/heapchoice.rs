@@ -97,7 +97,9 @@ impl HeapChoice {
     /// name this machine lacks is skipped with a warning while another entry can serve, and an
     /// error when none can.
     pub fn resolve(heap: &str, usage: &str, size: u64) -> Result<Self, Error> {
-        let usage = Usage::new(usage).map_err(|reason| Error::BadUsage { reason })?;
+        let usage = Usage::new(usage).map_err(|e| Error::BadUsage {
+            reason: e.to_string(),
+        })?;
         let registry = registry();
         let inventory = registry.allocator().inventory();
         let entries = Source::parse_list(heap, inventory)?;

@@ -12,8 +12,11 @@ use serde::Serialize;
 pub enum Access {
     /// It can be opened.
     Allowed,
-    /// It exists but may not be opened; `fix` says what grants access.
-    Denied { fix: String },
+    /// It exists but may not be opened.
+    Denied {
+        /// What grants access (see [`permission_fix`]).
+        fix: String,
+    },
     /// There is no such node.
     Missing,
 }

@@ -5,14 +5,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::backend::{HeapDevice, Source, UdmabufDevice, sealed_memfd};
 use crate::dmabuf::{DmaBuf, Origin, validate_buffer_name};
 use crate::error::{Error, Result};
 use crate::heap::{HeapKind, HeapName};
 use crate::inventory::Inventory;
 use crate::size::{ByteSize, page_aligned};
+use crate::source::{HeapDevice, Source, UdmabufDevice, sealed_memfd};
 
-/// Allocates buffers from this machine's heaps and backends. Cheap to share (`Arc`); every
+/// Allocates buffers from this machine's heaps and other sources. Cheap to share (`Arc`); every
 /// method takes `&self`.
 #[derive(Debug)]
 pub struct Allocator {
@@ -144,7 +144,7 @@ impl Allocator {
             // One candidate: its own error says it best.
             return Err(attempts.pop().expect("one attempt").1);
         }
-        Err(Error::Exhausted { size, attempts })
+        Err(Error::AllSourcesFailed { size, attempts })
     }
 
     fn heap_device(&self, requested: &HeapName) -> Result<Arc<HeapDevice>> {

@@ -40,9 +40,11 @@ impl std::str::FromStr for CpuAccess {
 pub struct Constraints {
     /// Bytes needed (rounded up to pages at allocation).
     pub size: u64,
+    /// What the buffer is for: the policy entry that orders the heaps.
     pub usage: Usage,
     /// Devices without an IOMMU need physically contiguous memory.
     pub contiguous: bool,
+    /// How the CPU touches the buffer.
     pub cpu_access: CpuAccess,
     /// Physical alignment of the buffer start, a power of two (page size or less: any heap).
     pub alignment: u64,
@@ -69,22 +71,25 @@ impl Constraints {
         Self::new(layout.size)
     }
 
+    /// What the buffer is for.
     pub fn usage(mut self, usage: Usage) -> Self {
         self.usage = usage;
         self
     }
 
+    /// Whether the buffer must be physically contiguous.
     pub fn contiguous(mut self, contiguous: bool) -> Self {
         self.contiguous = contiguous;
         self
     }
 
+    /// How the CPU touches the buffer.
     pub fn cpu_access(mut self, access: CpuAccess) -> Self {
         self.cpu_access = access;
         self
     }
 
-    /// Rounded up to a power of two.
+    /// The physical alignment of the buffer start, rounded up to a power of two.
     pub fn alignment(mut self, alignment: u64) -> Self {
         self.alignment = alignment
             .max(1)
@@ -93,6 +98,7 @@ impl Constraints {
         self
     }
 
+    /// Whether the consumer imports dma-bufs only (no memfd fallback).
     pub fn require_dmabuf(mut self, required: bool) -> Self {
         self.require_dmabuf = required;
         self

@@ -1,20 +1,20 @@
-//! The owned buffer: its fd, size and origin, a CPU mapping kept for its whole life, and
-//! guards that bracket CPU access with `DMA_BUF_IOCTL_SYNC`.
+//! The owned buffer: its fd, size and origin, a CPU mapping kept for its whole life (see
+//! `mapping`), and guards that bracket CPU access with `DMA_BUF_IOCTL_SYNC`.
 
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::ptr::NonNull;
 use std::sync::OnceLock;
 
-use rustix::mm::{MapFlags, ProtFlags};
+use rustix::io::Errno;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::heap::HeapName;
-use crate::uapi::{self, SyncDirection};
+use crate::mapping::Mapping;
+use crate::uapi::{self, DmaBufSyncFlags};
 
 /// Where a buffer's memory came from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -26,8 +26,11 @@ pub enum Origin {
     Udmabuf,
     /// A plain sealed memfd: shareable memory, but not a dma-buf.
     Memfd,
-    /// An fd received from elsewhere; `exporter` is the dma-buf exporter's name if it is one.
-    Imported { exporter: Option<String> },
+    /// An fd received from elsewhere.
+    Imported {
+        /// The dma-buf exporter's name (`exp_name` in fdinfo), if the fd is a dma-buf.
+        exporter: Option<String>,
+    },
 }
 
 impl Origin {
@@ -61,50 +64,6 @@ impl fmt::Display for Origin {
             Self::Memfd => f.write_str("memfd"),
             Self::Imported { exporter: Some(e) } => write!(f, "imported dma-buf ({e})"),
             Self::Imported { exporter: None } => f.write_str("imported fd"),
-        }
-    }
-}
-
-/// A shared mapping of the whole buffer, unmapped on drop.
-struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-    writable: bool,
-}
-
-// SAFETY: the mapping is plain shared memory; who may read or write it through this process is
-// governed by the borrows of the owning `DmaBuf` (`&` for reads, `&mut` for writes).
-unsafe impl Send for Mapping {}
-// SAFETY: as above; `&Mapping` only hands out reads.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    fn new(fd: BorrowedFd<'_>, len: usize) -> rustix::io::Result<Self> {
-        let map = |prot| {
-            // SAFETY: a fresh MAP_SHARED mapping at an address the kernel picks aliases no Rust
-            // object; it lives until `Drop` unmaps it.
-            unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0) }
-        };
-        // A read-only fd (e.g. one a consumer received: EACCES) or a write-sealed memfd
-        // (EPERM) can still be mapped for reading.
-        let (ptr, writable) = match map(ProtFlags::READ | ProtFlags::WRITE) {
-            Ok(ptr) => (ptr, true),
-            Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => {
-                (map(ProtFlags::READ)?, false)
-            }
-            Err(e) => return Err(e),
-        };
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(rustix::io::Errno::FAULT)?;
-        Ok(Self { ptr, len, writable })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly what mmap returned and nothing borrows the mapping
-        // any more (guards borrow the owning DmaBuf, which is being dropped).
-        if let Err(e) = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) } {
-            log::error!("munmap of a {} byte buffer failed: {e}", self.len);
         }
     }
 }
@@ -239,34 +198,8 @@ impl DmaBuf {
     /// [`Error::OutOfMemory`], reported here rather than as an OOM kill or a `SIGBUS` at the
     /// first write.
     pub fn prefault(&self) -> Result<()> {
-        use rustix::io::Errno;
-        let mapping = self.mapping()?;
-        let advice = if mapping.writable {
-            rustix::mm::Advice::LinuxPopulateWrite
-        } else {
-            rustix::mm::Advice::LinuxPopulateRead
-        };
-        let populated = loop {
-            // SAFETY: the range is exactly our live mapping; populating changes no contents.
-            match unsafe { rustix::mm::madvise(mapping.ptr.as_ptr().cast(), mapping.len, advice) } {
-                // A signal interrupted it; the pages done so far stay, the rest follow.
-                Err(Errno::INTR) => continue,
-                other => break other,
-            }
-        };
-        match populated {
+        match self.mapping()?.populate() {
             Ok(()) => Ok(()),
-            // Kernels before 5.14 do not know MADV_POPULATE_*, and PFN-mapped heaps (CMA)
-            // refuse it: a read of each page faults it in just the same. Only here: after any
-            // other error the same faults would kill the process or hang it.
-            Err(Errno::INVAL) => {
-                let page = crate::sysinfo::page_size() as usize;
-                for offset in (0..mapping.len).step_by(page) {
-                    // SAFETY: `offset` is inside the mapping; a volatile read keeps the fault.
-                    unsafe { std::ptr::read_volatile(mapping.ptr.as_ptr().add(offset)) };
-                }
-                Ok(())
-            }
             Err(Errno::NOMEM) => Err(Error::OutOfMemory {
                 source_name: format!("{} (faulting its pages in)", self.origin),
                 size: self.len,
@@ -310,14 +243,14 @@ impl DmaBuf {
             ));
         }
         let mapping = Mapping::new(self.fd.as_fd(), len).map_err(|e| match e {
-            rustix::io::Errno::PERM | rustix::io::Errno::INVAL if self.origin.is_protected() => {
+            Errno::PERM | Errno::INVAL if self.origin.is_protected() => {
                 Error::Unsupported(format!(
                     "the CPU may not map this buffer from {} ({e}): protected heaps cannot be \
                      mapped",
                     self.origin
                 ))
             }
-            rustix::io::Errno::PERM | rustix::io::Errno::INVAL => Error::Unsupported(format!(
+            Errno::PERM | Errno::INVAL => Error::Unsupported(format!(
                 "the CPU may not map this buffer from {} ({e})",
                 self.origin
             )),
@@ -328,50 +261,44 @@ impl DmaBuf {
         Ok(self.mapping.get().expect("mapping was just set"))
     }
 
-    fn sync_start(&self, dir: SyncDirection) -> Result<()> {
-        if self.is_dmabuf() {
-            uapi::dma_buf_sync_start(&self.fd, dir).map_err(|e| {
-                Error::io(format!("DMA_BUF_IOCTL_SYNC start on {}", self.origin), e)
-            })?;
+    /// What a `DMA_BUF_IOCTL_SYNC` bracket on this buffer needs.
+    fn syncer(&self) -> Syncer<'_> {
+        Syncer {
+            fd: self.fd.as_fd(),
+            origin: &self.origin,
         }
-        Ok(())
-    }
-
-    fn sync_end(&self, dir: SyncDirection) -> Result<()> {
-        if self.is_dmabuf() {
-            uapi::dma_buf_sync_end(&self.fd, dir)
-                .map_err(|e| Error::io(format!("DMA_BUF_IOCTL_SYNC end on {}", self.origin), e))?;
-        }
-        Ok(())
     }
 
     /// Begins CPU reads; the guard derefs to the bytes and ends the access when dropped.
     pub fn read(&self) -> Result<CpuRead<'_>> {
-        let mapping = self.mapping()?;
-        self.sync_start(SyncDirection::Read)?;
-        // SAFETY: the mapping covers `len` readable bytes and lives as long as `self`, which
-        // the guard borrows; writes through this process need `&mut self`, so none overlap.
-        let bytes = unsafe { std::slice::from_raw_parts(mapping.ptr.as_ptr(), mapping.len) };
-        Ok(CpuRead { buf: self, bytes })
+        let bytes = self.mapping()?.bytes();
+        let sync = self.syncer();
+        sync.start(DmaBufSyncFlags::READ)?;
+        Ok(CpuRead { sync, bytes })
     }
 
     /// Begins CPU reads and writes; the guard derefs to the bytes mutably and ends the access
     /// (flushing CPU writes towards devices) when dropped or [`CpuWrite::finish`]ed.
     pub fn write(&mut self) -> Result<CpuWrite<'_>> {
-        let mapping = self.mapping()?;
-        if !mapping.writable {
+        self.mapping()?;
+        let Self {
+            ref fd,
+            ref origin,
+            ref mut mapping,
+            ..
+        } = *self;
+        let Some(bytes) = mapping.get_mut().and_then(Mapping::bytes_mut) else {
             return Err(Error::Unsupported(format!(
-                "this buffer from {} was opened read-only",
-                self.origin
+                "this buffer from {origin} was opened read-only"
             )));
-        }
-        let (ptr, len) = (mapping.ptr, mapping.len);
-        self.sync_start(SyncDirection::ReadWrite)?;
-        // SAFETY: the mapping covers `len` writable bytes and lives as long as `self`, which the
-        // guard borrows exclusively, so no other slice of it exists in this process.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), len) };
+        };
+        let sync = Syncer {
+            fd: fd.as_fd(),
+            origin,
+        };
+        sync.start(DmaBufSyncFlags::READ | DmaBufSyncFlags::WRITE)?;
         Ok(CpuWrite {
-            buf: self,
+            sync,
             bytes,
             ended: false,
         })
@@ -395,9 +322,37 @@ impl AsRawFd for DmaBuf {
     }
 }
 
+/// What a `DMA_BUF_IOCTL_SYNC` bracket needs of its buffer: the fd, and the origin (a memfd
+/// takes no sync; errors name where the buffer came from). Borrowing only these two lets a
+/// write guard hold the mapping's bytes mutably at the same time.
+#[derive(Clone, Copy)]
+struct Syncer<'a> {
+    fd: BorrowedFd<'a>,
+    origin: &'a Origin,
+}
+
+impl Syncer<'_> {
+    fn start(self, access: DmaBufSyncFlags) -> Result<()> {
+        if self.origin.is_dmabuf() {
+            uapi::dma_buf_sync_start(self.fd, access).map_err(|e| {
+                Error::io(format!("DMA_BUF_IOCTL_SYNC start on {}", self.origin), e)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn end(self, access: DmaBufSyncFlags) -> Result<()> {
+        if self.origin.is_dmabuf() {
+            uapi::dma_buf_sync_end(self.fd, access)
+                .map_err(|e| Error::io(format!("DMA_BUF_IOCTL_SYNC end on {}", self.origin), e))?;
+        }
+        Ok(())
+    }
+}
+
 /// CPU read access to a buffer; ends the `DMA_BUF_IOCTL_SYNC` bracket on drop.
 pub struct CpuRead<'a> {
-    buf: &'a DmaBuf,
+    sync: Syncer<'a>,
     bytes: &'a [u8],
 }
 
@@ -410,7 +365,7 @@ impl Deref for CpuRead<'_> {
 
 impl Drop for CpuRead<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.buf.sync_end(SyncDirection::Read) {
+        if let Err(e) = self.sync.end(DmaBufSyncFlags::READ) {
             log::warn!("{e}");
         }
     }
@@ -418,7 +373,7 @@ impl Drop for CpuRead<'_> {
 
 /// CPU read/write access to a buffer; ends the `DMA_BUF_IOCTL_SYNC` bracket on drop.
 pub struct CpuWrite<'a> {
-    buf: &'a DmaBuf,
+    sync: Syncer<'a>,
     bytes: &'a mut [u8],
     ended: bool,
 }
@@ -427,7 +382,8 @@ impl CpuWrite<'_> {
     /// Ends the access now and reports whether the kernel accepted it (drop only logs).
     pub fn finish(mut self) -> Result<()> {
         self.ended = true;
-        self.buf.sync_end(SyncDirection::ReadWrite)
+        self.sync
+            .end(DmaBufSyncFlags::READ | DmaBufSyncFlags::WRITE)
     }
 }
 
@@ -447,7 +403,10 @@ impl DerefMut for CpuWrite<'_> {
 impl Drop for CpuWrite<'_> {
     fn drop(&mut self) {
         if !self.ended {
-            if let Err(e) = self.buf.sync_end(SyncDirection::ReadWrite) {
+            if let Err(e) = self
+                .sync
+                .end(DmaBufSyncFlags::READ | DmaBufSyncFlags::WRITE)
+            {
                 log::warn!("{e}");
             }
         }
@@ -533,6 +492,7 @@ impl FdInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mapping::test_memfd;
 
     #[test]
     fn fdinfo_of_a_dmabuf_parses() {
@@ -545,22 +505,9 @@ mod tests {
         assert_eq!(info.name(), Some("dmaheap:cli"));
     }
 
-    /// A memfd of `data`, sealed with `seals` (none: unsealed).
-    fn memfd_with(data: &[u8], seals: rustix::fs::SealFlags) -> OwnedFd {
-        use rustix::fs::MemfdFlags;
-        let fd = rustix::fs::memfd_create(
-            c"dmaheap-import-test",
-            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-        )
-        .unwrap();
-        rustix::io::write(&fd, data).unwrap();
-        rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
-        fd
-    }
-
     #[test]
     fn unsealed_memfds_and_plain_files_are_refused_on_import() {
-        let err = DmaBuf::import(memfd_with(b"frame", rustix::fs::SealFlags::empty()))
+        let err = DmaBuf::import(test_memfd(b"frame", rustix::fs::SealFlags::empty()))
             .unwrap_err()
             .to_string();
         assert!(
@@ -575,7 +522,7 @@ mod tests {
     #[test]
     fn shrink_sealed_memfds_import_and_cannot_be_truncated_under_us() {
         use rustix::fs::SealFlags;
-        let fd = memfd_with(&[7; 8192], SealFlags::SHRINK | SealFlags::GROW);
+        let fd = test_memfd(&[7; 8192], SealFlags::SHRINK | SealFlags::GROW);
         let peer = fd.try_clone().unwrap();
         let buf = DmaBuf::import(fd).unwrap();
         assert_eq!(
@@ -594,14 +541,14 @@ mod tests {
     #[test]
     fn write_sealed_memfds_map_read_only() {
         use rustix::fs::SealFlags;
-        let fd = memfd_with(
+        let fd = test_memfd(
             b"sealed frame",
             SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE,
         );
         let mut buf = DmaBuf::import(fd).unwrap();
         assert_eq!(&buf.read().unwrap()[..12], b"sealed frame");
         // The kernel's view: a shared mapping of the memfd without write permission.
-        let start = buf.mapping.get().unwrap().ptr.as_ptr() as usize;
+        let start = buf.mapping.get().unwrap().bytes().as_ptr() as usize;
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
         let line = maps
             .lines()

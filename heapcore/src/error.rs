@@ -4,6 +4,8 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+use crate::format::VideoFormat;
+
 /// Everything heapcore can fail with.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -11,83 +13,149 @@ pub enum Error {
     /// A heap name that could escape `/dev/dma_heap` or is not a name at all. Refused before
     /// anything is opened.
     #[error("{name:?} is not a valid heap name: {reason}")]
-    InvalidHeapName { name: String, reason: &'static str },
+    InvalidHeapName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A usage name that is not lower-case letters, digits and `-` (at most 64 bytes).
+    #[error("{name:?} is not a usage name (lower-case letters, digits and '-', e.g. video-decode)")]
+    InvalidUsage {
+        /// The name as given.
+        name: String,
+    },
 
     /// The name is well-formed but no such heap exists on this machine.
     #[error("{}", unknown_heap_message(.name, .available))]
     UnknownHeap {
+        /// The name asked for.
         name: String,
+        /// The heaps this machine has (none: the kernel exposes no heaps at all).
         available: Vec<String>,
     },
 
     /// The device exists but this process may not open it.
     #[error("no permission to open {}: {fix}", .path.display())]
-    PermissionDenied { path: PathBuf, fix: String },
+    PermissionDenied {
+        /// The device node.
+        path: PathBuf,
+        /// What grants access (see [`permission_fix`](crate::permission_fix)).
+        fix: String,
+    },
 
-    /// The backend had no memory for this request.
+    /// The source had no memory for this request.
     #[error("{source_name} is out of memory for {size} bytes")]
-    OutOfMemory { source_name: String, size: u64 },
+    OutOfMemory {
+        /// The source (or the step, such as faulting pages in) that had no memory.
+        source_name: String,
+        /// The bytes asked for.
+        size: u64,
+    },
 
     /// The size cannot be allocated anywhere (zero, overflowing, beyond this machine's RAM).
     #[error("invalid buffer size {size}: {reason}")]
-    InvalidSize { size: u64, reason: String },
+    InvalidSize {
+        /// The size asked for.
+        size: u64,
+        /// Why no source could give it.
+        reason: String,
+    },
 
-    /// The backend has a size limit below the request.
+    /// The source has a size limit below the request.
     #[error("{source_name} cannot allocate {size} bytes: its limit is {limit} bytes ({hint})")]
     TooLarge {
+        /// The source.
         source_name: String,
+        /// The bytes asked for.
         size: u64,
+        /// Its limit in bytes.
         limit: u64,
+        /// How to raise the limit.
         hint: &'static str,
     },
 
-    /// The backend does not exist on this machine (e.g. no `/dev/udmabuf`).
+    /// The source does not exist on this machine (e.g. no `/dev/udmabuf`).
     #[error("{source_name} is not available: {reason}")]
-    Unavailable { source_name: String, reason: String },
+    Unavailable {
+        /// The source.
+        source_name: String,
+        /// What is missing, and what provides it.
+        reason: String,
+    },
 
     /// A buffer name the kernel would refuse.
     #[error("invalid buffer name {name:?}: {reason}")]
-    InvalidBufferName { name: String, reason: String },
+    InvalidBufferName {
+        /// The name as given.
+        name: String,
+        /// What the kernel would refuse in it.
+        reason: String,
+    },
 
     /// A pool configuration that cannot work (no source, min above max, counts beyond the cap).
     #[error("pool {pool} cannot be made: {reason}")]
-    InvalidConfig { pool: String, reason: String },
+    InvalidConfig {
+        /// The pool's name.
+        pool: String,
+        /// What cannot work.
+        reason: String,
+    },
 
     /// The operation makes no sense for this buffer (e.g. CPU-mapping a protected buffer).
     #[error("{0}")]
     Unsupported(String),
 
-    /// No heap, backend or fallback can serve these constraints on this machine.
+    /// No heap, other source or fallback can serve these constraints on this machine.
     #[error("nothing on this machine can serve this request:\n{explanation}")]
-    NoCandidate { explanation: String },
+    NoCandidate {
+        /// The `dmaheap explain` text: every candidate and why it is out.
+        explanation: String,
+    },
 
     /// A pool has no free buffer and may not grow.
     #[error("pool {pool} has no free buffer and cannot grow: {reason}")]
-    PoolExhausted { pool: String, reason: String },
+    PoolExhausted {
+        /// The pool's name.
+        pool: String,
+        /// Which cap stops it growing.
+        reason: String,
+    },
 
     /// No buffer came back to a full pool in time.
     #[error("pool {pool}: no buffer within {waited:?} ({reason})")]
     PoolTimeout {
+        /// The pool's name.
         pool: String,
+        /// How long the acquire waited.
         waited: std::time::Duration,
+        /// Which cap stopped it growing meanwhile.
         reason: String,
     },
 
     /// The pool was shut down.
     #[error("pool {pool} has been shut down")]
-    PoolShutDown { pool: String },
+    PoolShutDown {
+        /// The pool's name.
+        pool: String,
+    },
 
-    /// Every candidate failed; each attempt says why.
+    /// Every source of the list failed; each attempt says why.
     #[error("no candidate could allocate {size} bytes: {}", Attempts(.attempts))]
-    Exhausted {
+    AllSourcesFailed {
+        /// The bytes asked for.
         size: u64,
+        /// Each source tried, in order, and why it failed.
         attempts: Vec<(String, Error)>,
     },
 
     /// A system call failed where no more specific error applies.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done.
         context: String,
+        /// The system's error.
         #[source]
         source: io::Error,
     },
@@ -109,6 +177,7 @@ impl Error {
             Self::InvalidSize { .. }
                 | Self::InvalidBufferName { .. }
                 | Self::InvalidHeapName { .. }
+                | Self::InvalidUsage { .. }
                 | Self::InvalidConfig { .. }
         )
     }
@@ -145,3 +214,37 @@ impl fmt::Display for Attempts<'_> {
 
 /// heapcore's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a video frame has no layout ([`FrameLayout::packed`](crate::format::FrameLayout::packed),
+/// [`FrameLayout::aligned`](crate::format::FrameLayout::aligned)). Apart from [`Error`]
+/// because laying out a frame is pure arithmetic that never touches the system.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameLayoutError {
+    /// A width or a height of 0.
+    #[error("a {width}x{height} frame is empty")]
+    Empty {
+        /// The width asked for.
+        width: u32,
+        /// The height asked for.
+        height: u32,
+    },
+    /// A stride or plane alignment that is not a power of two.
+    #[error("alignments must be powers of two")]
+    AlignmentNotPowerOfTwo {
+        /// The stride alignment asked for.
+        stride_align: u32,
+        /// The plane alignment asked for.
+        plane_align: u64,
+    },
+    /// A stride that does not fit 32 bits, or a frame size that does not fit 64.
+    #[error("a {width}x{height} {format} frame overflows")]
+    Overflow {
+        /// The format.
+        format: VideoFormat,
+        /// The width asked for.
+        width: u32,
+        /// The height asked for.
+        height: u32,
+    },
+}

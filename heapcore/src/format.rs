@@ -4,6 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::error::FrameLayoutError;
+
 /// The most planes a supported format has.
 pub const MAX_PLANES: usize = 3;
 
@@ -29,7 +31,7 @@ macro_rules! video_formats {
         /// A raw video format.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         #[allow(non_camel_case_types)]
-        pub enum VideoFormat { $($variant,)+ }
+        pub enum VideoFormat { $(#[doc = concat!("`", $name, "`")] $variant,)+ }
 
         impl VideoFormat {
             /// Every supported format.
@@ -105,11 +107,17 @@ impl FromStr for VideoFormat {
 /// Where each plane of a frame lies in one buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameLayout {
+    /// The format.
     pub format: VideoFormat,
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
+    /// How many of `strides` and `offsets` are used.
     pub n_planes: usize,
+    /// Bytes per row, per plane.
     pub strides: [u32; MAX_PLANES],
+    /// Where each plane starts, in bytes from the buffer start.
     pub offsets: [u64; MAX_PLANES],
     /// Bytes the whole frame needs.
     pub size: u64,
@@ -117,7 +125,7 @@ pub struct FrameLayout {
 
 impl FrameLayout {
     /// The tightest layout: rows as long as their pixels, planes back to back.
-    pub fn packed(format: VideoFormat, width: u32, height: u32) -> Result<Self, String> {
+    pub fn packed(format: VideoFormat, width: u32, height: u32) -> Result<Self, FrameLayoutError> {
         Self::aligned(format, width, height, 1, 1)
     }
 
@@ -129,14 +137,21 @@ impl FrameLayout {
         height: u32,
         stride_align: u32,
         plane_align: u64,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, FrameLayoutError> {
         if width == 0 || height == 0 {
-            return Err(format!("a {width}x{height} frame is empty"));
+            return Err(FrameLayoutError::Empty { width, height });
         }
         if !stride_align.is_power_of_two() || !plane_align.is_power_of_two() {
-            return Err("alignments must be powers of two".into());
+            return Err(FrameLayoutError::AlignmentNotPowerOfTwo {
+                stride_align,
+                plane_align,
+            });
         }
-        let overflow = || format!("a {width}x{height} {format} frame overflows");
+        let overflow = || FrameLayoutError::Overflow {
+            format,
+            width,
+            height,
+        };
         let mut layout = Self {
             format,
             width,

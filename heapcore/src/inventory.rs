@@ -1,4 +1,4 @@
-//! Discovery: which heaps and backends this machine has, what each gives, who may use it.
+//! Discovery: which heaps and other sources this machine has, what each gives, who may use it.
 
 use std::path::{Path, PathBuf};
 
@@ -12,10 +12,15 @@ use crate::sysinfo;
 /// Where the kernel publishes what discovery reads; tests point it at a scratch directory.
 #[derive(Debug, Clone)]
 pub struct SysPaths {
+    /// The heap devices, `/dev/dma_heap`.
     pub dma_heap_dir: PathBuf,
+    /// `/dev/udmabuf`.
     pub udmabuf_dev: PathBuf,
+    /// The udmabuf module's `size_limit_mb` parameter.
     pub udmabuf_size_limit: PathBuf,
+    /// The CMA areas, `/sys/kernel/mm/cma` (each CMA heap is named after its area).
     pub cma_areas_dir: PathBuf,
+    /// `/proc/meminfo`, for the CMA totals.
     pub meminfo: PathBuf,
 }
 
@@ -26,7 +31,7 @@ impl Default for SysPaths {
             udmabuf_dev: "/dev/udmabuf".into(),
             udmabuf_size_limit: "/sys/module/udmabuf/parameters/size_limit_mb".into(),
             cma_areas_dir: "/sys/kernel/mm/cma".into(),
-            meminfo: "/proc/meminfo".into(),
+            meminfo: sysinfo::MEMINFO.into(),
         }
     }
 }
@@ -40,17 +45,22 @@ pub struct HeapInfo {
     pub path: PathBuf,
     /// For a symlinked alias (e.g. Raspberry Pi's `vidbuf_cached`), the heap it points to.
     pub alias_of: Option<HeapName>,
+    /// What kind of memory it gives (of the alias's target, for an alias).
     pub kind: HeapKind,
     /// Whether this is the default CMA area's heap, whichever name this kernel gives it.
     pub default_cma: bool,
+    /// What is known of its memory.
     pub properties: HeapProperties,
+    /// Whether this process may open it.
     pub access: Access,
 }
 
 /// `/dev/udmabuf`: turns sealed memfds into dma-bufs.
 #[derive(Debug, Clone, Serialize)]
 pub struct UdmabufInfo {
+    /// The device node.
     pub path: PathBuf,
+    /// Whether it exists and this process may open it.
     pub access: Access,
     /// The module's `size_limit_mb` in bytes (64 MiB unless changed).
     pub size_limit: Option<u64>,
@@ -59,7 +69,9 @@ pub struct UdmabufInfo {
 /// CMA totals from `/proc/meminfo` (all areas together).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct CmaUsage {
+    /// `CmaTotal` in bytes.
     pub total: u64,
+    /// `CmaFree` in bytes.
     pub free: u64,
 }
 
@@ -80,11 +92,9 @@ impl CmaAlignment {
     /// Where this kernel's configuration may be: `/proc/config.gz` (CONFIG_IKCONFIG_PROC), then
     /// `/boot/config-<release>`.
     pub fn kernel_configs() -> Vec<PathBuf> {
-        let release = rustix::system::uname();
-        let release = release.release().to_string_lossy();
         vec![
             "/proc/config.gz".into(),
-            PathBuf::from(format!("/boot/config-{release}")),
+            PathBuf::from(format!("/boot/config-{}", sysinfo::kernel_release())),
         ]
     }
 
@@ -139,8 +149,11 @@ fn read_kernel_config(path: &Path) -> Option<String> {
 /// Everything discovery found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Inventory {
+    /// The heap devices, sorted by name.
     pub heaps: Vec<HeapInfo>,
+    /// `/dev/udmabuf`, present or not.
     pub udmabuf: UdmabufInfo,
+    /// The CMA totals, where the kernel has CMA memory.
     pub cma: Option<CmaUsage>,
     /// How the CMA heap aligns buffers.
     pub cma_alignment: CmaAlignment,
@@ -264,15 +277,16 @@ fn heap_info(dir: &Path, name: &str, cma_areas: &[String]) -> Option<HeapInfo> {
 /// nodes. Removed on drop.
 #[cfg(test)]
 pub(crate) struct FakeMachine {
-    pub root: PathBuf,
-    pub paths: SysPaths,
+    pub(crate) root: PathBuf,
+    pub(crate) paths: SysPaths,
     /// The kernel configuration the inventory reads (none: the default is assumed).
-    pub kernel_config: Option<PathBuf>,
+    pub(crate) kernel_config: Option<PathBuf>,
 }
 
 #[cfg(test)]
 impl FakeMachine {
-    pub fn new(heaps: &[&str], cma_areas: &[&str]) -> Self {
+    /// A machine with these heap nodes and CMA areas, and nothing else.
+    pub(crate) fn new(heaps: &[&str], cma_areas: &[&str]) -> Self {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let root = std::env::temp_dir().join(format!("dmaheap-fake-{}-{n}", std::process::id()));
@@ -299,7 +313,7 @@ impl FakeMachine {
     }
 
     /// Writes a kernel configuration, gzip-compressed as /proc/config.gz is or plain.
-    pub fn with_kernel_config(mut self, text: &str, gzip: bool) -> Self {
+    pub(crate) fn with_kernel_config(mut self, text: &str, gzip: bool) -> Self {
         use std::io::Write;
         let path = self.root.join(if gzip { "config.gz" } else { "config" });
         let bytes = if gzip {
@@ -315,19 +329,20 @@ impl FakeMachine {
     }
 
     /// Adds `/dev/udmabuf` with a `size_limit_mb` of `limit_mb`.
-    pub fn with_udmabuf(self, limit_mb: u64) -> Self {
+    pub(crate) fn with_udmabuf(self, limit_mb: u64) -> Self {
         std::fs::write(&self.paths.udmabuf_dev, b"").unwrap();
         std::fs::write(&self.paths.udmabuf_size_limit, format!("{limit_mb}\n")).unwrap();
         self
     }
 
     /// Writes `/proc/meminfo`.
-    pub fn with_meminfo(self, text: &str) -> Self {
+    pub(crate) fn with_meminfo(self, text: &str) -> Self {
         std::fs::write(&self.paths.meminfo, text).unwrap();
         self
     }
 
-    pub fn inventory(&self) -> Inventory {
+    /// What discovery finds on this machine.
+    pub(crate) fn inventory(&self) -> Inventory {
         let mut inventory = Inventory::discover_with(self.paths.clone());
         inventory.cma_alignment = CmaAlignment::read_from(self.kernel_config.as_slice());
         inventory

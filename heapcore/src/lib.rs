@@ -1,32 +1,39 @@
 #![doc = include_str!("../README.md")]
+// `unsafe` only where the kernel boundary demands it: the ioctls (uapi), the CPU mapping
+// (mapping) and the worker threads' signal mask (worker).
+#![deny(unsafe_code)]
 
 mod access;
 mod allocator;
-mod backend;
 mod constraints;
 mod dmabuf;
 mod error;
 pub mod format;
 mod heap;
 mod inventory;
+#[allow(unsafe_code)]
+mod mapping;
 pub mod policy;
 pub mod pool;
 pub mod pressure;
 pub mod size;
 mod solver;
+mod source;
 pub mod sysinfo;
+#[allow(unsafe_code)]
 mod uapi;
+#[allow(unsafe_code)]
 mod worker;
 
 pub use access::{Access, permission_fix};
 pub use allocator::Allocator;
-pub use backend::Source;
 pub use constraints::{Constraints, CpuAccess};
 pub use dmabuf::{CpuRead, CpuWrite, DmaBuf, FdInfo, Origin, fit_buffer_name};
-pub use error::{Error, Result};
+pub use error::{Error, FrameLayoutError, Result};
 pub use heap::{CMA_ALIAS, DEFAULT_CMA_NAMES, HeapKind, HeapName, HeapProperties};
 pub use inventory::{CmaAlignment, CmaUsage, HeapInfo, Inventory, SysPaths, UdmabufInfo};
 pub use policy::{Policy, PolicyEnv, PolicyError, Usage};
 pub use pool::{Pool, PoolConfig, PoolRegistry, PoolStats, PooledBuf, QosClass};
 pub use pressure::PressureLevel;
 pub use solver::{Candidate, Candidates, Verdict, solve, solve_explicit};
+pub use source::Source;

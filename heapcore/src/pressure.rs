@@ -25,6 +25,7 @@ use crate::sysinfo::MemInfo;
 #[serde(rename_all = "kebab-case")]
 #[repr(u8)]
 pub enum PressureLevel {
+    /// No stalls worth acting on: pools keep what their caps allow.
     Normal = 0,
     /// Some tasks stall on memory: background pools give memory back.
     Elevated = 1,
@@ -56,8 +57,9 @@ pub struct PressureConfig {
     pub full_stall: Duration,
     /// Stall time per window, as a fraction of the window, under which the level may fall.
     pub calm_fraction: f64,
-    /// The timer fallback: MemAvailable/MemTotal below these fractions.
+    /// The timer fallback: MemAvailable/MemTotal below this fraction means Elevated...
     pub elevated_available: f64,
+    /// ... and below this one Critical.
     pub critical_available: f64,
 }
 
@@ -66,7 +68,7 @@ impl Default for PressureConfig {
     /// triggers there, else the host's `/proc/pressure/memory`.
     fn default() -> Self {
         let cgroup = &crate::sysinfo::memory_limits().psi;
-        let host = Path::new("/proc/pressure/memory");
+        let host = Path::new(crate::sysinfo::HOST_MEMORY_PSI);
         let writable = rustix::fs::access(cgroup, rustix::fs::Access::WRITE_OK).is_ok();
         Self {
             psi_path: if writable {
@@ -87,12 +89,14 @@ impl Default for PressureConfig {
 /// How pressure is being watched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum PressureSource {
+pub enum PressureWatch {
     /// PSI triggers with poll (the kernel wakes us).
     PsiTriggers(PathBuf),
-    /// No PSI (or no triggers allowed): MemAvailable sampled by a timer. `reason` says why
-    /// triggers could not be used (the file and the error).
-    Timer { reason: String },
+    /// No PSI (or no triggers allowed): MemAvailable sampled by a timer.
+    Timer {
+        /// Why triggers could not be used (the file and the error).
+        reason: String,
+    },
 }
 
 /// The `some` line's `total=` (microseconds stalled since boot) from a PSI file.
@@ -127,7 +131,7 @@ fn open_trigger(
 pub struct PressureMonitor {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
-    source: PressureSource,
+    watch: PressureWatch,
 }
 
 impl PressureMonitor {
@@ -142,12 +146,12 @@ impl PressureMonitor {
                     open_trigger(&config.psi_path, "full", config.full_stall, config.window)?;
                 Ok((some, full))
             });
-        let source = match &triggers {
-            Ok(_) => PressureSource::PsiTriggers(config.psi_path.clone()),
+        let watch = match &triggers {
+            Ok(_) => PressureWatch::PsiTriggers(config.psi_path.clone()),
             Err(e) => {
                 let reason = format!("no PSI trigger on {}: {e}", config.psi_path.display());
                 log::info!("{reason}: watching MemAvailable every second instead");
-                PressureSource::Timer { reason }
+                PressureWatch::Timer { reason }
             }
         };
         let stop = Arc::new(AtomicBool::new(false));
@@ -159,13 +163,13 @@ impl PressureMonitor {
         Ok(Self {
             stop,
             thread: Some(thread),
-            source,
+            watch,
         })
     }
 
-    /// What the monitor watches.
-    pub fn source(&self) -> &PressureSource {
-        &self.source
+    /// How the monitor watches.
+    pub fn watch(&self) -> &PressureWatch {
+        &self.watch
     }
 }
 
@@ -316,8 +320,8 @@ mod tests {
             ..PressureConfig::default()
         };
         let monitor = PressureMonitor::start(config, |_| {}).unwrap();
-        let PressureSource::Timer { reason } = monitor.source() else {
-            panic!("{:?}", monitor.source());
+        let PressureWatch::Timer { reason } = monitor.watch() else {
+            panic!("{:?}", monitor.watch());
         };
         let enoent = rustix::io::Errno::NOENT.to_string();
         assert!(
@@ -341,20 +345,20 @@ mod tests {
         let config = PressureConfig::default();
         let path = config.psi_path.clone();
         let monitor = PressureMonitor::start(config, |_| {}).unwrap();
-        match (kernel_allows_a_trigger(&path), monitor.source()) {
-            (Ok(()), PressureSource::PsiTriggers(p)) => assert_eq!(p, &path),
-            (Ok(()), source) => {
+        match (kernel_allows_a_trigger(&path), monitor.watch()) {
+            (Ok(()), PressureWatch::PsiTriggers(p)) => assert_eq!(p, &path),
+            (Ok(()), watch) => {
                 panic!(
-                    "{} takes triggers, but the monitor uses {source:?}",
+                    "{} takes triggers, but the monitor uses {watch:?}",
                     path.display()
                 )
             }
-            (Err(e), PressureSource::Timer { reason }) => assert!(
+            (Err(e), PressureWatch::Timer { reason }) => assert!(
                 reason.contains(&path.display().to_string()) && reason.contains(&e.to_string()),
                 "the kernel said {e} for {}; the monitor said {reason:?}",
                 path.display()
             ),
-            (Err(e), source) => panic!("{}: {e}, yet the monitor says {source:?}", path.display()),
+            (Err(e), watch) => panic!("{}: {e}, yet the monitor says {watch:?}", path.display()),
         }
     }
 

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::format::{FrameLayout, VideoFormat};
 use crate::sysinfo;
 
-/// Rounds `size` up to whole pages and checks that some backend could ever give it: not zero,
+/// Rounds `size` up to whole pages and checks that some source could ever give it: not zero,
 /// no overflow, not more than this machine's RAM or this process's memory cgroup limit (a
 /// sparse memfd would accept it and the process would die touching it).
 pub fn page_aligned(size: u64) -> Result<u64> {
@@ -25,8 +25,7 @@ pub fn page_aligned(size: u64) -> Result<u64> {
             size,
             reason: "it overflows when rounded up to the page size".into(),
         })?;
-    let total = sysinfo::total_memory();
-    if aligned > total {
+    if aligned > sysinfo::usable_memory() {
         return Err(Error::InvalidSize {
             size,
             reason: format!(
@@ -113,7 +112,9 @@ impl FromStr for ByteSize {
 /// What a user asks for: a byte count, or a video frame whose size follows from its format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SizeSpec {
+    /// A number of bytes.
     Bytes(u64),
+    /// One frame of this layout (packed).
     Frame(FrameLayout),
 }
 
@@ -161,7 +162,9 @@ impl FromStr for SizeSpec {
         let width: u32 = w.parse().map_err(|_| format!("{s:?}: bad width {w:?}"))?;
         let height: u32 = h.parse().map_err(|_| format!("{s:?}: bad height {h:?}"))?;
         let format: VideoFormat = format.parse()?;
-        FrameLayout::packed(format, width, height).map(Self::Frame)
+        FrameLayout::packed(format, width, height)
+            .map(Self::Frame)
+            .map_err(|e| e.to_string())
     }
 }
 

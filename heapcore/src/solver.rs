@@ -6,12 +6,12 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::access::Access;
-use crate::backend::Source;
 use crate::constraints::{Constraints, CpuAccess};
 use crate::heap::{HeapKind, HeapProperties};
 use crate::inventory::Inventory;
 use crate::policy::{EntryOrigin, Policy, Usage, log_once};
 use crate::size::ByteSize;
+use crate::source::Source;
 use crate::sysinfo;
 
 /// Whether a candidate can serve, and why.
@@ -31,17 +31,22 @@ pub struct Candidate {
     pub name: String,
     /// What it resolved to on this machine.
     pub source: Option<Source>,
+    /// In or out, and why.
     pub verdict: Verdict,
 }
 
 /// The solver's answer: candidates in the order they will be tried.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Candidates {
+    /// The usage asked for.
     pub usage: Usage,
     /// The usage was unknown and `generic` was used instead.
     pub usage_fell_back: bool,
+    /// Where the policy entry that ordered them came from.
     pub policy_origin: EntryOrigin,
+    /// The constraints judged against, with the policy's additions (its `contiguous`).
     pub constraints: Constraints,
+    /// Every entry of the list, in the order tried, each in or out.
     pub entries: Vec<Candidate>,
 }
 
@@ -105,8 +110,8 @@ impl fmt::Display for Candidates {
     }
 }
 
-/// Properties the non-heap backends have.
-fn backend_properties(source: &Source) -> HeapProperties {
+/// Properties the sources that are not heaps (udmabuf, memfd) have.
+fn non_heap_properties(source: &Source) -> HeapProperties {
     match source {
         Source::Heap(_) => HeapProperties::default(),
         Source::Udmabuf | Source::Memfd => HeapProperties {
@@ -176,13 +181,13 @@ fn judge(name: &str, c: &Constraints, inv: &Inventory) -> (Option<Source>, Verdi
         Err(e) => return (None, out(e.to_string())),
         Ok(Source::Udmabuf) => (
             Source::Udmabuf,
-            backend_properties(&Source::Udmabuf),
+            non_heap_properties(&Source::Udmabuf),
             inv.udmabuf.access.clone(),
             None,
         ),
         Ok(Source::Memfd) => (
             Source::Memfd,
-            backend_properties(&Source::Memfd),
+            non_heap_properties(&Source::Memfd),
             Access::Allowed,
             None,
         ),
@@ -305,7 +310,7 @@ fn prefer_cached(entries: &mut [Candidate], inv: &Inventory) {
                 .find(h.as_str())
                 .ok()
                 .and_then(|h| h.properties.cpu_cached),
-            Some(other) => backend_properties(other).cpu_cached,
+            Some(other) => non_heap_properties(other).cpu_cached,
             None => None,
         };
         match cached {

@@ -1,5 +1,8 @@
-//! Small readers of what the kernel says about memory: `/proc/meminfo`, the page size, and
-//! the memory cgroup this process runs in (its limit and its PSI file).
+//! Small readers of what the kernel says about this machine and process: `/proc/meminfo`,
+//! the page size, the kernel release, and the memory cgroup this process runs in (its limit
+//! and its PSI file). Each `/proc` file heapcore reads is parsed in one place: here, or, for a
+//! file one module alone needs, in that module (`/proc/self/fdinfo` in `dmabuf`, a PSI file's
+//! totals in `pressure`, `/proc/<pid>/stat` in `pool::publish`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +12,12 @@ use serde::Serialize;
 
 use crate::size::ByteSize;
 
+/// Where the kernel tells memory totals.
+pub(crate) const MEMINFO: &str = "/proc/meminfo";
+
+/// The host-wide PSI file for memory (a cgroup v2 has its own `memory.pressure`).
+pub(crate) const HOST_MEMORY_PSI: &str = "/proc/pressure/memory";
+
 /// `/proc/meminfo`, values in bytes.
 #[derive(Debug, Clone, Default)]
 pub struct MemInfo(HashMap<String, u64>);
@@ -16,7 +25,7 @@ pub struct MemInfo(HashMap<String, u64>);
 impl MemInfo {
     /// Reads `/proc/meminfo`.
     pub fn read() -> Self {
-        Self::read_from(Path::new("/proc/meminfo"))
+        Self::read_from(Path::new(MEMINFO))
     }
 
     /// Reads a file in `/proc/meminfo`'s format; a missing file gives an empty table.
@@ -47,9 +56,17 @@ pub fn page_size() -> u64 {
     *PAGE
 }
 
+/// The running kernel's release (`uname -r`, as `/proc/sys/kernel/osrelease` says it).
+pub fn kernel_release() -> String {
+    rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// The memory this process may use, in bytes, read once: RAM, or its memory cgroup's limit
 /// where that is lower. No single buffer can be larger.
-pub fn total_memory() -> u64 {
+pub fn usable_memory() -> u64 {
     memory_limits().usable()
 }
 
@@ -66,6 +83,7 @@ pub struct CgroupPaths {
     pub proc_self_cgroup: PathBuf,
     /// Where cgroupfs is mounted: the v2 hierarchy itself, or v1's per-controller directories.
     pub cgroup_root: PathBuf,
+    /// `/proc/meminfo`, for `MemTotal`.
     pub meminfo: PathBuf,
     /// The host-wide PSI file, for v1 (which has no per-cgroup PSI) and no cgroup.
     pub host_psi: PathBuf,
@@ -76,8 +94,8 @@ impl Default for CgroupPaths {
         Self {
             proc_self_cgroup: "/proc/self/cgroup".into(),
             cgroup_root: "/sys/fs/cgroup".into(),
-            meminfo: "/proc/meminfo".into(),
-            host_psi: "/proc/pressure/memory".into(),
+            meminfo: MEMINFO.into(),
+            host_psi: HOST_MEMORY_PSI.into(),
         }
     }
 }
@@ -86,7 +104,9 @@ impl Default for CgroupPaths {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CgroupVersion {
+    /// cgroup v1's `memory` hierarchy (`memory.limit_in_bytes`, no per-cgroup PSI).
     V1,
+    /// The unified cgroup v2 hierarchy (`memory.max`, `memory.pressure`).
     V2,
 }
 
@@ -299,7 +319,7 @@ mod tests {
     fn meminfo_is_in_bytes() {
         let info = MemInfo::read();
         assert!(info.get("MemTotal").unwrap() > 1 << 20);
-        assert!(total_memory() > 1 << 20);
+        assert!(usable_memory() > 1 << 20);
         assert!(page_size().is_power_of_two());
     }
 }

@@ -45,14 +45,23 @@ const DMA_BUF_IOCTL_SYNC: Opcode = opcode::write::<DmaBufSync>(b'b', 0);
 const DMA_BUF_SET_NAME: Opcode = opcode::write::<u64>(b'b', 1);
 const UDMABUF_CREATE: Opcode = opcode::write::<UdmabufCreate>(b'u', 0x42);
 
-const DMA_BUF_SYNC_READ: u64 = 1;
-const DMA_BUF_SYNC_WRITE: u64 = 2;
-const DMA_BUF_SYNC_START: u64 = 0;
-const DMA_BUF_SYNC_END: u64 = 4;
 const UDMABUF_FLAGS_CLOEXEC: u32 = 0x01;
 
+bitflags::bitflags! {
+    /// `DMA_BUF_SYNC_*`: the CPU accesses a `DMA_BUF_IOCTL_SYNC` bracket covers, and whether
+    /// the call starts or ends it (`START` is 0, the absence of `END`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct DmaBufSyncFlags: u64 {
+        // The header writes them (1 << 0), (2 << 0), (0 << 2), (1 << 2).
+        const READ = 1;
+        const WRITE = 2;
+        const START = 0;
+        const END = 4;
+    }
+}
+
 /// The longest name `DMA_BUF_SET_NAME` accepts, without its NUL (`DMA_BUF_NAME_LEN` - 1).
-pub const DMA_BUF_NAME_MAX: usize = 31;
+pub(crate) const DMA_BUF_NAME_MAX: usize = 31;
 
 fn retry_eintr<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> rustix::io::Result<T> {
     loop {
@@ -64,7 +73,7 @@ fn retry_eintr<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> rustix::io::R
 }
 
 /// Allocates `len` bytes (page-aligned by the caller) from an open heap device.
-pub fn dma_heap_alloc(heap: impl AsFd, len: u64) -> rustix::io::Result<OwnedFd> {
+pub(crate) fn dma_heap_alloc(heap: impl AsFd, len: u64) -> rustix::io::Result<OwnedFd> {
     let heap = heap.as_fd();
     let mut data = DmaHeapAllocationData {
         len,
@@ -76,69 +85,52 @@ pub fn dma_heap_alloc(heap: impl AsFd, len: u64) -> rustix::io::Result<OwnedFd> 
     retry_eintr(|| {
         // SAFETY: the opcode is _IOWR('H', 0, struct dma_heap_allocation_data) and `data` is
         // that struct, laid out as the UAPI header with #[repr(C)].
-        unsafe {
-            ioctl::ioctl(
-                heap,
-                ioctl::Updater::<DMA_HEAP_IOCTL_ALLOC, _>::new(&mut data),
-            )
-        }
+        let alloc = unsafe { ioctl::Updater::<DMA_HEAP_IOCTL_ALLOC, _>::new(&mut data) };
+        // SAFETY: `alloc` pairs the opcode with its struct (above); the kernel reads and writes
+        // only `data`, which outlives the call.
+        unsafe { ioctl::ioctl(heap, alloc) }
     })?;
     // SAFETY: on success the kernel installed a new fd in `data.fd` that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(data.fd as i32) })
 }
 
-/// Which CPU accesses a `DMA_BUF_IOCTL_SYNC` bracket covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncDirection {
-    Read,
-    ReadWrite,
-}
-
-impl SyncDirection {
-    fn bits(self) -> u64 {
-        match self {
-            Self::Read => DMA_BUF_SYNC_READ,
-            Self::ReadWrite => DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE,
-        }
-    }
-}
-
-fn dma_buf_sync(buf: impl AsFd, flags: u64) -> rustix::io::Result<()> {
+fn dma_buf_sync(buf: impl AsFd, flags: DmaBufSyncFlags) -> rustix::io::Result<()> {
     let buf = buf.as_fd();
+    let flags = flags.bits();
     retry_eintr(|| {
         // SAFETY: the opcode is _IOW('b', 0, struct dma_buf_sync) and the input is that struct.
-        unsafe {
-            ioctl::ioctl(
-                buf,
-                ioctl::Setter::<DMA_BUF_IOCTL_SYNC, _>::new(DmaBufSync { flags }),
-            )
-        }
+        let sync = unsafe { ioctl::Setter::<DMA_BUF_IOCTL_SYNC, _>::new(DmaBufSync { flags }) };
+        // SAFETY: `sync` pairs the opcode with its struct (above), which the kernel only reads.
+        unsafe { ioctl::ioctl(buf, sync) }
     })
 }
 
-/// Begins CPU access: the kernel makes device writes visible to the CPU (cache invalidation).
-pub fn dma_buf_sync_start(buf: impl AsFd, dir: SyncDirection) -> rustix::io::Result<()> {
-    dma_buf_sync(buf, DMA_BUF_SYNC_START | dir.bits())
+/// Begins CPU `access` (`READ`, or `READ | WRITE`): the kernel makes device writes visible to
+/// the CPU (cache invalidation).
+pub(crate) fn dma_buf_sync_start(
+    buf: impl AsFd,
+    access: DmaBufSyncFlags,
+) -> rustix::io::Result<()> {
+    dma_buf_sync(buf, DmaBufSyncFlags::START | access)
 }
 
-/// Ends CPU access: the kernel makes CPU writes visible to devices (cache flush).
-pub fn dma_buf_sync_end(buf: impl AsFd, dir: SyncDirection) -> rustix::io::Result<()> {
-    dma_buf_sync(buf, DMA_BUF_SYNC_END | dir.bits())
+/// Ends CPU `access`: the kernel makes CPU writes visible to devices (cache flush).
+pub(crate) fn dma_buf_sync_end(buf: impl AsFd, access: DmaBufSyncFlags) -> rustix::io::Result<()> {
+    dma_buf_sync(buf, DmaBufSyncFlags::END | access)
 }
 
 /// Names a dma-buf; the name appears as `name:` in `/proc/<pid>/fdinfo/<fd>`.
-pub fn dma_buf_set_name(buf: impl AsFd, name: &CStr) -> rustix::io::Result<()> {
+pub(crate) fn dma_buf_set_name(buf: impl AsFd, name: &CStr) -> rustix::io::Result<()> {
     debug_assert!(name.to_bytes().len() <= DMA_BUF_NAME_MAX);
     let buf = buf.as_fd();
     retry_eintr(|| {
-        // SAFETY: DMA_BUF_SET_NAME takes a pointer to a NUL-terminated string which the kernel
-        // copies (strndup_user) before returning; `name` outlives the call.
-        unsafe {
-            ioctl::ioctl(
-                buf,
-                ioctl::IntegerSetter::<DMA_BUF_SET_NAME>::new_pointer(name.as_ptr() as *mut _),
-            )
-        }
+        // SAFETY: DMA_BUF_SET_NAME takes a pointer to a NUL-terminated string, which `name` is.
+        let set_name = unsafe {
+            ioctl::IntegerSetter::<DMA_BUF_SET_NAME>::new_pointer(name.as_ptr() as *mut _)
+        };
+        // SAFETY: the kernel only reads the string, copying it (strndup_user) before returning;
+        // `name` outlives the call.
+        unsafe { ioctl::ioctl(buf, set_name) }
     })
 }
 
@@ -170,7 +162,7 @@ unsafe impl Ioctl for UdmabufCreateIoctl {
 }
 
 /// Wraps `size` bytes of a sealed memfd, starting at `offset`, as a dma-buf.
-pub fn udmabuf_create(
+pub(crate) fn udmabuf_create(
     device: impl AsFd,
     memfd: impl AsFd,
     offset: u64,
@@ -218,9 +210,17 @@ mod tests {
     }
 
     #[test]
+    fn sync_flags_match_the_uapi_header() {
+        use DmaBufSyncFlags as F;
+        assert_eq!((F::READ.bits(), F::WRITE.bits()), (1, 2));
+        assert_eq!((F::START.bits(), F::END.bits()), (0, 4));
+        assert_eq!((F::END | F::READ | F::WRITE).bits(), 7);
+    }
+
+    #[test]
     fn sync_on_a_non_dmabuf_fails_cleanly() {
         let file = std::fs::File::open("/proc/self/status").unwrap();
-        let err = dma_buf_sync_start(&file, SyncDirection::Read).unwrap_err();
+        let err = dma_buf_sync_start(&file, DmaBufSyncFlags::READ).unwrap_err();
         assert_eq!(err, Errno::NOTTY);
     }
 }

@@ -29,16 +29,22 @@ struct BlockSignals {
 
 impl BlockSignals {
     fn new() -> Self {
-        // SAFETY: sigset_t is plain data that sigfillset/pthread_sigmask fully initialise; both
-        // get valid pointers to locals. pthread_sigmask only changes this thread's mask.
-        unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut previous: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous);
-            Self { previous }
-        }
+        let mut all = empty_set();
+        // SAFETY: `all` is a valid set for sigfillset to fill.
+        unsafe { libc::sigfillset(&mut all) };
+        let mut previous = empty_set();
+        // SAFETY: both pointers are to live locals; pthread_sigmask only changes this thread's
+        // mask and writes the one it replaces to `previous`.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous) };
+        Self { previous }
     }
+}
+
+/// A signal set with no signal in it.
+fn empty_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data (an array of words) for which all zeroes is a valid set,
+    // the empty one (what sigemptyset makes on Linux).
+    unsafe { std::mem::zeroed() }
 }
 
 impl Drop for BlockSignals {
@@ -56,12 +62,11 @@ mod tests {
     use super::*;
 
     fn blocked_here(signal: libc::c_int) -> bool {
-        // SAFETY: as above; a null new set only reads the current mask.
-        unsafe {
-            let mut current: libc::sigset_t = std::mem::zeroed();
-            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut current);
-            libc::sigismember(&current, signal) == 1
-        }
+        let mut current = empty_set();
+        // SAFETY: a null new set only reads this thread's mask into the local `current`.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut current) };
+        // SAFETY: `current` is a valid set, filled in above.
+        unsafe { libc::sigismember(&current, signal) == 1 }
     }
 
     #[test]

@@ -49,7 +49,7 @@ impl FrameConstraints {
         };
         crate::config::check_size(width, height)?;
         let layout = FrameLayout::aligned(format, width, height, config.stride_align, 1)
-            .map_err(frame_error)?;
+            .map_err(|e| frame_error(e.to_string()))?;
         // SPA_PARAM_Buffers carries sizes and strides as 32-bit signed ints.
         if layout.size > i32::MAX as u64 {
             return Err(frame_error(format!(

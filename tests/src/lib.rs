@@ -195,7 +195,9 @@ fn swap_controller_v2() -> bool {
 /// (a child process) joins it by writing its pid to [`MemoryCgroup::procs`].
 #[derive(Debug)]
 pub struct MemoryCgroup {
+    /// The cgroup interface it was made with.
     pub flavour: CgroupFlavour,
+    /// Its directory in cgroupfs.
     pub path: std::path::PathBuf,
 }
 

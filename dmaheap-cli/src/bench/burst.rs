@@ -10,7 +10,7 @@ use heapcore::{Allocator, Pool, PoolConfig, QosClass, Source};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct BurstResult {
+pub(super) struct BurstResult {
     pub pool: String,
     pub frames: usize,
     pub fps: u32,
@@ -27,7 +27,7 @@ fn held_at(i: usize) -> usize {
     1 + (i / 37) % 4
 }
 
-pub fn run(
+pub(super) fn run(
     alloc: &Arc<Allocator>,
     sources: &[Source],
     size: u64,

@@ -12,7 +12,7 @@ use heapcore::sysinfo::MemInfo;
 const CHUNK: usize = 16 << 20;
 
 #[derive(clap::Args)]
-pub struct HogArgs {
+pub(crate) struct HogArgs {
     /// MiB of MemAvailable to leave when there is no swap.
     #[arg(long, default_value_t = 96, value_parser = clap::value_parser!(u64).range(0..=1 << 30))]
     leave: u64,
@@ -46,7 +46,7 @@ fn fill(chunk: &mut [u8], seed: &mut u64) {
 }
 
 /// Runs in the child: takes memory, says "ready", churns until stdin closes.
-pub fn hog(args: HogArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn hog(args: HogArgs) -> Result<(), Box<dyn std::error::Error>> {
     let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
     let target = target_bytes(args.leave << 20);
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
@@ -82,13 +82,13 @@ pub fn hog(args: HogArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The parent's handle on a running hog; dropping it ends the pressure.
-pub struct Hog {
+pub(super) struct Hog {
     child: Child,
     _stdout: BufReader<ChildStdout>,
 }
 
 impl Hog {
-    pub fn start(leave_mib: u64) -> Result<Self, Box<dyn std::error::Error>> {
+    pub(super) fn start(leave_mib: u64) -> Result<Self, Box<dyn std::error::Error>> {
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
             .args(["bench-hog", "--leave", &leave_mib.to_string()])

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Method {
+pub(super) enum Method {
     RealtimePool,
     FreeListRecycle,
     DirectAlloc,
@@ -18,14 +18,14 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 4] = [
+    pub(super) const ALL: [Method; 4] = [
         Self::RealtimePool,
         Self::FreeListRecycle,
         Self::DirectAlloc,
         Self::DirectAllocReady,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             Self::RealtimePool => "realtime pool",
             Self::FreeListRecycle => "free-list recycle (GstBufferPool-style)",
@@ -37,13 +37,13 @@ impl Method {
 
 /// How long each measurement may run.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(super) struct Limits {
     pub recycle_iterations: usize,
     pub direct_iterations: usize,
     pub direct_seconds: f64,
 }
 
-pub struct Measurement {
+pub(super) struct Measurement {
     /// Nanoseconds, sorted.
     pub samples: Vec<u64>,
     pub hot_path_allocs: u64,
@@ -51,7 +51,7 @@ pub struct Measurement {
 
 impl Measurement {
     /// The `q` quantile (exact, from all samples).
-    pub fn quantile(&self, q: f64) -> u64 {
+    pub(super) fn quantile(&self, q: f64) -> u64 {
         if self.samples.is_empty() {
             return 0;
         }
@@ -87,7 +87,7 @@ fn on_threads(
     Ok(all)
 }
 
-pub fn measure(
+pub(super) fn measure(
     method: Method,
     alloc: &Arc<Allocator>,
     sources: &[Source],

@@ -13,7 +13,7 @@ use heapcore::size::ByteSize;
 use heapcore::{Allocator, Constraints, Policy, QosClass, Source, Usage, solve};
 use serde::Serialize;
 
-pub use hog::{HogArgs, hog};
+pub(crate) use hog::{HogArgs, hog};
 use latency::{Limits, Method};
 
 use crate::stats::ns;
@@ -28,7 +28,7 @@ enum PressureMode {
 }
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Where to allocate (heap names, `udmabuf`, `memfd`, in order, separated by commas or
     /// spaces; `linux,cma` stays one name); default: the policy's order for the animation
     /// usage.
@@ -137,7 +137,7 @@ fn frames() -> [(String, FrameLayout); 2] {
     [frame(1920, 1080), frame(3840, 2160)]
 }
 
-pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let alloc = Arc::new(Allocator::new());
     let listed = Source::parse_list(&args.heap, alloc.inventory())?;
     let sources: Vec<Source> = if listed.is_empty() {
@@ -162,10 +162,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         PressureMode::Off => false,
         PressureMode::Auto => in_vm,
     };
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
+    let kernel = heapcore::sysinfo::kernel_release();
     let say = |s: String| {
         if !args.json {
             eprintln!("{s}");

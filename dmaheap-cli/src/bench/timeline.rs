@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::hog::Hog;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Sample {
+pub(super) struct Sample {
     pub t_ms: u64,
     pub pressure: String,
     pub realtime_bytes: u64,
@@ -24,8 +24,8 @@ pub struct Sample {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Timeline {
-    /// "real (PSI triggers)", "real (timer)" or "simulated".
+pub(super) struct Timeline {
+    /// "real (PSI triggers)", "real (MemAvailable timer)" or "simulated".
     pub pressure_mode: String,
     pub budget: u64,
     pub max_total: u64,
@@ -35,7 +35,7 @@ pub struct Timeline {
 /// `real`: a memory hog from 2.5 s until 3 s after pressure was seen, with the registry
 /// watching PSI. Otherwise the registry is told the levels (Elevated at 2.5 s, Critical at
 /// 4 s, Normal at 5.5 s).
-pub fn run(
+pub(super) fn run(
     alloc: &Arc<Allocator>,
     sources: &[Source],
     size: u64,
@@ -49,8 +49,8 @@ pub fn run(
             .watch_pressure(PressureConfig::default())
             .map_err(|e| e.to_string())?
         {
-            heapcore::pressure::PressureSource::PsiTriggers(_) => "real (PSI triggers)",
-            heapcore::pressure::PressureSource::Timer { .. } => "real (MemAvailable timer)",
+            heapcore::pressure::PressureWatch::PsiTriggers(_) => "real (PSI triggers)",
+            heapcore::pressure::PressureWatch::Timer { .. } => "real (MemAvailable timer)",
         }
     } else {
         "simulated"

@@ -11,6 +11,7 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// A budget of `cap` bytes, none of them reserved.
     pub fn new(cap: u64) -> Self {
         Self {
             cap,

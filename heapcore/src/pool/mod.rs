@@ -7,171 +7,38 @@
 //! byte budget, the registry's global budget) and gives memory back under pressure:
 //! `background` pools first, then `normal` ones, down to their `min_buffers`; a realtime
 //! pool pauses its refill while pressure is critical and resumes when it eases.
+//!
+//! This file is the pool's state machine (free list, reservations, prewarm, trimming). What a
+//! pool is asked to be (`config`), its refill thread (`refill`), the buffer it lends
+//! (`pooled`), budgets, statistics, the registry and the publishing of its statistics have
+//! files of their own.
 
 mod budget;
+mod config;
+mod pooled;
+mod publish;
+mod refill;
 mod registry;
 mod stats;
 
 use std::fmt;
-use std::ops::Deref;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 pub use budget::Budget;
-pub use registry::{
-    PoolKey, PoolRegistry, RegistryStats, open_private_dir, process_start_time, size_class,
-    stats_dir,
-};
+pub use config::{MAX_POOL_BUFFERS, PoolConfig, QosClass};
+pub use pooled::PooledBuf;
+pub use publish::{open_private_dir, process_start_time, stats_dir};
+pub use registry::{PoolKey, PoolRegistry, RegistryStats, size_class};
 use stats::Counters;
 pub use stats::{LatencySummary, PoolStats};
 
 use crate::allocator::Allocator;
-use crate::backend::Source;
-use crate::dmabuf::{CpuWrite, DmaBuf};
+use crate::dmabuf::DmaBuf;
 use crate::error::{Error, Result};
 use crate::pressure::PressureLevel;
 use crate::size::{ByteSize, page_aligned};
-
-/// How a pool is treated when memory is short and how hard it works to stay ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum QosClass {
-    /// Prewarmed to `min_buffers` and refilled in the background (paused only under critical
-    /// pressure): acquire never allocates while buffers remain. Never trimmed; capped by its
-    /// budget.
-    Realtime,
-    /// Recycles on demand; trimmed to `min_buffers` under critical pressure.
-    Normal,
-    /// Recycles on demand; the first trimmed, already under moderate pressure.
-    Background,
-}
-
-impl QosClass {
-    /// How many free buffers a pool of this class may keep at a pressure level (`None`: as
-    /// many as its caps allow).
-    fn keep_free(self, level: PressureLevel, min_buffers: usize) -> Option<usize> {
-        match (self, level) {
-            (_, PressureLevel::Normal) | (Self::Realtime, _) => None,
-            (Self::Background, _) | (Self::Normal, PressureLevel::Critical) => Some(min_buffers),
-            (Self::Normal, PressureLevel::Elevated) => None,
-        }
-    }
-}
-
-impl fmt::Display for QosClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Realtime => "realtime",
-            Self::Normal => "normal",
-            Self::Background => "background",
-        })
-    }
-}
-
-impl FromStr for QosClass {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "realtime" => Ok(Self::Realtime),
-            "normal" => Ok(Self::Normal),
-            "background" => Ok(Self::Background),
-            _ => Err(format!(
-                "{s:?} is not a QoS class (realtime, normal, background)"
-            )),
-        }
-    }
-}
-
-/// The most buffers a pool may be configured to hold (`min_buffers`, `max_buffers`): far
-/// beyond any real stream's needs, and small enough that bookkeeping sized by it cannot fail.
-pub const MAX_POOL_BUFFERS: usize = 65_536;
-
-/// What a pool holds and how.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolConfig {
-    /// Shown in statistics and in buffer names (`name#serial`, visible in fdinfo).
-    pub name: String,
-    /// Where buffers come from, tried in order (usually `Candidates::sources()`).
-    pub sources: Vec<Source>,
-    /// Bytes per buffer (rounded up to pages).
-    pub buffer_size: u64,
-    pub qos: QosClass,
-    /// Buffers allocated before the pool is used (prewarm), kept ready by a realtime pool's
-    /// refill, and kept when trimming.
-    pub min_buffers: usize,
-    /// At most this many buffers exist at once (0: no count limit).
-    pub max_buffers: usize,
-    /// At most this many bytes are held, free and in use together.
-    pub budget: Option<u64>,
-}
-
-impl PoolConfig {
-    pub fn new(name: impl Into<String>, sources: Vec<Source>, buffer_size: u64) -> Self {
-        Self {
-            name: name.into(),
-            sources,
-            buffer_size,
-            qos: QosClass::Normal,
-            min_buffers: 0,
-            max_buffers: 0,
-            budget: None,
-        }
-    }
-
-    pub fn qos(mut self, qos: QosClass) -> Self {
-        self.qos = qos;
-        self
-    }
-
-    pub fn min_buffers(mut self, n: usize) -> Self {
-        self.min_buffers = n;
-        self
-    }
-
-    pub fn max_buffers(mut self, n: usize) -> Self {
-        self.max_buffers = n;
-        self
-    }
-
-    pub fn budget(mut self, bytes: u64) -> Self {
-        self.budget = Some(bytes);
-        self
-    }
-
-    /// Checks what can be checked before anything is allocated.
-    pub fn validate(&self) -> Result<()> {
-        let invalid = |reason: String| {
-            Err(Error::InvalidConfig {
-                pool: self.name.clone(),
-                reason,
-            })
-        };
-        if self.sources.is_empty() {
-            return invalid("it has no source to allocate from".into());
-        }
-        for (what, n) in [
-            ("min-buffers", self.min_buffers),
-            ("max-buffers", self.max_buffers),
-        ] {
-            if n > MAX_POOL_BUFFERS {
-                return invalid(format!(
-                    "{what} {n} is above the limit of {MAX_POOL_BUFFERS} buffers"
-                ));
-            }
-        }
-        if self.max_buffers != 0 && self.min_buffers > self.max_buffers {
-            return invalid(format!(
-                "min-buffers {} is above max-buffers {}",
-                self.min_buffers, self.max_buffers
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// Why a pool may not grow.
 enum Denied {
@@ -284,11 +151,7 @@ impl Pool {
         };
         inner.prewarm()?;
         if inner.config.qos == QosClass::Realtime {
-            let weak = Arc::downgrade(&inner);
-            crate::worker::spawn(format!("dmaheap-refill-{}", inner.config.name), move || {
-                refill_loop(weak)
-            })
-            .map_err(|e| Error::io("starting a pool's refill thread", e))?;
+            refill::start(&inner)?;
         }
         Ok(pool)
     }
@@ -705,196 +568,6 @@ fn make_ready(buf: &DmaBuf) -> Result<()> {
 /// `name#serial`, cut to what `DMA_BUF_SET_NAME` keeps (31 bytes).
 fn buffer_name(pool: &str, serial: u64) -> String {
     crate::dmabuf::fit_buffer_name(pool, &format!("#{serial}"))
-}
-
-/// The background refill of a realtime pool: tops the free list up to `min_buffers` at low
-/// CPU priority, pausing while memory pressure is critical.
-fn refill_loop(pool: Weak<Inner>) {
-    // Nice 19: refilling must never compete with the threads it exists to serve.
-    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
-        log::debug!("refill thread keeps its priority: {e}");
-    }
-    let mut streak = FailureStreak::default();
-    loop {
-        let Some(inner) = pool.upgrade() else { return };
-        let serial = {
-            let mut st = inner.lock();
-            while !st.shutdown && !inner.wants_refill(&st) {
-                st.refill_idle = true;
-                st = inner
-                    .refill
-                    .wait_timeout(st, Duration::from_millis(500))
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-            }
-            st.refill_idle = false;
-            if st.shutdown {
-                return;
-            }
-            match inner.reserve(&mut st) {
-                Ok(serial) => serial,
-                Err(_) => continue,
-            }
-        };
-        match inner.grow(serial) {
-            Ok(buf) => {
-                if let Some(failures) = streak.succeeded() {
-                    log::info!(
-                        "pool {} refills again after {failures} failed attempt(s)",
-                        inner.config.name
-                    );
-                }
-                inner.counters.refills.fetch_add(1, Relaxed);
-                let mut st = inner.lock();
-                if st.shutdown {
-                    inner.unreserve(&mut st);
-                    return;
-                }
-                st.free.push(buf);
-                inner.wake_waiter(st);
-            }
-            Err(e) => {
-                let (level, pause) = streak.failed();
-                log::log!(
-                    level,
-                    "pool {} could not refill: {e} (retrying in {pause:?}{})",
-                    inner.config.name,
-                    if level == log::Level::Warn {
-                        "; further failures are logged at debug level"
-                    } else {
-                        ""
-                    }
-                );
-                drop(inner);
-                std::thread::sleep(pause);
-            }
-        }
-    }
-}
-
-/// Consecutive refill failures: the first is a warning, the rest debug messages, with a pause
-/// that doubles up to a few seconds so that a pool that cannot grow neither floods the log
-/// nor spins.
-#[derive(Debug, Default)]
-struct FailureStreak {
-    failures: u32,
-}
-
-impl FailureStreak {
-    const FIRST_PAUSE: Duration = Duration::from_millis(200);
-    const MAX_PAUSE: Duration = Duration::from_secs(5);
-
-    /// Records a failure: how loudly to say it, and how long to wait before the next try.
-    fn failed(&mut self) -> (log::Level, Duration) {
-        self.failures = self.failures.saturating_add(1);
-        let level = if self.failures == 1 {
-            log::Level::Warn
-        } else {
-            log::Level::Debug
-        };
-        let doublings = (self.failures - 1).min(16);
-        let pause = (Self::FIRST_PAUSE * (1 << doublings)).min(Self::MAX_PAUSE);
-        (level, pause)
-    }
-
-    /// Records a success: the number of failures it ends, if it ends a streak.
-    fn succeeded(&mut self) -> Option<u32> {
-        Some(std::mem::take(&mut self.failures)).filter(|&n| n > 0)
-    }
-}
-
-/// A buffer lent by a pool; it goes back to the pool when dropped (freed instead if the pool
-/// has shut down or gives memory back under pressure).
-///
-/// It derefs to the [`DmaBuf`] for reading and offers [`PooledBuf::write`] for the bytes, but
-/// never hands out `&mut DmaBuf`: the pool accounts for the buffer it lent, so that buffer,
-/// and no other, must come back.
-///
-/// ```no_run
-/// # use std::sync::Arc;
-/// # use heapcore::{Allocator, Pool, PoolConfig, Source};
-/// let pool = Pool::new(Arc::new(Allocator::new()), PoolConfig::new("doc", vec![Source::Memfd], 4096))?;
-/// let mut frame = pool.try_acquire()?;
-/// frame.write()?.fill(0x80);
-/// println!("{} bytes from {}", frame.len(), frame.origin());
-/// # Ok::<(), heapcore::Error>(())
-/// ```
-///
-/// Swapping (or `mem::replace`-ing) the buffer behind a `PooledBuf` does not compile:
-///
-/// ```compile_fail
-/// # use std::sync::Arc;
-/// # use heapcore::{Allocator, Pool, PoolConfig, Source};
-/// let pool = Pool::new(Arc::new(Allocator::new()), PoolConfig::new("doc", vec![Source::Memfd], 4096))?;
-/// let mut a = pool.try_acquire()?;
-/// let mut b = pool.try_acquire()?;
-/// std::mem::swap(&mut *a, &mut *b);
-/// # Ok::<(), heapcore::Error>(())
-/// ```
-pub struct PooledBuf {
-    buf: Option<DmaBuf>,
-    pool: Arc<Inner>,
-}
-
-impl PooledBuf {
-    /// Takes the buffer out of the pool for good (it no longer counts against the pool).
-    pub fn detach(mut self) -> DmaBuf {
-        let buf = self
-            .buf
-            .take()
-            .expect("a PooledBuf always holds its buffer");
-        let mut st = self.pool.lock();
-        self.pool.unreserve(&mut st);
-        self.pool.wake_waiter(st);
-        buf
-    }
-
-    /// The name of the pool it came from.
-    pub fn pool_name(&self) -> &str {
-        &self.pool.config.name
-    }
-
-    fn buf_mut(&mut self) -> &mut DmaBuf {
-        self.buf
-            .as_mut()
-            .expect("a PooledBuf always holds its buffer")
-    }
-
-    /// Begins CPU reads and writes of the bytes (see [`DmaBuf::write`]).
-    pub fn write(&mut self) -> Result<CpuWrite<'_>> {
-        self.buf_mut().write()
-    }
-
-    /// Renames the buffer (see [`DmaBuf::set_name`]).
-    pub fn set_name(&mut self, name: &str) -> Result<()> {
-        self.buf_mut().set_name(name)
-    }
-}
-
-impl fmt::Debug for PooledBuf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PooledBuf")
-            .field("pool", &self.pool.config.name)
-            .field("buf", &self.buf)
-            .finish()
-    }
-}
-
-impl Deref for PooledBuf {
-    type Target = DmaBuf;
-    fn deref(&self) -> &DmaBuf {
-        self.buf
-            .as_ref()
-            .expect("a PooledBuf always holds its buffer")
-    }
-}
-
-impl Drop for PooledBuf {
-    fn drop(&mut self) {
-        if let Some(buf) = self.buf.take() {
-            self.pool.release(buf);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -82,33 +82,41 @@ impl LatencyHistogram {
 /// Acquire latency percentiles (upper bounds of ~12% wide buckets).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LatencySummary {
+    /// Acquires measured.
     pub count: u64,
+    /// Median, in nanoseconds.
     pub p50_ns: u64,
+    /// 99th percentile, in nanoseconds.
     pub p99_ns: u64,
+    /// 99.9th percentile, in nanoseconds.
     pub p999_ns: u64,
+    /// The slowest, in nanoseconds (exact).
     pub max_ns: u64,
 }
 
 /// The live counters of one pool.
 #[derive(Default)]
 pub(crate) struct Counters {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub hot_path_allocs: AtomicU64,
-    pub refills: AtomicU64,
-    pub trims: AtomicU64,
-    pub budget_denials: AtomicU64,
-    pub alloc_failures: AtomicU64,
-    pub latency: LatencyHistogram,
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) hot_path_allocs: AtomicU64,
+    pub(crate) refills: AtomicU64,
+    pub(crate) trims: AtomicU64,
+    pub(crate) budget_denials: AtomicU64,
+    pub(crate) alloc_failures: AtomicU64,
+    pub(crate) latency: LatencyHistogram,
 }
 
 /// A snapshot of one pool's statistics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolStats {
+    /// The pool's name ([`PoolConfig::name`](super::PoolConfig::name)).
     pub name: String,
+    /// Its QoS class (`realtime`, `normal`, `background`).
     pub qos: String,
     /// Where buffers come from (the first source that served).
     pub source: String,
+    /// Bytes per buffer (page-aligned).
     pub buffer_size: u64,
     /// Acquires served from the free list.
     pub hits: u64,
@@ -124,13 +132,18 @@ pub struct PoolStats {
     pub budget_denials: u64,
     /// Allocations that failed on every source.
     pub alloc_failures: u64,
+    /// Buffers ready to hand out.
     pub buffers_free: usize,
+    /// Buffers handed out and not back yet.
     pub buffers_out: usize,
     /// Buffers being allocated right now (a refill, a prewarm or a miss), not yet free or out.
     #[serde(default)]
     pub buffers_allocating: usize,
+    /// Bytes of all its buffers: free, out and being allocated.
     pub bytes_held: u64,
+    /// Its own byte budget, if it has one.
     pub budget: Option<u64>,
+    /// How long acquires took.
     pub acquire_latency: LatencySummary,
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::pressure::PressureLevel;
+use crate::source::Source;
 
 const LEN: u64 = 64 * 1024;
 
@@ -158,7 +159,7 @@ fn concurrent_acquirers_never_share_a_buffer() {
 
 #[test]
 fn buffers_returned_after_shutdown_are_freed() {
-    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let fds = dmaheap_tests::open_fds;
     let pool = Pool::new(alloc(), memfd_pool("shutdown").min_buffers(2)).unwrap();
     let out = pool.try_acquire().unwrap();
     let before = fds();
@@ -289,7 +290,7 @@ fn protected_heap_buffers_are_pooled_without_being_mapped() {
     // A memfd stands in for a protected heap's buffer: mapping it would work, so only the
     // origin keeps the pool from mapping it (a real protected buffer would refuse the map and
     // fail the allocation).
-    let fd = crate::backend::sealed_memfd("protected-stand-in", LEN).unwrap();
+    let fd = crate::source::sealed_memfd("protected-stand-in", LEN).unwrap();
     let protected = crate::dmabuf::Origin::Heap("protected,secure-video".parse().unwrap());
     let buf = DmaBuf::from_parts(fd, LEN, protected);
     make_ready(&buf).unwrap();
@@ -297,7 +298,7 @@ fn protected_heap_buffers_are_pooled_without_being_mapped() {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
     assert!(!maps.contains("dmaheap:protected-stand-in"), "{maps}");
 
-    let fd = crate::backend::sealed_memfd("plain-stand-in", LEN).unwrap();
+    let fd = crate::source::sealed_memfd("plain-stand-in", LEN).unwrap();
     let buf = DmaBuf::from_parts(fd, LEN, crate::dmabuf::Origin::Memfd);
     make_ready(&buf).unwrap();
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
@@ -347,25 +348,4 @@ fn cpu_users_of_a_policy_listing_a_protected_heap_first_fall_back() {
     assert_eq!(buf.origin(), &crate::dmabuf::Origin::Memfd);
     assert!(buf.is_mapped());
     buf.write().unwrap()[0] = 1;
-}
-
-#[test]
-fn refill_failures_warn_once_per_streak_and_back_off() {
-    let mut streak = FailureStreak::default();
-    assert_eq!(streak.succeeded(), None, "no streak to end");
-    let failures: Vec<(log::Level, Duration)> = (0..8).map(|_| streak.failed()).collect();
-    let levels: Vec<log::Level> = failures.iter().map(|f| f.0).collect();
-    assert_eq!(levels[0], log::Level::Warn);
-    assert!(
-        levels[1..].iter().all(|&l| l == log::Level::Debug),
-        "{levels:?}"
-    );
-    let pauses: Vec<u64> = failures.iter().map(|f| f.1.as_millis() as u64).collect();
-    assert_eq!(pauses, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
-    assert_eq!(streak.succeeded(), Some(8));
-    // A new streak warns again, from the short pause.
-    assert_eq!(
-        streak.failed(),
-        (log::Level::Warn, Duration::from_millis(200))
-    );
 }

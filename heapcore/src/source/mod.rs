@@ -1,5 +1,6 @@
-//! The three ways to get shareable buffer memory, best first: a DMA-BUF heap device, a sealed
-//! memfd wrapped by `/dev/udmabuf`, and a plain sealed memfd.
+//! Where buffers come from: [`Source`], the one parser of source lists, and the three ways to
+//! get shareable buffer memory, best first: a DMA-BUF heap device, a sealed memfd wrapped by
+//! `/dev/udmabuf`, and a plain sealed memfd.
 
 mod dma_heap;
 mod memfd;
@@ -107,7 +108,7 @@ impl fmt::Display for Source {
 impl FromStr for Source {
     type Err = Error;
 
-    /// `udmabuf` and `memfd` name those backends; anything else is a heap name.
+    /// `udmabuf` and `memfd` name those sources; anything else is a heap name.
     fn from_str(s: &str) -> Result<Self, Error> {
         match s {
             "udmabuf" => Ok(Self::Udmabuf),

@@ -1,6 +1,4 @@
-//! The usage policy: which heaps, in which order, serve each usage ("scanout: cma, system").
-//!
-//! Like fstab for mounts: built-in defaults that suit a desktop and an SoC, overridden by
+//! Policy files, layered like fstab for mounts: the built-in defaults, overridden by
 //! `/etc/dmaheap/policy.toml`, then by the user's `$XDG_CONFIG_HOME/dmaheap/policy.toml`;
 //! `DMAHEAP_POLICY` names a file that replaces both (if it names none, that is reported and
 //! both apply). A file that does not parse is reported with its line and left out; everything
@@ -9,144 +7,34 @@
 //!
 //! ```toml
 //! [usage.scanout]
-//! heaps = ["cma", "system"]   # tried in this order; "udmabuf" and "memfd" name those backends
+//! heaps = ["cma", "system"]   # tried in this order; "udmabuf" and "memfd" name those sources
 //! contiguous = true           # its buffers must be physically contiguous
 //! qos = "realtime"            # pool class for this usage
 //! prewarm = 4                 # buffers a realtime pool holds ready
 //! ```
 
 use std::collections::BTreeMap;
-use std::collections::HashSet;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::backend::Source;
+use super::{EntryOrigin, Policy, Usage, UsagePolicy};
 use crate::pool::QosClass;
-
-/// What a buffer is for. Well-known usages have constants; a policy file may add its own
-/// (lower-case letters, digits and `-`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct Usage(String);
-
-impl Usage {
-    pub const GENERIC: &'static str = "generic";
-    pub const SCANOUT: &'static str = "scanout";
-    pub const VIDEO_DECODE: &'static str = "video-decode";
-    pub const VIDEO_ENCODE: &'static str = "video-encode";
-    pub const CAMERA: &'static str = "camera";
-    pub const ANIMATION: &'static str = "animation";
-    pub const SCREENCAST: &'static str = "screencast";
-    pub const RENDER: &'static str = "render";
-
-    /// Validates a usage name.
-    pub fn new(name: &str) -> Result<Self, String> {
-        let ok = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if ok {
-            Ok(Self(name.to_owned()))
-        } else {
-            Err(format!(
-                "{name:?} is not a usage name (lower-case letters, digits and '-', e.g. \
-                 video-decode)"
-            ))
-        }
-    }
-
-    /// The generic usage.
-    pub fn generic() -> Self {
-        Self(Self::GENERIC.to_owned())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Default for Usage {
-    fn default() -> Self {
-        Self::generic()
-    }
-}
-
-impl fmt::Display for Usage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl FromStr for Usage {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::new(s)
-    }
-}
-
-/// Where a policy entry came from, for `explain`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub enum EntryOrigin {
-    BuiltIn,
-    /// No policy: a list the user gave (`heap=`, `--heap`), judged as it is.
-    Explicit,
-    File {
-        path: PathBuf,
-        line: usize,
-    },
-}
-
-impl fmt::Display for EntryOrigin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::BuiltIn => f.write_str("built-in defaults"),
-            Self::Explicit => f.write_str("an explicit heap list"),
-            Self::File { path, line } => write!(f, "{}:{line}", path.display()),
-        }
-    }
-}
-
-/// What the policy says for one usage.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UsagePolicy {
-    /// Heap names (or `udmabuf`, `memfd`) in the order they are tried.
-    pub heaps: Vec<String>,
-    /// Buffers must be physically contiguous.
-    pub contiguous: bool,
-    /// The pool class buffers of this usage get.
-    pub qos: QosClass,
-    /// Buffers a realtime pool keeps ready.
-    pub prewarm: usize,
-    pub origin: EntryOrigin,
-}
+use crate::source::Source;
 
 /// A policy file or layer that could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}:{line}:{column}: {message}", .path.display())]
 pub struct PolicyError {
+    /// The file.
     pub path: PathBuf,
+    /// 1-based line of the problem (0: the file as a whole, e.g. unreadable).
     pub line: usize,
+    /// 1-based column of the problem (0: the file as a whole).
     pub column: usize,
+    /// What is wrong.
     pub message: String,
-}
-
-/// The usage → heaps table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Policy {
-    usages: BTreeMap<Usage, UsagePolicy>,
-    /// The files applied on top of the defaults, in order.
-    files: Vec<PathBuf>,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self::builtin()
-    }
 }
 
 /// The environment `Policy::load` follows, as values: tests pass their own instead of
@@ -203,64 +91,6 @@ pub fn policy_files() -> Vec<PathBuf> {
 }
 
 impl Policy {
-    /// The built-in defaults. CMA first where devices may lack an IOMMU (display, codecs,
-    /// cameras), the cached system heap first where the CPU writes (animation, screen
-    /// capture, rendering); udmabuf and memfd last everywhere.
-    pub fn builtin() -> Self {
-        let entry = |heaps: &[&str], contiguous, qos, prewarm| UsagePolicy {
-            heaps: heaps.iter().map(|h| h.to_string()).collect(),
-            contiguous,
-            qos,
-            prewarm,
-            origin: EntryOrigin::BuiltIn,
-        };
-        let device_first = ["cma", "system", "udmabuf", "memfd"];
-        let cpu_first = ["system", "cma", "udmabuf", "memfd"];
-        let usages = [
-            (
-                Usage::GENERIC,
-                entry(&cpu_first, false, QosClass::Normal, 0),
-            ),
-            (
-                Usage::SCANOUT,
-                entry(&device_first, false, QosClass::Normal, 0),
-            ),
-            (
-                Usage::VIDEO_DECODE,
-                entry(&device_first, false, QosClass::Normal, 0),
-            ),
-            (
-                Usage::VIDEO_ENCODE,
-                entry(&device_first, false, QosClass::Normal, 0),
-            ),
-            (
-                Usage::CAMERA,
-                entry(&device_first, false, QosClass::Normal, 0),
-            ),
-            (
-                Usage::ANIMATION,
-                entry(&cpu_first, false, QosClass::Realtime, 4),
-            ),
-            (
-                Usage::SCREENCAST,
-                entry(
-                    &["system", "udmabuf", "memfd", "cma"],
-                    false,
-                    QosClass::Normal,
-                    0,
-                ),
-            ),
-            (Usage::RENDER, entry(&cpu_first, false, QosClass::Normal, 0)),
-        ];
-        Self {
-            usages: usages
-                .into_iter()
-                .map(|(name, policy)| (Usage(name.to_owned()), policy))
-                .collect(),
-            files: Vec::new(),
-        }
-    }
-
     /// The defaults with every readable policy file applied. Files that do not exist are
     /// skipped; files that do not parse are logged and returned, and change nothing. A
     /// `DMAHEAP_POLICY` that names no usable file is logged and returned too, and the system
@@ -363,33 +193,6 @@ impl Policy {
         self.files.push(path.to_owned());
         Ok(())
     }
-
-    /// The entry for `usage`; an unknown usage gets `generic` (the bool says so).
-    pub fn entry(&self, usage: &Usage) -> (&UsagePolicy, bool) {
-        match self.usages.get(usage) {
-            Some(entry) => (entry, false),
-            None => {
-                log_once(format!(
-                    "usage {usage:?} is not in the policy; using generic"
-                ));
-                let generic = self
-                    .usages
-                    .get(&Usage::generic())
-                    .expect("the generic usage is always present");
-                (generic, true)
-            }
-        }
-    }
-
-    /// Every usage the policy knows.
-    pub fn usages(&self) -> impl Iterator<Item = (&Usage, &UsagePolicy)> {
-        self.usages.iter()
-    }
-
-    /// The files applied on top of the defaults.
-    pub fn files(&self) -> &[PathBuf] {
-        &self.files
-    }
 }
 
 /// What one file says about one usage.
@@ -434,7 +237,8 @@ fn parse_layer(text: &str, path: &Path) -> Result<Vec<(Usage, LayerEntry)>, Poli
     })?;
     let mut layer = Vec::new();
     for (name, entry) in file.usage {
-        let usage = Usage::new(name.get_ref()).map_err(|m| error_at(name.span().start, m))?;
+        let usage =
+            Usage::new(name.get_ref()).map_err(|e| error_at(name.span().start, e.to_string()))?;
         let entry_span = entry.span();
         let entry = entry.into_inner();
         if entry.heaps.as_ref().is_some_and(Vec::is_empty) {
@@ -483,19 +287,6 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Logs a message the first time it is seen in this process (absent heaps, unknown usages:
-/// worth saying once, not per buffer).
-pub(crate) fn log_once(message: String) {
-    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
-    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
-    if seen
-        .get_or_insert_with(HashSet::new)
-        .insert(message.clone())
-    {
-        log::info!("{message}");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,31 +295,6 @@ mod tests {
         let mut p = Policy::builtin();
         p.apply_str(text, Path::new("/etc/dmaheap/policy.toml"))?;
         Ok(p)
-    }
-
-    #[test]
-    fn builtins_cover_the_well_known_usages() {
-        let p = Policy::builtin();
-        for u in [
-            "generic",
-            "scanout",
-            "video-decode",
-            "camera",
-            "animation",
-            "screencast",
-        ] {
-            let (entry, fell_back) = p.entry(&u.parse().unwrap());
-            assert!(!fell_back, "{u}");
-            assert_eq!(
-                entry.heaps.last().map(String::as_str),
-                Some(if u == "screencast" { "cma" } else { "memfd" })
-            );
-        }
-        assert_eq!(p.entry(&"scanout".parse().unwrap()).0.heaps[0], "cma");
-        assert_eq!(
-            p.entry(&"animation".parse().unwrap()).0.qos,
-            QosClass::Realtime
-        );
     }
 
     #[test]
@@ -554,14 +320,6 @@ mod tests {
             p.entry(&"camera".parse().unwrap()).0.origin,
             EntryOrigin::BuiltIn
         );
-    }
-
-    #[test]
-    fn unknown_usages_fall_back_to_generic() {
-        let p = Policy::builtin();
-        let (entry, fell_back) = p.entry(&"hologram".parse().unwrap());
-        assert!(fell_back);
-        assert_eq!(entry, p.entry(&Usage::generic()).0);
     }
 
     #[test]
@@ -606,14 +364,6 @@ mod tests {
                 "{err}"
             );
             assert_eq!(p, before, "a bad file changed the policy");
-        }
-    }
-
-    #[test]
-    fn usage_names_are_checked() {
-        assert!(Usage::new("video-decode").is_ok());
-        for bad in ["", "Video", "a b", "x/y", &"a".repeat(65)] {
-            assert!(Usage::new(bad).is_err(), "{bad:?}");
         }
     }
 
