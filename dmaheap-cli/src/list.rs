@@ -1,7 +1,9 @@
 //! `dmaheap list`: what this machine offers and whether the caller may use it.
 
 use heapcore::size::ByteSize;
-use heapcore::{Access, Allocator, CmaAlignment, CmaUsage, HeapInfo, Inventory, UdmabufInfo};
+use heapcore::{
+    Access, Allocator, CmaAlignment, CmaArea, CmaUsage, HeapInfo, Inventory, UdmabufInfo,
+};
 use serde::Serialize;
 
 use crate::table::Table;
@@ -20,7 +22,10 @@ struct Report<'a> {
     heaps: &'a [HeapInfo],
     other_sources: OtherSources<'a>,
     cma: Option<CmaUsage>,
+    cma_areas: &'a [CmaArea],
     cma_alignment: &'a CmaAlignment,
+    /// Whether heap allocations are charged to the caller's memory cgroup (Linux 7.0+).
+    mem_accounting: Option<bool>,
     /// Sources in the order `dmaheap alloc` tries them when no heap is named.
     default_order: Vec<String>,
 }
@@ -57,7 +62,9 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 },
             },
             cma: inv.cma,
+            cma_areas: &inv.cma_areas,
             cma_alignment: &inv.cma_alignment,
+            mem_accounting: inv.mem_accounting,
             default_order: order,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -73,9 +80,18 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "USABLE",
         "NOTES",
     ]);
-    for heap in &inv.heaps {
+    // One row per memory: a heap that another name stands for (one CMA area under two names)
+    // is shown as that name's alias.
+    for heap in inv.heaps.iter().filter(|h| is_listed(h, inv)) {
+        let aliases = inv.aliases_of(heap);
+        let name = if aliases.is_empty() {
+            heap.name.to_string()
+        } else {
+            let aliases: Vec<String> = aliases.iter().map(ToString::to_string).collect();
+            format!("{} (also {})", heap.name, aliases.join(", "))
+        };
         heaps.row(vec![
-            heap.name.to_string(),
+            name,
             heap.kind.to_string(),
             yes_no(heap.properties.contiguous),
             yes_no(heap.properties.cpu_cached),
@@ -95,10 +111,12 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     println!();
 
     let mut others = Table::new(&["OTHER SOURCES", "DMA-BUF", "USABLE", "NOTES"]);
-    let udmabuf_notes = match (&inv.udmabuf.access, inv.udmabuf.size_limit) {
-        (Access::Missing, _) => format!("{} missing (CONFIG_UDMABUF)", inv.udmabuf.path.display()),
-        (_, Some(limit)) => format!("up to {} per buffer (size_limit_mb)", ByteSize(limit)),
-        (_, None) => "size limit unknown".to_owned(),
+    let udmabuf = &inv.udmabuf;
+    let udmabuf_notes = match (&udmabuf.access, udmabuf.size_limit, udmabuf.size_limit_mb) {
+        (Access::Missing, ..) => format!("{} missing (CONFIG_UDMABUF)", udmabuf.path.display()),
+        (_, Some(limit), _) => format!("up to {} per buffer (size_limit_mb)", ByteSize(limit)),
+        (_, None, Some(_)) => "no per-buffer limit but memory (size_limit_mb is INT_MAX)".into(),
+        (_, None, None) => "size limit unknown".to_owned(),
     };
     others.row(vec![
         "udmabuf".into(),
@@ -115,6 +133,21 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     others.print();
     println!();
     println!("Default order: {}", order.join(" → "));
+    match inv.mem_accounting {
+        _ if inv.heaps.is_empty() => {}
+        Some(true) => println!(
+            "Heap allocations are charged to the caller's memory cgroup \
+             (dma_heap.mem_accounting=Y)"
+        ),
+        Some(false) => println!(
+            "Heap allocations are not charged to the caller's memory cgroup \
+             (dma_heap.mem_accounting=N; boot with dma_heap.mem_accounting=1 to charge them)"
+        ),
+        None => println!(
+            "Heap allocations are not charged to memory cgroups (this kernel has no \
+             dma_heap.mem_accounting: Linux 7.0 added it)"
+        ),
+    }
     for (what, access) in inv
         .heaps
         .iter()
@@ -126,6 +159,15 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// Whether a heap gets a row of its own: not when it is another name of a listed heap's CMA
+/// area (the row of the area-named heap says "also ...").
+fn is_listed(heap: &HeapInfo, inv: &Inventory) -> bool {
+    match inv.find(heap.name.as_str()) {
+        Ok(stands_for) => stands_for.name == heap.name,
+        Err(_) => true,
+    }
 }
 
 fn yes_no(value: Option<bool>) -> String {
@@ -154,7 +196,21 @@ fn heap_notes(heap: &HeapInfo, inv: &Inventory) -> String {
     if heap.default_cma {
         notes.push("default CMA area".to_owned());
     }
-    if heap.kind == heapcore::HeapKind::Cma {
+    if let Some(area) = inv.cma_area_of(heap) {
+        match (area.available, area.total) {
+            (Some(free), Some(total)) => notes.push(format!(
+                "CMA area {}: {} free of {}",
+                area.name,
+                ByteSize(free),
+                ByteSize(total)
+            )),
+            _ => notes.push(format!("CMA area {}", area.name)),
+        }
+    }
+    let area_sized = inv
+        .cma_area_of(heap)
+        .is_some_and(|a| a.total.is_some() && a.available.is_some());
+    if heap.kind == heapcore::HeapKind::Cma && !area_sized {
         if let Some(cma) = inv.cma {
             notes.push(format!(
                 "CMA {} free of {}",

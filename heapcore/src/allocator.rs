@@ -52,7 +52,8 @@ impl Allocator {
     pub fn default_sources(&self) -> Vec<Source> {
         let inv = &self.inventory;
         let system = inv.heaps.iter().find(|h| h.kind == HeapKind::System);
-        let cma = inv.heaps.iter().find(|h| h.default_cma);
+        // The default CMA heap under the name that stands for its area.
+        let cma = inv.find(crate::heap::CMA_ALIAS).ok().filter(|h| h.kind == HeapKind::Cma);
         let mut sources: Vec<Source> = system
             .into_iter()
             .chain(cma)

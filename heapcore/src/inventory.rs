@@ -22,6 +22,8 @@ pub struct SysPaths {
     pub cma_areas_dir: PathBuf,
     /// `/proc/meminfo`, for the CMA totals.
     pub meminfo: PathBuf,
+    /// The dma_heap module's parameters (`mem_accounting`, Linux 7.0+).
+    pub dma_heap_params: PathBuf,
 }
 
 impl Default for SysPaths {
@@ -32,6 +34,7 @@ impl Default for SysPaths {
             udmabuf_size_limit: "/sys/module/udmabuf/parameters/size_limit_mb".into(),
             cma_areas_dir: "/sys/kernel/mm/cma".into(),
             meminfo: sysinfo::MEMINFO.into(),
+            dma_heap_params: "/sys/module/dma_heap/parameters".into(),
         }
     }
 }
@@ -49,6 +52,10 @@ pub struct HeapInfo {
     pub kind: HeapKind,
     /// Whether this is the default CMA area's heap, whichever name this kernel gives it.
     pub default_cma: bool,
+    /// For a CMA heap, the CMA area (`/sys/kernel/mm/cma/<area>`) its memory comes from,
+    /// where that is known: Linux 6.19+ shows one area under two names
+    /// (`default_cma_region` and the area's own), and both lead here.
+    pub cma_area: Option<String>,
     /// What is known of its memory.
     pub properties: HeapProperties,
     /// Whether this process may open it.
@@ -62,8 +69,26 @@ pub struct UdmabufInfo {
     pub path: PathBuf,
     /// Whether it exists and this process may open it.
     pub access: Access,
-    /// The module's `size_limit_mb` in bytes (64 MiB unless changed).
+    /// The module's `size_limit_mb` in bytes: 64 MiB by default before Linux 6.17. `None` when
+    /// unknown, or when the parameter is `INT_MAX`, newer kernels' default, which means no
+    /// limit beyond memory (see `size_limit_mb`).
     pub size_limit: Option<u64>,
+    /// The parameter as the kernel shows it, in MiB.
+    pub size_limit_mb: Option<u64>,
+}
+
+/// `size_limit_mb`'s value for "no limit" (INT_MAX, the default since Linux 6.17).
+const UDMABUF_NO_LIMIT_MB: u64 = i32::MAX as u64;
+
+/// One CMA area (`/sys/kernel/mm/cma/<name>`), which one or more CMA heaps give out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CmaArea {
+    /// The area's name (`reserved` for `cma=`, the reserved-memory node's name otherwise).
+    pub name: String,
+    /// Its size in bytes (`total_pages`, Linux 6.19+).
+    pub total: Option<u64>,
+    /// What is free in it now (`available_pages`, Linux 6.19+).
+    pub available: Option<u64>,
 }
 
 /// CMA totals from `/proc/meminfo` (all areas together).
@@ -155,6 +180,11 @@ pub struct Inventory {
     pub udmabuf: UdmabufInfo,
     /// The CMA totals, where the kernel has CMA memory.
     pub cma: Option<CmaUsage>,
+    /// The CMA areas, each with its own size where the kernel says (CONFIG_CMA_SYSFS).
+    pub cma_areas: Vec<CmaArea>,
+    /// Whether heap allocations are charged to the caller's memory cgroup
+    /// (`dma_heap.mem_accounting`, Linux 7.0+; `None` before).
+    pub mem_accounting: Option<bool>,
     /// How the CMA heap aligns buffers.
     pub cma_alignment: CmaAlignment,
     #[serde(skip)]
@@ -169,20 +199,44 @@ impl Inventory {
 
     /// Looks at the files `paths` names.
     pub fn discover_with(paths: SysPaths) -> Self {
-        let cma_areas = read_dir_names(&paths.cma_areas_dir);
+        let mut cma_areas = read_dir_names(&paths.cma_areas_dir);
+        cma_areas.sort();
         let mut heaps: Vec<HeapInfo> = read_dir_names(&paths.dma_heap_dir)
             .into_iter()
             .filter_map(|name| heap_info(&paths.dma_heap_dir, &name, &cma_areas))
             .collect();
         heaps.sort_by(|a, b| a.name.cmp(&b.name));
+        let size_limit_mb = std::fs::read_to_string(&paths.udmabuf_size_limit)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok());
         let udmabuf = UdmabufInfo {
             access: Access::check(&paths.udmabuf_dev),
-            size_limit: std::fs::read_to_string(&paths.udmabuf_size_limit)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+            size_limit: size_limit_mb
+                .filter(|&mb| mb < UDMABUF_NO_LIMIT_MB)
                 .map(|mb| mb << 20),
+            size_limit_mb,
             path: paths.udmabuf_dev.clone(),
         };
+        let page = sysinfo::page_size();
+        let pages = |area: &str, file: &str| {
+            std::fs::read_to_string(paths.cma_areas_dir.join(area).join(file))
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .map(|n| n * page)
+        };
+        let areas = cma_areas
+            .iter()
+            .map(|name| CmaArea {
+                name: name.clone(),
+                total: pages(name, "total_pages"),
+                available: pages(name, "available_pages"),
+            })
+            .collect();
+        let mem_accounting = std::fs::read_to_string(paths.dma_heap_params.join("mem_accounting"))
+            .ok()
+            .map(|v| matches!(v.trim(), "Y" | "y" | "1"));
         let meminfo = sysinfo::MemInfo::read_from(&paths.meminfo);
         let cma = match (meminfo.get("CmaTotal"), meminfo.get("CmaFree")) {
             (Some(total), Some(free)) if total > 0 => Some(CmaUsage { total, free }),
@@ -192,6 +246,8 @@ impl Inventory {
             heaps,
             udmabuf,
             cma,
+            cma_areas: areas,
+            mem_accounting,
             cma_alignment: CmaAlignment::read_from(&CmaAlignment::kernel_configs()),
             paths,
         }
@@ -210,10 +266,14 @@ impl Inventory {
     /// Finds a heap by name. Besides exact names this understands `cma` and every name the
     /// default CMA heap has had (`linux,cma`, `reserved`, ...), so a name written for one
     /// kernel keeps working on another.
+    ///
+    /// Where one CMA area has several names (`default_cma_region` and `reserved` on Linux
+    /// 6.19+), every one of them finds the same heap, the one named after the area: a region
+    /// is one source, for pools, budgets and fallback alike.
     pub fn find(&self, requested: &str) -> Result<&HeapInfo> {
         let name = HeapName::new(requested)?;
         if let Some(heap) = self.heaps.iter().find(|h| h.name == name) {
-            return Ok(heap);
+            return Ok(self.region_heap(heap));
         }
         if requested == CMA_ALIAS || DEFAULT_CMA_NAMES.contains(&requested) {
             let default = self.heaps.iter().find(|h| h.default_cma);
@@ -223,13 +283,45 @@ impl Inventory {
                     .find(|h| h.kind == HeapKind::Cma && requested == CMA_ALIAS)
             };
             if let Some(heap) = default.or_else(any_cma) {
-                return Ok(heap);
+                return Ok(self.region_heap(heap));
             }
         }
         Err(Error::UnknownHeap {
             name: requested.to_owned(),
             available: self.heaps.iter().map(|h| h.name.to_string()).collect(),
         })
+    }
+}
+
+impl Inventory {
+    /// The heap that stands for `heap`'s memory: for a CMA heap whose area also has a heap
+    /// of its own name, that one; otherwise `heap` itself.
+    fn region_heap<'a>(&'a self, heap: &'a HeapInfo) -> &'a HeapInfo {
+        heap.cma_area
+            .as_deref()
+            .and_then(|area| self.heaps.iter().find(|h| h.name.as_str() == area))
+            .unwrap_or(heap)
+    }
+
+    /// The other names of `heap`'s memory: heaps over the same CMA area, and symlinked
+    /// aliases of it or of what it aliases.
+    pub fn aliases_of(&self, heap: &HeapInfo) -> Vec<&HeapName> {
+        let target = heap.alias_of.as_ref().unwrap_or(&heap.name);
+        self.heaps
+            .iter()
+            .filter(|h| h.name != heap.name)
+            .filter(|h| {
+                (heap.cma_area.is_some() && h.cma_area == heap.cma_area)
+                    || h.alias_of.as_ref().unwrap_or(&h.name) == target
+            })
+            .map(|h| &h.name)
+            .collect()
+    }
+
+    /// The CMA area a heap's memory comes from, with its size where known.
+    pub fn cma_area_of(&self, heap: &HeapInfo) -> Option<&CmaArea> {
+        let area = heap.cma_area.as_deref()?;
+        self.cma_areas.iter().find(|a| a.name == area)
     }
 }
 
@@ -262,8 +354,17 @@ fn heap_info(dir: &Path, name: &str, cma_areas: &[String]) -> Option<HeapInfo> {
     };
     let kernel_name = alias_of.as_ref().map_or(name, HeapName::as_str);
     let kind = HeapKind::recognise(kernel_name, cma_areas);
+    let default_cma = kind == HeapKind::Cma && DEFAULT_CMA_NAMES.contains(&kernel_name);
+    // A heap named after an area gives that area; the default CMA heap gives the default
+    // area, which is the only one when only one exists (several: unknown from sysfs).
+    let cma_area = match kind {
+        HeapKind::Cma if cma_areas.iter().any(|a| a == kernel_name) => Some(kernel_name.into()),
+        HeapKind::Cma if default_cma && cma_areas.len() == 1 => Some(cma_areas[0].clone()),
+        _ => None,
+    };
     Some(HeapInfo {
-        default_cma: kind == HeapKind::Cma && DEFAULT_CMA_NAMES.contains(&kernel_name),
+        default_cma,
+        cma_area,
         properties: kind.properties(),
         access: Access::check(&path),
         name: heap_name,
@@ -296,6 +397,7 @@ impl FakeMachine {
             udmabuf_size_limit: root.join("size_limit_mb"),
             cma_areas_dir: root.join("cma"),
             meminfo: root.join("meminfo"),
+            dma_heap_params: root.join("dma_heap_params"),
         };
         std::fs::create_dir_all(&paths.dma_heap_dir).unwrap();
         std::fs::create_dir_all(&paths.cma_areas_dir).unwrap();
@@ -332,6 +434,23 @@ impl FakeMachine {
     pub(crate) fn with_udmabuf(self, limit_mb: u64) -> Self {
         std::fs::write(&self.paths.udmabuf_dev, b"").unwrap();
         std::fs::write(&self.paths.udmabuf_size_limit, format!("{limit_mb}\n")).unwrap();
+        self
+    }
+
+    /// Gives a CMA area the sizes Linux 6.19+ shows in sysfs, in pages.
+    pub(crate) fn with_cma_area_pages(self, area: &str, total: u64, available: u64) -> Self {
+        let dir = self.paths.cma_areas_dir.join(area);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("total_pages"), format!("{total}\n")).unwrap();
+        std::fs::write(dir.join("available_pages"), format!("{available}\n")).unwrap();
+        self
+    }
+
+    /// Writes the dma_heap module's `mem_accounting` parameter.
+    pub(crate) fn with_mem_accounting(self, on: bool) -> Self {
+        std::fs::create_dir_all(&self.paths.dma_heap_params).unwrap();
+        let value = if on { "Y\n" } else { "N\n" };
+        std::fs::write(self.paths.dma_heap_params.join("mem_accounting"), value).unwrap();
         self
     }
 
@@ -456,5 +575,51 @@ mod tests {
         let err = inv.find("system").unwrap_err().to_string();
         assert!(err.contains("CONFIG_DMABUF_HEAPS"), "{err}");
         assert!(!inv.has_udmabuf());
+    }
+
+    /// Linux 6.19+: one CMA area under its own name and as `default_cma_region`; udmabuf
+    /// without a size limit; allocations not charged to memory cgroups.
+    #[test]
+    fn one_cma_area_under_two_names_is_one_region() {
+        let m = FakeMachine::new(&["default_cma_region", "reserved", "system"], &["reserved"])
+            .with_cma_area_pages("reserved", 32768, 30000)
+            .with_udmabuf(i32::MAX as u64)
+            .with_mem_accounting(false);
+        let inv = m.inventory();
+        for name in ["cma", "default_cma_region", "reserved", "linux,cma"] {
+            assert_eq!(inv.find(name).unwrap().name.as_str(), "reserved", "{name}");
+        }
+        let default = inv
+            .heaps
+            .iter()
+            .find(|h| h.name.as_str() == "default_cma_region");
+        let default = default.unwrap();
+        assert_eq!(default.cma_area.as_deref(), Some("reserved"));
+        let aliases: Vec<&str> = inv.aliases_of(default).iter().map(|h| h.as_str()).collect();
+        assert_eq!(aliases, ["reserved"]);
+        let page = sysinfo::page_size();
+        let area = inv.cma_area_of(default).unwrap();
+        assert_eq!(
+            (area.total, area.available),
+            (Some(32768 * page), Some(30000 * page))
+        );
+        assert_eq!(inv.udmabuf.size_limit, None, "INT_MAX MiB means no limit");
+        assert_eq!(inv.udmabuf.size_limit_mb, Some(i32::MAX as u64));
+        assert_eq!(inv.mem_accounting, Some(false));
+        // The solver counts the region once.
+        let list = crate::Source::parse_list("default_cma_region reserved", &inv).unwrap();
+        let c = crate::solve_explicit(&list, &crate::Constraints::new(1 << 20), &inv);
+        assert_eq!(c.sources().len(), 1, "{c}");
+    }
+
+    #[test]
+    fn before_linux_7_nothing_new_is_claimed() {
+        let m = FakeMachine::new(&["reserved", "system"], &["reserved"]).with_udmabuf(64);
+        let inv = m.inventory();
+        assert_eq!(inv.udmabuf.size_limit, Some(64 << 20));
+        assert_eq!(inv.mem_accounting, None);
+        assert_eq!(inv.cma_areas[0].total, None);
+        let reserved = inv.find("reserved").unwrap();
+        assert!(inv.aliases_of(reserved).is_empty());
     }
 }

@@ -31,7 +31,7 @@ pub use constraints::{Constraints, CpuAccess};
 pub use dmabuf::{CpuRead, CpuWrite, DmaBuf, FdInfo, Origin, fit_buffer_name};
 pub use error::{Error, FrameLayoutError, Result};
 pub use heap::{CMA_ALIAS, DEFAULT_CMA_NAMES, HeapKind, HeapName, HeapProperties};
-pub use inventory::{CmaAlignment, CmaUsage, HeapInfo, Inventory, SysPaths, UdmabufInfo};
+pub use inventory::{CmaAlignment, CmaArea, CmaUsage, HeapInfo, Inventory, SysPaths, UdmabufInfo};
 pub use policy::{Policy, PolicyEnv, PolicyError, Usage};
 pub use pool::{Pool, PoolConfig, PoolRegistry, PoolStats, PooledBuf, QosClass};
 pub use pressure::PressureLevel;

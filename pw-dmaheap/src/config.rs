@@ -334,6 +334,7 @@ mod tests {
             udmabuf_size_limit: dir.join("size_limit_mb"),
             cma_areas_dir: dir.join("cma"),
             meminfo: dir.join("meminfo"),
+            dma_heap_params: dir.join("dma_heap_params"),
         })
     }
 
