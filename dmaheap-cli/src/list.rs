@@ -26,6 +26,9 @@ struct Report<'a> {
     cma_alignment: &'a CmaAlignment,
     /// Whether heap allocations are charged to the caller's memory cgroup (Linux 7.0+).
     mem_accounting: Option<bool>,
+    /// Whether the kernel exports dma-buf fences (DMA_BUF_IOCTL_EXPORT_SYNC_FILE, Linux 6.0),
+    /// asked of a one-page buffer (`None`: no dma-buf source to ask).
+    fences: Option<bool>,
     /// Sources in the order `dmaheap alloc` tries them when no heap is named.
     default_order: Vec<String>,
 }
@@ -51,6 +54,7 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(ToString::to_string)
         .collect();
+    let fences = fence_support(&alloc);
     if args.json {
         let report = Report {
             heaps: &inv.heaps,
@@ -65,6 +69,7 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             cma_areas: &inv.cma_areas,
             cma_alignment: &inv.cma_alignment,
             mem_accounting: inv.mem_accounting,
+            fences,
             default_order: order,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -133,6 +138,17 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     others.print();
     println!();
     println!("Default order: {}", order.join(" → "));
+    match fences {
+        Some(true) => println!(
+            "Fences: supported (DMA_BUF_IOCTL_EXPORT_SYNC_FILE): pools keep a buffer a device \
+             still uses until it is done"
+        ),
+        Some(false) => println!(
+            "Fences: not supported by this kernel (DMA_BUF_IOCTL_EXPORT_SYNC_FILE needs Linux \
+             6.0): pools cannot tell a buffer a device still uses"
+        ),
+        None => {}
+    }
     match inv.mem_accounting {
         _ if inv.heaps.is_empty() => {}
         Some(true) => println!(
@@ -159,6 +175,17 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// Asks a one-page buffer from the first dma-buf source whether the kernel exports fences.
+fn fence_support(alloc: &Allocator) -> Option<bool> {
+    let source = alloc
+        .default_sources()
+        .into_iter()
+        .find(|s| *s != heapcore::Source::Memfd)?;
+    let buf = alloc.allocate(&source, 4096, "").ok()?;
+    buf.busy().ok()?;
+    heapcore::fences_supported()
 }
 
 /// Whether a heap gets a row of its own: not when it is another name of a listed heap's CMA

@@ -53,7 +53,10 @@ impl Allocator {
         let inv = &self.inventory;
         let system = inv.heaps.iter().find(|h| h.kind == HeapKind::System);
         // The default CMA heap under the name that stands for its area.
-        let cma = inv.find(crate::heap::CMA_ALIAS).ok().filter(|h| h.kind == HeapKind::Cma);
+        let cma = inv
+            .find(crate::heap::CMA_ALIAS)
+            .ok()
+            .filter(|h| h.kind == HeapKind::Cma);
         let mut sources: Vec<Source> = system
             .into_iter()
             .chain(cma)

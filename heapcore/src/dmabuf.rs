@@ -7,11 +7,13 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
 use rustix::io::Errno;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::fence::{FenceAccess, SyncFile};
 use crate::heap::HeapName;
 use crate::mapping::Mapping;
 use crate::uapi::{self, DmaBufSyncFlags};
@@ -178,6 +180,48 @@ impl DmaBuf {
 
     pub(crate) fn set_recorded_name(&mut self, name: &str) {
         self.name = Some(name.to_owned());
+    }
+
+    /// The fence of every device still using the buffer, if one has not signalled: writing
+    /// into it now would race them (a display still scanning it out shows a torn frame).
+    /// `None` when the buffer is idle, is not a dma-buf (memfd), or the kernel cannot say
+    /// (before Linux 6.0: see [`fences_supported`]).
+    pub fn busy(&self) -> Result<Option<SyncFile>> {
+        if !self.is_dmabuf() || fences_supported() == Some(false) {
+            return Ok(None);
+        }
+        match uapi::dma_buf_export_sync_file(&self.fd, FenceAccess::Write.flags()) {
+            Ok(fd) => {
+                FENCES.store(FENCES_YES, Relaxed);
+                let fence = SyncFile::from_fd(fd);
+                Ok((!fence.is_signalled()?).then_some(fence))
+            }
+            Err(rustix::io::Errno::NOTTY) => {
+                FENCES.store(FENCES_NO, Relaxed);
+                Ok(None)
+            }
+            Err(e) => Err(Error::io(
+                format!("DMA_BUF_IOCTL_EXPORT_SYNC_FILE on {}", self.origin),
+                e,
+            )),
+        }
+    }
+
+    /// Adds `fence` to the buffer as a reader's or a writer's, as a device driver does for
+    /// its own work: until it signals, [`DmaBuf::busy`] reports the buffer busy.
+    pub fn attach_fence(&self, fence: &SyncFile, access: FenceAccess) -> Result<()> {
+        if !self.is_dmabuf() {
+            return Err(Error::Unsupported(format!(
+                "a buffer from {} is not a dma-buf and carries no fences",
+                self.origin
+            )));
+        }
+        uapi::dma_buf_import_sync_file(&self.fd, access.flags(), fence).map_err(|e| {
+            Error::io(
+                format!("DMA_BUF_IOCTL_IMPORT_SYNC_FILE on {}", self.origin),
+                e,
+            )
+        })
     }
 
     /// What the kernel says about this fd.
@@ -410,6 +454,22 @@ impl Drop for CpuWrite<'_> {
                 log::warn!("{e}");
             }
         }
+    }
+}
+
+const FENCES_UNKNOWN: u8 = 0;
+const FENCES_YES: u8 = 1;
+const FENCES_NO: u8 = 2;
+/// What the kernel answered the first `DMA_BUF_IOCTL_EXPORT_SYNC_FILE` of this process.
+static FENCES: AtomicU8 = AtomicU8::new(FENCES_UNKNOWN);
+
+/// Whether this kernel exports dma-buf fences as sync_files (Linux 6.0+), as far as this
+/// process has found out (`None`: no dma-buf was asked yet).
+pub fn fences_supported() -> Option<bool> {
+    match FENCES.load(Relaxed) {
+        FENCES_YES => Some(true),
+        FENCES_NO => Some(false),
+        _ => None,
     }
 }
 

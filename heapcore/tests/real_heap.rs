@@ -74,6 +74,11 @@ fn main() {
             pool_falls_back_from_cma_to_system,
         )
         .test(
+            "busy_buffers_are_not_handed_out_until_their_fence_signals",
+            &[Need::SystemHeap, Need::SwSync],
+            busy_buffers_wait_for_their_fence,
+        )
+        .test(
             "prefault_over_a_memory_cgroup_limit_is_out_of_memory",
             &[Need::Root, Need::MemoryCgroup],
             prefault_over_a_memory_cgroup_limit,
@@ -515,4 +520,71 @@ fn prefault_child(procs: &std::path::Path) -> i32 {
             6
         }
     }
+}
+
+/// A buffer whose dma-buf still carries an unsignalled fence (a device reading it, here a
+/// sw_sync fence standing in for a display) comes back to the pool but is not handed out
+/// again until the fence signals; idle buffers still are, and acquire takes them first.
+fn busy_buffers_wait_for_their_fence() -> Result<(), Failed> {
+    use heapcore::FenceAccess;
+    use heapcore::fence::SwSyncTimeline;
+    use std::time::Duration;
+    let inode = |b: &heapcore::PooledBuf| rustix::fs::fstat(b.as_fd()).map(|s| s.st_ino);
+    let pool = heapcore::Pool::new(
+        Arc::new(Allocator::new()),
+        PoolConfig::new("fence-test", vec![Source::heap("system")?], 64 << 10)
+            .min_buffers(3)
+            .max_buffers(3),
+    )?;
+    let bufs: Vec<_> = (0..3)
+        .map(|_| pool.try_acquire())
+        .collect::<Result<_, _>>()?;
+    let inodes: Vec<u64> = bufs.iter().map(inode).collect::<Result<_, _>>()?;
+    let timeline = SwSyncTimeline::open()?;
+    let fence = timeline.fence_at(1)?;
+    bufs[0].attach_fence(&fence, FenceAccess::Read)?;
+    ensure!(
+        bufs[0].busy()?.is_some(),
+        "the attached fence does not make the buffer busy"
+    );
+    ensure!(
+        heapcore::fences_supported() == Some(true),
+        "fences not supported"
+    );
+    drop(bufs);
+    let stats = pool.stats();
+    ensure!(
+        stats.buffers_busy == 1 && stats.buffers_free == 2,
+        "one busy, two free expected: {stats:?}"
+    );
+    // The two idle ones come out; the busy one does not, and the pool may not grow.
+    let a = pool.try_acquire()?;
+    let b = pool.try_acquire()?;
+    let got = [inode(&a)?, inode(&b)?];
+    ensure!(
+        !got.contains(&inodes[0]),
+        "the busy buffer was handed out: {got:?} {inodes:?}"
+    );
+    let err = pool
+        .try_acquire()
+        .err()
+        .ok_or("a third buffer while one is busy")?;
+    println!("while busy: {err}");
+    ensure!(
+        pool.acquire_timeout(Duration::from_millis(200)).is_err(),
+        "a busy buffer was handed out before its fence signalled"
+    );
+    timeline.advance(1)?;
+    let c = pool.acquire_timeout(Duration::from_secs(10))?;
+    ensure!(
+        inode(&c)? == inodes[0],
+        "after the fence, the same buffer comes back"
+    );
+    let stats = pool.stats();
+    println!("after the fence signalled: {stats:?}");
+    ensure!(
+        stats.returned_busy == 1 && stats.buffers_busy == 0,
+        "{stats:?}"
+    );
+    Ok(())
 }

@@ -30,6 +30,10 @@ pub enum Need {
     /// A memory cgroup this process may create and limit, with swap kept out of it and the
     /// OOM killer kept off its member (see [`MemoryCgroup`]).
     MemoryCgroup,
+    /// The sw_sync debug timeline (CONFIG_SW_SYNC, debugfs), to make fences by hand.
+    SwSync,
+    /// vgem, a DRM device with PRIME and syncobjs but no display.
+    Vgem,
 }
 
 impl Need {
@@ -44,6 +48,8 @@ impl Need {
             Self::V4l2(name) if name.starts_with("vivid") => "vivid",
             Self::V4l2(_) => "vicodec",
             Self::MemoryCgroup => "memcg",
+            Self::SwSync => "sw_sync",
+            Self::Vgem => "vgem",
         }
     }
 
@@ -57,6 +63,8 @@ impl Need {
             Self::Kms => Path::new("/dev/dri/card0").exists(),
             Self::V4l2(name) => v4l2_device(name).is_some(),
             Self::MemoryCgroup => CgroupFlavour::usable().is_some(),
+            Self::SwSync => Path::new(SW_SYNC).exists(),
+            Self::Vgem => drm_card("vgem").is_some(),
         }
     }
 
@@ -82,6 +90,11 @@ impl fmt::Display for Need {
                  memory.swap.max or no swap, and CAP_SYS_RESOURCE; or cgroup v1's memory \
                  hierarchy with memsw or no swap)",
             ),
+            Self::SwSync => write!(
+                f,
+                "the sw_sync timeline ({SW_SYNC}: CONFIG_SW_SYNC, debugfs)"
+            ),
+            Self::Vgem => f.write_str("a vgem DRM device (CONFIG_DRM_VGEM)"),
         }
     }
 }
@@ -106,6 +119,22 @@ pub fn v4l2_device(name: &str) -> Option<String> {
         let dev_name = std::fs::read_to_string(e.path().join("name")).ok()?;
         let node = e.file_name().into_string().ok()?;
         (dev_name.trim() == name && node.starts_with("video")).then(|| format!("/dev/{node}"))
+    })
+}
+
+/// Where debugfs shows the sw_sync timeline (as heapcore's `fence::SW_SYNC_PATH`; the kit
+/// does not depend on heapcore).
+pub const SW_SYNC: &str = "/sys/kernel/debug/sync/sw_sync";
+
+/// The `/dev/dri/cardN` node of the DRM device whose driver is `driver` (`vkms`, `vgem`).
+pub fn drm_card(driver: &str) -> Option<String> {
+    let entries = std::fs::read_dir("/sys/class/drm").ok()?;
+    entries.filter_map(Result::ok).find_map(|e| {
+        let node = e.file_name().into_string().ok()?;
+        let bound = std::fs::read_link(e.path().join("device/driver")).ok()?;
+        let name = bound.file_name()?.to_str()?;
+        let is_card = node.starts_with("card") && !node.contains('-');
+        (is_card && name == driver).then(|| format!("/dev/dri/{node}"))
     })
 }
 

@@ -14,6 +14,7 @@
 //! files of their own.
 
 mod budget;
+mod busy;
 mod config;
 mod pooled;
 mod publish;
@@ -62,6 +63,8 @@ struct State {
     waiters: usize,
     /// The refill thread sleeps and needs a signal to look again.
     refill_idle: bool,
+    /// Returned buffers a device still uses (counted in `total`, neither free nor out).
+    busy: busy::Busy,
 }
 
 pub(crate) struct Inner {
@@ -136,6 +139,7 @@ impl Pool {
                 serial: 0,
                 waiters: 0,
                 refill_idle: false,
+                busy: busy::Busy::default(),
             }),
             returned: Condvar::new(),
             refill: Condvar::new(),
@@ -445,8 +449,30 @@ impl Inner {
         }
     }
 
-    fn release(&self, buf: DmaBuf) {
+    /// A buffer comes back: onto the free list, unless a device still uses it (then aside
+    /// until its fence signals) or the pool keeps no more (then freed).
+    fn release(self: &Arc<Self>, buf: DmaBuf) {
+        match buf.busy() {
+            Ok(Some(fence)) => return self.park_busy(buf, fence),
+            Ok(None) => {}
+            // Not knowing is treated as idle, as before fences existed.
+            Err(e) => log::debug!("pool {}: {e}", self.config.name),
+        }
+        self.release_idle(buf);
+    }
+
+    /// A buffer no device uses comes back: onto the free list, or freed if the pool keeps no
+    /// more.
+    fn release_idle(&self, buf: DmaBuf) {
         let mut st = self.lock();
+        let freed = self.put_idle(&mut st, buf);
+        self.wake_waiter(st);
+        drop(freed);
+    }
+
+    /// Puts an idle buffer back under the lock: onto the free list, or, if the pool keeps no
+    /// more, returns it to be dropped (freed) once the lock is let go.
+    fn put_idle(&self, st: &mut State, buf: DmaBuf) -> Option<DmaBuf> {
         let keep = self
             .config
             .qos
@@ -455,12 +481,11 @@ impl Inner {
             if !st.shutdown {
                 self.counters.trims.fetch_add(1, Relaxed);
             }
-            self.unreserve(&mut st);
-            self.wake_waiter(st);
-            drop(buf);
+            self.unreserve(st);
+            Some(buf)
         } else {
             st.free.push(buf);
-            self.wake_waiter(st);
+            None
         }
     }
 
@@ -522,7 +547,9 @@ impl Inner {
             budget_denials: c.budget_denials.load(Relaxed),
             alloc_failures: c.alloc_failures.load(Relaxed),
             buffers_free: st.free.len(),
-            buffers_out: st.total - st.free.len() - st.allocating,
+            buffers_busy: st.busy.len(),
+            returned_busy: c.parked_busy.load(Relaxed),
+            buffers_out: st.total - st.free.len() - st.allocating - st.busy.len(),
             buffers_allocating: st.allocating,
             bytes_held: st.total as u64 * self.len,
             budget: self.config.budget,
@@ -534,10 +561,18 @@ impl Inner {
         let freed = {
             let mut st = self.lock();
             st.shutdown = true;
-            let freed = std::mem::take(&mut st.free);
+            let mut freed = std::mem::take(&mut st.free);
+            // Busy buffers are freed too: the kernel keeps their memory while a device
+            // holds them. The waiter sees the shutdown and ends.
+            freed.extend(
+                std::mem::take(&mut st.busy.buffers)
+                    .into_iter()
+                    .map(|(b, _)| b),
+            );
             for _ in 0..freed.len() {
                 self.unreserve(&mut st);
             }
+            st.busy.wake_waiter();
             freed
         };
         drop(freed);

@@ -104,6 +104,10 @@ pub(crate) struct Counters {
     pub(crate) trims: AtomicU64,
     pub(crate) budget_denials: AtomicU64,
     pub(crate) alloc_failures: AtomicU64,
+    /// Buffers that came back while a device still used them.
+    pub(crate) parked_busy: AtomicU64,
+    /// Busy buffers whose fence signalled, so they went to the free list.
+    pub(crate) fence_waits: AtomicU64,
     pub(crate) latency: LatencyHistogram,
 }
 
@@ -134,6 +138,12 @@ pub struct PoolStats {
     pub alloc_failures: u64,
     /// Buffers ready to hand out.
     pub buffers_free: usize,
+    /// Buffers back from their user but still used by a device (an unsignalled fence).
+    #[serde(default)]
+    pub buffers_busy: usize,
+    /// Buffers that came back busy so far.
+    #[serde(default)]
+    pub returned_busy: u64,
     /// Buffers handed out and not back yet.
     pub buffers_out: usize,
     /// Buffers being allocated right now (a refill, a prewarm or a miss), not yet free or out.

@@ -1,14 +1,14 @@
-//! The kernel boundary: structs mirroring the UAPI headers and one safe function per ioctl.
-//!
-//! Mirrors `include/uapi/linux/dma-heap.h`, `dma-buf.h` and `udmabuf.h`. Every function retries
-//! `EINTR` (a signal may interrupt the allocator while it zeroes pages) and returns owned fds
-//! at once, so no raw fd ever escapes this module.
+//! `include/uapi/linux/dma-heap.h`, `dma-buf.h` and `udmabuf.h`: allocating, syncing, naming
+//! and fencing dma-bufs.
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 
+#[cfg(test)]
 use rustix::io::Errno;
 use rustix::ioctl::{self, Ioctl, IoctlOutput, Opcode, opcode};
+
+use super::retry_eintr;
 
 /// `struct dma_heap_allocation_data`.
 #[repr(C)]
@@ -25,6 +25,14 @@ struct DmaHeapAllocationData {
 #[derive(Debug)]
 struct DmaBufSync {
     flags: u64,
+}
+
+/// `struct dma_buf_export_sync_file` and `struct dma_buf_import_sync_file` (same layout).
+#[repr(C)]
+#[derive(Debug, Default)]
+struct DmaBufSyncFile {
+    flags: u32,
+    fd: i32,
 }
 
 /// `struct udmabuf_create`.
@@ -44,6 +52,8 @@ const DMA_BUF_IOCTL_SYNC: Opcode = opcode::write::<DmaBufSync>(b'b', 0);
 /// `_A` (u32) and `_B` (u64) spellings everywhere, so one encoding serves every target.
 const DMA_BUF_SET_NAME: Opcode = opcode::write::<u64>(b'b', 1);
 const UDMABUF_CREATE: Opcode = opcode::write::<UdmabufCreate>(b'u', 0x42);
+const DMA_BUF_IOCTL_EXPORT_SYNC_FILE: Opcode = opcode::read_write::<DmaBufSyncFile>(b'b', 2);
+const DMA_BUF_IOCTL_IMPORT_SYNC_FILE: Opcode = opcode::write::<DmaBufSyncFile>(b'b', 3);
 
 const UDMABUF_FLAGS_CLOEXEC: u32 = 0x01;
 
@@ -62,15 +72,6 @@ bitflags::bitflags! {
 
 /// The longest name `DMA_BUF_SET_NAME` accepts, without its NUL (`DMA_BUF_NAME_LEN` - 1).
 pub(crate) const DMA_BUF_NAME_MAX: usize = 31;
-
-fn retry_eintr<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> rustix::io::Result<T> {
-    loop {
-        match f() {
-            Err(Errno::INTR) => continue,
-            other => return other,
-        }
-    }
-}
 
 /// Allocates `len` bytes (page-aligned by the caller) from an open heap device.
 pub(crate) fn dma_heap_alloc(heap: impl AsFd, len: u64) -> rustix::io::Result<OwnedFd> {
@@ -131,6 +132,55 @@ pub(crate) fn dma_buf_set_name(buf: impl AsFd, name: &CStr) -> rustix::io::Resul
         // SAFETY: the kernel only reads the string, copying it (strndup_user) before returning;
         // `name` outlives the call.
         unsafe { ioctl::ioctl(buf, set_name) }
+    })
+}
+
+/// A sync_file that signals when the buffer's fences do: with `WRITE`, every fence (readers'
+/// and writers': the buffer may be written when it signals); with `READ`, the writers' only.
+/// Fails with `ENOTTY` on kernels before 6.0.
+pub(crate) fn dma_buf_export_sync_file(
+    buf: impl AsFd,
+    access: DmaBufSyncFlags,
+) -> rustix::io::Result<OwnedFd> {
+    let buf = buf.as_fd();
+    let mut data = DmaBufSyncFile {
+        flags: access.bits() as u32,
+        fd: -1,
+    };
+    retry_eintr(|| {
+        // SAFETY: the opcode is _IOWR('b', 2, struct dma_buf_export_sync_file) and `data` is
+        // that struct, laid out as the UAPI header with #[repr(C)].
+        let export = unsafe { ioctl::Updater::<DMA_BUF_IOCTL_EXPORT_SYNC_FILE, _>::new(&mut data) };
+        // SAFETY: `export` pairs the opcode with its struct; the kernel writes only `data`.
+        unsafe { ioctl::ioctl(buf, export) }
+    })?;
+    // SAFETY: on success the kernel installed a new sync_file fd in `data.fd` that nothing else
+    // owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(data.fd) })
+}
+
+/// Adds the fence of a sync_file to the buffer, as a writer's (`WRITE`) or a reader's
+/// (`READ`): until it signals, an export for writing does not signal either.
+pub(crate) fn dma_buf_import_sync_file(
+    buf: impl AsFd,
+    access: DmaBufSyncFlags,
+    fence: impl AsFd,
+) -> rustix::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let buf = buf.as_fd();
+    let data = DmaBufSyncFile {
+        flags: access.bits() as u32,
+        fd: fence.as_fd().as_raw_fd(),
+    };
+    retry_eintr(|| {
+        // SAFETY: the opcode is _IOW('b', 3, struct dma_buf_import_sync_file) and the input is
+        // that struct.
+        let import = unsafe {
+            ioctl::Setter::<DMA_BUF_IOCTL_IMPORT_SYNC_FILE, _>::new(DmaBufSyncFile { ..data })
+        };
+        // SAFETY: `import` pairs the opcode with its struct, which the kernel only reads; the
+        // fence fd it names stays open for the call.
+        unsafe { ioctl::ioctl(buf, import) }
     })
 }
 
@@ -207,6 +257,8 @@ mod tests {
         assert_eq!(DMA_BUF_IOCTL_SYNC, 0x4008_6200);
         assert_eq!(DMA_BUF_SET_NAME, 0x4008_6201);
         assert_eq!(UDMABUF_CREATE, 0x4018_7542);
+        assert_eq!(DMA_BUF_IOCTL_EXPORT_SYNC_FILE, 0xC008_6202);
+        assert_eq!(DMA_BUF_IOCTL_IMPORT_SYNC_FILE, 0x4008_6203);
     }
 
     #[test]
