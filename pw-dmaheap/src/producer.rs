@@ -33,6 +33,7 @@ use pipewire as pw;
 use pw::core::CoreRc;
 use pw::spa::pod::Pod;
 use pw::stream::{Stream, StreamFlags, StreamListener, StreamRc, StreamState};
+use rustix::io::Errno;
 
 use crate::alloc::{FrameConstraints, HeapChoice};
 use crate::config::{DataKind, Framerate, ProducerConfig};
@@ -606,8 +607,9 @@ fn apply(stream: &Stream, inner: &Rc<RefCell<Inner>>, outcome: Option<Outcome>) 
     }
 }
 
-const EINVAL: i32 = 22;
-const ENOMEM: i32 = 12;
+/// The errno values `pw_stream_set_error` is given.
+const EINVAL: i32 = Errno::INVAL.raw_os_error();
+const ENOMEM: i32 = Errno::NOMEM.raw_os_error();
 
 fn on_format(inner: &mut Inner, param: Option<&Pod>) -> Outcome {
     // pw_stream removes every buffer before it reports a new (or no) format.
