@@ -170,14 +170,21 @@ impl Frame<'_> {
 
     /// The planes, each with its stride.
     pub fn planes(&mut self) -> Vec<PlaneMut<'_>> {
-        pattern::planes_in_mut(self.bytes, self.layout)
+        // The producer sizes `bytes` to its own layout, so this cannot fail; if it ever did,
+        // the callback gets no planes rather than a panic in a PipeWire callback.
+        pattern::planes_in_mut(self.bytes, self.layout).unwrap_or_else(|e| {
+            log::error!("frame {}: {e}", self.sequence);
+            Vec::new()
+        })
     }
 
     /// Draws the crate's animated, verifiable test pattern (see [`crate::pattern`]).
     pub fn draw_test_pattern(&mut self) {
         let (format, width, height, seq) =
             (self.format(), self.width(), self.height(), self.sequence);
-        pattern::draw(&mut self.planes(), format, width, height, seq);
+        if let Err(e) = pattern::draw(&mut self.planes(), format, width, height, seq) {
+            log::error!("frame {seq}: drawing the test pattern: {e}");
+        }
     }
 }
 

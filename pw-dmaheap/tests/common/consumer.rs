@@ -447,7 +447,7 @@ impl State {
                 Some(l) => {
                     let (_, offset, len, _) = blocks[0];
                     let frame = guards[0].get(offset..offset + len).unwrap_or(&[]);
-                    pattern::planes_in(frame, &l)
+                    pattern::planes_in(frame, &l)?
                 }
                 None => guards
                     .iter()

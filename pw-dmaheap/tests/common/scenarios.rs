@@ -197,7 +197,8 @@ pub fn pipewiresrc(rig: &Rig, config: ProducerConfig, buffers: u32) -> Result<Gs
     }
     let mut sequences = Vec::new();
     for (i, frame) in bytes.chunks(size).enumerate() {
-        let seq = pattern::check(&pattern::planes_in(frame, &layout), format, w, h)
+        let seq = pattern::planes_in(frame, &layout)
+            .and_then(|planes| pattern::check(&planes, format, w, h))
             .map_err(|e| format!("frame {i} in the file: {e}"))?;
         if sequences.last().is_some_and(|&last| seq <= last) {
             return Err(format!("frame {i} carries {seq} after {sequences:?}"));
