@@ -350,6 +350,47 @@ impl Session {
         Ok(())
     }
 
+    /// Runs the loop until a node named `name` is in the registry, and returns its id.
+    /// `alive` is asked on every turn and may fail early (a child that exited).
+    ///
+    /// Connect a consumer that targets a node only after this: WirePlumber (0.4.13's
+    /// policy-node.lua) gives a stream whose `target.object` it cannot find one rescan, then
+    /// destroys it if it is `dont-reconnect`. Once our registry lists the node, its global is
+    /// older than the consumer's, so WirePlumber has seen it first and holds the consumer
+    /// back until the node's session item is active (`checkPending`).
+    pub fn wait_for_node(
+        &self,
+        name: &str,
+        timeout: Duration,
+        mut alive: impl FnMut() -> Result<(), String>,
+    ) -> Result<u32, String> {
+        let found = Rc::new(Cell::new(None));
+        let registry = self
+            .core
+            .get_registry_rc()
+            .map_err(|e| format!("getting the registry: {e}"))?;
+        let _listener = registry
+            .add_listener_local()
+            .global({
+                let found = Rc::clone(&found);
+                let name = name.to_owned();
+                move |global| {
+                    let named = global.type_ == pw::types::ObjectType::Node
+                        && global.props.as_ref().and_then(|p| p.get("node.name"))
+                            == Some(name.as_str());
+                    if named {
+                        found.set(Some(global.id));
+                    }
+                }
+            })
+            .register();
+        self.run_until(&format!("node {name:?} in the registry"), timeout, || {
+            alive()?;
+            Ok(found.get().is_some())
+        })?;
+        Ok(found.get().expect("found"))
+    }
+
     /// Runs the loop for `time` whatever happens.
     pub fn run_for(&self, time: Duration) {
         let deadline = Instant::now() + time;

@@ -43,12 +43,15 @@ impl Rig {
         Ok(producer)
     }
 
+    /// A consumer of the node named `target`, connected once that node is in the registry
+    /// (see [`Session::wait_for_node`]).
     pub fn consumer(
         &self,
         target: &str,
         format: VideoFormat,
         accept: Accept,
     ) -> Result<Consumer, String> {
+        self.session.wait_for_node(target, patience(), || Ok(()))?;
         Consumer::connect(&self.consumer_core, target, format, accept)
     }
 }
@@ -133,6 +136,7 @@ pub fn pipewiresrc(rig: &Rig, config: ProducerConfig, buffers: u32) -> Result<Gs
     let (w, h, format) = (config.width, config.height, config.formats[0]);
     let name = config.node_name.clone();
     let producer = rig.producer(config)?;
+    rig.session.wait_for_node(&name, patience(), || Ok(()))?;
     let out = rig.daemons.dir().join("frames.raw");
     let log = rig.daemons.dir().join("gst.log");
     let args = vec![
