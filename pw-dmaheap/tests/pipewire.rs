@@ -68,8 +68,8 @@ fn memfd_only_consumer_gets_memfd() {
     let (negotiated, seen) = scenarios::rust_consumer(&rig, cfg, Accept::MemFdOnly, 30).unwrap();
     println!("producer: {negotiated}");
     println!(
-        "consumer: types {:?}, {} frames checked",
-        seen.data_types, seen.checked
+        "consumer: types {:?}, {} frames checked, relinked {}",
+        seen.data_types, seen.checked, seen.relinked
     );
     assert_eq!(negotiated.data_kind, DataKind::MemFd);
     assert_eq!(negotiated.origin, pw_dmaheap::heapcore::Origin::Memfd);
@@ -91,6 +91,7 @@ fn gst_launch_pipewiresrc_receives_checked_frames() {
         run.sequences.first(),
         run.sequences.last()
     );
+    println!("runs started again (PipeWire bug): {}", run.relaunched);
     assert_eq!(run.sequences.len(), 30);
     assert_eq!(run.pool_memory, [run.negotiated.data_kind.to_string()]);
 }

@@ -242,6 +242,11 @@ impl Daemons {
         Ok(())
     }
 
+    /// A daemon's whole log.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
     /// The last lines of a daemon's log.
     pub fn log_tail(&self, name: &str) -> String {
         let text =
@@ -296,6 +301,10 @@ impl Drop for Daemons {
 pub struct Session {
     /// The first connection (more with [`Session::connect_core`]).
     pub core: pw::core::CoreRc,
+    /// A connection of its own for watching the registry: a registry on a producer's
+    /// connection makes the daemon send it every global, which PipeWire 0.3.65's link code
+    /// can mistake for the end of a buffer allocation (see `Consumer::connect`).
+    observer: pw::core::CoreRc,
     pub context: pw::context::ContextRc,
     pub mainloop: pw::main_loop::MainLoopRc,
     remote: PathBuf,
@@ -312,8 +321,10 @@ impl Session {
         let context =
             pw::context::ContextRc::new(&mainloop, None).map_err(|e| format!("context: {e}"))?;
         let core = connect_core(&context, remote)?;
+        let observer = connect_core(&context, remote)?;
         Ok(Self {
             core,
+            observer,
             context,
             mainloop,
             remote: remote.to_owned(),
@@ -366,7 +377,7 @@ impl Session {
     ) -> Result<u32, String> {
         let found = Rc::new(Cell::new(None));
         let registry = self
-            .core
+            .observer
             .get_registry_rc()
             .map_err(|e| format!("getting the registry: {e}"))?;
         let _listener = registry

@@ -50,9 +50,15 @@ impl Rig {
         target: &str,
         format: VideoFormat,
         accept: Accept,
-    ) -> Result<Consumer, String> {
+    ) -> Result<Consumer<'_>, String> {
         self.session.wait_for_node(target, patience(), || Ok(()))?;
-        Consumer::connect(&self.consumer_core, target, format, accept)
+        Consumer::connect(
+            &self.consumer_core,
+            self.session.mainloop.loop_(),
+            target,
+            format,
+            accept,
+        )
     }
 }
 
@@ -129,16 +135,30 @@ pub struct GstRun {
     /// `"DmaBuf"`/`"MemFd"` as pipewiresrc's pool logged the memory it wrapped.
     pub pool_memory: Vec<String>,
     pub command: String,
+    /// Runs started again because PipeWire gave pipewiresrc buffers without memory (see
+    /// [`pipewire_gave_buffers_without_memory`]).
+    pub relaunched: u32,
+}
+
+/// How often the daemon has logged PipeWire 0.3.65's "invalid memory type": a link got a
+/// producer's buffers before the producer filled them in (see `Consumer::connect`), so its
+/// consumer has no memory for any buffer of that link.
+fn pipewire_gave_buffers_without_memory(rig: &Rig) -> usize {
+    rig.daemons
+        .log("pipewire")
+        .matches("do_port_use_buffers()] invalid memory type")
+        .count()
 }
 
 /// Stock pipewiresrc receives `buffers` frames and writes them to a file; each is checked.
+/// If PipeWire gave it buffers without memory (which it cannot recover from, and which
+/// the daemon logs), it runs once more and the result says so.
 pub fn pipewiresrc(rig: &Rig, config: ProducerConfig, buffers: u32) -> Result<GstRun, String> {
     let (w, h, format) = (config.width, config.height, config.formats[0]);
     let name = config.node_name.clone();
     let producer = rig.producer(config)?;
     rig.session.wait_for_node(&name, patience(), || Ok(()))?;
     let out = rig.daemons.dir().join("frames.raw");
-    let log = rig.daemons.dir().join("gst.log");
     let args = vec![
         "pipewiresrc".to_string(),
         format!("target-object={name}"),
@@ -150,10 +170,86 @@ pub fn pipewiresrc(rig: &Rig, config: ProducerConfig, buffers: u32) -> Result<Gs
         format!("location={}", out.display()),
     ];
     let command = format!("gst-launch-1.0 {}", args.join(" "));
+    let mut relaunched = 0;
+    let (sequences, pool_memory) = loop {
+        let bugs = pipewire_gave_buffers_without_memory(rig);
+        let attempt = launch(rig, &producer, &args, &command)
+            .and_then(|log| check_file(&out, format, w, h, buffers).map(|seqs| (seqs, log)));
+        match attempt {
+            Ok((sequences, log)) => {
+                let mut pool_memory: Vec<String> = log
+                    .lines()
+                    .filter_map(|l| l.split("memory type ").nth(1))
+                    .map(|t| t.trim().to_owned())
+                    .collect();
+                pool_memory.dedup();
+                break (sequences, pool_memory);
+            }
+            Err(e) if relaunched == 0 && pipewire_gave_buffers_without_memory(rig) > bugs => {
+                eprintln!(
+                    "PipeWire gave pipewiresrc buffers without memory (\"invalid memory type\" \
+                     in its log); running once more. The failed run: {e}"
+                );
+                relaunched += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let negotiated = producer
+        .negotiated()
+        .ok_or("the producer reports no negotiation")?;
+    Ok(GstRun {
+        negotiated,
+        sequences,
+        pool_memory,
+        command,
+        relaunched,
+    })
+}
+
+/// Checks every frame filesink wrote to `out`; returns their frame numbers.
+fn check_file(
+    out: &std::path::Path,
+    format: VideoFormat,
+    w: u32,
+    h: u32,
+    buffers: u32,
+) -> Result<Vec<u64>, String> {
+    // GStreamer's layout of a buffer without video metadata: rows padded to 4 bytes.
+    let layout = FrameLayout::aligned(format, w, h, 4, 1).map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(out).map_err(|e| format!("reading {}: {e}", out.display()))?;
+    let size = layout.size as usize;
+    if bytes.len() != size * buffers as usize {
+        return Err(format!(
+            "{} bytes written, expected {buffers} frames of {size}",
+            bytes.len()
+        ));
+    }
+    let mut sequences = Vec::new();
+    for (i, frame) in bytes.chunks(size).enumerate() {
+        let seq = pattern::planes_in(frame, &layout)
+            .and_then(|planes| pattern::check(&planes, format, w, h))
+            .map_err(|e| format!("frame {i} in the file: {e}"))?;
+        if sequences.last().is_some_and(|&last| seq <= last) {
+            return Err(format!("frame {i} carries {seq} after {sequences:?}"));
+        }
+        sequences.push(seq);
+    }
+    Ok(sequences)
+}
+
+/// Runs gst-launch-1.0 with `args` while `producer` draws frames; returns its log.
+fn launch(
+    rig: &Rig,
+    producer: &Rc<Producer>,
+    args: &[String],
+    command: &str,
+) -> Result<String, String> {
+    let log = rig.daemons.dir().join("gst.log");
     let child = rig
         .daemons
         .command("gst-launch-1.0")
-        .args(&args)
+        .args(args)
         .env("GST_DEBUG", "pipewirepool:6")
         .env("GST_DEBUG_NO_COLOR", "1")
         .stdout(Stdio::null())
@@ -161,7 +257,7 @@ pub fn pipewiresrc(rig: &Rig, config: ProducerConfig, buffers: u32) -> Result<Gs
         .spawn()
         .map_err(|e| format!("starting gst-launch-1.0: {e}"))?;
     let mut child = super::ChildGuard(Some(child));
-    let waited = with_frames(rig, &producer, Duration::from_millis(10), || {
+    let waited = with_frames(rig, producer, Duration::from_millis(10), || {
         let mut status = None;
         let r = rig
             .session
@@ -186,41 +282,7 @@ pub fn pipewiresrc(rig: &Rig, config: ProducerConfig, buffers: u32) -> Result<Gs
     if !status.success() {
         return Err(format!("{command} failed ({status}):\n{}", tail(&gst_log)));
     }
-    let negotiated = producer
-        .negotiated()
-        .ok_or("the producer reports no negotiation")?;
-    // GStreamer's layout of a buffer without video metadata: rows padded to 4 bytes.
-    let layout = FrameLayout::aligned(format, w, h, 4, 1).map_err(|e| e.to_string())?;
-    let bytes = std::fs::read(&out).map_err(|e| format!("reading {}: {e}", out.display()))?;
-    let size = layout.size as usize;
-    if bytes.len() != size * buffers as usize {
-        return Err(format!(
-            "{} bytes written, expected {buffers} frames of {size}",
-            bytes.len()
-        ));
-    }
-    let mut sequences = Vec::new();
-    for (i, frame) in bytes.chunks(size).enumerate() {
-        let seq = pattern::planes_in(frame, &layout)
-            .and_then(|planes| pattern::check(&planes, format, w, h))
-            .map_err(|e| format!("frame {i} in the file: {e}"))?;
-        if sequences.last().is_some_and(|&last| seq <= last) {
-            return Err(format!("frame {i} carries {seq} after {sequences:?}"));
-        }
-        sequences.push(seq);
-    }
-    let mut pool_memory: Vec<String> = gst_log
-        .lines()
-        .filter_map(|l| l.split("memory type ").nth(1))
-        .map(|t| t.trim().to_owned())
-        .collect();
-    pool_memory.dedup();
-    Ok(GstRun {
-        negotiated,
-        sequences,
-        pool_memory,
-        command,
-    })
+    Ok(gst_log)
 }
 
 fn tail(text: &str) -> String {
@@ -256,7 +318,10 @@ pub fn soak(
     let format = config.formats[0];
     let (w2, h2) = (config.width + 32, config.height + 16);
     let per_phase = frames.div_ceil(4);
-    // Warm up the session (first connections open sockets, timers, eventfds).
+    // Warm up the session (first connections open sockets, timers, eventfds), and the
+    // process's pool registry, which a producer makes on first use and which keeps its
+    // pressure watch (fds on /proc/pressure/memory) for the life of the process.
+    let _ = pw_dmaheap::heapcore::PoolRegistry::process();
     rig.session.run_for(Duration::from_millis(100));
     let fds_before = open_fds();
     let mut fds_per_phase = Vec::new();
@@ -295,6 +360,8 @@ pub fn soak(
                     consumers += 1;
                 }
                 1 => {
+                    // Hold a frame (its buffer stays dequeued, so the producer cannot draw
+                    // into it) across the renegotiation a resize causes.
                     c.hold_next_frame();
                     rig.session
                         .run_until("a held frame", patience(), || Ok(c.holds_a_frame()))?;
@@ -309,8 +376,11 @@ pub fn soak(
                                 .is_some_and(|f| (f.width, f.height) == (w2, h2))
                                 && seen.last_seq.is_some())
                         })?;
-                    // The producer freed its buffers of the old size; the consumer's
-                    // duplicate still reads the frame it held.
+                    // The producer freed its buffers of the old size (PipeWire removed the
+                    // held one from the consumer too); the duplicate still reads the frame.
+                    if c.holds_its_buffer() {
+                        return Err("the held buffer survived the renegotiation".into());
+                    }
                     let (seq, p) = c.check_held()?;
                     if (p.width, p.height) == (w2, h2) {
                         return Err("the held frame is not of the old size".into());
