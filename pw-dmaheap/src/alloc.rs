@@ -5,8 +5,9 @@
 //! from heapcore's usage policy and constraint solver (usage `screencast` unless told
 //! otherwise; an explicit heap list replaces the policy's). Buffers come from a heapcore
 //! private pool per negotiated format, under the registry's global budget and memory-pressure
-//! watch: a consumer that reconnects, or a renegotiation back to the same format, gets the
-//! same buffers again instead of new ones.
+//! watch. The pools only hand out memory no consumer has seen: the producer frees (detaches)
+//! every buffer whose fd went to PipeWire instead of returning it, so only buffers that never
+//! left the process (the probe taken when a format is fixed) are recycled.
 
 use std::sync::Arc;
 
@@ -88,7 +89,8 @@ pub(crate) struct HeapChoice {
     pool_name: String,
     /// The pools of the current format (at most one per data kind).
     pools: Vec<FormatPool>,
-    /// Buffers handed out so far, and how many of them were recycled rather than allocated.
+    /// Buffers handed out so far, and how many of them were recycled (never-shared buffers
+    /// that came back) rather than allocated.
     handed_out: u64,
     recycled: u64,
 }
@@ -245,7 +247,8 @@ impl HeapChoice {
     }
 
     /// One mapped buffer of `kind` for `constraints`: dma-bufs from the first source that can
-    /// give one, MemFd from a sealed memfd. It returns to its pool when dropped.
+    /// give one, MemFd from a sealed memfd. It returns to its pool when dropped, so once its fd
+    /// has been given out it must be `detach`ed and freed instead.
     pub(crate) fn allocate(
         &mut self,
         kind: DataKind,
@@ -326,7 +329,7 @@ mod tests {
             .collect();
         let ino = |b: &PooledBuf| rustix::fs::fstat(&**b).unwrap().st_ino;
         let inodes: Vec<_> = first.iter().map(ino).collect();
-        drop(first); // a consumer went away: the buffers go back to the pool
+        drop(first); // never given out (as the probe): they go back to the pool
         let again: Vec<_> = (0..3)
             .map(|_| choice.allocate(DataKind::MemFd, &small).unwrap())
             .collect();

@@ -16,11 +16,15 @@
 //!    in `spa_data.type`) and picks DmaBuf if it is in there, MemFd otherwise; the choice is
 //!    logged with the mask it came from. Each buffer gets its own heap buffer, mapped once,
 //!    from a heapcore pool for this format and data type.
-//! 4. `remove_buffer` forgets the fds in the `spa_data` and returns the buffer to its pool
-//!    (freed instead once the format has changed). Renegotiation
-//!    (a new size, a consumer that comes and goes) runs `remove_buffer` for every buffer and
-//!    then 2–3 again. A consumer's own fds and mappings keep the memory alive in the kernel
-//!    until it lets go of them, so nothing is freed under a consumer.
+//! 4. `remove_buffer` forgets the fds in the `spa_data` and frees the buffer: its fd reached
+//!    consumers, so it never goes back to a pool. Renegotiation (a new size, a consumer with
+//!    another format) runs `remove_buffer` for every buffer and then 2–3 again. A consumer's
+//!    own fds and mappings keep the memory alive in the kernel until it lets go of them, so
+//!    nothing is freed under a consumer.
+//! 5. When the stream stops streaming (the consumer left or paused), its buffers are sealed:
+//!    nothing is drawn into them again. PipeWire would keep them for the next link of the
+//!    same format, so the node is suspended, which makes PipeWire remove them at once; the
+//!    next consumer gets buffers no earlier one held.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -94,11 +98,11 @@ pub struct Stats {
     /// Process calls that found no free buffer (the consumer still held them all).
     pub starved: u64,
     /// Buffers taken for the stream (including the one taken when a format is fixed) and
-    /// let go again (back to their pool, or freed if the format changed).
+    /// let go again (freed if their fd went to PipeWire, back to their pool if it never did).
     pub allocated: u64,
     pub freed: u64,
-    /// How many of the buffers taken were recycled from the pool instead of allocated (a
-    /// consumer reconnected, or the format came back).
+    /// How many of the buffers taken came back from the pool instead of being allocated:
+    /// only buffers no consumer ever saw (the probe of a format fixed earlier) are pooled.
     pub recycled: u64,
     /// Buffers attached to the stream right now.
     pub live: usize,
@@ -201,6 +205,10 @@ struct Active {
     kind: Option<DataKind>,
     origin: Option<Origin>,
     ready_reported: bool,
+    /// The stream stopped streaming (its consumer left or paused) since these buffers were
+    /// made: their fds reached that consumer, so nothing is drawn into them any more. The
+    /// node is suspended, and PipeWire removes them; the next link gets new ones.
+    sealed: bool,
 }
 
 struct Slot {
@@ -270,15 +278,66 @@ impl Inner {
         })
     }
 
-    fn free(&mut self, buf: PooledBuf) {
+    /// Frees a buffer whose fd went to PipeWire (and so to consumers) for good: it never
+    /// returns to a pool, so no later consumer or session gets it.
+    fn retire(&mut self, buf: PooledBuf) {
+        self.stats.freed += 1;
+        drop(buf.detach());
+    }
+
+    /// Lets go of a buffer that never left this process (the probe taken when a format is
+    /// fixed): it goes back to its pool.
+    fn release_unshared(&mut self, buf: PooledBuf) {
         self.stats.freed += 1;
         drop(buf);
     }
 
     fn drop_spare(&mut self) {
         if let Some(spare) = self.spare.take() {
-            self.free(spare);
+            self.release_unshared(spare);
         }
+    }
+}
+
+/// Suspends our own node, so that PipeWire removes its buffers now.
+///
+/// PipeWire keeps an output port's format and buffers when its link goes away, and hands them
+/// to the next link of the same format (`impl-link.c`: "we don't clear output buffers when
+/// the link goes away. They will get cleared when the node goes to suspend"); WirePlumber
+/// suspends a node only after it was idle for 5 s. Suspending the node as soon as a session
+/// ends makes PipeWire remove the buffers at once, so the next consumer gets new ones.
+///
+/// The registry and the node proxy exist only for this: they are destroyed right after the
+/// command (which the daemon handles first, as it reads the connection in order). Kept, they
+/// would have the daemon send this connection every global and node change, and PipeWire
+/// 0.3.65 can then take one of WirePlumber's results for the end of a consumer's buffer
+/// allocation (the consumer gets buffers without memory; the daemon logs "invalid memory
+/// type"): its link waits for a ping numbered by the messages sent on this connection.
+fn suspend_node(core: &CoreRc, node_id: u32, name: &str) {
+    if node_id == pw::constants::ID_ANY {
+        return;
+    }
+    let global = pw::registry::GlobalObject::<&pw::spa::utils::dict::DictRef> {
+        id: node_id,
+        permissions: pw::permissions::PermissionFlags::empty(),
+        type_: pw::types::ObjectType::Node,
+        version: 0,
+        props: None,
+    };
+    let bound = core
+        .get_registry_rc()
+        .and_then(|registry| registry.bind::<pw::node::Node, _>(&global));
+    match bound {
+        Ok(node) => {
+            log::debug!("{name}: suspending node {node_id} so PipeWire removes its buffers");
+            node.send_command(&pw::spa::node::command::NodeCommand::new(
+                pw::spa::node::command::NodeCommandId::SUSPEND,
+            ));
+        }
+        Err(e) => log::warn!(
+            "{name}: cannot bind node {node_id} to suspend it ({e}); PipeWire removes its \
+             buffers when WirePlumber suspends it"
+        ),
     }
 }
 
@@ -286,6 +345,10 @@ impl Inner {
 ///
 /// Lives on the thread of its PipeWire loop. Frames are drawn by the render callback when
 /// [`Producer::trigger_frame`] is called (from a timer, or when the screen changed).
+///
+/// A buffer whose fd reached a consumer is never drawn into for another one: when the
+/// stream stops streaming (the consumer left or paused), its buffers are sealed, the node is
+/// suspended so that PipeWire removes them, and removed buffers are freed, not pooled.
 pub struct Producer {
     // Field order is drop order: the listener goes before the stream is destroyed, and the
     // buffers (in `inner`) only after PipeWire has let go of them.
@@ -364,12 +427,12 @@ impl Producer {
             stream,
             inner: Rc::new(RefCell::new(inner)),
         };
-        let listener = producer.listen()?;
+        let listener = producer.listen(core.clone())?;
         *producer.listener.borrow_mut() = Some(listener);
         Ok(producer)
     }
 
-    fn listen(&self) -> Result<StreamListener<()>> {
+    fn listen(&self, core: CoreRc) -> Result<StreamListener<()>> {
         let on_state = Rc::clone(&self.inner);
         let on_param = Rc::clone(&self.inner);
         let on_add = Rc::clone(&self.inner);
@@ -377,10 +440,20 @@ impl Producer {
         let on_process = Rc::clone(&self.inner);
         self.stream
             .add_local_listener_with_user_data(())
-            .state_changed(move |_, _, old, new| {
-                with_inner(&on_state, |inner| {
-                    let name = &inner.config.node_name;
+            .state_changed(move |stream, _, old, new| {
+                let ended =
+                    matches!(old, StreamState::Streaming) && !matches!(new, StreamState::Streaming);
+                let started = matches!(new, StreamState::Streaming);
+                let outcome = with_inner(&on_state, |inner| {
+                    let name = inner.config.node_name.clone();
                     log::debug!("{name}: stream {old:?} -> {new:?}");
+                    let outcome = if ended {
+                        seal(inner)
+                    } else if started {
+                        renegotiate_if_sealed(inner)
+                    } else {
+                        Outcome::Done
+                    };
                     let event = match new {
                         StreamState::Error(msg) => {
                             log::error!("{name}: stream error: {msg}");
@@ -389,7 +462,12 @@ impl Producer {
                         other => Event::State(format!("{other:?}")),
                     };
                     inner.events.push(event);
+                    (outcome, name)
                 });
+                match outcome {
+                    Some((Outcome::Suspend, name)) => suspend_node(&core, stream.node_id(), &name),
+                    other => apply(stream, &on_state, other.map(|(o, _)| o)),
+                }
                 flush_events(&on_state);
             })
             .param_changed(move |stream, _, id, param| {
@@ -566,6 +644,8 @@ fn flush_events(inner: &Rc<RefCell<Inner>>) {
 /// back into the producer synchronously (`pw_stream_set_error` emits `state_changed`).
 enum Outcome {
     Done,
+    /// Suspend our node, so that PipeWire removes its buffers.
+    Suspend,
     Announce {
         what: &'static str,
         pods: Vec<PodBytes>,
@@ -597,7 +677,7 @@ fn with_inner<T>(inner: &Rc<RefCell<Inner>>, f: impl FnOnce(&mut Inner) -> T) ->
 
 fn apply(stream: &Stream, inner: &Rc<RefCell<Inner>>, outcome: Option<Outcome>) {
     match outcome {
-        None | Some(Outcome::Done) => {}
+        None | Some(Outcome::Done | Outcome::Suspend) => {}
         Some(Outcome::Announce { what, pods }) => {
             let mut refs = params::pod_refs(&pods);
             if let Err(e) = stream.update_params(&mut refs) {
@@ -618,6 +698,44 @@ fn apply(stream: &Stream, inner: &Rc<RefCell<Inner>>, outcome: Option<Outcome>) 
 const EINVAL: i32 = Errno::INVAL.raw_os_error();
 const ENOMEM: i32 = Errno::NOMEM.raw_os_error();
 
+/// The stream stopped streaming: its consumer left or paused, so the buffers it had are
+/// sealed (never drawn into again) and the node is to be suspended so PipeWire removes them.
+fn seal(inner: &mut Inner) -> Outcome {
+    let Some(active) = inner.active.as_mut().filter(|a| !a.sealed) else {
+        return Outcome::Done;
+    };
+    active.sealed = true;
+    if inner.slots.is_empty() {
+        return Outcome::Done;
+    }
+    log::info!(
+        "{}: the consumer left or paused; its {} buffers are sealed until PipeWire removes them",
+        inner.config.node_name,
+        inner.slots.len()
+    );
+    Outcome::Suspend
+}
+
+/// The stream streams again while its buffers are sealed: a link came up with the buffers
+/// of the session that ended before the suspend took effect. Announcing the formats again
+/// (as a resize does) makes PipeWire renegotiate that link, with new buffers.
+fn renegotiate_if_sealed(inner: &mut Inner) -> Outcome {
+    if !inner.active.as_ref().is_some_and(|a| a.sealed) {
+        return Outcome::Done;
+    }
+    log::info!(
+        "{}: a consumer linked to sealed buffers; renegotiating for new ones",
+        inner.config.node_name
+    );
+    match inner.enum_formats() {
+        Ok(pods) => Outcome::Announce {
+            what: "renegotiating sealed buffers",
+            pods,
+        },
+        Err(e) => fail(EINVAL, e.to_string()),
+    }
+}
+
 fn on_format(inner: &mut Inner, param: Option<&Pod>) -> Outcome {
     // pw_stream removes every buffer before it reports a new (or no) format.
     if !inner.slots.is_empty() {
@@ -628,7 +746,7 @@ fn on_format(inner: &mut Inner, param: Option<&Pod>) -> Outcome {
         );
         let stale: Vec<Slot> = inner.slots.drain().map(|(_, slot)| slot).collect();
         for slot in stale {
-            inner.free(slot.buf);
+            inner.retire(slot.buf);
         }
     }
     inner.drop_spare();
@@ -762,6 +880,7 @@ fn on_format(inner: &mut Inner, param: Option<&Pod>) -> Outcome {
         kind: None,
         origin: None,
         ready_reported: false,
+        sealed: false,
     });
     inner.events.push(Event::FormatFixed(fixed));
     Outcome::Announce {
@@ -853,7 +972,7 @@ fn on_add_buffer(inner: &mut Inner, buffer: &mut StreamBuffer<'_>) -> Outcome {
         Some(buf) if kind == DataKind::DmaBuf => Ok(buf),
         spare => {
             if let Some(unused) = spare {
-                inner.free(unused);
+                inner.release_unshared(unused);
             }
             inner.choice.allocate(kind, &constraints)
         }
@@ -876,7 +995,7 @@ fn on_add_buffer(inner: &mut Inner, buffer: &mut StreamBuffer<'_>) -> Outcome {
         maxsize: u32::try_from(buf.len()).unwrap_or(u32::MAX),
     };
     if let Err(e) = buffer.fill(&vec![fill; blocks as usize]) {
-        inner.free(buf);
+        inner.release_unshared(buf);
         return fail(EINVAL, e.to_string());
     }
     if let Some(active) = inner.active.as_mut() {
@@ -914,7 +1033,7 @@ fn on_remove_buffer(inner: &mut Inner, buffer: &mut StreamBuffer<'_>) {
             slot.kind,
             slot.buf.origin()
         );
-        inner.free(slot.buf);
+        inner.retire(slot.buf);
     }
 }
 
@@ -926,6 +1045,16 @@ fn monotonic_ns() -> i64 {
 }
 
 fn on_produce(stream: &Stream, inner_rc: &Rc<RefCell<Inner>>) {
+    let sealed = with_inner(inner_rc, |inner| {
+        let sealed = inner.active.as_ref().is_some_and(|a| a.sealed);
+        if sealed {
+            inner.stats.starved += 1;
+        }
+        sealed
+    });
+    if sealed != Some(false) {
+        return; // sealed buffers are never drawn into (or the state is busy: re-entered)
+    }
     let Some(mut dequeued) = raw::dequeue(stream) else {
         with_inner(inner_rc, |inner| inner.stats.starved += 1);
         return;
@@ -980,7 +1109,7 @@ fn on_produce(stream: &Stream, inner_rc: &Rc<RefCell<Inner>>) {
     }
     if inner.generation != generation {
         // The format changed while the callback ran; this buffer is gone from the stream.
-        inner.free(slot.buf);
+        inner.retire(slot.buf);
         return;
     }
     if let Err(e) = drawn {

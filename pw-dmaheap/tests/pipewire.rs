@@ -97,6 +97,18 @@ fn gst_launch_pipewiresrc_receives_checked_frames() {
 }
 
 #[test]
+fn a_consumer_that_left_never_sees_the_next_ones_frames() {
+    let (_g, rig) = rig();
+    let cfg = scenarios::config("privacy", 160, 120, VideoFormat::Bgrx);
+    let run = scenarios::privacy(&rig, cfg, Accept::DmaBufOrMemFd, 200).unwrap();
+    println!("{run:#?}");
+    assert!(run.second_checked >= 200);
+    assert!(run.kept_seqs.len() > 1, "{:?}", run.kept_seqs);
+    assert!(!run.first_inodes.is_empty() && !run.second_inodes.is_empty());
+    assert!(run.first_inodes.is_disjoint(&run.second_inodes));
+}
+
+#[test]
 fn reconnect_resize_and_10000_frames_leak_no_fd() {
     let (_g, rig) = rig();
     let cfg = scenarios::config("soak", 64, 48, VideoFormat::Bgrx);

@@ -54,6 +54,11 @@ fn main() {
             dmabuf_that_cannot_be_allocated_is_withdrawn,
         )
         .test(
+            "real_heap_pw_a_consumer_that_left_never_sees_the_next_ones_frames",
+            &[Need::SystemHeap],
+            privacy,
+        )
+        .test(
             "real_heap_pw_10000_frames_with_reconnects_and_resize_leak_no_fd",
             &[Need::SystemHeap],
             soak,
@@ -311,6 +316,26 @@ fn dmabuf_that_cannot_be_allocated_is_withdrawn() -> Result<(), Failed> {
         seen.formats.last().is_some_and(|f| f.modifier.is_none()),
         "formats {:?}",
         seen.formats
+    );
+    Ok(())
+}
+
+fn privacy() -> Result<(), Failed> {
+    let rig = rig()?;
+    let cfg = scenarios::config("privacy", 160, 120, VideoFormat::Bgrx);
+    let run = scenarios::privacy(&rig, cfg, Accept::DmaBufOrMemFd, 200)?;
+    println!("{run:#?}");
+    ensure!(
+        run.first.data_kind == DataKind::DmaBuf && run.second.data_kind == DataKind::DmaBuf,
+        "negotiated {} then {}",
+        run.first,
+        run.second
+    );
+    ensure!(
+        run.first_inodes.is_disjoint(&run.second_inodes) && !run.second_inodes.is_empty(),
+        "inodes {:?} then {:?}",
+        run.first_inodes,
+        run.second_inodes
     );
     Ok(())
 }

@@ -1,15 +1,16 @@
 //! What the host tests and the real-heap tests run: a producer with a consumer, stock
 //! `gst-launch-1.0 pipewiresrc`, and a long run with reconnects and a resize.
 
+use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use pw_dmaheap::heapcore::format::{FrameLayout, VideoFormat};
 use pw_dmaheap::pattern;
-use pw_dmaheap::{Negotiated, Producer, ProducerConfig, Stats};
+use pw_dmaheap::{Event, Negotiated, Producer, ProducerConfig, Stats};
 
-use super::consumer::{Accept, Consumer, Seen};
+use super::consumer::{Accept, Consumer, HeldFrame, Seen};
 use super::{Daemons, Session, open_fds, patience};
 
 /// Daemons and a session connected to them. Field order is drop order: the session's
@@ -157,6 +158,17 @@ pub fn pipewiresrc(rig: &Rig, config: ProducerConfig, buffers: u32) -> Result<Gs
     let (w, h, format) = (config.width, config.height, config.formats[0]);
     let name = config.node_name.clone();
     let producer = rig.producer(config)?;
+    // What was negotiated, as the producer said it: once gst-launch has left, the producer
+    // has freed those buffers.
+    let ready = Rc::new(std::cell::RefCell::new(None));
+    producer.set_event_handler({
+        let ready = Rc::clone(&ready);
+        move |event| {
+            if let Event::BuffersReady(n) = event {
+                *ready.borrow_mut() = Some(n.clone());
+            }
+        }
+    });
     rig.session.wait_for_node(&name, patience(), || Ok(()))?;
     let out = rig.daemons.dir().join("frames.raw");
     let args = vec![
@@ -195,9 +207,10 @@ pub fn pipewiresrc(rig: &Rig, config: ProducerConfig, buffers: u32) -> Result<Gs
             Err(e) => return Err(e),
         }
     };
-    let negotiated = producer
-        .negotiated()
-        .ok_or("the producer reports no negotiation")?;
+    let negotiated = ready
+        .borrow_mut()
+        .take()
+        .ok_or("the producer reported no negotiation")?;
     Ok(GstRun {
         negotiated,
         sequences,
@@ -290,6 +303,124 @@ fn tail(text: &str) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
+/// What a consumer that left kept, and what the next one got.
+#[derive(Debug)]
+pub struct Privacy {
+    /// The frame the first consumer held, still read back intact at the end.
+    pub held_seq: u64,
+    /// What the first consumer's other buffers read at the end: frames drawn for it (its
+    /// own later frames too), none drawn for the second.
+    pub kept_seqs: Vec<u64>,
+    /// The first frame the second consumer got.
+    pub second_first_seq: u64,
+    pub first: Negotiated,
+    pub second: Negotiated,
+    pub first_inodes: BTreeSet<u64>,
+    pub second_inodes: BTreeSet<u64>,
+    pub second_checked: u64,
+    /// Links the consumers had to make again (PipeWire's allocation race).
+    pub relinked: u32,
+}
+
+/// Holds a frame of `consumer` (its `pw_buffer` stays dequeued), lets it check `more`
+/// frames after that, and takes the frame's duplicates out.
+fn hold_a_frame(rig: &Rig, consumer: &Consumer, more: u64) -> Result<HeldFrame, String> {
+    consumer.hold_next_frame();
+    rig.session
+        .run_until("a held frame", patience(), || Ok(consumer.holds_a_frame()))?;
+    let target = consumer.seen().checked + more;
+    rig.session.run_until(
+        &format!("{more} frames after the held one"),
+        patience(),
+        || {
+            let seen = consumer.seen();
+            first_error(&seen)?;
+            Ok(seen.checked >= target)
+        },
+    )?;
+    let held = consumer.take_held().ok_or("the held frame is gone")?;
+    held.check()?;
+    Ok(held)
+}
+
+/// Consumer A streams, holds a frame (its buffer dequeued, its fds duplicated), keeps
+/// duplicates of all its buffers and leaves; consumer B links with the same format and checks
+/// `frames` frames. A's held frame must still read as it did, A's other buffers must carry no
+/// frame drawn for B, and B must get none of A's buffers (by inode): a buffer whose fds
+/// reached one consumer is never drawn into for the next.
+pub fn privacy(
+    rig: &Rig,
+    config: ProducerConfig,
+    accept: Accept,
+    frames: u64,
+) -> Result<Privacy, String> {
+    let name = config.node_name.clone();
+    let format = config.formats[0];
+    let producer = rig.producer(config)?;
+    with_frames(rig, &producer, Duration::from_millis(2), || {
+        let a = rig.consumer(&name, format, accept)?;
+        rig.session.run_until("10 frames for A", patience(), || {
+            let seen = a.seen();
+            first_error(&seen)?;
+            Ok(seen.checked >= 10)
+        })?;
+        let held = hold_a_frame(rig, &a, 10)?;
+        let first = producer.negotiated().ok_or("no negotiation with A")?;
+        let first_inodes = a.seen().inodes;
+        let a_relinked = a.seen().relinked;
+        // A keeps (duplicates of) every buffer it had, as a consumer may, and leaves.
+        let kept = a.keep_buffers();
+        drop(a);
+        let b = rig.consumer(&name, format, accept)?;
+        rig.session
+            .run_until(&format!("{frames} frames for B"), patience(), || {
+                let seen = b.seen();
+                first_error(&seen)?;
+                Ok(seen.checked >= frames)
+            })?;
+        let second = producer.negotiated().ok_or("no negotiation with B")?;
+        let seen = b.seen();
+        if (first.params, first.data_kind) != (second.params, second.data_kind) {
+            return Err(format!("B did not get A's format: A {first}, B {second}"));
+        }
+        let (held_seq, _) = held
+            .check()
+            .map_err(|e| format!("after B streamed {} frames: {e}", seen.checked))?;
+        // The buffers A did not hold went back to the producer before A left, so they may
+        // carry later frames of A's session; never one of B's.
+        let second_first_seq = seen.first_seq.ok_or("B checked no frame")?;
+        let kept_seqs = kept
+            .iter()
+            .map(HeldFrame::read)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("A's kept buffers after B streamed: {e}"))?;
+        if let Some(seq) = kept_seqs.iter().find(|&&s| s >= second_first_seq) {
+            return Err(format!(
+                "A's kept buffers read frame {seq}, drawn for B (whose first was \
+                 {second_first_seq}): {kept_seqs:?}"
+            ));
+        }
+        let shared: Vec<_> = first_inodes.intersection(&seen.inodes).collect();
+        if !shared.is_empty() {
+            return Err(format!(
+                "B got buffers A had (inodes {shared:?}; A {first_inodes:?}, B {:?})",
+                seen.inodes
+            ));
+        }
+        Ok(Privacy {
+            held_seq,
+            kept_seqs,
+            second_first_seq,
+            first,
+            second,
+            first_inodes,
+            second_inodes: seen.inodes,
+            second_checked: seen.checked,
+            relinked: a_relinked + seen.relinked,
+        })
+    })
+}
+
 /// What the long run saw.
 #[derive(Debug)]
 pub struct Soak {
@@ -300,13 +431,18 @@ pub struct Soak {
     pub fds_after: usize,
     pub stats: Stats,
     pub negotiated: Vec<String>,
+    pub held_frame_after_reconnect: u64,
     pub held_frame_after_resize: u64,
+    /// Links the consumers had to make again (PipeWire's allocation race).
+    pub relinked: u32,
     pub elapsed: Duration,
 }
 
-/// `frames` checked frames in four phases: a consumer disconnects and a new one connects,
-/// the producer resizes while the consumer holds a frame of the old size, and another
-/// reconnect. Afterwards every buffer is freed and the fd count is back where it started.
+/// `frames` checked frames in four phases: a consumer holds a frame (its buffer dequeued, its
+/// fds duplicated) and disconnects, and a new one connects with the same format; the
+/// producer resizes while the consumer holds a frame of the old size; another reconnect.
+/// Both held frames still read as they did, no consumer gets a buffer an earlier one had,
+/// and afterwards every buffer is freed and the fd count is back where it started.
 pub fn soak(
     rig: &Rig,
     config: ProducerConfig,
@@ -328,7 +464,11 @@ pub fn soak(
     let mut negotiated = Vec::new();
     let mut total = 0;
     let mut consumers = 1;
+    let mut held_frame_after_reconnect = 0;
     let mut held_frame_after_resize = 0;
+    let mut held_over_reconnect: Option<HeldFrame> = None;
+    let mut earlier_inodes = BTreeSet::new();
+    let mut relinked = 0;
     let producer = rig.producer(config)?;
     let stats = with_frames(rig, &producer, Duration::from_millis(1), || {
         let mut consumer = Some(rig.consumer(&name, format, accept)?);
@@ -351,9 +491,29 @@ pub fn soak(
                 }
             }
             fds_per_phase.push(open_fds());
+            let seen = c.seen();
+            let shared: Vec<_> = earlier_inodes.intersection(&seen.inodes).collect();
+            if !shared.is_empty() {
+                return Err(format!(
+                    "phase {phase}: the consumer got buffers an earlier one had: inodes {shared:?}"
+                ));
+            }
+            if let Some(held) = held_over_reconnect.take() {
+                // A consumer of the same format streamed a whole phase since.
+                let (seq, _) = held
+                    .check()
+                    .map_err(|e| format!("after a same-format reconnect: {e}"))?;
+                held_frame_after_reconnect = seq;
+            }
             match phase {
                 0 | 2 => {
+                    if phase == 0 {
+                        // Leave while holding a frame, as a consumer that still shows it.
+                        held_over_reconnect = Some(hold_a_frame(rig, c, 2)?);
+                    }
                     total += c.seen().checked;
+                    relinked += c.seen().relinked;
+                    earlier_inodes.extend(c.seen().inodes);
                     drop(consumer.take());
                     rig.session.run_for(Duration::from_millis(200));
                     consumer = Some(rig.consumer(&name, format, accept)?);
@@ -387,7 +547,10 @@ pub fn soak(
                     }
                     held_frame_after_resize = seq;
                 }
-                _ => total += c.seen().checked,
+                _ => {
+                    total += c.seen().checked;
+                    relinked += c.seen().relinked;
+                }
             }
         }
         drop(consumer);
@@ -410,7 +573,9 @@ pub fn soak(
         fds_after,
         stats,
         negotiated,
+        held_frame_after_reconnect,
         held_frame_after_resize,
+        relinked,
         elapsed: start.elapsed(),
     })
 }
