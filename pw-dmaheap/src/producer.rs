@@ -355,6 +355,8 @@ pub struct Producer {
     listener: RefCell<Option<StreamListener<()>>>,
     stream: StreamRc,
     inner: Rc<RefCell<Inner>>,
+    /// The buffer a process callback holds dequeued while the render callback runs.
+    dequeues: Rc<raw::Dequeues>,
 }
 
 impl Producer {
@@ -426,6 +428,7 @@ impl Producer {
             listener: RefCell::new(None),
             stream,
             inner: Rc::new(RefCell::new(inner)),
+            dequeues: Rc::default(),
         };
         let listener = producer.listen(core.clone())?;
         *producer.listener.borrow_mut() = Some(listener);
@@ -438,6 +441,8 @@ impl Producer {
         let on_add = Rc::clone(&self.inner);
         let on_remove = Rc::clone(&self.inner);
         let on_process = Rc::clone(&self.inner);
+        let produce_dequeues = Rc::clone(&self.dequeues);
+        let remove_dequeues = Rc::clone(&self.dequeues);
         self.stream
             .add_local_listener_with_user_data(())
             .state_changed(move |stream, _, old, new| {
@@ -448,7 +453,8 @@ impl Producer {
                     let name = inner.config.node_name.clone();
                     log::debug!("{name}: stream {old:?} -> {new:?}");
                     let outcome = if ended {
-                        seal(inner)
+                        // Unconnected or in error, the node is going away with its buffers.
+                        seal(inner, matches!(new, StreamState::Paused))
                     } else if started {
                         renegotiate_if_sealed(inner)
                     } else {
@@ -482,13 +488,16 @@ impl Producer {
                 apply(stream, &on_add, outcome);
                 flush_events(&on_add);
             }))
-            .remove_buffer(raw::buffer_callback(move |_, buffer| {
-                // The fds leave the spa_data before they are closed, whatever happens.
-                buffer.clear();
-                with_inner(&on_remove, |inner| on_remove_buffer(inner, buffer));
-            }))
+            .remove_buffer(raw::remove_buffer_callback(
+                remove_dequeues,
+                move |_, buffer| {
+                    // The fds leave the spa_data before they are closed, whatever happens.
+                    buffer.clear();
+                    with_inner(&on_remove, |inner| on_remove_buffer(inner, buffer));
+                },
+            ))
             .process(move |stream, _| {
-                on_produce(stream, &on_process);
+                on_produce(stream, &on_process, &produce_dequeues);
                 flush_events(&on_process);
             })
             .register()
@@ -496,7 +505,9 @@ impl Producer {
     }
 
     /// The callback that draws each frame. Without one, buffers go out with whatever they
-    /// held (zeroes from the heap at first).
+    /// held (zeroes from the heap at first). It may use the producer, also resize or
+    /// disconnect it: a buffer PipeWire removes while the callback runs is neither written
+    /// nor queued afterwards, and is freed.
     pub fn set_renderer(&self, render: impl FnMut(&mut Frame<'_>) + 'static) {
         self.inner.borrow_mut().render = Some(Box::new(render));
     }
@@ -613,7 +624,19 @@ impl Drop for Producer {
         if let Err(e) = self.stream.disconnect() {
             log::debug!("disconnecting on drop: {e}");
         }
-        self.listener.borrow_mut().take();
+        let listener = self.listener.borrow_mut().take();
+        if self.dequeues.any() {
+            // Dropped from inside its own render callback: the process callback that called
+            // it, and PipeWire's code around that, still use the listener's closures and the
+            // stream. Leak both (disconnected, with every buffer freed) rather than free them
+            // under the running callback.
+            log::error!(
+                "a Producer was dropped inside its own render callback; its (disconnected) \
+                 stream is leaked"
+            );
+            std::mem::forget(listener);
+            std::mem::forget(self.stream.clone());
+        }
     }
 }
 
@@ -699,13 +722,14 @@ const EINVAL: i32 = Errno::INVAL.raw_os_error();
 const ENOMEM: i32 = Errno::NOMEM.raw_os_error();
 
 /// The stream stopped streaming: its consumer left or paused, so the buffers it had are
-/// sealed (never drawn into again) and the node is to be suspended so PipeWire removes them.
-fn seal(inner: &mut Inner) -> Outcome {
+/// sealed (never drawn into again) and, if `suspend`, the node is to be suspended so PipeWire
+/// removes them.
+fn seal(inner: &mut Inner, suspend: bool) -> Outcome {
     let Some(active) = inner.active.as_mut().filter(|a| !a.sealed) else {
         return Outcome::Done;
     };
     active.sealed = true;
-    if inner.slots.is_empty() {
+    if !suspend || inner.slots.is_empty() {
         return Outcome::Done;
     }
     log::info!(
@@ -1044,7 +1068,7 @@ fn monotonic_ns() -> i64 {
         .saturating_add(t.tv_nsec)
 }
 
-fn on_produce(stream: &Stream, inner_rc: &Rc<RefCell<Inner>>) {
+fn on_produce(stream: &Stream, inner_rc: &Rc<RefCell<Inner>>, dequeues: &Rc<raw::Dequeues>) {
     let sealed = with_inner(inner_rc, |inner| {
         let sealed = inner.active.as_ref().is_some_and(|a| a.sealed);
         if sealed {
@@ -1055,13 +1079,14 @@ fn on_produce(stream: &Stream, inner_rc: &Rc<RefCell<Inner>>) {
     if sealed != Some(false) {
         return; // sealed buffers are never drawn into (or the state is busy: re-entered)
     }
-    let Some(mut dequeued) = raw::dequeue(stream) else {
+    let Some(mut dequeued) = raw::dequeue(stream, dequeues) else {
         with_inner(inner_rc, |inner| inner.stats.starved += 1);
         return;
     };
     let key = dequeued.key();
     // Take what the render callback needs out of the state, so that the callback may use
-    // the producer (stats, resize) without a borrow conflict.
+    // the producer (stats, resize, even disconnect) without a borrow conflict. The slot
+    // leaves the map meanwhile, so its memory stays ours whatever the callback does.
     let (mut slot, layout, origin, sequence, mut render, generation) = {
         let Ok(mut inner) = inner_rc.try_borrow_mut() else {
             log::error!("process re-entered the producer; frame skipped");
@@ -1107,9 +1132,22 @@ fn on_produce(stream: &Stream, inner_rc: &Rc<RefCell<Inner>>) {
     if inner.render.is_none() {
         inner.render = render;
     }
-    if inner.generation != generation {
-        // The format changed while the callback ran; this buffer is gone from the stream.
+    if dequeued.removed() {
+        // The callback made PipeWire remove every buffer (it disconnected the stream): this
+        // pw_buffer is gone, so it is neither written nor queued (dropping `dequeued` does
+        // nothing), and its memory, which consumers had, is freed.
+        log::debug!(
+            "{}: buffer {key:?} was removed while frame {sequence} was drawn",
+            inner.config.node_name
+        );
         inner.retire(slot.buf);
+        return;
+    }
+    if inner.generation != generation {
+        // The format changed while the callback ran, yet PipeWire kept this buffer (it
+        // removes every buffer before a new format, so this should not happen): it stays
+        // attached, and goes back untouched.
+        inner.slots.insert(key, slot);
         return;
     }
     if let Err(e) = drawn {

@@ -97,6 +97,16 @@ fn gst_launch_pipewiresrc_receives_checked_frames() {
 }
 
 #[test]
+fn a_render_callback_may_disconnect_its_producer() {
+    let (_g, rig) = rig();
+    let cfg = scenarios::config("render-disconnect", 160, 120, VideoFormat::Nv12);
+    let run = scenarios::disconnect_in_render(&rig, cfg, Accept::DmaBufOrMemFd).unwrap();
+    println!("{run:#?}");
+    assert_eq!(run.fds_after, run.fds_before);
+    assert!(run.second_checked >= 60);
+}
+
+#[test]
 fn a_consumer_that_left_never_sees_the_next_ones_frames() {
     let (_g, rig) = rig();
     let cfg = scenarios::config("privacy", 160, 120, VideoFormat::Bgrx);

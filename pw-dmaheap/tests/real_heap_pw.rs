@@ -54,6 +54,11 @@ fn main() {
             dmabuf_that_cannot_be_allocated_is_withdrawn,
         )
         .test(
+            "real_heap_pw_a_render_callback_may_disconnect_its_producer",
+            &[Need::SystemHeap],
+            disconnect_in_render,
+        )
+        .test(
             "real_heap_pw_a_consumer_that_left_never_sees_the_next_ones_frames",
             &[Need::SystemHeap],
             privacy,
@@ -316,6 +321,26 @@ fn dmabuf_that_cannot_be_allocated_is_withdrawn() -> Result<(), Failed> {
         seen.formats.last().is_some_and(|f| f.modifier.is_none()),
         "formats {:?}",
         seen.formats
+    );
+    Ok(())
+}
+
+fn disconnect_in_render() -> Result<(), Failed> {
+    let rig = rig()?;
+    let cfg = scenarios::config("render-disconnect", 160, 120, VideoFormat::Nv12);
+    let run = scenarios::disconnect_in_render(&rig, cfg, Accept::DmaBufOrMemFd)?;
+    println!("{run:#?}");
+    ensure!(
+        run.resized.data_kind == DataKind::DmaBuf,
+        "negotiated {}",
+        run.resized
+    );
+    ensure!(
+        run.fds_after == run.fds_before && run.second_checked >= 60,
+        "{} fds before, {} after; {} frames checked after connecting again",
+        run.fds_before,
+        run.fds_after,
+        run.second_checked
     );
     Ok(())
 }

@@ -421,6 +421,155 @@ pub fn privacy(
     })
 }
 
+/// What happened when the render callback resized, then disconnected, its own producer.
+#[derive(Debug)]
+pub struct DisconnectInRender {
+    /// What was negotiated after the resize.
+    pub resized: Negotiated,
+    /// The frame whose render callback disconnected the producer.
+    pub disconnected_in_frame: u64,
+    pub first_checked: u64,
+    pub fds_before: usize,
+    pub fds_after: usize,
+    /// Frames the consumer after the reconnect checked.
+    pub second_checked: u64,
+    pub stats: Stats,
+}
+
+/// A consumer checks frames; the render callback resizes the producer it draws for (the
+/// renegotiation follows later) and, once frames of the new size arrive, disconnects it
+/// (PipeWire removes every buffer, the one being drawn too, while the callback runs). The
+/// producer must end unconnected without errors, with every fd its buffers had closed, and
+/// connect again to stream checked frames to a new consumer.
+pub fn disconnect_in_render(
+    rig: &Rig,
+    config: ProducerConfig,
+    accept: Accept,
+) -> Result<DisconnectInRender, String> {
+    let name = config.node_name.clone();
+    let format = config.formats[0];
+    let (w2, h2) = (config.width + 16, config.height + 8);
+    // Warm up the session and the process's pool registry (see `soak`).
+    let _ = pw_dmaheap::heapcore::PoolRegistry::process();
+    rig.session.run_for(Duration::from_millis(100));
+    let producer = Rc::new(Producer::new(&rig.session.core, config).map_err(|e| e.to_string())?);
+    let errors = Rc::new(std::cell::RefCell::new(Vec::new()));
+    producer.set_event_handler({
+        let errors = Rc::clone(&errors);
+        move |event| {
+            if let Event::Error(e) = event {
+                errors.borrow_mut().push(e.clone());
+            }
+        }
+    });
+    // What the next render callback does to its producer: 1 resize, 2 disconnect.
+    let armed = Rc::new(std::cell::Cell::new(0));
+    let done = Rc::new(std::cell::Cell::new(None));
+    producer.set_renderer({
+        let (armed, done) = (Rc::clone(&armed), Rc::clone(&done));
+        let weak = Rc::downgrade(&producer);
+        move |frame| {
+            frame.draw_test_pattern();
+            let action = armed.replace(0);
+            if let Some(p) = weak.upgrade().filter(|_| action != 0) {
+                let result = if action == 1 {
+                    p.resize(w2, h2)
+                } else {
+                    p.disconnect()
+                };
+                done.set(Some((frame.sequence(), result.map_err(|e| e.to_string()))));
+            }
+        }
+    });
+    let no_errors = |what: &str| -> Result<(), String> {
+        match errors.borrow().first() {
+            Some(e) => Err(format!("{what}: the producer reported an error: {e}")),
+            None => Ok(()),
+        }
+    };
+    with_frames(rig, &producer, Duration::from_millis(2), || {
+        let fds_before = open_fds();
+        producer.connect().map_err(|e| e.to_string())?;
+        let first = rig.consumer(&name, format, accept)?;
+        rig.session.run_until("20 checked frames", patience(), || {
+            let seen = first.seen();
+            first_error(&seen)?;
+            Ok(seen.checked >= 20)
+        })?;
+        let act = |action, what: &str| -> Result<u64, String> {
+            armed.set(action);
+            rig.session.run_until(
+                &format!("a render callback that {what}"),
+                patience(),
+                || Ok(done.take().map(|d| done.set(Some(d))).is_some()),
+            )?;
+            let (frame, result) = done.take().expect("set above");
+            result.map_err(|e| format!("{what} from the render callback: {e}"))?;
+            Ok(frame)
+        };
+        act(1, "resizes")?;
+        rig.session
+            .run_until("frames of the new size", patience(), || {
+                let seen = first.seen();
+                first_error(&seen)?;
+                let resized = seen
+                    .formats
+                    .last()
+                    .is_some_and(|f| (f.width, f.height) == (w2, h2));
+                Ok(resized && producer.negotiated().is_some() && seen.checked >= 30)
+            })?;
+        let resized = producer
+            .negotiated()
+            .ok_or("no negotiation after the resize")?;
+        if (resized.params.width, resized.params.height) != (w2, h2) {
+            return Err(format!("negotiated {resized} after resizing to {w2}x{h2}"));
+        }
+        let disconnected_in_frame = act(2, "disconnects")?;
+        rig.session
+            .run_until("the producer to be unconnected", patience(), || {
+                Ok(matches!(
+                    producer.state(),
+                    pw_dmaheap::pipewire::stream::StreamState::Unconnected
+                ))
+            })?;
+        no_errors("after the disconnect")?;
+        let seen = first.seen();
+        first_error(&seen)?;
+        drop(first);
+        // Every fd of the producer's buffers (and the consumer's copies) is closed.
+        rig.session
+            .run_until("the fd count to come back", patience(), || {
+                Ok(open_fds() == fds_before)
+            })?;
+        let fds_after = open_fds();
+        let stats = producer.stats();
+        if stats.live != 0 || stats.allocated != stats.freed {
+            return Err(format!("buffers left after the disconnect: {stats:?}"));
+        }
+        producer.connect().map_err(|e| e.to_string())?;
+        let second = rig.consumer(&name, format, accept)?;
+        rig.session.run_until(
+            "60 checked frames after connecting again",
+            patience(),
+            || {
+                let seen = second.seen();
+                first_error(&seen)?;
+                Ok(seen.checked >= 60)
+            },
+        )?;
+        no_errors("after connecting again")?;
+        Ok(DisconnectInRender {
+            resized,
+            disconnected_in_frame,
+            first_checked: seen.checked,
+            fds_before,
+            fds_after,
+            second_checked: second.seen().checked,
+            stats: producer.stats(),
+        })
+    })
+}
+
 /// What the long run saw.
 #[derive(Debug)]
 pub struct Soak {
