@@ -22,6 +22,7 @@ use pipewire::sys as pw_sys;
 
 use crate::config::DataKind;
 use crate::error::{Error, Result};
+use crate::import::ImportedData;
 
 /// `SPA_DATA_FLAG_MAPPABLE` (spa/buffer/buffer.h since PipeWire 1.1.81; 0.3.65's headers
 /// lack it): the fd can be mapped with plain mmap. Newer PipeWire maps dma-bufs for
@@ -304,10 +305,12 @@ pub(crate) fn set_error(stream: &Stream, errno: i32, message: &str) {
 }
 
 /// Imports the fd of a received `spa_data` (a consumer's `SPA_DATA_DmaBuf` or
-/// `SPA_DATA_MemFd` block) as a heapcore buffer that owns a duplicate of the fd: it can be
-/// mapped (with `DMA_BUF_IOCTL_SYNC` around CPU reads for dma-bufs), asked for its
-/// `fdinfo` (exporter heap and buffer name) and kept beyond the PipeWire buffer's life.
-pub fn import_data(data: &Data) -> Result<DmaBuf> {
+/// `SPA_DATA_MemFd` block) as a heapcore buffer that owns a duplicate of the fd, with the
+/// block's region of it (`mapoffset`, `maxsize`: PipeWire's own MemFd allocation packs every
+/// buffer into one memfd). It can be read (with `DMA_BUF_IOCTL_SYNC` around CPU reads for
+/// dma-bufs), asked for its `fdinfo` (exporter heap and buffer name) and kept beyond the
+/// PipeWire buffer's life.
+pub fn import_data(data: &Data) -> Result<ImportedData> {
     let raw = data.as_raw();
     if raw.type_ != spa_sys::SPA_DATA_DmaBuf && raw.type_ != spa_sys::SPA_DATA_MemFd {
         return Err(Error::Negotiation(format!(
@@ -327,7 +330,7 @@ pub fn import_data(data: &Data) -> Result<DmaBuf> {
         context: format!("duplicating received fd {}", borrowed.as_raw_fd()),
         source: e,
     })?;
-    Ok(DmaBuf::import(owned)?)
+    ImportedData::new(DmaBuf::import(owned)?, raw.mapoffset, raw.maxsize)
 }
 
 /// Keeps a PipeWire loop entered on this thread while it lives.

@@ -119,6 +119,49 @@ fn a_consumer_that_left_never_sees_the_next_ones_frames() {
 }
 
 #[test]
+fn import_data_reads_its_blocks_region_of_a_shared_fd() {
+    use pw_dmaheap::pipewire::spa::{buffer::Data, sys};
+    use rustix::fs::{MemfdFlags, SealFlags};
+    // Two buffers packed into one sealed memfd, as a producer may send them: the second
+    // block's region starts one page in.
+    let page = 4096;
+    let bytes: Vec<u8> = (0..2 * page)
+        .map(|i| (i / page * 100 + i % 7) as u8)
+        .collect();
+    let fd = rustix::fs::memfd_create("packed", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        .unwrap();
+    rustix::io::write(&fd, &bytes).unwrap();
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+    // SAFETY: an all-zero spa_data is valid (null pointers, type 0).
+    let mut raw: sys::spa_data = unsafe { std::mem::zeroed() };
+    raw.type_ = sys::SPA_DATA_MemFd;
+    raw.fd = i64::from(std::os::fd::AsRawFd::as_raw_fd(&fd));
+    raw.mapoffset = page as u32;
+    raw.maxsize = page as u32;
+    // SAFETY: `Data` is a `repr(transparent)` wrapper of spa_data; the fd it names stays
+    // open for the whole borrow.
+    let data: &Data = unsafe { &*std::ptr::from_ref(&raw).cast::<Data>() };
+    let imported = pw_dmaheap::import_data(data).unwrap();
+    drop(fd); // the import owns a duplicate
+    assert_eq!(&*imported.read().unwrap(), &bytes[page..]);
+}
+
+#[test]
+fn a_stock_producer_whose_buffers_pipewire_allocates_is_read_right() {
+    let (_g, rig) = rig();
+    let color = [0x11, 0x22, 0x33];
+    let run = scenarios::pipewiresink(&rig, color, 60).unwrap();
+    let seen = &run.seen;
+    println!("{}", run.command);
+    println!(
+        "consumer: {} frames checked, types {:?}, inodes {:?}, regions (mapoffset, maxsize) {:?}",
+        seen.checked, seen.data_types, seen.inodes, seen.regions
+    );
+    assert!(seen.checked >= 60);
+    assert!(seen.errors.is_empty(), "{:?}", seen.errors);
+}
+
+#[test]
 fn reconnect_resize_and_10000_frames_leak_no_fd() {
     let (_g, rig) = rig();
     let cfg = scenarios::config("soak", 64, 48, VideoFormat::Bgrx);

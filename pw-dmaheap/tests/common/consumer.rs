@@ -11,8 +11,9 @@ use std::io::Cursor;
 use std::ptr::NonNull;
 use std::rc::Rc;
 
+use pw_dmaheap::ImportedData;
+use pw_dmaheap::heapcore::Origin;
 use pw_dmaheap::heapcore::format::{FrameLayout, VideoFormat};
-use pw_dmaheap::heapcore::{DmaBuf, Origin};
 use pw_dmaheap::pattern::{self, Plane};
 use pw_dmaheap::pipewire as pw;
 use pw_dmaheap::{DataKind, VideoParams, spa_video_format};
@@ -30,6 +31,37 @@ pub enum Accept {
     DmaBufOrMemFd,
     /// A consumer without dma-buf support: no modifier, `dataType = MemFd`.
     MemFdOnly,
+}
+
+/// What the frames hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// pw-dmaheap's numbered test pattern ([`pw_dmaheap::pattern`]).
+    Pattern,
+    /// A single-plane, 4-byte-per-pixel format whose every pixel starts with these 3 bytes
+    /// (`videotestsrc pattern=solid-color` in BGRx: blue, green, red).
+    Solid([u8; 3]),
+}
+
+/// Checks that every pixel of a single-plane 4-byte format starts with `color`.
+fn check_solid(planes: &[Plane<'_>], params: &VideoParams, color: [u8; 3]) -> Result<(), String> {
+    let [plane] = planes else {
+        return Err(format!("{} planes, expected one", planes.len()));
+    };
+    let (w, h) = (params.width as usize, params.height as usize);
+    for y in 0..h {
+        let row = plane
+            .bytes
+            .get(y * plane.stride..y * plane.stride + 4 * w)
+            .ok_or_else(|| format!("row {y} lies beyond {} bytes", plane.bytes.len()))?;
+        if let Some(x) = (0..w).find(|x| row[4 * x..4 * x + 3] != color) {
+            return Err(format!(
+                "pixel {x},{y} is {:02x?}, expected {color:02x?}",
+                &row[4 * x..4 * x + 4]
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What the consumer saw.
@@ -54,12 +86,16 @@ pub struct Seen {
     pub fdinfo_sample: Option<String>,
     /// Inode numbers of every buffer received (each memfd and dma-buf has its own).
     pub inodes: BTreeSet<u64>,
+    /// The regions (`mapoffset`, `maxsize`) of every block received.
+    pub regions: BTreeSet<(u32, u32)>,
     /// The stream was destroyed or failed (WirePlumber destroys a `dont-reconnect` stream
     /// whose target it cannot find).
     pub gone: Option<String>,
     /// Times the consumer got a link whose buffers have no memory and linked again (see
     /// [`Consumer::connect`]); such frames are neither counted as frames nor as errors.
     pub relinked: u32,
+    /// The `spa_data` types (and fds) of the buffers that made it link again.
+    pub unusable: BTreeSet<(u32, i64)>,
 }
 
 impl Seen {
@@ -73,7 +109,7 @@ impl Seen {
 /// A frame kept beyond its PipeWire life: duplicates of its buffer's fds, and the frame it
 /// held. It outlives the consumer that received it ([`Consumer::take_held`]).
 pub struct HeldFrame {
-    planes: Vec<(DmaBuf, usize, usize, usize)>, // buffer, offset, len, stride
+    planes: Vec<(ImportedData, usize, usize, usize)>, // region, offset, len, stride
     params: VideoParams,
     seq: u64,
 }
@@ -114,10 +150,16 @@ impl HeldFrame {
     }
 }
 
-/// Where a checked frame was: its blocks (fd, offset, len, stride), the single-block
-/// layout, and what it was.
+/// A received block: its fd number and region (`mapoffset`, `maxsize`).
+type BlockKey = (i64, u32, u32);
+
+/// Where a frame lies in one block: the block, and the offset (from the region's start), size
+/// and stride of its chunk.
+type Block = (BlockKey, usize, usize, usize);
+
+/// Where a checked frame was: its blocks, the single-block layout, and what it was.
 struct Received {
-    blocks: Vec<(i64, usize, usize, usize)>,
+    blocks: Vec<Block>,
     layout: Option<FrameLayout>,
     params: VideoParams,
     seq: u64,
@@ -130,13 +172,15 @@ struct State {
     relink: bool,
     /// Disconnecting to connect again: not `gone`.
     relinking: bool,
-    /// The last checked frame of each buffer (by the fd of its first block) since the
-    /// buffers were added.
-    last_frames: HashMap<i64, Received>,
+    /// The last checked frame of each buffer (by its first block) since the buffers were
+    /// added.
+    last_frames: HashMap<BlockKey, Received>,
     format: Option<VideoParams>,
-    /// Imported fds by their number, dropped when PipeWire removes the buffers.
-    imported: HashMap<i64, DmaBuf>,
+    /// Imported blocks by their fd number and region (buffers may share an fd at different
+    /// `mapoffset`s), dropped when PipeWire removes the buffers.
+    imported: HashMap<BlockKey, ImportedData>,
     hold_next: bool,
+    expect: Expect,
     held: Option<HeldFrame>,
     /// The held frame's `pw_buffer`, still dequeued: the producer cannot reuse it until it is
     /// released, or until PipeWire removes it (renegotiation, disconnect).
@@ -340,6 +384,7 @@ impl<'l> Consumer<'l> {
         target: &str,
         format: VideoFormat,
         accept: Accept,
+        expect: Expect,
     ) -> Result<Self, String> {
         let props = pw::properties::properties! {
             *pw::keys::MEDIA_TYPE => "Video",
@@ -358,6 +403,7 @@ impl<'l> Consumer<'l> {
             format: None,
             imported: HashMap::new(),
             hold_next: false,
+            expect,
             held: None,
             held_buffer: None,
         }));
@@ -555,11 +601,22 @@ impl State {
         let Some(params) = self.format else {
             return false;
         };
+        if !datas.is_empty()
+            && datas
+                .iter()
+                .all(|d| d.as_raw().type_ == sys::SPA_DATA_MemPtr && !d.as_raw().data.is_null())
+        {
+            self.receive_memptr(datas, params);
+            return false;
+        }
         if datas
             .iter()
             .any(|d| DataKind::from_spa(d.as_raw().type_).is_none())
         {
             // A link whose buffers came without memory (see `Consumer::connect`): link again.
+            for d in datas.iter() {
+                self.seen.unusable.insert((d.as_raw().type_, d.as_raw().fd));
+            }
             if !self.relink {
                 self.seen.relinked += 1;
                 self.relink = true;
@@ -575,9 +632,11 @@ impl State {
             let kind = DataKind::from_spa(raw.type_)
                 .map_or_else(|| format!("type {}", raw.type_), |k| k.to_string());
             self.seen.data_types.insert(kind);
-            if !self.imported.contains_key(&raw.fd) {
+            let key = (raw.fd, raw.mapoffset, raw.maxsize);
+            if !self.imported.contains_key(&key) {
                 match pw_dmaheap::import_data(data) {
-                    Ok(buf) => {
+                    Ok(imported) => {
+                        let buf = imported.dmabuf();
                         if let Origin::Imported {
                             exporter: Some(exporter),
                         } = buf.origin()
@@ -587,17 +646,18 @@ impl State {
                         if let Some(name) = buf.name() {
                             self.seen.names.insert(name.to_owned());
                         }
-                        if let Ok(st) = rustix::fs::fstat(&buf) {
+                        self.seen.regions.insert((raw.mapoffset, raw.maxsize));
+                        if let Ok(st) = rustix::fs::fstat(buf) {
                             self.seen.inodes.insert(st.st_ino);
                         }
                         if self.seen.fdinfo_sample.is_none() {
                             let path = format!(
                                 "/proc/self/fdinfo/{}",
-                                std::os::fd::AsRawFd::as_raw_fd(&buf)
+                                std::os::fd::AsRawFd::as_raw_fd(buf)
                             );
                             self.seen.fdinfo_sample = std::fs::read_to_string(path).ok();
                         }
-                        self.imported.insert(raw.fd, buf);
+                        self.imported.insert(key, imported);
                     }
                     Err(e) => {
                         self.seen.error(format!("import: {e}"));
@@ -607,8 +667,8 @@ impl State {
             }
             let chunk = data.chunk();
             blocks.push((
-                raw.fd,
-                raw.mapoffset as usize + chunk.offset() as usize,
+                key,
+                chunk.offset() as usize,
                 chunk.size() as usize,
                 chunk.stride().max(0) as usize,
             ));
@@ -639,10 +699,11 @@ impl State {
         } else {
             None
         };
+        let expect = self.expect;
         let result = (|| {
             let guards = blocks
                 .iter()
-                .map(|(fd, ..)| self.imported[fd].read())
+                .map(|(key, ..)| self.imported[key].read())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| format!("map: {e}"))?;
             let planes: Vec<Plane<'_>> = match layout {
@@ -660,10 +721,19 @@ impl State {
                     })
                     .collect(),
             };
-            pattern::check(&planes, params.format, params.width, params.height)
+            match expect {
+                Expect::Pattern => {
+                    pattern::check(&planes, params.format, params.width, params.height).map(Some)
+                }
+                Expect::Solid(color) => check_solid(&planes, &params, color).map(|()| None),
+            }
         })();
         match result {
-            Ok(seq) => {
+            Ok(None) => {
+                self.seen.checked += 1;
+                false
+            }
+            Ok(Some(seq)) => {
                 self.seen.checked += 1;
                 if let Some(h) = header_seq {
                     if h != seq {
@@ -701,18 +771,75 @@ impl State {
         }
     }
 
+    /// A frame in memory PipeWire allocated itself: PipeWire 0.3.65 hands it to clients as
+    /// `SPA_DATA_MemPtr` blocks inside its shared memfd, with no fd to import, so the frame is
+    /// read through the data pointers. Only checks, with one block per plane.
+    fn receive_memptr(&mut self, datas: &mut [pw::spa::buffer::Data], params: VideoParams) {
+        self.seen.frames += 1;
+        self.seen.blocks.insert(datas.len());
+        self.seen.data_types.insert("MemPtr".into());
+        if datas.len() != params.format.plane_count() {
+            self.seen.error(format!(
+                "{} MemPtr blocks for {} planes of {}",
+                datas.len(),
+                params.format.plane_count(),
+                params.format
+            ));
+            return;
+        }
+        let mut frame = Vec::with_capacity(datas.len());
+        for data in datas.iter_mut() {
+            let raw = data.as_raw();
+            self.seen.regions.insert((raw.mapoffset, raw.maxsize));
+            let (offset, size, stride) = {
+                let c = data.chunk();
+                (
+                    c.offset() as usize,
+                    c.size() as usize,
+                    c.stride().max(0) as usize,
+                )
+            };
+            let bytes = data.data().unwrap_or_default();
+            let Some(plane) = bytes.get(offset..offset + size) else {
+                self.seen.error(format!(
+                    "chunk {offset}+{size} lies beyond a {}-byte MemPtr block",
+                    bytes.len()
+                ));
+                return;
+            };
+            frame.push((plane.to_vec(), stride));
+        }
+        let planes: Vec<Plane<'_>> = frame
+            .iter()
+            .map(|(bytes, stride)| Plane {
+                bytes,
+                stride: *stride,
+            })
+            .collect();
+        let result = match self.expect {
+            Expect::Pattern => {
+                pattern::check(&planes, params.format, params.width, params.height).map(|_| ())
+            }
+            Expect::Solid(color) => check_solid(&planes, &params, color),
+        };
+        match result {
+            Ok(()) => self.seen.checked += 1,
+            Err(e) => self.seen.error(format!("MemPtr frame: {e}")),
+        }
+    }
+
     /// Where a bad frame came from: each block's fd, offsets and first bytes, and what the
     /// kernel says of the fd.
-    fn describe(&self, blocks: &[(i64, usize, usize, usize)], header_seq: Option<u64>) -> String {
+    fn describe(&self, blocks: &[Block], header_seq: Option<u64>) -> String {
         let mut out = format!(
             "header seq {header_seq:?}, last good {:?}",
             self.seen.last_seq
         );
-        for (fd, offset, len, stride) in blocks {
-            let Some(buf) = self.imported.get(fd) else {
+        for (key, offset, len, stride) in blocks {
+            let Some(imported) = self.imported.get(key) else {
                 continue;
             };
-            let head = buf
+            let head = imported
                 .read()
                 .map(|b| {
                     b.get(*offset..*offset + 16)
@@ -720,10 +847,14 @@ impl State {
                         .unwrap_or_default()
                 })
                 .unwrap_or_default();
+            let buf = imported.dmabuf();
             let info = buf.fdinfo().ok();
             out += &format!(
-                "; fd {fd} (dup {}) offset {offset} len {len} stride {stride} size {} ino {:?} name {:?}: {head}",
+                "; fd {} (dup {}) region {}+{} offset {offset} len {len} stride {stride} size {} ino {:?} name {:?}: {head}",
+                key.0,
                 std::os::fd::AsRawFd::as_raw_fd(buf),
+                key.1,
+                key.2,
                 buf.len(),
                 info.as_ref().and_then(|i| i.get("ino").map(str::to_owned)),
                 info.as_ref().and_then(|i| i.name().map(str::to_owned)),
@@ -734,7 +865,7 @@ impl State {
 
     fn hold(
         &mut self,
-        blocks: &[(i64, usize, usize, usize)],
+        blocks: &[Block],
         layout: Option<FrameLayout>,
         params: VideoParams,
         seq: u64,
@@ -749,14 +880,10 @@ impl State {
 
     /// Duplicates the fds of a received frame's buffer.
     fn duplicate(&self, r: &Received) -> HeldFrame {
-        let dup = |fd: &i64| -> Option<DmaBuf> {
-            let buf = self.imported.get(fd)?;
-            let owned = std::os::fd::AsFd::as_fd(buf).try_clone_to_owned().ok()?;
-            DmaBuf::import(owned).ok()
-        };
+        let dup = |key: &BlockKey| self.imported.get(key)?.try_clone().ok();
         let planes = match r.layout {
             Some(l) => {
-                let (fd, offset, _, _) = r.blocks[0];
+                let (key, offset, _, _) = r.blocks[0];
                 (0..l.n_planes)
                     .filter_map(|p| {
                         let end = if p + 1 < l.n_planes {
@@ -765,7 +892,7 @@ impl State {
                             l.size
                         };
                         Some((
-                            dup(&fd)?,
+                            dup(&key)?,
                             offset + l.offsets[p] as usize,
                             (end - l.offsets[p]) as usize,
                             l.strides[p] as usize,
@@ -776,7 +903,7 @@ impl State {
             None => r
                 .blocks
                 .iter()
-                .filter_map(|(fd, offset, len, stride)| Some((dup(fd)?, *offset, *len, *stride)))
+                .filter_map(|(key, offset, len, stride)| Some((dup(key)?, *offset, *len, *stride)))
                 .collect(),
         };
         HeldFrame {

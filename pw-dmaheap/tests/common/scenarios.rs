@@ -10,7 +10,7 @@ use pw_dmaheap::heapcore::format::{FrameLayout, VideoFormat};
 use pw_dmaheap::pattern;
 use pw_dmaheap::{Event, Negotiated, Producer, ProducerConfig, Stats};
 
-use super::consumer::{Accept, Consumer, HeldFrame, Seen};
+use super::consumer::{Accept, Consumer, Expect, HeldFrame, Seen};
 use super::{Daemons, Session, open_fds, patience};
 
 /// Daemons and a session connected to them. Field order is drop order: the session's
@@ -44,13 +44,24 @@ impl Rig {
         Ok(producer)
     }
 
-    /// A consumer of the node named `target`, connected once that node is in the registry
-    /// (see [`Session::wait_for_node`]).
+    /// A consumer of the node named `target` that checks the test pattern, connected once
+    /// that node is in the registry (see [`Session::wait_for_node`]).
     pub fn consumer(
         &self,
         target: &str,
         format: VideoFormat,
         accept: Accept,
+    ) -> Result<Consumer<'_>, String> {
+        self.consumer_expecting(target, format, accept, Expect::Pattern)
+    }
+
+    /// A consumer of the node named `target` whose frames hold `expect`.
+    pub fn consumer_expecting(
+        &self,
+        target: &str,
+        format: VideoFormat,
+        accept: Accept,
+        expect: Expect,
     ) -> Result<Consumer<'_>, String> {
         self.session.wait_for_node(target, patience(), || Ok(()))?;
         Consumer::connect(
@@ -59,6 +70,7 @@ impl Rig {
             target,
             format,
             accept,
+            expect,
         )
     }
 }
@@ -567,6 +579,84 @@ pub fn disconnect_in_render(
             second_checked: second.seen().checked,
             stats: producer.stats(),
         })
+    })
+}
+
+/// What the Rust consumer saw of a stock producer whose buffers PipeWire allocates.
+#[derive(Debug)]
+pub struct PipeWireMemFd {
+    pub command: String,
+    pub seen: Seen,
+}
+
+/// `gst-launch-1.0 videotestsrc pattern=solid-color ! pipewiresink mode=provide`: a
+/// producer that lets PipeWire allocate its buffers (MemFd, all in one memfd at different
+/// `mapoffset`s). The Rust consumer reads each block's region through `import_data` and
+/// checks that every pixel of `frames` frames has the colour.
+pub fn pipewiresink(rig: &Rig, color: [u8; 3], frames: u64) -> Result<PipeWireMemFd, String> {
+    let name = format!("dmaheap-test-pipewiresink-{}", std::process::id());
+    let [b, g, r] = color;
+    let args = vec![
+        "videotestsrc".to_string(),
+        "is-live=true".into(),
+        "pattern=solid-color".into(),
+        format!("foreground-color=0xff{r:02x}{g:02x}{b:02x}"),
+        "!".into(),
+        "video/x-raw,format=BGRx,width=64,height=48,framerate=60/1".into(),
+        "!".into(),
+        "pipewiresink".into(),
+        "mode=provide".into(),
+        format!("stream-properties=props,node.name={name}"),
+    ];
+    let command = format!("gst-launch-1.0 {}", args.join(" "));
+    let log = rig.daemons.dir().join("pipewiresink.log");
+    let child = rig
+        .daemons
+        .command("gst-launch-1.0")
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
+        .spawn()
+        .map_err(|e| format!("starting gst-launch-1.0: {e}"))?;
+    let mut child = super::ChildGuard(Some(child));
+    let gst_log = || tail(&std::fs::read_to_string(&log).unwrap_or_default());
+    let alive = |child: &mut super::ChildGuard| match child.child().try_wait() {
+        Ok(None) => Ok(()),
+        Ok(Some(status)) => Err(format!("{command} exited ({status}):\n{}", gst_log())),
+        Err(e) => Err(e.to_string()),
+    };
+    rig.session
+        .wait_for_node(&name, patience(), || alive(&mut child))?;
+    let consumer = rig.consumer_expecting(
+        &name,
+        VideoFormat::Bgrx,
+        Accept::MemFdOnly,
+        Expect::Solid(color),
+    )?;
+    rig.session
+        .run_until(&format!("{frames} checked frames"), patience(), || {
+            alive(&mut child)?;
+            let seen = consumer.seen();
+            first_error(&seen)?;
+            Ok(seen.checked >= frames)
+        })
+        .map_err(|e| {
+            let seen = consumer.seen();
+            format!(
+                "{e}; the consumer saw {} formats, {} frames, relinked {} for {:?}, gone {:?}, \
+                 errors {:?}; gst-launch said:\n{}",
+                seen.formats.len(),
+                seen.frames,
+                seen.relinked,
+                seen.unusable,
+                seen.gone,
+                seen.errors,
+                gst_log()
+            )
+        })?;
+    Ok(PipeWireMemFd {
+        command,
+        seen: consumer.seen(),
     })
 }
 
