@@ -798,11 +798,17 @@ fn on_format(inner: &mut Inner, param: Option<&Pod>) -> Outcome {
             inner.height
         );
     }
-    let constraints =
-        match FrameConstraints::for_frame(fixed.format, fixed.width, fixed.height, &inner.config) {
-            Ok(c) => c,
-            Err(e) => return fail(EINVAL, e.to_string()),
-        };
+    // With a modifier: one block per plane, each with its offset and stride. Without: one
+    // block, laid out as GStreamer's consumers assume.
+    let constraints = if fixed.modifier.is_some() {
+        FrameConstraints::for_frame(fixed.format, fixed.width, fixed.height, &inner.config)
+    } else {
+        FrameConstraints::for_single_block(fixed.format, fixed.width, fixed.height, &inner.config)
+    };
+    let constraints = match constraints {
+        Ok(c) => c,
+        Err(e) => return fail(EINVAL, e.to_string()),
+    };
     inner.stats.negotiations += 1;
     let node = inner.config.node_name.clone();
     let (blocks, offered_types) = if let Some(modifier) = fixed.modifier {

@@ -162,6 +162,36 @@ fn a_stock_producer_whose_buffers_pipewire_allocates_is_read_right() {
 }
 
 #[test]
+fn one_block_frames_have_gstreamers_layout_at_odd_sizes() {
+    let (_g, rig) = rig();
+    // The Rust consumer checks one-block frames against GStreamer's VideoInfo.
+    for format in [VideoFormat::Nv12, VideoFormat::I420] {
+        let cfg = scenarios::config(&format!("odd-rust-{format}"), 321, 241, format);
+        let (negotiated, seen) = scenarios::rust_consumer(&rig, cfg, Accept::MemFdOnly, 20)
+            .unwrap_or_else(|e| panic!("{format} 321x241: {e}"));
+        println!(
+            "{format} 321x241: the Rust consumer checked {}; {negotiated}",
+            seen.checked
+        );
+        assert_eq!(negotiated.blocks, 1);
+    }
+    // Stock pipewiresrc writes what it got with the layout it assumed.
+    for format in [VideoFormat::Nv12, VideoFormat::I420, VideoFormat::Bgrx] {
+        for (w, h) in [(321, 241), (322, 242)] {
+            let cfg = scenarios::config(&format!("odd-{format}-{w}x{h}"), w, h, format);
+            let run = scenarios::pipewiresrc(&rig, cfg, 10)
+                .unwrap_or_else(|e| panic!("{format} {w}x{h}: {e}"));
+            println!(
+                "{format} {w}x{h}: {} frames checked in GStreamer's layout; producer: {}",
+                run.sequences.len(),
+                run.negotiated
+            );
+            assert_eq!(run.sequences.len(), 10);
+        }
+    }
+}
+
+#[test]
 fn reconnect_resize_and_10000_frames_leak_no_fd() {
     let (_g, rig) = rig();
     let cfg = scenarios::config("soak", 64, 48, VideoFormat::Bgrx);

@@ -39,6 +39,11 @@ fn main() {
             pipewiresrc_receives_frames,
         )
         .test(
+            "real_heap_pw_pipewiresrc_reads_one_block_dmabufs_at_odd_sizes",
+            &[Need::SystemHeap],
+            pipewiresrc_reads_one_block_dmabufs_at_odd_sizes,
+        )
+        .test(
             "real_heap_pw_contiguous_buffers_come_from_cma",
             &[Need::CmaHeap],
             contiguous_buffers_come_from_cma,
@@ -246,6 +251,30 @@ fn pipewiresrc_receives_frames() -> Result<(), Failed> {
         run.pool_memory,
         run.negotiated.origin
     );
+    Ok(())
+}
+
+/// Dma-bufs without a modifier are one block: planes after the first must be where
+/// pipewiresrc assumes them (GStreamer's default layout), also at odd sizes.
+fn pipewiresrc_reads_one_block_dmabufs_at_odd_sizes() -> Result<(), Failed> {
+    let rig = rig()?;
+    for format in [VideoFormat::Nv12, VideoFormat::I420] {
+        let cfg = scenarios::config(&format!("odd-{format}"), 321, 241, format)
+            .with_dmabuf_without_modifier(true);
+        let run = scenarios::pipewiresrc(&rig, cfg, 10)?;
+        println!(
+            "{format} 321x241: pipewiresrc wrapped {:?}; {} frames checked; producer: {}",
+            run.pool_memory,
+            run.sequences.len(),
+            run.negotiated
+        );
+        ensure!(
+            run.pool_memory == ["DmaBuf"] && run.sequences.len() == 10,
+            "{format}: pipewiresrc wrapped {:?}, {} frames",
+            run.pool_memory,
+            run.sequences.len()
+        );
+    }
     Ok(())
 }
 

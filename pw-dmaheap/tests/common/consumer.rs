@@ -674,16 +674,23 @@ impl State {
             ));
         }
         let n_planes = params.format.plane_count();
-        // One block per plane (dma-bufs with a modifier), or one block with every plane
-        // packed as GStreamer lays them out (4-byte row alignment), the first stride given.
+        // One block per plane (dma-bufs with a modifier), or one block with the first stride
+        // given and the other planes where GStreamer's default layout puts them (what
+        // pipewiresrc assumes): the layout comes from GStreamer's own VideoInfo.
         let layout = if blocks.len() == 1 && n_planes > 1 {
-            let (_, _, _, stride) = blocks[0];
-            let l = FrameLayout::aligned(params.format, params.width, params.height, 4, 1)
-                .expect("a valid layout");
-            if l.strides[0] as usize != stride {
+            let (_, _, len, stride) = blocks[0];
+            let l = match super::gstreamer_layout(params.format, params.width, params.height) {
+                Ok(l) => l,
+                Err(e) => {
+                    self.seen.error(e);
+                    return false;
+                }
+            };
+            if l.strides[0] as usize != stride || (len as u64) < l.size {
                 self.seen.error(format!(
-                    "single-block {} with stride {stride}, expected {}",
-                    params.format, l.strides[0]
+                    "single-block {} with stride {stride} and {len} bytes; GStreamer's layout \
+                     has stride {} and {} bytes",
+                    params.format, l.strides[0], l.size
                 ));
                 return false;
             }

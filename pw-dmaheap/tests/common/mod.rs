@@ -450,6 +450,37 @@ impl Drop for ChildGuard {
     }
 }
 
+/// GStreamer's default layout of a `width`×`height` `format` frame, from GStreamer's own
+/// `GstVideoInfo`: what pipewiresrc assumes for the planes of a one-block buffer after the
+/// first, and how filesink writes frames that carry no other layout.
+pub fn gstreamer_layout(
+    format: pw_dmaheap::heapcore::format::VideoFormat,
+    width: u32,
+    height: u32,
+) -> Result<pw_dmaheap::heapcore::format::FrameLayout, String> {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| gst::init().expect("initializing GStreamer"));
+    let gst_format = gst_video::VideoFormat::from_string(format.name());
+    let info = gst_video::VideoInfo::builder(gst_format, width, height)
+        .build()
+        .map_err(|e| format!("GStreamer has no layout for {width}x{height} {format}: {e}"))?;
+    let n = info.n_planes() as usize;
+    let mut layout = pw_dmaheap::heapcore::format::FrameLayout {
+        format,
+        width,
+        height,
+        n_planes: n,
+        strides: [0; pw_dmaheap::heapcore::format::MAX_PLANES],
+        offsets: [0; pw_dmaheap::heapcore::format::MAX_PLANES],
+        size: info.size() as u64,
+    };
+    for p in 0..n {
+        layout.strides[p] = info.stride()[p] as u32;
+        layout.offsets[p] = info.offset()[p] as u64;
+    }
+    Ok(layout)
+}
+
 /// Open fds of this process, from /proc.
 pub fn open_fds() -> usize {
     dmaheap_tests::open_fds()

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use pw_dmaheap::heapcore::format::{FrameLayout, VideoFormat};
+use pw_dmaheap::heapcore::format::VideoFormat;
 use pw_dmaheap::pattern;
 use pw_dmaheap::{Event, Negotiated, Producer, ProducerConfig, Stats};
 
@@ -240,8 +240,9 @@ fn check_file(
     h: u32,
     buffers: u32,
 ) -> Result<Vec<u64>, String> {
-    // GStreamer's layout of a buffer without video metadata: rows padded to 4 bytes.
-    let layout = FrameLayout::aligned(format, w, h, 4, 1).map_err(|e| e.to_string())?;
+    // filesink writes each buffer's memory: the producer's one block, which must have the
+    // layout pipewiresrc assumed, GStreamer's default (from its own VideoInfo).
+    let layout = super::gstreamer_layout(format, w, h)?;
     let bytes = std::fs::read(out).map_err(|e| format!("reading {}: {e}", out.display()))?;
     let size = layout.size as usize;
     if bytes.len() != size * buffers as usize {
