@@ -154,8 +154,9 @@ fn a_stock_producer_whose_buffers_pipewire_allocates_is_read_right() {
     let seen = &run.seen;
     println!("{}", run.command);
     println!(
-        "consumer: {} frames checked, types {:?}, inodes {:?}, regions (mapoffset, maxsize) {:?}",
-        seen.checked, seen.data_types, seen.inodes, seen.regions
+        "consumer: {} frames checked, types {:?}, inodes {:?}, regions (mapoffset, maxsize) {:?}; \
+         gst-launch started again after a crash: {}",
+        seen.checked, seen.data_types, seen.inodes, seen.regions, run.relaunched
     );
     assert!(seen.checked >= 60);
     assert!(seen.errors.is_empty(), "{:?}", seen.errors);
