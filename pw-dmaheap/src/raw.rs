@@ -231,9 +231,11 @@ impl Dequeued<'_> {
             return None;
         }
         // SAFETY: the pw_buffer is ours between dequeue and queue and was not removed (the
-        // stream's remove_buffer marks it, see `Dequeues`); its spa_buffer pointer is either
-        // null or valid for as long as the buffer belongs to the stream.
-        unsafe { self.raw.as_ref().buffer.as_mut() }
+        // stream's remove_buffer marks it, see `Dequeues`), so it is valid.
+        let pw_buffer = unsafe { self.raw.as_ref() };
+        // SAFETY: the spa_buffer pointer of a pw_buffer that belongs to the stream is either
+        // null or valid, and nothing else uses it while the buffer is dequeued.
+        unsafe { pw_buffer.buffer.as_mut() }
     }
 
     /// Says where the frame lies in each block.

@@ -200,8 +200,9 @@ unsafe fn buffer_parts<'a>(
     if spa.is_null() {
         return (&mut [], None);
     }
-    // SAFETY: a non-null spa_buffer of a dequeued buffer is valid; only two fields are read.
-    let (datas, n_datas) = unsafe { ((*spa).datas, (*spa).n_datas) };
+    // SAFETY: a non-null spa_buffer of a dequeued buffer is valid while it is dequeued.
+    let buffer = unsafe { &*spa };
+    let (datas, n_datas) = (buffer.datas, buffer.n_datas);
     let datas: &mut [pw::spa::buffer::Data] = if datas.is_null() || n_datas == 0 {
         &mut []
     } else {
