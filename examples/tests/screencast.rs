@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::consumer::Accept;
+use common::consumer::{Accept, Seen};
 use common::scenarios::Rig;
 use pw_dmaheap::heapcore::format::VideoFormat;
 
@@ -24,6 +24,33 @@ fn screencast(rig: &Rig, args: &[&str]) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
+}
+
+/// Why a run failed: `what`, what the consumer saw (WirePlumber destroys a `dont-reconnect`
+/// consumer whose target it cannot find: `gone`), and the example's output (it is killed
+/// first if it still runs).
+fn failure(what: &str, seen: Option<&Seen>, child: &mut common::ChildGuard) -> String {
+    let mut out = what.to_owned();
+    if let Some(seen) = seen {
+        out += &format!(
+            "\nconsumer: gone {:?}, {} frames, {} checked, errors {:?}",
+            seen.gone, seen.frames, seen.checked, seen.errors
+        );
+    }
+    if let Some(mut c) = child.0.take() {
+        if let Ok(None) = c.try_wait() {
+            let _ = c.kill();
+        }
+        if let Ok(o) = c.wait_with_output() {
+            out += &format!(
+                "\nthe example ({}) said:\n{}\nand on stderr:\n{}",
+                o.status,
+                String::from_utf8_lossy(&o.stdout).trim_end(),
+                String::from_utf8_lossy(&o.stderr).trim_end()
+            );
+        }
+    }
+    out
 }
 
 #[test]
@@ -45,28 +72,41 @@ fn the_example_streams_checked_frames_to_a_consumer() {
     ];
     // Killed by its pid if the test fails before it exits.
     let mut child = common::ChildGuard(Some(screencast(&rig, &args).spawn().unwrap()));
+    // The consumer names the example's node as its target, and WirePlumber destroys it if
+    // that node does not exist yet: wait for the node first.
+    let waited = rig.session.wait_for_node(&name, common::patience(), || {
+        match child.child().try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!("the example exited ({status})")),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    if let Err(e) = waited {
+        panic!("{}", failure(&e, None, &mut child));
+    }
     let consumer = rig
         .consumer(&name, VideoFormat::Nv12, Accept::DmaBufOrMemFd)
         .unwrap();
     let mut output = None;
-    rig.session
-        .run_until(
-            "the example to stop after 90 frames",
-            common::patience(),
-            || {
-                if child
-                    .child()
-                    .try_wait()
-                    .map_err(|e| e.to_string())?
-                    .is_some()
-                {
-                    output = Some(child.take().wait_with_output().map_err(|e| e.to_string())?);
-                    return Ok(true);
-                }
-                Ok(false)
-            },
-        )
-        .unwrap();
+    let stopped = rig.session.run_until(
+        "the example to stop after 90 frames",
+        common::patience(),
+        || {
+            if child
+                .child()
+                .try_wait()
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
+                output = Some(child.take().wait_with_output().map_err(|e| e.to_string())?);
+                return Ok(true);
+            }
+            Ok(false)
+        },
+    );
+    if let Err(e) = stopped {
+        panic!("{}", failure(&e, Some(&consumer.seen()), &mut child));
+    }
     let output = output.expect("finished");
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");

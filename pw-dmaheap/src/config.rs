@@ -104,8 +104,11 @@ pub struct ProducerConfig {
     /// The buffer count asked for (the consumer may narrow it, between 2 and this).
     pub buffers: u32,
     /// Row strides are multiples of this (a power of two). The default, 4, is the layout
-    /// GStreamer assumes when a buffer carries no per-plane metadata (pipewiresrc 0.3.65);
-    /// raise it for devices that need wider alignment and consumers that read chunk strides.
+    /// GStreamer assumes when a buffer carries no per-plane metadata (pipewiresrc 0.3.65).
+    /// Raise it for devices that need wider alignment: frames sent as one block (MemFd, or
+    /// `dmabuf_without_modifier`) then work only for single-plane formats, because their
+    /// consumers take the planes after the first from GStreamer's default layout;
+    /// validation refuses a multi-plane format with one-block frames possible.
     pub stride_align: u32,
     /// Ask for physically contiguous memory (CMA heaps only); DmaBuf is not offered when no
     /// contiguous heap can serve.
@@ -277,8 +280,29 @@ impl ProducerConfig {
         if let Err(e) = Usage::new(&self.usage) {
             return bad(format!("usage: {e}"));
         }
+        let one_block = self.memfd_fallback || self.dmabuf_without_modifier;
+        if one_block && self.stride_align != 4 {
+            if let Some(format) = self.formats.iter().find(|f| f.plane_count() > 1) {
+                return bad(format!(
+                    "stride alignment {} cannot be used for {format} while consumers may get \
+                     frames as one block (memfd_fallback or dmabuf_without_modifier): they \
+                     take the planes after the first from GStreamer's default layout, whose \
+                     rows are aligned to 4 bytes; use 4, offer only single-plane formats, or \
+                     turn both off",
+                    self.stride_align
+                ));
+            }
+        }
         for format in &self.formats {
             crate::alloc::FrameConstraints::for_frame(*format, self.width, self.height, self)?;
+            if one_block {
+                crate::alloc::FrameConstraints::for_single_block(
+                    *format,
+                    self.width,
+                    self.height,
+                    self,
+                )?;
+            }
         }
         if let Some(heaps) = &self.heaps {
             if heaps.is_empty() {
@@ -360,6 +384,11 @@ mod tests {
         ProducerConfig::new(MAX_DIMENSION, MAX_DIMENSION)
             .with_formats(VideoFormat::ALL.to_vec())
             .with_stride_align(4096)
+            .with_memfd_fallback(false)
+            .validate(&no_heaps())
+            .unwrap();
+        ProducerConfig::new(MAX_DIMENSION, MAX_DIMENSION)
+            .with_formats(VideoFormat::ALL.to_vec())
             .validate(&no_heaps())
             .unwrap();
     }
@@ -383,6 +412,13 @@ mod tests {
             (
                 ProducerConfig::default().with_heaps(vec![Source::Memfd]),
                 "not a dma-buf source",
+            ),
+            (
+                ProducerConfig::default()
+                    .with_formats([VideoFormat::Bgrx, VideoFormat::Nv12])
+                    .with_stride_align(64),
+                "stride alignment 64 cannot be used for NV12 while consumers may get frames \
+                 as one block",
             ),
         ];
         for (cfg, want) in cases {

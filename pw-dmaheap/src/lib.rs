@@ -4,6 +4,7 @@
 mod alloc;
 mod config;
 mod error;
+mod import;
 pub mod params;
 pub mod pattern;
 mod producer;
@@ -13,6 +14,7 @@ mod raw;
 pub use alloc::FrameConstraints;
 pub use config::{DEFAULT_USAGE, DataKind, Framerate, MAX_BUFFERS, MAX_DIMENSION, ProducerConfig};
 pub use error::{Error, Result};
+pub use import::{ImportedData, RegionRead};
 pub use params::{
     DRM_FORMAT_MOD_INVALID, DRM_FORMAT_MOD_LINEAR, VideoParams, spa_video_format,
     video_format_from_spa,

@@ -6,30 +6,34 @@
 //! and check the rest against it. Rows shorter than 8 bytes carry the counter's low bytes.
 //! Padding (stride beyond the visible bytes) is neither written nor checked.
 
-use heapcore::format::{FrameLayout, VideoFormat};
+use heapcore::format::{FrameLayout, MAX_PLANES, VideoFormat};
 
 /// Bytes of the frame counter at the start of plane 0.
 pub const COUNTER_BYTES: usize = 8;
 
 /// One plane to draw into.
+#[derive(Debug)]
 pub struct PlaneMut<'a> {
     pub bytes: &'a mut [u8],
     pub stride: usize,
 }
 
 /// One plane to check.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct Plane<'a> {
     pub bytes: &'a [u8],
     pub stride: usize,
 }
 
-/// Visible bytes per row and rows, for each plane of a `width`×`height` `format` frame.
-pub fn plane_extents(format: VideoFormat, width: u32, height: u32) -> Vec<(usize, usize)> {
-    let Ok(packed) = FrameLayout::packed(format, width, height) else {
-        return Vec::new();
-    };
-    (0..packed.n_planes)
+/// Visible bytes per row and rows, for each plane of a `width`×`height` `format` frame; an
+/// error for an empty frame or one whose size overflows.
+pub fn plane_extents(
+    format: VideoFormat,
+    width: u32,
+    height: u32,
+) -> Result<Vec<(usize, usize)>, String> {
+    let packed = FrameLayout::packed(format, width, height).map_err(|e| e.to_string())?;
+    let extents = (0..packed.n_planes)
         .map(|p| {
             let stride = packed.strides[p] as u64;
             let end = if p + 1 < packed.n_planes {
@@ -40,7 +44,41 @@ pub fn plane_extents(format: VideoFormat, width: u32, height: u32) -> Vec<(usize
             let rows = (end - packed.offsets[p]) / stride.max(1);
             (stride as usize, rows as usize)
         })
-        .collect()
+        .collect();
+    Ok(extents)
+}
+
+/// Checks that `planes` (bytes and stride of each) hold every visible row of the frame.
+fn check_fit(
+    planes: impl ExactSizeIterator<Item = (usize, usize)>,
+    extents: &[(usize, usize)],
+    format: VideoFormat,
+) -> Result<(), String> {
+    if planes.len() != extents.len() {
+        return Err(format!(
+            "{} planes for {format}, which has {}",
+            planes.len(),
+            extents.len()
+        ));
+    }
+    for (p, ((len, stride), &(row_bytes, rows))) in planes.zip(extents).enumerate() {
+        if stride < row_bytes {
+            return Err(format!(
+                "plane {p}: stride {stride} is shorter than a row ({row_bytes} bytes)"
+            ));
+        }
+        let needed = rows
+            .saturating_sub(1)
+            .checked_mul(stride)
+            .and_then(|n| n.checked_add(row_bytes));
+        if needed.is_none_or(|n| len < n) {
+            return Err(format!(
+                "plane {p}: {len} bytes cannot hold {rows} rows of {row_bytes} bytes \
+                 (stride {stride})"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn row_base(seq: u64, plane: usize, y: usize) -> u8 {
@@ -54,29 +92,35 @@ fn ramp(len: usize) -> Vec<u8> {
     (0..len).map(|x| (x as u64 * 3) as u8).collect()
 }
 
-/// Draws frame `seq` into `planes` (one per plane of `format`).
-pub fn draw(planes: &mut [PlaneMut<'_>], format: VideoFormat, width: u32, height: u32, seq: u64) {
-    let extents = plane_extents(format, width, height);
+/// Draws frame `seq` into `planes` (one per plane of `format`). Nothing is written unless
+/// every plane can hold its rows.
+pub fn draw(
+    planes: &mut [PlaneMut<'_>],
+    format: VideoFormat,
+    width: u32,
+    height: u32,
+    seq: u64,
+) -> Result<(), String> {
+    let extents = plane_extents(format, width, height)?;
+    check_fit(
+        planes.iter().map(|p| (p.bytes.len(), p.stride)),
+        &extents,
+        format,
+    )?;
     let widest = extents.iter().map(|e| e.0).max().unwrap_or(0);
     let ramp = ramp(widest);
     for (p, (plane, &(row_bytes, rows))) in planes.iter_mut().zip(&extents).enumerate() {
         for y in 0..rows {
             let start = y * plane.stride;
-            let Some(row) = plane.bytes.get_mut(start..start + row_bytes) else {
-                return;
-            };
             let base = row_base(seq, p, y);
-            for (dst, r) in row.iter_mut().zip(&ramp) {
+            for (dst, r) in plane.bytes[start..start + row_bytes].iter_mut().zip(&ramp) {
                 *dst = r.wrapping_add(base);
             }
         }
     }
-    if let Some(first) = planes.first_mut() {
-        let n = COUNTER_BYTES.min(extents.first().map_or(0, |e| e.0));
-        if let Some(dst) = first.bytes.get_mut(..n) {
-            dst.copy_from_slice(&seq.to_le_bytes()[..n]);
-        }
-    }
+    let n = COUNTER_BYTES.min(extents[0].0);
+    planes[0].bytes[..n].copy_from_slice(&seq.to_le_bytes()[..n]);
+    Ok(())
 }
 
 /// Checks `planes` against the pattern and returns the frame number they carry.
@@ -86,41 +130,23 @@ pub fn check(
     width: u32,
     height: u32,
 ) -> Result<u64, String> {
-    let extents = plane_extents(format, width, height);
-    if planes.len() != extents.len() {
-        return Err(format!(
-            "{} planes for {format}, which has {}",
-            planes.len(),
-            extents.len()
-        ));
-    }
+    let extents = plane_extents(format, width, height)?;
+    check_fit(
+        planes.iter().map(|p| (p.bytes.len(), p.stride)),
+        &extents,
+        format,
+    )?;
+    // Every format has a plane 0, and check_fit made sure it holds its first row.
     let counter_len = COUNTER_BYTES.min(extents[0].0);
     let mut counter = [0u8; 8];
-    counter[..counter_len].copy_from_slice(
-        planes[0]
-            .bytes
-            .get(..counter_len)
-            .ok_or("plane 0 is shorter than the frame counter")?,
-    );
+    counter[..counter_len].copy_from_slice(&planes[0].bytes[..counter_len]);
     let seq = u64::from_le_bytes(counter);
     let widest = extents.iter().map(|e| e.0).max().unwrap_or(0);
     let ramp = ramp(widest);
     for (p, (plane, &(row_bytes, rows))) in planes.iter().zip(&extents).enumerate() {
-        if plane.stride < row_bytes {
-            return Err(format!(
-                "plane {p}: stride {} is shorter than a row ({row_bytes} bytes)",
-                plane.stride
-            ));
-        }
         for y in 0..rows {
             let start = y * plane.stride;
-            let row = plane.bytes.get(start..start + row_bytes).ok_or_else(|| {
-                format!(
-                    "plane {p}: {} bytes cannot hold row {y} (stride {})",
-                    plane.bytes.len(),
-                    plane.stride
-                )
-            })?;
+            let row = &plane.bytes[start..start + row_bytes];
             let skip = if p == 0 && y == 0 { counter_len } else { 0 };
             let base = row_base(seq, p, y);
             if let Some(x) = (skip..row_bytes).find(|&x| row[x] != ramp[x].wrapping_add(base)) {
@@ -135,39 +161,71 @@ pub fn check(
     Ok(seq)
 }
 
-/// The planes of a frame laid out as `layout` in one buffer.
-pub fn planes_in<'a>(bytes: &'a [u8], layout: &FrameLayout) -> Vec<Plane<'a>> {
-    (0..layout.n_planes)
-        .map(|p| Plane {
-            bytes: bytes.get(layout.offsets[p] as usize..).unwrap_or(&[]),
-            stride: layout.strides[p] as usize,
-        })
-        .collect()
+/// Checks that `layout` describes 1 to `MAX_PLANES` planes in order, inside `len` bytes.
+fn check_layout(len: usize, layout: &FrameLayout) -> Result<(), String> {
+    let n = layout.n_planes;
+    if n == 0 || n > MAX_PLANES {
+        return Err(format!("a layout with {n} planes"));
+    }
+    if (len as u64) < layout.size {
+        return Err(format!(
+            "{len} bytes cannot hold a {} byte {}x{} {} frame",
+            layout.size, layout.width, layout.height, layout.format
+        ));
+    }
+    let mut end = 0;
+    for p in 0..n {
+        let offset = layout.offsets[p];
+        if offset < end || offset > layout.size {
+            return Err(format!(
+                "plane {p} starts at {offset}, outside {end}..{}",
+                layout.size
+            ));
+        }
+        end = offset;
+    }
+    Ok(())
 }
 
-/// Mutable planes of a frame laid out as `layout` in one buffer.
-pub fn planes_in_mut<'a>(bytes: &'a mut [u8], layout: &FrameLayout) -> Vec<PlaneMut<'a>> {
+/// The planes of a frame laid out as `layout` in one buffer; an error if `bytes` is shorter
+/// than the frame or the layout is not one (planes out of order or outside the frame).
+pub fn planes_in<'a>(bytes: &'a [u8], layout: &FrameLayout) -> Result<Vec<Plane<'a>>, String> {
+    check_layout(bytes.len(), layout)?;
+    let planes = (0..layout.n_planes)
+        .map(|p| {
+            let end = if p + 1 < layout.n_planes {
+                layout.offsets[p + 1]
+            } else {
+                layout.size
+            };
+            Plane {
+                bytes: &bytes[layout.offsets[p] as usize..end as usize],
+                stride: layout.strides[p] as usize,
+            }
+        })
+        .collect();
+    Ok(planes)
+}
+
+/// Mutable planes of a frame laid out as `layout` in one buffer; errors as [`planes_in`].
+pub fn planes_in_mut<'a>(
+    bytes: &'a mut [u8],
+    layout: &FrameLayout,
+) -> Result<Vec<PlaneMut<'a>>, String> {
+    check_layout(bytes.len(), layout)?;
     let mut planes = Vec::with_capacity(layout.n_planes);
-    let mut rest = bytes;
-    let mut pos = 0usize;
-    for p in 0..layout.n_planes {
-        // FrameLayout puts planes one after the other, in order.
-        let start = (layout.offsets[p] as usize).max(pos);
-        let (_, tail) = rest.split_at_mut((start - pos).min(rest.len()));
-        let len = if p + 1 < layout.n_planes {
-            layout.offsets[p + 1] as usize - start
-        } else {
-            tail.len()
-        };
-        let (plane, after) = tail.split_at_mut(len.min(tail.len()));
-        pos = start + plane.len();
+    let (mut rest, _) = bytes.split_at_mut(layout.size as usize);
+    // Planes are in order (check_layout): split the last one off first.
+    for p in (0..layout.n_planes).rev() {
+        let (before, plane) = rest.split_at_mut(layout.offsets[p] as usize);
         planes.push(PlaneMut {
             bytes: plane,
             stride: layout.strides[p] as usize,
         });
-        rest = after;
+        rest = before;
     }
-    planes
+    planes.reverse();
+    Ok(planes)
 }
 
 #[cfg(test)]
@@ -177,9 +235,16 @@ mod tests {
     fn round_trip(format: VideoFormat, w: u32, h: u32, align: u32, seq: u64) {
         let layout = FrameLayout::aligned(format, w, h, align, 1).unwrap();
         let mut buf = vec![0xEEu8; layout.size as usize];
-        draw(&mut planes_in_mut(&mut buf, &layout), format, w, h, seq);
+        draw(
+            &mut planes_in_mut(&mut buf, &layout).unwrap(),
+            format,
+            w,
+            h,
+            seq,
+        )
+        .unwrap();
         assert_eq!(
-            check(&planes_in(&buf, &layout), format, w, h),
+            check(&planes_in(&buf, &layout).unwrap(), format, w, h),
             Ok(seq),
             "{format}"
         );
@@ -198,14 +263,21 @@ mod tests {
         let layout = FrameLayout::packed(VideoFormat::Nv12, 32, 16).unwrap();
         let mut buf = vec![0u8; layout.size as usize];
         draw(
-            &mut planes_in_mut(&mut buf, &layout),
+            &mut planes_in_mut(&mut buf, &layout).unwrap(),
             VideoFormat::Nv12,
             32,
             16,
             9,
-        );
+        )
+        .unwrap();
         buf[layout.offsets[1] as usize + 32 + 5] ^= 1;
-        let err = check(&planes_in(&buf, &layout), VideoFormat::Nv12, 32, 16).unwrap_err();
+        let err = check(
+            &planes_in(&buf, &layout).unwrap(),
+            VideoFormat::Nv12,
+            32,
+            16,
+        )
+        .unwrap_err();
         assert!(err.contains("frame 9: plane 1 row 1 byte 5"), "{err}");
     }
 
@@ -215,19 +287,21 @@ mod tests {
         let mut a = vec![0u8; layout.size as usize];
         let mut b = a.clone();
         draw(
-            &mut planes_in_mut(&mut a, &layout),
+            &mut planes_in_mut(&mut a, &layout).unwrap(),
             VideoFormat::Bgrx,
             16,
             4,
             1,
-        );
+        )
+        .unwrap();
         draw(
-            &mut planes_in_mut(&mut b, &layout),
+            &mut planes_in_mut(&mut b, &layout).unwrap(),
             VideoFormat::Bgrx,
             16,
             4,
             2,
-        );
+        )
+        .unwrap();
         assert_ne!(a[8..], b[8..]);
     }
 
@@ -236,15 +310,86 @@ mod tests {
         let layout = FrameLayout::packed(VideoFormat::Gray8, 3, 5).unwrap();
         let mut buf = vec![0u8; layout.size as usize];
         draw(
-            &mut planes_in_mut(&mut buf, &layout),
+            &mut planes_in_mut(&mut buf, &layout).unwrap(),
             VideoFormat::Gray8,
             3,
             5,
             0x0102_0304_0506,
-        );
+        )
+        .unwrap();
         assert_eq!(
-            check(&planes_in(&buf, &layout), VideoFormat::Gray8, 3, 5),
+            check(&planes_in(&buf, &layout).unwrap(), VideoFormat::Gray8, 3, 5),
             Ok(0x04_0506)
         );
+    }
+
+    #[test]
+    fn empty_or_short_input_is_an_error_not_a_panic() {
+        let f = VideoFormat::Nv12;
+        for (w, h) in [(0, 16), (16, 0), (0, 0)] {
+            assert!(plane_extents(f, w, h).is_err());
+            assert!(check(&[], f, w, h).is_err(), "{w}x{h}");
+            assert!(draw(&mut [], f, w, h, 1).is_err(), "{w}x{h}");
+        }
+        let err = check(&[], f, 16, 16).unwrap_err();
+        assert!(err.contains("0 planes for NV12, which has 2"), "{err}");
+        assert!(draw(&mut [], f, 16, 16, 1).is_err());
+
+        let layout = FrameLayout::packed(f, 16, 16).unwrap();
+        let mut buf = vec![0u8; layout.size as usize];
+        // A frame one byte short: refused by planes_in, and by check and draw given planes
+        // cut short by hand; nothing is written.
+        let err = planes_in(&buf[1..], &layout).unwrap_err();
+        assert!(err.contains("cannot hold"), "{err}");
+        assert!(planes_in_mut(&mut buf[1..], &layout).is_err());
+        let short = [
+            Plane {
+                bytes: &buf[..256],
+                stride: 16,
+            },
+            Plane {
+                bytes: &buf[256..383],
+                stride: 16,
+            },
+        ];
+        let err = check(&short, f, 16, 16).unwrap_err();
+        assert!(
+            err.contains("plane 1: 127 bytes cannot hold 8 rows"),
+            "{err}"
+        );
+        let narrow = [Plane {
+            bytes: &buf,
+            stride: 15,
+        }];
+        let err = check(&narrow, VideoFormat::Gray8, 16, 4).unwrap_err();
+        assert!(err.contains("stride 15 is shorter than a row"), "{err}");
+        let (y, uv) = buf.split_at_mut(256);
+        let mut cut = [
+            PlaneMut {
+                bytes: y,
+                stride: 16,
+            },
+            PlaneMut {
+                bytes: &mut uv[..100],
+                stride: 16,
+            },
+        ];
+        assert!(draw(&mut cut, f, 16, 16, 1).is_err());
+        assert!(buf.iter().all(|&b| b == 0), "a refused draw wrote");
+
+        // Layouts that are not layouts.
+        let mut bad = layout;
+        bad.n_planes = 0;
+        assert!(planes_in(&buf, &bad).is_err());
+        bad.n_planes = MAX_PLANES + 1;
+        assert!(planes_in(&buf, &bad).is_err());
+        assert!(planes_in_mut(&mut buf, &bad).is_err());
+        let mut swapped = layout;
+        swapped.offsets = [0, 300, 200];
+        swapped.n_planes = 3;
+        assert!(planes_in_mut(&mut buf, &swapped).is_err());
+        let mut outside = layout;
+        outside.offsets[1] = layout.size + 1;
+        assert!(planes_in(&buf, &outside).is_err());
     }
 }

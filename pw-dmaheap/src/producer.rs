@@ -16,11 +16,15 @@
 //!    in `spa_data.type`) and picks DmaBuf if it is in there, MemFd otherwise; the choice is
 //!    logged with the mask it came from. Each buffer gets its own heap buffer, mapped once,
 //!    from a heapcore pool for this format and data type.
-//! 4. `remove_buffer` forgets the fds in the `spa_data` and returns the buffer to its pool
-//!    (freed instead once the format has changed). Renegotiation
-//!    (a new size, a consumer that comes and goes) runs `remove_buffer` for every buffer and
-//!    then 2–3 again. A consumer's own fds and mappings keep the memory alive in the kernel
-//!    until it lets go of them, so nothing is freed under a consumer.
+//! 4. `remove_buffer` forgets the fds in the `spa_data` and frees the buffer: its fd reached
+//!    consumers, so it never goes back to a pool. Renegotiation (a new size, a consumer with
+//!    another format) runs `remove_buffer` for every buffer and then 2–3 again. A consumer's
+//!    own fds and mappings keep the memory alive in the kernel until it lets go of them, so
+//!    nothing is freed under a consumer.
+//! 5. When the stream stops streaming (the consumer left or paused), its buffers are sealed:
+//!    nothing is drawn into them again. PipeWire would keep them for the next link of the
+//!    same format, so the node is suspended, which makes PipeWire remove them at once; the
+//!    next consumer gets buffers no earlier one held.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -33,6 +37,7 @@ use pipewire as pw;
 use pw::core::CoreRc;
 use pw::spa::pod::Pod;
 use pw::stream::{Stream, StreamFlags, StreamListener, StreamRc, StreamState};
+use rustix::io::Errno;
 
 use crate::alloc::{FrameConstraints, HeapChoice};
 use crate::config::{DataKind, Framerate, ProducerConfig};
@@ -93,11 +98,11 @@ pub struct Stats {
     /// Process calls that found no free buffer (the consumer still held them all).
     pub starved: u64,
     /// Buffers taken for the stream (including the one taken when a format is fixed) and
-    /// let go again (back to their pool, or freed if the format changed).
+    /// let go again (freed if their fd went to PipeWire, back to their pool if it never did).
     pub allocated: u64,
     pub freed: u64,
-    /// How many of the buffers taken were recycled from the pool instead of allocated (a
-    /// consumer reconnected, or the format came back).
+    /// How many of the buffers taken came back from the pool instead of being allocated:
+    /// only buffers no consumer ever saw (the probe of a format fixed earlier) are pooled.
     pub recycled: u64,
     /// Buffers attached to the stream right now.
     pub live: usize,
@@ -169,14 +174,21 @@ impl Frame<'_> {
 
     /// The planes, each with its stride.
     pub fn planes(&mut self) -> Vec<PlaneMut<'_>> {
-        pattern::planes_in_mut(self.bytes, self.layout)
+        // The producer sizes `bytes` to its own layout, so this cannot fail; if it ever did,
+        // the callback gets no planes rather than a panic in a PipeWire callback.
+        pattern::planes_in_mut(self.bytes, self.layout).unwrap_or_else(|e| {
+            log::error!("frame {}: {e}", self.sequence);
+            Vec::new()
+        })
     }
 
     /// Draws the crate's animated, verifiable test pattern (see [`crate::pattern`]).
     pub fn draw_test_pattern(&mut self) {
         let (format, width, height, seq) =
             (self.format(), self.width(), self.height(), self.sequence);
-        pattern::draw(&mut self.planes(), format, width, height, seq);
+        if let Err(e) = pattern::draw(&mut self.planes(), format, width, height, seq) {
+            log::error!("frame {seq}: drawing the test pattern: {e}");
+        }
     }
 }
 
@@ -193,6 +205,10 @@ struct Active {
     kind: Option<DataKind>,
     origin: Option<Origin>,
     ready_reported: bool,
+    /// The stream stopped streaming (its consumer left or paused) since these buffers were
+    /// made: their fds reached that consumer, so nothing is drawn into them any more. The
+    /// node is suspended, and PipeWire removes them; the next link gets new ones.
+    sealed: bool,
 }
 
 struct Slot {
@@ -262,15 +278,66 @@ impl Inner {
         })
     }
 
-    fn free(&mut self, buf: PooledBuf) {
+    /// Frees a buffer whose fd went to PipeWire (and so to consumers) for good: it never
+    /// returns to a pool, so no later consumer or session gets it.
+    fn retire(&mut self, buf: PooledBuf) {
+        self.stats.freed += 1;
+        drop(buf.detach());
+    }
+
+    /// Lets go of a buffer that never left this process (the probe taken when a format is
+    /// fixed): it goes back to its pool.
+    fn release_unshared(&mut self, buf: PooledBuf) {
         self.stats.freed += 1;
         drop(buf);
     }
 
     fn drop_spare(&mut self) {
         if let Some(spare) = self.spare.take() {
-            self.free(spare);
+            self.release_unshared(spare);
         }
+    }
+}
+
+/// Suspends our own node, so that PipeWire removes its buffers now.
+///
+/// PipeWire keeps an output port's format and buffers when its link goes away, and hands them
+/// to the next link of the same format (`impl-link.c`: "we don't clear output buffers when
+/// the link goes away. They will get cleared when the node goes to suspend"); WirePlumber
+/// suspends a node only after it was idle for 5 s. Suspending the node as soon as a session
+/// ends makes PipeWire remove the buffers at once, so the next consumer gets new ones.
+///
+/// The registry and the node proxy exist only for this: they are destroyed right after the
+/// command (which the daemon handles first, as it reads the connection in order). Kept, they
+/// would have the daemon send this connection every global and node change, and PipeWire
+/// 0.3.65 can then take one of WirePlumber's results for the end of a consumer's buffer
+/// allocation (the consumer gets buffers without memory; the daemon logs "invalid memory
+/// type"): its link waits for a ping numbered by the messages sent on this connection.
+fn suspend_node(core: &CoreRc, node_id: u32, name: &str) {
+    if node_id == pw::constants::ID_ANY {
+        return;
+    }
+    let global = pw::registry::GlobalObject::<&pw::spa::utils::dict::DictRef> {
+        id: node_id,
+        permissions: pw::permissions::PermissionFlags::empty(),
+        type_: pw::types::ObjectType::Node,
+        version: 0,
+        props: None,
+    };
+    let bound = core
+        .get_registry_rc()
+        .and_then(|registry| registry.bind::<pw::node::Node, _>(&global));
+    match bound {
+        Ok(node) => {
+            log::debug!("{name}: suspending node {node_id} so PipeWire removes its buffers");
+            node.send_command(&pw::spa::node::command::NodeCommand::new(
+                pw::spa::node::command::NodeCommandId::SUSPEND,
+            ));
+        }
+        Err(e) => log::warn!(
+            "{name}: cannot bind node {node_id} to suspend it ({e}); PipeWire removes its \
+             buffers when WirePlumber suspends it"
+        ),
     }
 }
 
@@ -278,12 +345,18 @@ impl Inner {
 ///
 /// Lives on the thread of its PipeWire loop. Frames are drawn by the render callback when
 /// [`Producer::trigger_frame`] is called (from a timer, or when the screen changed).
+///
+/// A buffer whose fd reached a consumer is never drawn into for another one: when the
+/// stream stops streaming (the consumer left or paused), its buffers are sealed, the node is
+/// suspended so that PipeWire removes them, and removed buffers are freed, not pooled.
 pub struct Producer {
     // Field order is drop order: the listener goes before the stream is destroyed, and the
     // buffers (in `inner`) only after PipeWire has let go of them.
     listener: RefCell<Option<StreamListener<()>>>,
     stream: StreamRc,
     inner: Rc<RefCell<Inner>>,
+    /// The buffer a process callback holds dequeued while the render callback runs.
+    dequeues: Rc<raw::Dequeues>,
 }
 
 impl Producer {
@@ -355,24 +428,38 @@ impl Producer {
             listener: RefCell::new(None),
             stream,
             inner: Rc::new(RefCell::new(inner)),
+            dequeues: Rc::default(),
         };
-        let listener = producer.listen()?;
+        let listener = producer.listen(core.clone())?;
         *producer.listener.borrow_mut() = Some(listener);
         Ok(producer)
     }
 
-    fn listen(&self) -> Result<StreamListener<()>> {
+    fn listen(&self, core: CoreRc) -> Result<StreamListener<()>> {
         let on_state = Rc::clone(&self.inner);
         let on_param = Rc::clone(&self.inner);
         let on_add = Rc::clone(&self.inner);
         let on_remove = Rc::clone(&self.inner);
         let on_process = Rc::clone(&self.inner);
+        let produce_dequeues = Rc::clone(&self.dequeues);
+        let remove_dequeues = Rc::clone(&self.dequeues);
         self.stream
             .add_local_listener_with_user_data(())
-            .state_changed(move |_, _, old, new| {
-                with_inner(&on_state, |inner| {
-                    let name = &inner.config.node_name;
+            .state_changed(move |stream, _, old, new| {
+                let ended =
+                    matches!(old, StreamState::Streaming) && !matches!(new, StreamState::Streaming);
+                let started = matches!(new, StreamState::Streaming);
+                let outcome = with_inner(&on_state, |inner| {
+                    let name = inner.config.node_name.clone();
                     log::debug!("{name}: stream {old:?} -> {new:?}");
+                    let outcome = if ended {
+                        // Unconnected or in error, the node is going away with its buffers.
+                        seal(inner, matches!(new, StreamState::Paused))
+                    } else if started {
+                        renegotiate_if_sealed(inner)
+                    } else {
+                        Outcome::Done
+                    };
                     let event = match new {
                         StreamState::Error(msg) => {
                             log::error!("{name}: stream error: {msg}");
@@ -381,7 +468,12 @@ impl Producer {
                         other => Event::State(format!("{other:?}")),
                     };
                     inner.events.push(event);
+                    (outcome, name)
                 });
+                match outcome {
+                    Some((Outcome::Suspend, name)) => suspend_node(&core, stream.node_id(), &name),
+                    other => apply(stream, &on_state, other.map(|(o, _)| o)),
+                }
                 flush_events(&on_state);
             })
             .param_changed(move |stream, _, id, param| {
@@ -396,13 +488,16 @@ impl Producer {
                 apply(stream, &on_add, outcome);
                 flush_events(&on_add);
             }))
-            .remove_buffer(raw::buffer_callback(move |_, buffer| {
-                // The fds leave the spa_data before they are closed, whatever happens.
-                buffer.clear();
-                with_inner(&on_remove, |inner| on_remove_buffer(inner, buffer));
-            }))
+            .remove_buffer(raw::remove_buffer_callback(
+                remove_dequeues,
+                move |_, buffer| {
+                    // The fds leave the spa_data before they are closed, whatever happens.
+                    buffer.clear();
+                    with_inner(&on_remove, |inner| on_remove_buffer(inner, buffer));
+                },
+            ))
             .process(move |stream, _| {
-                on_produce(stream, &on_process);
+                on_produce(stream, &on_process, &produce_dequeues);
                 flush_events(&on_process);
             })
             .register()
@@ -410,7 +505,9 @@ impl Producer {
     }
 
     /// The callback that draws each frame. Without one, buffers go out with whatever they
-    /// held (zeroes from the heap at first).
+    /// held (zeroes from the heap at first). It may use the producer, also resize or
+    /// disconnect it: a buffer PipeWire removes while the callback runs is neither written
+    /// nor queued afterwards, and is freed.
     pub fn set_renderer(&self, render: impl FnMut(&mut Frame<'_>) + 'static) {
         self.inner.borrow_mut().render = Some(Box::new(render));
     }
@@ -527,7 +624,19 @@ impl Drop for Producer {
         if let Err(e) = self.stream.disconnect() {
             log::debug!("disconnecting on drop: {e}");
         }
-        self.listener.borrow_mut().take();
+        let listener = self.listener.borrow_mut().take();
+        if self.dequeues.any() {
+            // Dropped from inside its own render callback: the process callback that called
+            // it, and PipeWire's code around that, still use the listener's closures and the
+            // stream. Leak both (disconnected, with every buffer freed) rather than free them
+            // under the running callback.
+            log::error!(
+                "a Producer was dropped inside its own render callback; its (disconnected) \
+                 stream is leaked"
+            );
+            std::mem::forget(listener);
+            std::mem::forget(self.stream.clone());
+        }
     }
 }
 
@@ -558,6 +667,8 @@ fn flush_events(inner: &Rc<RefCell<Inner>>) {
 /// back into the producer synchronously (`pw_stream_set_error` emits `state_changed`).
 enum Outcome {
     Done,
+    /// Suspend our node, so that PipeWire removes its buffers.
+    Suspend,
     Announce {
         what: &'static str,
         pods: Vec<PodBytes>,
@@ -589,7 +700,7 @@ fn with_inner<T>(inner: &Rc<RefCell<Inner>>, f: impl FnOnce(&mut Inner) -> T) ->
 
 fn apply(stream: &Stream, inner: &Rc<RefCell<Inner>>, outcome: Option<Outcome>) {
     match outcome {
-        None | Some(Outcome::Done) => {}
+        None | Some(Outcome::Done | Outcome::Suspend) => {}
         Some(Outcome::Announce { what, pods }) => {
             let mut refs = params::pod_refs(&pods);
             if let Err(e) = stream.update_params(&mut refs) {
@@ -606,8 +717,48 @@ fn apply(stream: &Stream, inner: &Rc<RefCell<Inner>>, outcome: Option<Outcome>) 
     }
 }
 
-const EINVAL: i32 = 22;
-const ENOMEM: i32 = 12;
+/// The errno values `pw_stream_set_error` is given.
+const EINVAL: i32 = Errno::INVAL.raw_os_error();
+const ENOMEM: i32 = Errno::NOMEM.raw_os_error();
+
+/// The stream stopped streaming: its consumer left or paused, so the buffers it had are
+/// sealed (never drawn into again) and, if `suspend`, the node is to be suspended so PipeWire
+/// removes them.
+fn seal(inner: &mut Inner, suspend: bool) -> Outcome {
+    let Some(active) = inner.active.as_mut().filter(|a| !a.sealed) else {
+        return Outcome::Done;
+    };
+    active.sealed = true;
+    if !suspend || inner.slots.is_empty() {
+        return Outcome::Done;
+    }
+    log::info!(
+        "{}: the consumer left or paused; its {} buffers are sealed until PipeWire removes them",
+        inner.config.node_name,
+        inner.slots.len()
+    );
+    Outcome::Suspend
+}
+
+/// The stream streams again while its buffers are sealed: a link came up with the buffers
+/// of the session that ended before the suspend took effect. Announcing the formats again
+/// (as a resize does) makes PipeWire renegotiate that link, with new buffers.
+fn renegotiate_if_sealed(inner: &mut Inner) -> Outcome {
+    if !inner.active.as_ref().is_some_and(|a| a.sealed) {
+        return Outcome::Done;
+    }
+    log::info!(
+        "{}: a consumer linked to sealed buffers; renegotiating for new ones",
+        inner.config.node_name
+    );
+    match inner.enum_formats() {
+        Ok(pods) => Outcome::Announce {
+            what: "renegotiating sealed buffers",
+            pods,
+        },
+        Err(e) => fail(EINVAL, e.to_string()),
+    }
+}
 
 fn on_format(inner: &mut Inner, param: Option<&Pod>) -> Outcome {
     // pw_stream removes every buffer before it reports a new (or no) format.
@@ -619,7 +770,7 @@ fn on_format(inner: &mut Inner, param: Option<&Pod>) -> Outcome {
         );
         let stale: Vec<Slot> = inner.slots.drain().map(|(_, slot)| slot).collect();
         for slot in stale {
-            inner.free(slot.buf);
+            inner.retire(slot.buf);
         }
     }
     inner.drop_spare();
@@ -647,11 +798,17 @@ fn on_format(inner: &mut Inner, param: Option<&Pod>) -> Outcome {
             inner.height
         );
     }
-    let constraints =
-        match FrameConstraints::for_frame(fixed.format, fixed.width, fixed.height, &inner.config) {
-            Ok(c) => c,
-            Err(e) => return fail(EINVAL, e.to_string()),
-        };
+    // With a modifier: one block per plane, each with its offset and stride. Without: one
+    // block, laid out as GStreamer's consumers assume.
+    let constraints = if fixed.modifier.is_some() {
+        FrameConstraints::for_frame(fixed.format, fixed.width, fixed.height, &inner.config)
+    } else {
+        FrameConstraints::for_single_block(fixed.format, fixed.width, fixed.height, &inner.config)
+    };
+    let constraints = match constraints {
+        Ok(c) => c,
+        Err(e) => return fail(EINVAL, e.to_string()),
+    };
     inner.stats.negotiations += 1;
     let node = inner.config.node_name.clone();
     let (blocks, offered_types) = if let Some(modifier) = fixed.modifier {
@@ -753,6 +910,7 @@ fn on_format(inner: &mut Inner, param: Option<&Pod>) -> Outcome {
         kind: None,
         origin: None,
         ready_reported: false,
+        sealed: false,
     });
     inner.events.push(Event::FormatFixed(fixed));
     Outcome::Announce {
@@ -844,7 +1002,7 @@ fn on_add_buffer(inner: &mut Inner, buffer: &mut StreamBuffer<'_>) -> Outcome {
         Some(buf) if kind == DataKind::DmaBuf => Ok(buf),
         spare => {
             if let Some(unused) = spare {
-                inner.free(unused);
+                inner.release_unshared(unused);
             }
             inner.choice.allocate(kind, &constraints)
         }
@@ -867,7 +1025,7 @@ fn on_add_buffer(inner: &mut Inner, buffer: &mut StreamBuffer<'_>) -> Outcome {
         maxsize: u32::try_from(buf.len()).unwrap_or(u32::MAX),
     };
     if let Err(e) = buffer.fill(&vec![fill; blocks as usize]) {
-        inner.free(buf);
+        inner.release_unshared(buf);
         return fail(EINVAL, e.to_string());
     }
     if let Some(active) = inner.active.as_mut() {
@@ -905,7 +1063,7 @@ fn on_remove_buffer(inner: &mut Inner, buffer: &mut StreamBuffer<'_>) {
             slot.kind,
             slot.buf.origin()
         );
-        inner.free(slot.buf);
+        inner.retire(slot.buf);
     }
 }
 
@@ -916,14 +1074,25 @@ fn monotonic_ns() -> i64 {
         .saturating_add(t.tv_nsec)
 }
 
-fn on_produce(stream: &Stream, inner_rc: &Rc<RefCell<Inner>>) {
-    let Some(mut dequeued) = raw::dequeue(stream) else {
+fn on_produce(stream: &Stream, inner_rc: &Rc<RefCell<Inner>>, dequeues: &Rc<raw::Dequeues>) {
+    let sealed = with_inner(inner_rc, |inner| {
+        let sealed = inner.active.as_ref().is_some_and(|a| a.sealed);
+        if sealed {
+            inner.stats.starved += 1;
+        }
+        sealed
+    });
+    if sealed != Some(false) {
+        return; // sealed buffers are never drawn into (or the state is busy: re-entered)
+    }
+    let Some(mut dequeued) = raw::dequeue(stream, dequeues) else {
         with_inner(inner_rc, |inner| inner.stats.starved += 1);
         return;
     };
     let key = dequeued.key();
     // Take what the render callback needs out of the state, so that the callback may use
-    // the producer (stats, resize) without a borrow conflict.
+    // the producer (stats, resize, even disconnect) without a borrow conflict. The slot
+    // leaves the map meanwhile, so its memory stays ours whatever the callback does.
     let (mut slot, layout, origin, sequence, mut render, generation) = {
         let Ok(mut inner) = inner_rc.try_borrow_mut() else {
             log::error!("process re-entered the producer; frame skipped");
@@ -969,9 +1138,22 @@ fn on_produce(stream: &Stream, inner_rc: &Rc<RefCell<Inner>>) {
     if inner.render.is_none() {
         inner.render = render;
     }
+    if dequeued.removed() {
+        // The callback made PipeWire remove every buffer (it disconnected the stream): this
+        // pw_buffer is gone, so it is neither written nor queued (dropping `dequeued` does
+        // nothing), and its memory, which consumers had, is freed.
+        log::debug!(
+            "{}: buffer {key:?} was removed while frame {sequence} was drawn",
+            inner.config.node_name
+        );
+        inner.retire(slot.buf);
+        return;
+    }
     if inner.generation != generation {
-        // The format changed while the callback ran; this buffer is gone from the stream.
-        inner.free(slot.buf);
+        // The format changed while the callback ran, yet PipeWire kept this buffer (it
+        // removes every buffer before a new format, so this should not happen): it stays
+        // attached, and goes back untouched.
+        inner.slots.insert(key, slot);
         return;
     }
     if let Err(e) = drawn {

@@ -4,12 +4,14 @@
 //!
 //! Everything else sees safe types: [`StreamBuffer`] exists only for the duration of an
 //! `add_buffer`/`remove_buffer` callback, [`Dequeued`] only between dequeue and queue (and it
-//! queues itself when dropped).
+//! queues itself when dropped, unless PipeWire removed it meanwhile: see [`Dequeues`]).
 
+use std::cell::{Cell, RefCell};
 use std::ffi::CString;
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::ptr::NonNull;
+use std::rc::Rc;
 
 use heapcore::DmaBuf;
 use pipewire::loop_::IsLoopRc;
@@ -20,6 +22,7 @@ use pipewire::sys as pw_sys;
 
 use crate::config::DataKind;
 use crate::error::{Error, Result};
+use crate::import::ImportedData;
 
 /// `SPA_DATA_FLAG_MAPPABLE` (spa/buffer/buffer.h since PipeWire 1.1.81; 0.3.65's headers
 /// lack it): the fd can be mapped with plain mmap. Newer PipeWire maps dma-bufs for
@@ -119,7 +122,7 @@ impl StreamBuffer<'_> {
     }
 }
 
-/// Wraps an `add_buffer`/`remove_buffer` handler for pipewire-rs's listener builder.
+/// Wraps an `add_buffer` handler for pipewire-rs's listener builder.
 pub(crate) fn buffer_callback<F>(
     mut handler: F,
 ) -> impl FnMut(&Stream, &mut (), *mut pw_sys::pw_buffer) + 'static
@@ -135,21 +138,79 @@ where
     }
 }
 
-/// A buffer dequeued from our output stream; queued back when dropped.
+/// Wraps a `remove_buffer` handler for pipewire-rs's listener builder. A buffer that is
+/// dequeued right now (by the process callback, whose render callback made PipeWire remove
+/// it) is marked removed in `dequeues` before `handler` runs.
+pub(crate) fn remove_buffer_callback<F>(
+    dequeues: Rc<Dequeues>,
+    mut handler: F,
+) -> impl FnMut(&Stream, &mut (), *mut pw_sys::pw_buffer) + 'static
+where
+    F: FnMut(&Stream, &mut StreamBuffer<'_>) + 'static,
+{
+    move |stream, _, ptr| {
+        // SAFETY: pw_stream passes a pw_buffer it owns and keeps valid for the whole callback;
+        // this is the only reference made to it while the callback runs.
+        if let Some(raw) = unsafe { ptr.as_mut() } {
+            let mut buffer = StreamBuffer { raw };
+            dequeues.removing(buffer.key());
+            handler(stream, &mut buffer);
+        }
+    }
+}
+
+/// The buffers held dequeued right now, so that PipeWire removing one meanwhile is noticed.
+///
+/// The process callback dequeues a buffer and then runs the render callback, which may call
+/// `Producer::disconnect` or `Stream::disconnect` (or anything else that makes PipeWire
+/// remove the stream's buffers synchronously). A removed buffer's `spa_buffer`, chunks and
+/// metas are freed or unmapped, and the `pw_buffer` no longer belongs to the stream: a
+/// [`Dequeued`] that was removed never touches it and is never queued.
+#[derive(Debug, Default)]
+pub(crate) struct Dequeues {
+    held: RefCell<Vec<(BufferKey, Rc<Cell<bool>>)>>,
+}
+
+impl Dequeues {
+    /// PipeWire is removing the buffer `key`.
+    fn removing(&self, key: BufferKey) {
+        for (held, removed) in self.held.borrow().iter() {
+            if *held == key {
+                removed.set(true);
+            }
+        }
+    }
+
+    /// Whether a buffer is dequeued now (a render callback may be running).
+    pub(crate) fn any(&self) -> bool {
+        !self.held.borrow().is_empty()
+    }
+}
+
+/// A buffer dequeued from our output stream; queued back when dropped, unless PipeWire
+/// removed it meanwhile.
 pub(crate) struct Dequeued<'s> {
     stream: &'s Stream,
     raw: NonNull<pw_sys::pw_buffer>,
+    removed: Rc<Cell<bool>>,
+    dequeues: Rc<Dequeues>,
     _not_send: PhantomData<*mut ()>,
 }
 
-/// Takes the next free buffer of an output stream, if the consumer has returned one.
-pub(crate) fn dequeue(stream: &Stream) -> Option<Dequeued<'_>> {
+/// Takes the next free buffer of an output stream, if the consumer has returned one, and
+/// registers it in `dequeues` until it is dropped.
+pub(crate) fn dequeue<'s>(stream: &'s Stream, dequeues: &Rc<Dequeues>) -> Option<Dequeued<'s>> {
     // SAFETY: the stream pointer is valid for the borrow; pw_stream_dequeue_buffer returns a
     // buffer the stream owns (or NULL) and hands it to us until we queue it.
-    let raw = unsafe { stream.dequeue_raw_buffer() };
-    NonNull::new(raw).map(|raw| Dequeued {
+    let raw = NonNull::new(unsafe { stream.dequeue_raw_buffer() })?;
+    let removed = Rc::new(Cell::new(false));
+    let key = BufferKey(raw.as_ptr() as usize);
+    dequeues.held.borrow_mut().push((key, Rc::clone(&removed)));
+    Some(Dequeued {
         stream,
         raw,
+        removed,
+        dequeues: Rc::clone(dequeues),
         _not_send: PhantomData,
     })
 }
@@ -159,10 +220,22 @@ impl Dequeued<'_> {
         BufferKey(self.raw.as_ptr() as usize)
     }
 
+    /// Whether PipeWire removed the buffer while it was dequeued (it is then neither written
+    /// nor queued).
+    pub(crate) fn removed(&self) -> bool {
+        self.removed.get()
+    }
+
     fn spa_buffer(&mut self) -> Option<&mut spa_sys::spa_buffer> {
-        // SAFETY: the pw_buffer is ours between dequeue and queue; its spa_buffer pointer is
-        // either null or valid for as long as the buffer belongs to the stream.
-        unsafe { self.raw.as_ref().buffer.as_mut() }
+        if self.removed() {
+            return None;
+        }
+        // SAFETY: the pw_buffer is ours between dequeue and queue and was not removed (the
+        // stream's remove_buffer marks it, see `Dequeues`), so it is valid.
+        let pw_buffer = unsafe { self.raw.as_ref() };
+        // SAFETY: the spa_buffer pointer of a pw_buffer that belongs to the stream is either
+        // null or valid, and nothing else uses it while the buffer is dequeued.
+        unsafe { pw_buffer.buffer.as_mut() }
     }
 
     /// Says where the frame lies in each block.
@@ -205,7 +278,15 @@ impl Dequeued<'_> {
 
 impl Drop for Dequeued<'_> {
     fn drop(&mut self) {
-        // SAFETY: the buffer came from this stream's dequeue and is queued exactly once.
+        self.dequeues
+            .held
+            .borrow_mut()
+            .retain(|(_, removed)| !Rc::ptr_eq(removed, &self.removed));
+        if self.removed() {
+            return; // gone from the stream: queuing it would use freed memory
+        }
+        // SAFETY: the buffer came from this stream's dequeue, PipeWire did not remove it (see
+        // `Dequeues`), and it is queued exactly once.
         unsafe { self.stream.queue_raw_buffer(self.raw.as_ptr()) };
     }
 }
@@ -226,10 +307,12 @@ pub(crate) fn set_error(stream: &Stream, errno: i32, message: &str) {
 }
 
 /// Imports the fd of a received `spa_data` (a consumer's `SPA_DATA_DmaBuf` or
-/// `SPA_DATA_MemFd` block) as a heapcore buffer that owns a duplicate of the fd: it can be
-/// mapped (with `DMA_BUF_IOCTL_SYNC` around CPU reads for dma-bufs), asked for its
-/// `fdinfo` (exporter heap and buffer name) and kept beyond the PipeWire buffer's life.
-pub fn import_data(data: &Data) -> Result<DmaBuf> {
+/// `SPA_DATA_MemFd` block) as a heapcore buffer that owns a duplicate of the fd, with the
+/// block's region of it (`mapoffset`, `maxsize`: PipeWire's own MemFd allocation packs every
+/// buffer into one memfd). It can be read (with `DMA_BUF_IOCTL_SYNC` around CPU reads for
+/// dma-bufs), asked for its `fdinfo` (exporter heap and buffer name) and kept beyond the
+/// PipeWire buffer's life.
+pub fn import_data(data: &Data) -> Result<ImportedData> {
     let raw = data.as_raw();
     if raw.type_ != spa_sys::SPA_DATA_DmaBuf && raw.type_ != spa_sys::SPA_DATA_MemFd {
         return Err(Error::Negotiation(format!(
@@ -249,7 +332,7 @@ pub fn import_data(data: &Data) -> Result<DmaBuf> {
         context: format!("duplicating received fd {}", borrowed.as_raw_fd()),
         source: e,
     })?;
-    Ok(DmaBuf::import(owned)?)
+    ImportedData::new(DmaBuf::import(owned)?, raw.mapoffset, raw.maxsize)
 }
 
 /// Keeps a PipeWire loop entered on this thread while it lives.

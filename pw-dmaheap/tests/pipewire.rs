@@ -68,8 +68,8 @@ fn memfd_only_consumer_gets_memfd() {
     let (negotiated, seen) = scenarios::rust_consumer(&rig, cfg, Accept::MemFdOnly, 30).unwrap();
     println!("producer: {negotiated}");
     println!(
-        "consumer: types {:?}, {} frames checked",
-        seen.data_types, seen.checked
+        "consumer: types {:?}, {} frames checked, relinked {}",
+        seen.data_types, seen.checked, seen.relinked
     );
     assert_eq!(negotiated.data_kind, DataKind::MemFd);
     assert_eq!(negotiated.origin, pw_dmaheap::heapcore::Origin::Memfd);
@@ -91,8 +91,105 @@ fn gst_launch_pipewiresrc_receives_checked_frames() {
         run.sequences.first(),
         run.sequences.last()
     );
+    println!("runs started again (PipeWire bug): {}", run.relaunched);
     assert_eq!(run.sequences.len(), 30);
     assert_eq!(run.pool_memory, [run.negotiated.data_kind.to_string()]);
+}
+
+#[test]
+fn a_render_callback_may_disconnect_its_producer() {
+    let (_g, rig) = rig();
+    let cfg = scenarios::config("render-disconnect", 160, 120, VideoFormat::Nv12);
+    let run = scenarios::disconnect_in_render(&rig, cfg, Accept::DmaBufOrMemFd).unwrap();
+    println!("{run:#?}");
+    assert_eq!(run.fds_after, run.fds_before);
+    assert!(run.second_checked >= 60);
+}
+
+#[test]
+fn a_consumer_that_left_never_sees_the_next_ones_frames() {
+    let (_g, rig) = rig();
+    let cfg = scenarios::config("privacy", 160, 120, VideoFormat::Bgrx);
+    let run = scenarios::privacy(&rig, cfg, Accept::DmaBufOrMemFd, 200).unwrap();
+    println!("{run:#?}");
+    assert!(run.second_checked >= 200);
+    assert!(run.kept_seqs.len() > 1, "{:?}", run.kept_seqs);
+    assert!(!run.first_inodes.is_empty() && !run.second_inodes.is_empty());
+    assert!(run.first_inodes.is_disjoint(&run.second_inodes));
+}
+
+#[test]
+fn import_data_reads_its_blocks_region_of_a_shared_fd() {
+    use pw_dmaheap::pipewire::spa::{buffer::Data, sys};
+    use rustix::fs::{MemfdFlags, SealFlags};
+    // Two buffers packed into one sealed memfd, as a producer may send them: the second
+    // block's region starts one page in.
+    let page = 4096;
+    let bytes: Vec<u8> = (0..2 * page)
+        .map(|i| (i / page * 100 + i % 7) as u8)
+        .collect();
+    let fd = rustix::fs::memfd_create("packed", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        .unwrap();
+    rustix::io::write(&fd, &bytes).unwrap();
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+    // SAFETY: an all-zero spa_data is valid (null pointers, type 0).
+    let mut raw: sys::spa_data = unsafe { std::mem::zeroed() };
+    raw.type_ = sys::SPA_DATA_MemFd;
+    raw.fd = i64::from(std::os::fd::AsRawFd::as_raw_fd(&fd));
+    raw.mapoffset = page as u32;
+    raw.maxsize = page as u32;
+    // SAFETY: `Data` is a `repr(transparent)` wrapper of spa_data; the fd it names stays
+    // open for the whole borrow.
+    let data: &Data = unsafe { &*std::ptr::from_ref(&raw).cast::<Data>() };
+    let imported = pw_dmaheap::import_data(data).unwrap();
+    drop(fd); // the import owns a duplicate
+    assert_eq!(&*imported.read().unwrap(), &bytes[page..]);
+}
+
+#[test]
+fn a_stock_producer_whose_buffers_pipewire_allocates_is_read_right() {
+    let (_g, rig) = rig();
+    let color = [0x11, 0x22, 0x33];
+    let run = scenarios::pipewiresink(&rig, color, 60).unwrap();
+    let seen = &run.seen;
+    println!("{}", run.command);
+    println!(
+        "consumer: {} frames checked, types {:?}, inodes {:?}, regions (mapoffset, maxsize) {:?}; \
+         gst-launch started again after a crash: {}",
+        seen.checked, seen.data_types, seen.inodes, seen.regions, run.relaunched
+    );
+    assert!(seen.checked >= 60);
+    assert!(seen.errors.is_empty(), "{:?}", seen.errors);
+}
+
+#[test]
+fn one_block_frames_have_gstreamers_layout_at_odd_sizes() {
+    let (_g, rig) = rig();
+    // The Rust consumer checks one-block frames against GStreamer's VideoInfo.
+    for format in [VideoFormat::Nv12, VideoFormat::I420] {
+        let cfg = scenarios::config(&format!("odd-rust-{format}"), 321, 241, format);
+        let (negotiated, seen) = scenarios::rust_consumer(&rig, cfg, Accept::MemFdOnly, 20)
+            .unwrap_or_else(|e| panic!("{format} 321x241: {e}"));
+        println!(
+            "{format} 321x241: the Rust consumer checked {}; {negotiated}",
+            seen.checked
+        );
+        assert_eq!(negotiated.blocks, 1);
+    }
+    // Stock pipewiresrc writes what it got with the layout it assumed.
+    for format in [VideoFormat::Nv12, VideoFormat::I420, VideoFormat::Bgrx] {
+        for (w, h) in [(321, 241), (322, 242)] {
+            let cfg = scenarios::config(&format!("odd-{format}-{w}x{h}"), w, h, format);
+            let run = scenarios::pipewiresrc(&rig, cfg, 10)
+                .unwrap_or_else(|e| panic!("{format} {w}x{h}: {e}"));
+            println!(
+                "{format} {w}x{h}: {} frames checked in GStreamer's layout; producer: {}",
+                run.sequences.len(),
+                run.negotiated
+            );
+            assert_eq!(run.sequences.len(), 10);
+        }
+    }
 }
 
 #[test]

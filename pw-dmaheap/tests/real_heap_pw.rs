@@ -39,6 +39,11 @@ fn main() {
             pipewiresrc_receives_frames,
         )
         .test(
+            "real_heap_pw_pipewiresrc_reads_one_block_dmabufs_at_odd_sizes",
+            &[Need::SystemHeap],
+            pipewiresrc_reads_one_block_dmabufs_at_odd_sizes,
+        )
+        .test(
             "real_heap_pw_contiguous_buffers_come_from_cma",
             &[Need::CmaHeap],
             contiguous_buffers_come_from_cma,
@@ -52,6 +57,16 @@ fn main() {
             "real_heap_pw_dmabuf_that_cannot_be_allocated_is_withdrawn",
             &[Need::Udmabuf, Need::Root],
             dmabuf_that_cannot_be_allocated_is_withdrawn,
+        )
+        .test(
+            "real_heap_pw_a_render_callback_may_disconnect_its_producer",
+            &[Need::SystemHeap],
+            disconnect_in_render,
+        )
+        .test(
+            "real_heap_pw_a_consumer_that_left_never_sees_the_next_ones_frames",
+            &[Need::SystemHeap],
+            privacy,
         )
         .test(
             "real_heap_pw_10000_frames_with_reconnects_and_resize_leak_no_fd",
@@ -239,6 +254,30 @@ fn pipewiresrc_receives_frames() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Dma-bufs without a modifier are one block: planes after the first must be where
+/// pipewiresrc assumes them (GStreamer's default layout), also at odd sizes.
+fn pipewiresrc_reads_one_block_dmabufs_at_odd_sizes() -> Result<(), Failed> {
+    let rig = rig()?;
+    for format in [VideoFormat::Nv12, VideoFormat::I420] {
+        let cfg = scenarios::config(&format!("odd-{format}"), 321, 241, format)
+            .with_dmabuf_without_modifier(true);
+        let run = scenarios::pipewiresrc(&rig, cfg, 10)?;
+        println!(
+            "{format} 321x241: pipewiresrc wrapped {:?}; {} frames checked; producer: {}",
+            run.pool_memory,
+            run.sequences.len(),
+            run.negotiated
+        );
+        ensure!(
+            run.pool_memory == ["DmaBuf"] && run.sequences.len() == 10,
+            "{format}: pipewiresrc wrapped {:?}, {} frames",
+            run.pool_memory,
+            run.sequences.len()
+        );
+    }
+    Ok(())
+}
+
 fn contiguous_buffers_come_from_cma() -> Result<(), Failed> {
     let rig = rig()?;
     let heap = dmaheap_tests::cma_heap().ok_or("no CMA heap")?;
@@ -311,6 +350,46 @@ fn dmabuf_that_cannot_be_allocated_is_withdrawn() -> Result<(), Failed> {
         seen.formats.last().is_some_and(|f| f.modifier.is_none()),
         "formats {:?}",
         seen.formats
+    );
+    Ok(())
+}
+
+fn disconnect_in_render() -> Result<(), Failed> {
+    let rig = rig()?;
+    let cfg = scenarios::config("render-disconnect", 160, 120, VideoFormat::Nv12);
+    let run = scenarios::disconnect_in_render(&rig, cfg, Accept::DmaBufOrMemFd)?;
+    println!("{run:#?}");
+    ensure!(
+        run.resized.data_kind == DataKind::DmaBuf,
+        "negotiated {}",
+        run.resized
+    );
+    ensure!(
+        run.fds_after == run.fds_before && run.second_checked >= 60,
+        "{} fds before, {} after; {} frames checked after connecting again",
+        run.fds_before,
+        run.fds_after,
+        run.second_checked
+    );
+    Ok(())
+}
+
+fn privacy() -> Result<(), Failed> {
+    let rig = rig()?;
+    let cfg = scenarios::config("privacy", 160, 120, VideoFormat::Bgrx);
+    let run = scenarios::privacy(&rig, cfg, Accept::DmaBufOrMemFd, 200)?;
+    println!("{run:#?}");
+    ensure!(
+        run.first.data_kind == DataKind::DmaBuf && run.second.data_kind == DataKind::DmaBuf,
+        "negotiated {} then {}",
+        run.first,
+        run.second
+    );
+    ensure!(
+        run.first_inodes.is_disjoint(&run.second_inodes) && !run.second_inodes.is_empty(),
+        "inodes {:?} then {:?}",
+        run.first_inodes,
+        run.second_inodes
     );
     Ok(())
 }

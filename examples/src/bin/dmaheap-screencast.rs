@@ -276,7 +276,7 @@ fn run(args: &Args) -> Result<(), String> {
 
     let stats = producer.stats();
     println!(
-        "{} frames sent ({} times no free buffer), {} buffers taken ({} recycled from the pool), {} let go, {} format(s) negotiated",
+        "{} frames sent ({} times no free buffer), {} buffers taken ({} never-shared ones reused from the pool), {} let go, {} format(s) negotiated",
         stats.frames,
         stats.starved,
         stats.allocated,

@@ -1,14 +1,19 @@
 //! A Rust consumer that negotiates like a real one (dma-bufs with the LINEAR modifier when it
 //! may, shared memory otherwise), imports every fd it gets through heapcore (mapping with
 //! `DMA_BUF_IOCTL_SYNC` for dma-bufs) and checks each frame against the test pattern.
+//!
+//! It holds a frame as a real consumer does: by keeping its `pw_buffer` dequeued (not queued
+//! back), so the producer cannot draw into it, and by keeping duplicates of its fds.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Cursor;
+use std::ptr::NonNull;
 use std::rc::Rc;
 
+use pw_dmaheap::ImportedData;
+use pw_dmaheap::heapcore::Origin;
 use pw_dmaheap::heapcore::format::{FrameLayout, VideoFormat};
-use pw_dmaheap::heapcore::{DmaBuf, Origin};
 use pw_dmaheap::pattern::{self, Plane};
 use pw_dmaheap::pipewire as pw;
 use pw_dmaheap::{DataKind, VideoParams, spa_video_format};
@@ -28,6 +33,37 @@ pub enum Accept {
     MemFdOnly,
 }
 
+/// What the frames hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// pw-dmaheap's numbered test pattern ([`pw_dmaheap::pattern`]).
+    Pattern,
+    /// A single-plane, 4-byte-per-pixel format whose every pixel starts with these 3 bytes
+    /// (`videotestsrc pattern=solid-color` in BGRx: blue, green, red).
+    Solid([u8; 3]),
+}
+
+/// Checks that every pixel of a single-plane 4-byte format starts with `color`.
+fn check_solid(planes: &[Plane<'_>], params: &VideoParams, color: [u8; 3]) -> Result<(), String> {
+    let [plane] = planes else {
+        return Err(format!("{} planes, expected one", planes.len()));
+    };
+    let (w, h) = (params.width as usize, params.height as usize);
+    for y in 0..h {
+        let row = plane
+            .bytes
+            .get(y * plane.stride..y * plane.stride + 4 * w)
+            .ok_or_else(|| format!("row {y} lies beyond {} bytes", plane.bytes.len()))?;
+        if let Some(x) = (0..w).find(|x| row[4 * x..4 * x + 3] != color) {
+            return Err(format!(
+                "pixel {x},{y} is {:02x?}, expected {color:02x?}",
+                &row[4 * x..4 * x + 4]
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What the consumer saw.
 #[derive(Debug, Clone, Default)]
 pub struct Seen {
@@ -35,6 +71,7 @@ pub struct Seen {
     /// Frames whose content was checked against the pattern.
     pub checked: u64,
     pub errors: Vec<String>,
+    pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
     pub data_types: BTreeSet<String>,
     /// `exp_name` of every dma-buf received (the heap, `udmabuf`).
@@ -47,9 +84,18 @@ pub struct Seen {
     pub blocks: BTreeSet<usize>,
     /// `/proc/self/fdinfo` of the first fd received, as the kernel shows it.
     pub fdinfo_sample: Option<String>,
+    /// Inode numbers of every buffer received (each memfd and dma-buf has its own).
+    pub inodes: BTreeSet<u64>,
+    /// The regions (`mapoffset`, `maxsize`) of every block received.
+    pub regions: BTreeSet<(u32, u32)>,
     /// The stream was destroyed or failed (WirePlumber destroys a `dont-reconnect` stream
     /// whose target it cannot find).
     pub gone: Option<String>,
+    /// Times the consumer got a link whose buffers have no memory and linked again (see
+    /// [`Consumer::connect`]); such frames are neither counted as frames nor as errors.
+    pub relinked: u32,
+    /// The `spa_data` types (and fds) of the buffers that made it link again.
+    pub unusable: BTreeSet<(u32, i64)>,
 }
 
 impl Seen {
@@ -60,27 +106,132 @@ impl Seen {
     }
 }
 
-/// A buffer kept beyond its PipeWire life, with the frame it held.
-struct Held {
-    planes: Vec<(DmaBuf, usize, usize, usize)>, // buffer, offset, len, stride
+/// A frame kept beyond its PipeWire life: duplicates of its buffer's fds, and the frame it
+/// held. It outlives the consumer that received it ([`Consumer::take_held`]).
+pub struct HeldFrame {
+    planes: Vec<(ImportedData, usize, usize, usize)>, // region, offset, len, stride
+    params: VideoParams,
+    seq: u64,
+}
+
+impl HeldFrame {
+    /// The frame number it held.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Checks the memory still carries the frame it held.
+    pub fn check(&self) -> Result<(u64, VideoParams), String> {
+        let seq = self.read()?;
+        if seq != self.seq {
+            return Err(format!("held frame {} now reads as frame {seq}", self.seq));
+        }
+        Ok((seq, self.params))
+    }
+
+    /// The frame number the memory carries now (checked against the pattern).
+    pub fn read(&self) -> Result<u64, String> {
+        let guards = self
+            .planes
+            .iter()
+            .map(|(buf, _, _, _)| buf.read().map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let planes: Vec<Plane<'_>> = guards
+            .iter()
+            .zip(&self.planes)
+            .map(|(g, (_, offset, len, stride))| Plane {
+                bytes: g.get(*offset..*offset + *len).unwrap_or(&[]),
+                stride: *stride,
+            })
+            .collect();
+        let p = self.params;
+        pattern::check(&planes, p.format, p.width, p.height)
+            .map_err(|e| format!("held frame {}: {e}", self.seq))
+    }
+}
+
+/// A received block: its fd number and region (`mapoffset`, `maxsize`).
+type BlockKey = (i64, u32, u32);
+
+/// Where a frame lies in one block: the block, and the offset (from the region's start), size
+/// and stride of its chunk.
+type Block = (BlockKey, usize, usize, usize);
+
+/// Where a checked frame was: its blocks, the single-block layout, and what it was.
+struct Received {
+    blocks: Vec<Block>,
+    layout: Option<FrameLayout>,
     params: VideoParams,
     seq: u64,
 }
 
 struct State {
     seen: Seen,
+    /// The link's buffers came without memory: connect again (from the loop, not from a
+    /// stream callback).
+    relink: bool,
+    /// Disconnecting to connect again: not `gone`.
+    relinking: bool,
+    /// The last checked frame of each buffer (by its first block) since the buffers were
+    /// added.
+    last_frames: HashMap<BlockKey, Received>,
     format: Option<VideoParams>,
-    /// Imported fds by their number, dropped when PipeWire removes the buffers.
-    imported: HashMap<i64, DmaBuf>,
+    /// Imported blocks by their fd number and region (buffers may share an fd at different
+    /// `mapoffset`s), dropped when PipeWire removes the buffers.
+    imported: HashMap<BlockKey, ImportedData>,
     hold_next: bool,
-    held: Option<Held>,
+    expect: Expect,
+    held: Option<HeldFrame>,
+    /// The held frame's `pw_buffer`, still dequeued: the producer cannot reuse it until it is
+    /// released, or until PipeWire removes it (renegotiation, disconnect).
+    held_buffer: Option<NonNull<pw::sys::pw_buffer>>,
 }
 
-/// A consumer stream linked (by WirePlumber) to the node named `target`.
-pub struct Consumer {
+/// The blocks and the header's frame number of a dequeued buffer.
+///
+/// # Safety
+/// `raw` must be a buffer dequeued from a stream, not queued back or removed while the
+/// result is used.
+unsafe fn buffer_parts<'a>(
+    raw: NonNull<pw::sys::pw_buffer>,
+) -> (&'a mut [pw::spa::buffer::Data], Option<u64>) {
+    // SAFETY: (caller) the pw_buffer is valid while it is dequeued.
+    let spa = unsafe { raw.as_ref().buffer };
+    if spa.is_null() {
+        return (&mut [], None);
+    }
+    // SAFETY: a non-null spa_buffer of a dequeued buffer is valid while it is dequeued.
+    let buffer = unsafe { &*spa };
+    let (datas, n_datas) = (buffer.datas, buffer.n_datas);
+    let datas: &mut [pw::spa::buffer::Data] = if datas.is_null() || n_datas == 0 {
+        &mut []
+    } else {
+        // SAFETY: `datas` holds `n_datas` spa_data the dequeued buffer owns, and `Data` is a
+        // `repr(transparent)` wrapper of spa_data (what pipewire-rs's `datas_mut` does).
+        unsafe { std::slice::from_raw_parts_mut(datas.cast(), n_datas as usize) }
+    };
+    let size = std::mem::size_of::<sys::spa_meta_header>();
+    // SAFETY: the lookup only reads the metas array of a valid spa_buffer.
+    let meta = unsafe { sys::spa_buffer_find_meta_data(spa, sys::SPA_META_Header, size) };
+    // SAFETY: a non-null result points to at least `size` bytes of the buffer's meta memory,
+    // suitably aligned for spa_meta_header.
+    let seq = unsafe { meta.cast::<sys::spa_meta_header>().as_ref() }.map(|h| h.seq);
+    (datas, seq)
+}
+
+/// A consumer stream linked (by WirePlumber) to the node named `target`. Field order is drop
+/// order: the timer (which holds the stream) goes first.
+pub struct Consumer<'l> {
+    _relink: pw::loop_::TimerSource<'l>,
     _listener: pw::stream::StreamListener<()>,
     stream: pw::stream::StreamRc,
     state: Rc<RefCell<State>>,
+}
+
+/// The consumer's connect flags.
+fn consumer_flags() -> pw::stream::StreamFlags {
+    // Never let WirePlumber fall back to another source (the VM has vivid).
+    pw::stream::StreamFlags::AUTOCONNECT | pw::stream::StreamFlags::DONT_RECONNECT
 }
 
 fn bytes(object: Object) -> Vec<u8> {
@@ -213,12 +364,28 @@ fn pods(bytes: &[Vec<u8>]) -> Vec<&Pod> {
         .collect()
 }
 
-impl Consumer {
+impl<'l> Consumer<'l> {
+    /// Connects to `target` (WirePlumber links it).
+    ///
+    /// PipeWire 0.3.65 sometimes hands an input port the buffers a producer allocates
+    /// (`PW_STREAM_FLAG_ALLOC_BUFFERS`) before the producer has filled them in: the link
+    /// waits for the producer's sync with a sequence number that a result of WirePlumber's
+    /// concurrent param enumeration on the same node can carry, and takes that result as the
+    /// sync (the daemon logs "invalid memory type" for every buffer). The sync waits for a
+    /// ping numbered by the messages sent on the producer's connection, and WirePlumber's
+    /// requests carry numbers of its own; the two coincide now and then, often when the
+    /// producer's connection also receives registry events. Every buffer of that
+    /// link then has no memory (type `SPA_ID_INVALID`, fd -1), and answering the Buffers param
+    /// again does not reallocate an active link. The consumer then disconnects and connects
+    /// again, from a timer on `lp` (never from inside a stream callback), and counts it in
+    /// [`Seen::relinked`].
     pub fn connect(
         core: &pw::core::CoreRc,
+        lp: &'l pw::loop_::Loop,
         target: &str,
         format: VideoFormat,
         accept: Accept,
+        expect: Expect,
     ) -> Result<Self, String> {
         let props = pw::properties::properties! {
             *pw::keys::MEDIA_TYPE => "Video",
@@ -231,10 +398,15 @@ impl Consumer {
             .map_err(|e| format!("consumer stream: {e}"))?;
         let state = Rc::new(RefCell::new(State {
             seen: Seen::default(),
+            relink: false,
+            relinking: false,
+            last_frames: HashMap::new(),
             format: None,
             imported: HashMap::new(),
             hold_next: false,
+            expect,
             held: None,
+            held_buffer: None,
         }));
         let on_state = Rc::clone(&state);
         let on_param = Rc::clone(&state);
@@ -243,11 +415,14 @@ impl Consumer {
         let listener = stream
             .add_local_listener_with_user_data(())
             .state_changed(move |_, _, old, new| {
-                if matches!(
-                    new,
-                    pw::stream::StreamState::Error(_) | pw::stream::StreamState::Unconnected
-                ) {
-                    on_state.borrow_mut().seen.gone = Some(format!("{old:?} -> {new:?}"));
+                let mut st = on_state.borrow_mut();
+                let gone = match new {
+                    pw::stream::StreamState::Error(_) => true,
+                    pw::stream::StreamState::Unconnected => !st.relinking,
+                    _ => false,
+                };
+                if gone {
+                    st.seen.gone = Some(format!("{old:?} -> {new:?}"));
                 }
             })
             .param_changed(move |stream, _, id, param| {
@@ -256,6 +431,7 @@ impl Consumer {
                 }
                 let mut st = on_param.borrow_mut();
                 st.imported.clear();
+                st.last_frames.clear();
                 let Some(param) = param else {
                     st.format = None;
                     return;
@@ -285,18 +461,34 @@ impl Consumer {
                         .error(format!("update_params: {e}"));
                 }
             })
-            .remove_buffer(move |_, _, _| {
-                on_remove.borrow_mut().imported.clear();
+            .remove_buffer(move |_, _, buffer| {
+                let mut st = on_remove.borrow_mut();
+                st.imported.clear();
+                st.last_frames.clear();
+                // A held buffer PipeWire removes is gone: never queue it back.
+                if st.held_buffer.is_some_and(|b| b.as_ptr() == buffer) {
+                    st.held_buffer = None;
+                }
             })
             .process(move |stream, _| {
-                let Some(mut buffer) = stream.dequeue_buffer() else {
+                // SAFETY: returns a buffer of this stream (or null) that is ours until queued.
+                let Some(raw) = NonNull::new(unsafe { stream.dequeue_raw_buffer() }) else {
                     return;
                 };
-                let header_seq = buffer
-                    .find_meta::<pw::spa::buffer::meta::MetaHeader>()
-                    .map(|h| h.seq());
                 let mut st = on_process.borrow_mut();
-                st.receive(buffer.datas_mut(), header_seq);
+                // SAFETY: `raw` was dequeued above and is queued (or kept) only after the
+                // parts are used.
+                let (datas, header_seq) = unsafe { buffer_parts(raw) };
+                if st.receive(datas, header_seq) {
+                    let released = st.held_buffer.replace(raw);
+                    if let Some(old) = released {
+                        // SAFETY: a buffer this stream dequeued and never queued since.
+                        unsafe { stream.queue_raw_buffer(old.as_ptr()) };
+                    }
+                } else {
+                    // SAFETY: dequeued above, queued exactly once.
+                    unsafe { stream.queue_raw_buffer(raw.as_ptr()) };
+                }
             })
             .register()
             .map_err(|e| format!("consumer listener: {e}"))?;
@@ -308,12 +500,40 @@ impl Consumer {
             .connect(
                 pw::spa::utils::Direction::Input,
                 None,
-                // Never let WirePlumber fall back to another source (the VM has vivid).
-                pw::stream::StreamFlags::AUTOCONNECT | pw::stream::StreamFlags::DONT_RECONNECT,
+                consumer_flags(),
                 &mut pods(&params),
             )
             .map_err(|e| format!("consumer connect: {e}"))?;
+        let relink = lp.add_timer({
+            let stream = stream.clone();
+            let state = Rc::clone(&state);
+            move |_| {
+                if !std::mem::take(&mut state.borrow_mut().relink) {
+                    return;
+                }
+                state.borrow_mut().relinking = true;
+                let result = stream.disconnect().and_then(|()| {
+                    stream.connect(
+                        pw::spa::utils::Direction::Input,
+                        None,
+                        consumer_flags(),
+                        &mut pods(&params),
+                    )
+                });
+                let mut st = state.borrow_mut();
+                st.relinking = false;
+                if let Err(e) = result {
+                    st.seen.error(format!("connecting again: {e}"));
+                }
+            }
+        });
+        let tick = std::time::Duration::from_millis(10);
+        relink
+            .update_timer(Some(tick), Some(tick))
+            .into_sync_result()
+            .map_err(|e| format!("arming the relink timer: {e}"))?;
         Ok(Self {
+            _relink: relink,
             _listener: listener,
             stream,
             state,
@@ -324,7 +544,9 @@ impl Consumer {
         self.state.borrow().seen.clone()
     }
 
-    /// Keeps a duplicate of the next frame's fds, as a consumer still reading it would.
+    /// Holds the next good frame as a consumer still reading it would: its `pw_buffer` stays
+    /// dequeued (the producer cannot draw into it) until [`Consumer::release_held_buffer`]
+    /// or until PipeWire removes it, and duplicates of its fds stay open until dropped.
     pub fn hold_next_frame(&self) {
         self.state.borrow_mut().hold_next = true;
     }
@@ -334,29 +556,39 @@ impl Consumer {
         self.state.borrow().held.is_some()
     }
 
+    /// Whether the held frame's `pw_buffer` is still dequeued (PipeWire did not remove it).
+    pub fn holds_its_buffer(&self) -> bool {
+        self.state.borrow().held_buffer.is_some()
+    }
+
+    /// Queues the held frame's `pw_buffer` back (the duplicates stay).
+    pub fn release_held_buffer(&self) {
+        if let Some(raw) = self.state.borrow_mut().held_buffer.take() {
+            // SAFETY: a buffer this stream dequeued and never queued since; PipeWire did not
+            // remove it (remove_buffer clears `held_buffer`).
+            unsafe { self.stream.queue_raw_buffer(raw.as_ptr()) };
+        }
+    }
+
     /// Checks the held frame's memory still carries the frame it held.
     pub fn check_held(&self) -> Result<(u64, VideoParams), String> {
         let st = self.state.borrow();
-        let held = st.held.as_ref().ok_or("no frame is held")?;
-        let guards = held
-            .planes
-            .iter()
-            .map(|(buf, _, _, _)| buf.read().map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let planes: Vec<Plane<'_>> = guards
-            .iter()
-            .zip(&held.planes)
-            .map(|(g, (_, offset, len, stride))| Plane {
-                bytes: g.get(*offset..*offset + *len).unwrap_or(&[]),
-                stride: *stride,
-            })
-            .collect();
-        let p = held.params;
-        let seq = pattern::check(&planes, p.format, p.width, p.height)?;
-        if seq != held.seq {
-            return Err(format!("held frame {} now reads as frame {seq}", held.seq));
-        }
-        Ok((seq, p))
+        st.held.as_ref().ok_or("no frame is held")?.check()
+    }
+
+    /// Duplicates of every buffer this consumer has now, each with the last frame it carried:
+    /// what a consumer that leaves can keep reading.
+    pub fn keep_buffers(&self) -> Vec<HeldFrame> {
+        let st = self.state.borrow();
+        let mut kept: Vec<HeldFrame> = st.last_frames.values().map(|r| st.duplicate(r)).collect();
+        kept.sort_by_key(HeldFrame::seq);
+        kept
+    }
+
+    /// Takes the held frame's duplicates out (to check them after this consumer is gone);
+    /// its `pw_buffer` stays held until released or removed.
+    pub fn take_held(&self) -> Option<HeldFrame> {
+        self.state.borrow_mut().held.take()
     }
 
     pub fn node_id(&self) -> u32 {
@@ -365,8 +597,33 @@ impl Consumer {
 }
 
 impl State {
-    fn receive(&mut self, datas: &mut [pw::spa::buffer::Data], header_seq: Option<u64>) {
-        let Some(params) = self.format else { return };
+    /// Checks a frame; true if it is to be held (its buffer kept dequeued).
+    fn receive(&mut self, datas: &mut [pw::spa::buffer::Data], header_seq: Option<u64>) -> bool {
+        let Some(params) = self.format else {
+            return false;
+        };
+        if !datas.is_empty()
+            && datas
+                .iter()
+                .all(|d| d.as_raw().type_ == sys::SPA_DATA_MemPtr && !d.as_raw().data.is_null())
+        {
+            self.receive_memptr(datas, params);
+            return false;
+        }
+        if datas
+            .iter()
+            .any(|d| DataKind::from_spa(d.as_raw().type_).is_none())
+        {
+            // A link whose buffers came without memory (see `Consumer::connect`): link again.
+            for d in datas.iter() {
+                self.seen.unusable.insert((d.as_raw().type_, d.as_raw().fd));
+            }
+            if !self.relink {
+                self.seen.relinked += 1;
+                self.relink = true;
+            }
+            return false;
+        }
         self.seen.frames += 1;
         self.seen.blocks.insert(datas.len());
         // Import (once per buffer) and describe each block.
@@ -376,9 +633,11 @@ impl State {
             let kind = DataKind::from_spa(raw.type_)
                 .map_or_else(|| format!("type {}", raw.type_), |k| k.to_string());
             self.seen.data_types.insert(kind);
-            if !self.imported.contains_key(&raw.fd) {
+            let key = (raw.fd, raw.mapoffset, raw.maxsize);
+            if !self.imported.contains_key(&key) {
                 match pw_dmaheap::import_data(data) {
-                    Ok(buf) => {
+                    Ok(imported) => {
+                        let buf = imported.dmabuf();
                         if let Origin::Imported {
                             exporter: Some(exporter),
                         } = buf.origin()
@@ -388,42 +647,53 @@ impl State {
                         if let Some(name) = buf.name() {
                             self.seen.names.insert(name.to_owned());
                         }
+                        self.seen.regions.insert((raw.mapoffset, raw.maxsize));
+                        if let Ok(st) = rustix::fs::fstat(buf) {
+                            self.seen.inodes.insert(st.st_ino);
+                        }
                         if self.seen.fdinfo_sample.is_none() {
                             let path = format!(
                                 "/proc/self/fdinfo/{}",
-                                std::os::fd::AsRawFd::as_raw_fd(&buf)
+                                std::os::fd::AsRawFd::as_raw_fd(buf)
                             );
                             self.seen.fdinfo_sample = std::fs::read_to_string(path).ok();
                         }
-                        self.imported.insert(raw.fd, buf);
+                        self.imported.insert(key, imported);
                     }
                     Err(e) => {
                         self.seen.error(format!("import: {e}"));
-                        return;
+                        return false;
                     }
                 }
             }
             let chunk = data.chunk();
             blocks.push((
-                raw.fd,
-                raw.mapoffset as usize + chunk.offset() as usize,
+                key,
+                chunk.offset() as usize,
                 chunk.size() as usize,
                 chunk.stride().max(0) as usize,
             ));
         }
         let n_planes = params.format.plane_count();
-        // One block per plane (dma-bufs with a modifier), or one block with every plane
-        // packed as GStreamer lays them out (4-byte row alignment), the first stride given.
+        // One block per plane (dma-bufs with a modifier), or one block with the first stride
+        // given and the other planes where GStreamer's default layout puts them (what
+        // pipewiresrc assumes): the layout comes from GStreamer's own VideoInfo.
         let layout = if blocks.len() == 1 && n_planes > 1 {
-            let (_, _, _, stride) = blocks[0];
-            let l = FrameLayout::aligned(params.format, params.width, params.height, 4, 1)
-                .expect("a valid layout");
-            if l.strides[0] as usize != stride {
+            let (_, _, len, stride) = blocks[0];
+            let l = match super::gstreamer_layout(params.format, params.width, params.height) {
+                Ok(l) => l,
+                Err(e) => {
+                    self.seen.error(e);
+                    return false;
+                }
+            };
+            if l.strides[0] as usize != stride || (len as u64) < l.size {
                 self.seen.error(format!(
-                    "single-block {} with stride {stride}, expected {}",
-                    params.format, l.strides[0]
+                    "single-block {} with stride {stride} and {len} bytes; GStreamer's layout \
+                     has stride {} and {} bytes",
+                    params.format, l.strides[0], l.size
                 ));
-                return;
+                return false;
             }
             Some(l)
         } else if blocks.len() != n_planes {
@@ -433,21 +703,22 @@ impl State {
                 n_planes,
                 params.format
             ));
-            return;
+            return false;
         } else {
             None
         };
+        let expect = self.expect;
         let result = (|| {
             let guards = blocks
                 .iter()
-                .map(|(fd, ..)| self.imported[fd].read())
+                .map(|(key, ..)| self.imported[key].read())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| format!("map: {e}"))?;
             let planes: Vec<Plane<'_>> = match layout {
                 Some(l) => {
                     let (_, offset, len, _) = blocks[0];
                     let frame = guards[0].get(offset..offset + len).unwrap_or(&[]);
-                    pattern::planes_in(frame, &l)
+                    pattern::planes_in(frame, &l)?
                 }
                 None => guards
                     .iter()
@@ -458,10 +729,19 @@ impl State {
                     })
                     .collect(),
             };
-            pattern::check(&planes, params.format, params.width, params.height)
+            match expect {
+                Expect::Pattern => {
+                    pattern::check(&planes, params.format, params.width, params.height).map(Some)
+                }
+                Expect::Solid(color) => check_solid(&planes, &params, color).map(|()| None),
+            }
         })();
         match result {
-            Ok(seq) => {
+            Ok(None) => {
+                self.seen.checked += 1;
+                false
+            }
+            Ok(Some(seq)) => {
                 self.seen.checked += 1;
                 if let Some(h) = header_seq {
                     if h != seq {
@@ -475,29 +755,99 @@ impl State {
                     }
                 }
                 self.seen.last_seq = Some(seq);
+                self.seen.first_seq.get_or_insert(seq);
+                self.last_frames.insert(
+                    blocks[0].0,
+                    Received {
+                        blocks: blocks.clone(),
+                        layout,
+                        params,
+                        seq,
+                    },
+                );
                 if std::mem::take(&mut self.hold_next) {
                     self.hold(&blocks, layout, params, seq);
+                    return true;
                 }
+                false
             }
             Err(e) => {
                 let detail = self.describe(&blocks, header_seq);
                 self.seen.error(format!("{e} [{detail}]"));
+                false
             }
+        }
+    }
+
+    /// A frame in memory PipeWire allocated itself: PipeWire 0.3.65 hands it to clients as
+    /// `SPA_DATA_MemPtr` blocks inside its shared memfd, with no fd to import, so the frame is
+    /// read through the data pointers. Only checks, with one block per plane.
+    fn receive_memptr(&mut self, datas: &mut [pw::spa::buffer::Data], params: VideoParams) {
+        self.seen.frames += 1;
+        self.seen.blocks.insert(datas.len());
+        self.seen.data_types.insert("MemPtr".into());
+        if datas.len() != params.format.plane_count() {
+            self.seen.error(format!(
+                "{} MemPtr blocks for {} planes of {}",
+                datas.len(),
+                params.format.plane_count(),
+                params.format
+            ));
+            return;
+        }
+        let mut frame = Vec::with_capacity(datas.len());
+        for data in datas.iter_mut() {
+            let raw = data.as_raw();
+            self.seen.regions.insert((raw.mapoffset, raw.maxsize));
+            let (offset, size, stride) = {
+                let c = data.chunk();
+                (
+                    c.offset() as usize,
+                    c.size() as usize,
+                    c.stride().max(0) as usize,
+                )
+            };
+            let bytes = data.data().unwrap_or_default();
+            let Some(plane) = bytes.get(offset..offset + size) else {
+                self.seen.error(format!(
+                    "chunk {offset}+{size} lies beyond a {}-byte MemPtr block",
+                    bytes.len()
+                ));
+                return;
+            };
+            frame.push((plane.to_vec(), stride));
+        }
+        let planes: Vec<Plane<'_>> = frame
+            .iter()
+            .map(|(bytes, stride)| Plane {
+                bytes,
+                stride: *stride,
+            })
+            .collect();
+        let result = match self.expect {
+            Expect::Pattern => {
+                pattern::check(&planes, params.format, params.width, params.height).map(|_| ())
+            }
+            Expect::Solid(color) => check_solid(&planes, &params, color),
+        };
+        match result {
+            Ok(()) => self.seen.checked += 1,
+            Err(e) => self.seen.error(format!("MemPtr frame: {e}")),
         }
     }
 
     /// Where a bad frame came from: each block's fd, offsets and first bytes, and what the
     /// kernel says of the fd.
-    fn describe(&self, blocks: &[(i64, usize, usize, usize)], header_seq: Option<u64>) -> String {
+    fn describe(&self, blocks: &[Block], header_seq: Option<u64>) -> String {
         let mut out = format!(
             "header seq {header_seq:?}, last good {:?}",
             self.seen.last_seq
         );
-        for (fd, offset, len, stride) in blocks {
-            let Some(buf) = self.imported.get(fd) else {
+        for (key, offset, len, stride) in blocks {
+            let Some(imported) = self.imported.get(key) else {
                 continue;
             };
-            let head = buf
+            let head = imported
                 .read()
                 .map(|b| {
                     b.get(*offset..*offset + 16)
@@ -505,10 +855,14 @@ impl State {
                         .unwrap_or_default()
                 })
                 .unwrap_or_default();
+            let buf = imported.dmabuf();
             let info = buf.fdinfo().ok();
             out += &format!(
-                "; fd {fd} (dup {}) offset {offset} len {len} stride {stride} size {} ino {:?} name {:?}: {head}",
+                "; fd {} (dup {}) region {}+{} offset {offset} len {len} stride {stride} size {} ino {:?} name {:?}: {head}",
+                key.0,
                 std::os::fd::AsRawFd::as_raw_fd(buf),
+                key.1,
+                key.2,
                 buf.len(),
                 info.as_ref().and_then(|i| i.get("ino").map(str::to_owned)),
                 info.as_ref().and_then(|i| i.name().map(str::to_owned)),
@@ -519,19 +873,25 @@ impl State {
 
     fn hold(
         &mut self,
-        blocks: &[(i64, usize, usize, usize)],
+        blocks: &[Block],
         layout: Option<FrameLayout>,
         params: VideoParams,
         seq: u64,
     ) {
-        let dup = |fd: &i64| -> Option<DmaBuf> {
-            let buf = self.imported.get(fd)?;
-            let owned = std::os::fd::AsFd::as_fd(buf).try_clone_to_owned().ok()?;
-            DmaBuf::import(owned).ok()
-        };
-        let planes = match layout {
+        self.held = Some(self.duplicate(&Received {
+            blocks: blocks.to_vec(),
+            layout,
+            params,
+            seq,
+        }));
+    }
+
+    /// Duplicates the fds of a received frame's buffer.
+    fn duplicate(&self, r: &Received) -> HeldFrame {
+        let dup = |key: &BlockKey| self.imported.get(key)?.try_clone().ok();
+        let planes = match r.layout {
             Some(l) => {
-                let (fd, offset, _, _) = blocks[0];
+                let (key, offset, _, _) = r.blocks[0];
                 (0..l.n_planes)
                     .filter_map(|p| {
                         let end = if p + 1 < l.n_planes {
@@ -540,7 +900,7 @@ impl State {
                             l.size
                         };
                         Some((
-                            dup(&fd)?,
+                            dup(&key)?,
                             offset + l.offsets[p] as usize,
                             (end - l.offsets[p]) as usize,
                             l.strides[p] as usize,
@@ -548,15 +908,16 @@ impl State {
                     })
                     .collect()
             }
-            None => blocks
+            None => r
+                .blocks
                 .iter()
-                .filter_map(|(fd, offset, len, stride)| Some((dup(fd)?, *offset, *len, *stride)))
+                .filter_map(|(key, offset, len, stride)| Some((dup(key)?, *offset, *len, *stride)))
                 .collect(),
         };
-        self.held = Some(Held {
+        HeldFrame {
             planes,
-            params,
-            seq,
-        });
+            params: r.params,
+            seq: r.seq,
+        }
     }
 }

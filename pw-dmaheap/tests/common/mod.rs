@@ -242,6 +242,11 @@ impl Daemons {
         Ok(())
     }
 
+    /// A daemon's whole log.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
     /// The last lines of a daemon's log.
     pub fn log_tail(&self, name: &str) -> String {
         let text =
@@ -296,6 +301,10 @@ impl Drop for Daemons {
 pub struct Session {
     /// The first connection (more with [`Session::connect_core`]).
     pub core: pw::core::CoreRc,
+    /// A connection of its own for watching the registry: a registry on a producer's
+    /// connection makes the daemon send it every global, which PipeWire 0.3.65's link code
+    /// can mistake for the end of a buffer allocation (see `Consumer::connect`).
+    observer: pw::core::CoreRc,
     pub context: pw::context::ContextRc,
     pub mainloop: pw::main_loop::MainLoopRc,
     remote: PathBuf,
@@ -312,8 +321,10 @@ impl Session {
         let context =
             pw::context::ContextRc::new(&mainloop, None).map_err(|e| format!("context: {e}"))?;
         let core = connect_core(&context, remote)?;
+        let observer = connect_core(&context, remote)?;
         Ok(Self {
             core,
+            observer,
             context,
             mainloop,
             remote: remote.to_owned(),
@@ -348,6 +359,47 @@ impl Session {
             self.iterate(Duration::from_millis(5));
         }
         Ok(())
+    }
+
+    /// Runs the loop until a node named `name` is in the registry, and returns its id.
+    /// `alive` is asked on every turn and may fail early (a child that exited).
+    ///
+    /// Connect a consumer that targets a node only after this: WirePlumber (0.4.13's
+    /// policy-node.lua) gives a stream whose `target.object` it cannot find one rescan, then
+    /// destroys it if it is `dont-reconnect`. Once our registry lists the node, its global is
+    /// older than the consumer's, so WirePlumber has seen it first and holds the consumer
+    /// back until the node's session item is active (`checkPending`).
+    pub fn wait_for_node(
+        &self,
+        name: &str,
+        timeout: Duration,
+        mut alive: impl FnMut() -> Result<(), String>,
+    ) -> Result<u32, String> {
+        let found = Rc::new(Cell::new(None));
+        let registry = self
+            .observer
+            .get_registry_rc()
+            .map_err(|e| format!("getting the registry: {e}"))?;
+        let _listener = registry
+            .add_listener_local()
+            .global({
+                let found = Rc::clone(&found);
+                let name = name.to_owned();
+                move |global| {
+                    let named = global.type_ == pw::types::ObjectType::Node
+                        && global.props.as_ref().and_then(|p| p.get("node.name"))
+                            == Some(name.as_str());
+                    if named {
+                        found.set(Some(global.id));
+                    }
+                }
+            })
+            .register();
+        self.run_until(&format!("node {name:?} in the registry"), timeout, || {
+            alive()?;
+            Ok(found.get().is_some())
+        })?;
+        Ok(found.get().expect("found"))
     }
 
     /// Runs the loop for `time` whatever happens.
@@ -396,6 +448,37 @@ impl Drop for ChildGuard {
             let _ = child.wait();
         }
     }
+}
+
+/// GStreamer's default layout of a `width`×`height` `format` frame, from GStreamer's own
+/// `GstVideoInfo`: what pipewiresrc assumes for the planes of a one-block buffer after the
+/// first, and how filesink writes frames that carry no other layout.
+pub fn gstreamer_layout(
+    format: pw_dmaheap::heapcore::format::VideoFormat,
+    width: u32,
+    height: u32,
+) -> Result<pw_dmaheap::heapcore::format::FrameLayout, String> {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| gst::init().expect("initializing GStreamer"));
+    let gst_format = gst_video::VideoFormat::from_string(format.name());
+    let info = gst_video::VideoInfo::builder(gst_format, width, height)
+        .build()
+        .map_err(|e| format!("GStreamer has no layout for {width}x{height} {format}: {e}"))?;
+    let n = info.n_planes() as usize;
+    let mut layout = pw_dmaheap::heapcore::format::FrameLayout {
+        format,
+        width,
+        height,
+        n_planes: n,
+        strides: [0; pw_dmaheap::heapcore::format::MAX_PLANES],
+        offsets: [0; pw_dmaheap::heapcore::format::MAX_PLANES],
+        size: info.size() as u64,
+    };
+    for p in 0..n {
+        layout.strides[p] = info.stride()[p] as u32;
+        layout.offsets[p] = info.offset()[p] as u64;
+    }
+    Ok(layout)
 }
 
 /// Open fds of this process, from /proc.
