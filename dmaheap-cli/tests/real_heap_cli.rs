@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};
 
-use dmaheap_tests::{Failed, Need, Suite, ensure};
+use dmaheap_testkit::{Failed, Need, Suite, ensure};
 
 const DMAHEAP: &str = env!("CARGO_BIN_EXE_dmaheap");
 const TEST_USER: &str = "dmaheap-test";
@@ -53,7 +53,7 @@ fn lists_every_source() -> Result<(), Failed> {
             "{expected} missing from:\n{stdout}"
         );
     }
-    if let Some(cma) = dmaheap_tests::cma_heap() {
+    if let Some(cma) = dmaheap_testkit::cma_heap() {
         ensure!(
             stdout.contains(&cma) && stdout.contains("default CMA area"),
             "CMA heap {cma} not shown"
@@ -187,7 +187,7 @@ fn explains_scanout_on_this_kernel() -> Result<(), Failed> {
         "--contiguous",
     ]))?;
     print!("{stdout}{stderr}");
-    match dmaheap_tests::cma_heap() {
+    match dmaheap_testkit::cma_heap() {
         Some(cma) => {
             ensure!(out.status.success(), "explain failed");
             ensure!(stdout.contains(&format!("1. cma (heap {cma})")), "{stdout}");

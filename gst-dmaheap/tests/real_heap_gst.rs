@@ -9,7 +9,7 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 use common::{LogCapture, init, open_fds, run_pipeline, stat};
-use dmaheap_tests::{Failed, Need, Suite, ensure};
+use dmaheap_testkit::{Failed, Need, Suite, ensure};
 use gst::prelude::*;
 use gstdmaheap::{DmaHeapAllocator, DmaHeapBufferPool, heap_memory_info};
 
@@ -190,7 +190,7 @@ fn pool_recycles_dmabuf_fds() -> Result<(), Failed> {
 
 fn cma_buffers_are_contiguous() -> Result<(), Failed> {
     init();
-    let heap = dmaheap_tests::cma_heap().expect("need checked");
+    let heap = dmaheap_testkit::cma_heap().expect("need checked");
     let pool = active_pool(&heap, "video/x-raw,format=BGRx,width=1280,height=720", 2, 0)?;
     let buf = pool.acquire_buffer(None)?;
     let mem = buf.peek_memory(0);
@@ -250,7 +250,7 @@ fn dmabuf_caps_and_zero_copies() -> Result<(), Failed> {
 /// Heap memory from another dmaheapupload (system heap) reaching one told `heap=cma` is
 /// copied into CMA memory, not passed through: a display without an IOMMU needs that.
 fn passthrough_honours_the_heap_list() -> Result<(), Failed> {
-    let cma = dmaheap_tests::cma_heap().ok_or("no CMA heap")?;
+    let cma = dmaheap_testkit::cma_heap().ok_or("no CMA heap")?;
     let run = run_pipeline(
         "videotestsrc num-buffers=30 ! video/x-raw,format=NV12,width=640,height=480 \
          ! dmaheapupload name=sys heap=system ! dmaheapupload name=up heap=cma ! fakesink",
@@ -382,7 +382,7 @@ fn kmssink_imports_system_heap_buffers() -> Result<(), Failed> {
 }
 
 fn vivid_capture_to_kmssink() -> Result<(), Failed> {
-    let device = dmaheap_tests::v4l2_device("vivid-000-vid-cap").expect("need checked");
+    let device = dmaheap_testkit::v4l2_device("vivid-000-vid-cap").expect("need checked");
     let proof = KmsProof::start();
     let run = run_pipeline(
         &format!(
@@ -426,7 +426,7 @@ fn vivid_capture_to_kmssink() -> Result<(), Failed> {
 /// - kmssink sync=false: under qemu TCG every frame is late, and the decoder would drop them
 ///   on QoS.
 fn vicodec_decoder_into_cma() -> Result<(), Failed> {
-    let heap = dmaheap_tests::cma_heap().expect("need checked");
+    let heap = dmaheap_testkit::cma_heap().expect("need checked");
     let frames = 30;
     let proof = KmsProof::start();
     let run = run_pipeline(

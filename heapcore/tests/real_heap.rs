@@ -3,7 +3,7 @@
 
 use std::os::fd::AsFd;
 
-use dmaheap_tests::{Failed, Need, Suite, ensure, open_fds};
+use dmaheap_testkit::{Failed, Need, Suite, ensure, open_fds};
 use std::sync::Arc;
 
 use heapcore::{
@@ -218,7 +218,7 @@ fn new_runs(before: &CmaBitmap, after: &CmaBitmap) -> Vec<(usize, usize)> {
 
 fn cma_buffer_is_contiguous_and_from_cma() -> Result<(), Failed> {
     let cma_free = || sysinfo::MemInfo::read().get("CmaFree").unwrap_or(0);
-    let heap = dmaheap_tests::cma_heap().expect("need checked");
+    let heap = dmaheap_testkit::cma_heap().expect("need checked");
     let alloc = Allocator::new();
     let (free_before, bitmap_before) = (cma_free(), cma_bitmap(&heap));
     let len = 24 * MIB;
@@ -420,7 +420,7 @@ fn pool_falls_back_from_cma_to_system() -> Result<(), Failed> {
             })
             .count()
     };
-    let cma = dmaheap_tests::cma_heap().expect("need checked");
+    let cma = dmaheap_testkit::cma_heap().expect("need checked");
     let (n_cma, n_system) = (from(&cma), from("system"));
     println!(
         "{count} x 24 MiB: {n_cma} from {cma}, {n_system} from system (CMA total {} MiB)",
@@ -442,7 +442,7 @@ const MEMCG_LIMIT: u64 = 64 * MIB;
 fn prefault_over_a_memory_cgroup_limit() -> Result<(), Failed> {
     use std::time::{Duration, Instant};
 
-    let cgroup = dmaheap_tests::MemoryCgroup::create(
+    let cgroup = dmaheap_testkit::MemoryCgroup::create(
         &format!("dmaheap-test-prefault-{}", std::process::id()),
         MEMCG_LIMIT,
     )?;

@@ -6,7 +6,7 @@ mod common;
 
 use common::consumer::{Accept, Seen};
 use common::scenarios::{self, Rig};
-use dmaheap_tests::{Failed, Need, Suite, ensure};
+use dmaheap_testkit::{Failed, Need, Suite, ensure};
 use pw_dmaheap::heapcore::format::VideoFormat;
 use pw_dmaheap::heapcore::{Origin, Source};
 use pw_dmaheap::{DRM_FORMAT_MOD_LINEAR, DataKind, Negotiated};
@@ -280,7 +280,7 @@ fn pipewiresrc_reads_one_block_dmabufs_at_odd_sizes() -> Result<(), Failed> {
 
 fn contiguous_buffers_come_from_cma() -> Result<(), Failed> {
     let rig = rig()?;
-    let heap = dmaheap_tests::cma_heap().ok_or("no CMA heap")?;
+    let heap = dmaheap_testkit::cma_heap().ok_or("no CMA heap")?;
     let cfg = scenarios::config("cma", 640, 480, VideoFormat::Nv12).with_contiguous(true);
     let (negotiated, seen) = scenarios::rust_consumer(&rig, cfg, Accept::DmaBufOrMemFd, 20)?;
     println!("producer: {negotiated}");

@@ -159,7 +159,7 @@ fn concurrent_acquirers_never_share_a_buffer() {
 
 #[test]
 fn buffers_returned_after_shutdown_are_freed() {
-    let fds = dmaheap_tests::open_fds;
+    let fds = dmaheap_testkit::open_fds;
     let pool = Pool::new(alloc(), memfd_pool("shutdown").min_buffers(2)).unwrap();
     let out = pool.try_acquire().unwrap();
     let before = fds();

@@ -483,5 +483,5 @@ pub fn gstreamer_layout(
 
 /// Open fds of this process, from /proc.
 pub fn open_fds() -> usize {
-    dmaheap_tests::open_fds()
+    dmaheap_testkit::open_fds()
 }
