@@ -99,17 +99,23 @@ impl fmt::Display for Need {
     }
 }
 
-/// The name of the first CMA heap in `/dev/dma_heap`, by the names kernels give it.
+/// The name of the default CMA heap in `/dev/dma_heap`, by the names kernels give it. Where
+/// one area shows under two names (Linux 6.19+: `default_cma_region` and the area's own,
+/// `/sys/kernel/mm/cma/<area>`), the area's own, as heapcore picks it (buffers from either
+/// name say so in fdinfo's `exp_name`).
 pub fn cma_heap() -> Option<String> {
-    [
-        "default_cma_region",
-        "reserved",
-        "linux,cma",
-        "default-pool",
-    ]
-    .into_iter()
-    .find(|n| Path::new("/dev/dma_heap").join(n).exists())
-    .map(str::to_owned)
+    let exists = |n: &str| Path::new("/dev/dma_heap").join(n).exists();
+    let area_named = std::fs::read_dir("/sys/kernel/mm/cma")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|area| exists(area));
+    area_named.or_else(|| {
+        ["default_cma_region", "reserved", "linux,cma", "default-pool"]
+            .into_iter()
+            .find(|n| exists(n))
+            .map(str::to_owned)
+    })
 }
 
 /// The `/dev/videoN` node of the V4L2 device called `name`.
