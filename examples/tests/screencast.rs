@@ -1,15 +1,13 @@
-//! `dmaheap-screencast` against a private PipeWire daemon set, with the Rust consumer from
-//! pw-dmaheap's test support checking every frame it sends.
-
-#[path = "../../pw-dmaheap/tests/common/mod.rs"]
-mod common;
+//! `dmaheap-screencast` against a private PipeWire daemon set, with the test kit's Rust
+//! consumer checking every frame it sends.
 
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::consumer::{Accept, Seen};
-use common::scenarios::Rig;
+use dmaheap_testkit::pipewire::consumer::{Accept, Seen};
+use dmaheap_testkit::pipewire::scenarios::Rig;
+use dmaheap_testkit::pipewire::{ChildGuard, patience};
 use pw_dmaheap::heapcore::format::VideoFormat;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dmaheap-screencast");
@@ -29,7 +27,7 @@ fn screencast(rig: &Rig, args: &[&str]) -> Command {
 /// Why a run failed: `what`, what the consumer saw (WirePlumber destroys a `dont-reconnect`
 /// consumer whose target it cannot find: `gone`), and the example's output (it is killed
 /// first if it still runs).
-fn failure(what: &str, seen: Option<&Seen>, child: &mut common::ChildGuard) -> String {
+fn failure(what: &str, seen: Option<&Seen>, child: &mut ChildGuard) -> String {
     let mut out = what.to_owned();
     if let Some(seen) = seen {
         out += &format!(
@@ -71,16 +69,16 @@ fn the_example_streams_checked_frames_to_a_consumer() {
         "90",
     ];
     // Killed by its pid if the test fails before it exits.
-    let mut child = common::ChildGuard(Some(screencast(&rig, &args).spawn().unwrap()));
+    let mut child = ChildGuard(Some(screencast(&rig, &args).spawn().unwrap()));
     // The consumer names the example's node as its target, and WirePlumber destroys it if
     // that node does not exist yet: wait for the node first.
-    let waited = rig.session.wait_for_node(&name, common::patience(), || {
-        match child.child().try_wait() {
+    let waited = rig
+        .session
+        .wait_for_node(&name, patience(), || match child.child().try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(format!("the example exited ({status})")),
             Err(e) => Err(e.to_string()),
-        }
-    });
+        });
     if let Err(e) = waited {
         panic!("{}", failure(&e, None, &mut child));
     }
@@ -88,10 +86,9 @@ fn the_example_streams_checked_frames_to_a_consumer() {
         .consumer(&name, VideoFormat::Nv12, Accept::DmaBufOrMemFd)
         .unwrap();
     let mut output = None;
-    let stopped = rig.session.run_until(
-        "the example to stop after 90 frames",
-        common::patience(),
-        || {
+    let stopped = rig
+        .session
+        .run_until("the example to stop after 90 frames", patience(), || {
             if child
                 .child()
                 .try_wait()
@@ -102,8 +99,7 @@ fn the_example_streams_checked_frames_to_a_consumer() {
                 return Ok(true);
             }
             Ok(false)
-        },
-    );
+        });
     if let Err(e) = stopped {
         panic!("{}", failure(&e, Some(&consumer.seen()), &mut child));
     }

@@ -5,7 +5,8 @@ use std::fmt;
 use heapcore::format::VideoFormat;
 use heapcore::{Inventory, Policy, Source, Usage};
 
-use crate::error::{Error, Result};
+use crate::constraints::FrameConstraints;
+use crate::error::{ConfigError, Result};
 
 /// The usage a producer allocates for unless told otherwise.
 pub const DEFAULT_USAGE: &str = Usage::SCREENCAST;
@@ -16,54 +17,17 @@ pub const MAX_DIMENSION: u32 = 16384;
 /// The most buffers a producer asks PipeWire for (`pw_stream` handles up to 64).
 pub const MAX_BUFFERS: u32 = 32;
 
-/// The memory type of a PipeWire buffer, as negotiated with the consumer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DataKind {
-    /// `SPA_DATA_DmaBuf`: a dma-buf fd from a DMA-BUF heap or udmabuf.
-    DmaBuf,
-    /// `SPA_DATA_MemFd`: a sealed memfd, for consumers that cannot take dma-bufs.
-    MemFd,
-}
-
-impl DataKind {
-    /// The `enum spa_data_type` value.
-    pub fn spa_type(self) -> u32 {
-        match self {
-            Self::DmaBuf => pipewire::spa::sys::SPA_DATA_DmaBuf,
-            Self::MemFd => pipewire::spa::sys::SPA_DATA_MemFd,
-        }
-    }
-
-    /// The bit this type has in `SPA_PARAM_BUFFERS_dataType`.
-    pub fn mask(self) -> u32 {
-        1 << self.spa_type()
-    }
-
-    /// The kind of an `enum spa_data_type` value, if it is one of the two.
-    pub fn from_spa(data_type: u32) -> Option<Self> {
-        [Self::DmaBuf, Self::MemFd]
-            .into_iter()
-            .find(|k| k.spa_type() == data_type)
-    }
-}
-
-impl fmt::Display for DataKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::DmaBuf => "DmaBuf",
-            Self::MemFd => "MemFd",
-        })
-    }
-}
-
 /// A frame rate as a fraction (`30/1`, `30000/1001`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Framerate {
+    /// Frames (the numerator).
     pub num: u32,
+    /// Seconds they take (the denominator).
     pub denom: u32,
 }
 
 impl Framerate {
+    /// `num/denom` frames per second.
     pub const fn new(num: u32, denom: u32) -> Self {
         Self { num, denom }
     }
@@ -97,7 +61,9 @@ pub struct ProducerConfig {
     pub description: Option<String>,
     /// Raw video formats offered, preferred first.
     pub formats: Vec<VideoFormat>,
+    /// The frame width offered (`resize` changes it).
     pub width: u32,
+    /// The frame height offered.
     pub height: u32,
     /// The highest frame rate offered; consumers may choose a lower one.
     pub framerate: Framerate,
@@ -163,67 +129,80 @@ impl ProducerConfig {
         }
     }
 
+    /// Sets `node.name`.
     pub fn with_node_name(mut self, name: impl Into<String>) -> Self {
         self.node_name = name.into();
         self
     }
 
+    /// Sets `node.description`.
     pub fn with_description(mut self, description: impl Into<String>) -> Self {
         self.description = Some(description.into());
         self
     }
 
+    /// Sets the formats offered, preferred first.
     pub fn with_formats(mut self, formats: impl Into<Vec<VideoFormat>>) -> Self {
         self.formats = formats.into();
         self
     }
 
+    /// Sets the frame size offered.
     pub fn with_size(mut self, width: u32, height: u32) -> Self {
         self.width = width;
         self.height = height;
         self
     }
 
+    /// Sets the highest frame rate offered.
     pub fn with_framerate(mut self, num: u32, denom: u32) -> Self {
         self.framerate = Framerate::new(num, denom);
         self
     }
 
+    /// Sets the buffer count asked for.
     pub fn with_buffers(mut self, buffers: u32) -> Self {
         self.buffers = buffers;
         self
     }
 
+    /// Sets the row stride alignment (a power of two).
     pub fn with_stride_align(mut self, align: u32) -> Self {
         self.stride_align = align;
         self
     }
 
+    /// Asks for physically contiguous memory (CMA heaps only).
     pub fn with_contiguous(mut self, contiguous: bool) -> Self {
         self.contiguous = contiguous;
         self
     }
 
+    /// Sets the usage heaps are chosen for.
     pub fn with_usage(mut self, usage: impl Into<String>) -> Self {
         self.usage = usage.into();
         self
     }
 
+    /// Replaces the policy's heap order with an explicit list.
     pub fn with_heaps(mut self, heaps: Vec<Source>) -> Self {
         self.heaps = Some(heaps);
         self
     }
 
+    /// Replaces the usage → heaps policy.
     pub fn with_policy(mut self, policy: Policy) -> Self {
         self.policy = Some(policy);
         self
     }
 
+    /// Offers (or not) sealed memfds to consumers that cannot take dma-bufs.
     pub fn with_memfd_fallback(mut self, allow: bool) -> Self {
         self.memfd_fallback = allow;
         self
     }
 
+    /// Gives (or not) dma-bufs to consumers that negotiate no modifier but list DmaBuf.
     pub fn with_dmabuf_without_modifier(mut self, allow: bool) -> Self {
         self.dmabuf_without_modifier = allow;
         self
@@ -234,9 +213,7 @@ impl ProducerConfig {
     pub fn parse_heaps(list: &str, inventory: &Inventory) -> Result<Vec<Source>> {
         let sources = Source::parse_list(list, inventory)?;
         if sources.is_empty() {
-            return Err(Error::Config(format!(
-                "the heap list {list:?} names no heap (example: system,cma,udmabuf)"
-            )));
+            return Err(ConfigError::NoHeapNamed(list.to_owned()).into());
         }
         Ok(sources)
     }
@@ -244,71 +221,44 @@ impl ProducerConfig {
     /// Checks everything that can be checked before PipeWire is involved, against this
     /// machine's `inventory` (explicit heaps must exist here).
     pub fn validate(&self, inventory: &Inventory) -> Result<()> {
-        let bad = |msg: String| Err(Error::Config(msg));
+        let bad = |e: ConfigError| Err(e.into());
         if self.node_name.is_empty() || self.node_name.chars().any(char::is_control) {
-            return bad(format!(
-                "node name {:?} must be non-empty printable text",
-                self.node_name
-            ));
+            return bad(ConfigError::NodeName(self.node_name.clone()));
         }
         if self.formats.is_empty() {
-            let known: Vec<_> = VideoFormat::ALL.iter().map(|f| f.name()).collect();
-            return bad(format!(
-                "no video format offered; choose from {}",
-                known.join(", ")
-            ));
+            return bad(ConfigError::NoFormats);
         }
         check_size(self.width, self.height)?;
         if self.framerate.num == 0 || self.framerate.denom == 0 {
-            return bad(format!(
-                "frame rate {} must be positive (for example 30/1)",
-                self.framerate
-            ));
+            return bad(ConfigError::Framerate(self.framerate));
         }
         if !(2..=MAX_BUFFERS).contains(&self.buffers) {
-            return bad(format!(
-                "{} buffers: ask for 2 to {MAX_BUFFERS}",
-                self.buffers
-            ));
+            return bad(ConfigError::Buffers(self.buffers));
         }
         if !self.stride_align.is_power_of_two() || self.stride_align > 4096 {
-            return bad(format!(
-                "stride alignment {} must be a power of two up to 4096",
-                self.stride_align
-            ));
+            return bad(ConfigError::StrideAlign(self.stride_align));
         }
         if let Err(e) = Usage::new(&self.usage) {
-            return bad(format!("usage: {e}"));
+            return bad(ConfigError::Usage(e));
         }
         let one_block = self.memfd_fallback || self.dmabuf_without_modifier;
         if one_block && self.stride_align != 4 {
             if let Some(format) = self.formats.iter().find(|f| f.plane_count() > 1) {
-                return bad(format!(
-                    "stride alignment {} cannot be used for {format} while consumers may get \
-                     frames as one block (memfd_fallback or dmabuf_without_modifier): they \
-                     take the planes after the first from GStreamer's default layout, whose \
-                     rows are aligned to 4 bytes; use 4, offer only single-plane formats, or \
-                     turn both off",
-                    self.stride_align
-                ));
+                return bad(ConfigError::OneBlockStrideAlign {
+                    align: self.stride_align,
+                    format: *format,
+                });
             }
         }
         for format in &self.formats {
-            crate::alloc::FrameConstraints::for_frame(*format, self.width, self.height, self)?;
+            FrameConstraints::for_frame(*format, self.width, self.height, self)?;
             if one_block {
-                crate::alloc::FrameConstraints::for_single_block(
-                    *format,
-                    self.width,
-                    self.height,
-                    self,
-                )?;
+                FrameConstraints::for_single_block(*format, self.width, self.height, self)?;
             }
         }
         if let Some(heaps) = &self.heaps {
             if heaps.is_empty() {
-                return bad(
-                    "the explicit heap list is empty; leave it unset for the default order".into(),
-                );
+                return bad(ConfigError::EmptyHeapList);
             }
             for source in heaps {
                 match source {
@@ -316,19 +266,10 @@ impl ProducerConfig {
                         inventory.find(name.as_str())?;
                     }
                     Source::Udmabuf if !inventory.has_udmabuf() => {
-                        return bad(
-                            "udmabuf is listed but /dev/udmabuf does not exist (load the udmabuf module)"
-                                .into(),
-                        );
+                        return bad(ConfigError::NoUdmabuf);
                     }
                     Source::Udmabuf => {}
-                    Source::Memfd => {
-                        return bad(
-                            "memfd is not a dma-buf source; consumers that need shared memory get \
-                             sealed memfds anyway (memfd_fallback)"
-                                .into(),
-                        );
-                    }
+                    Source::Memfd => return bad(ConfigError::MemfdListed),
                 }
             }
         }
@@ -339,9 +280,7 @@ impl ProducerConfig {
 /// Refuses sizes no consumer could take.
 pub(crate) fn check_size(width: u32, height: u32) -> Result<()> {
     if width == 0 || height == 0 || width > MAX_DIMENSION || height > MAX_DIMENSION {
-        return Err(Error::Config(format!(
-            "size {width}x{height}: width and height must be 1 to {MAX_DIMENSION}"
-        )));
+        return Err(ConfigError::Size { width, height }.into());
     }
     Ok(())
 }
@@ -438,13 +377,5 @@ mod tests {
         let list = ProducerConfig::parse_heaps("system, linux,cma,udmabuf", &no_heaps()).unwrap();
         assert_eq!(list.len(), 3, "{list:?}");
         assert_eq!(list[1], Source::heap("linux,cma").unwrap());
-    }
-
-    #[test]
-    fn data_kinds_map_to_spa_bits() {
-        assert_eq!(DataKind::MemFd.mask(), 1 << 2);
-        assert_eq!(DataKind::DmaBuf.mask(), 1 << 3);
-        assert_eq!(DataKind::from_spa(3), Some(DataKind::DmaBuf));
-        assert_eq!(DataKind::from_spa(1), None);
     }
 }

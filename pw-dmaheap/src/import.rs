@@ -9,7 +9,7 @@ use std::ops::{Deref, Range};
 
 use heapcore::{CpuRead, DmaBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, NegotiationError, Result};
 
 /// A received `spa_data` block: a duplicate of its fd (mapped whole, with
 /// `DMA_BUF_IOCTL_SYNC` around CPU reads for dma-bufs) and the region of the fd it covers.
@@ -26,10 +26,12 @@ impl ImportedData {
     pub fn new(buf: DmaBuf, mapoffset: u32, maxsize: u32) -> Result<Self> {
         let end = u64::from(mapoffset) + u64::from(maxsize);
         if end > buf.len() {
-            return Err(Error::Negotiation(format!(
-                "spa_data region {mapoffset}..{end} lies outside its {}-byte fd",
-                buf.len()
-            )));
+            return Err(NegotiationError::Region {
+                start: mapoffset,
+                end,
+                len: buf.len(),
+            }
+            .into());
         }
         Ok(Self {
             buf,
@@ -61,11 +63,13 @@ impl ImportedData {
     /// Another handle to the same region, with a duplicate of the fd (to keep a frame after
     /// the PipeWire buffer is gone).
     pub fn try_clone(&self) -> Result<Self> {
-        let fd = std::os::fd::AsFd::as_fd(&self.buf)
+        let borrowed = std::os::fd::AsFd::as_fd(&self.buf);
+        let fd = borrowed
             .try_clone_to_owned()
-            .map_err(|e| Error::Io {
-                context: "duplicating an imported fd".into(),
-                source: e,
+            .map_err(|source| Error::Duplicate {
+                what: "imported",
+                fd: std::os::fd::AsRawFd::as_raw_fd(&borrowed),
+                source,
             })?;
         Self::new(DmaBuf::import(fd)?, self.mapoffset, self.maxsize)
     }

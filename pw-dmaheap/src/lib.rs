@@ -1,9 +1,11 @@
 #![doc = include_str!("../README.md")]
 #![deny(unsafe_code)]
 
-mod alloc;
 mod config;
+mod constraints;
+mod data_types;
 mod error;
+mod frame_pools;
 mod import;
 pub mod params;
 pub mod pattern;
@@ -11,9 +13,12 @@ mod producer;
 #[allow(unsafe_code)] // the one module that touches PipeWire's raw structures
 mod raw;
 
-pub use alloc::FrameConstraints;
-pub use config::{DEFAULT_USAGE, DataKind, Framerate, MAX_BUFFERS, MAX_DIMENSION, ProducerConfig};
-pub use error::{Error, Result};
+pub use config::{DEFAULT_USAGE, Framerate, MAX_BUFFERS, MAX_DIMENSION, ProducerConfig};
+pub use constraints::FrameConstraints;
+pub use data_types::{DataKind, DataTypes};
+pub use error::{
+    ConfigError, DmabufUnavailable, Error, FormatError, FrameError, NegotiationError, Result,
+};
 pub use import::{ImportedData, RegionRead};
 pub use params::{
     DRM_FORMAT_MOD_INVALID, DRM_FORMAT_MOD_LINEAR, VideoParams, spa_video_format,

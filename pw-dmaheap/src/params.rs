@@ -4,6 +4,7 @@
 //! Pods are built as `libspa` [`Object`] values and serialized to bytes, so no pointer
 //! juggling happens here.
 
+use std::fmt;
 use std::io::Cursor;
 
 use heapcore::format::VideoFormat;
@@ -16,7 +17,8 @@ use spa::sys;
 use spa::utils::{Choice, ChoiceEnum, ChoiceFlags, Fraction, Id, Rectangle};
 
 use crate::config::Framerate;
-use crate::error::{Error, Result};
+use crate::data_types::DataTypes;
+use crate::error::{Error, FormatError, Result};
 
 /// `DRM_FORMAT_MOD_LINEAR`: rows one after the other, no tiling or compression. Heap buffers
 /// are always linear.
@@ -67,8 +69,11 @@ pub fn video_format_from_spa(raw: u32) -> Option<VideoFormat> {
 /// A fixed raw video format, as PipeWire hands it to `param_changed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VideoParams {
+    /// The video format.
     pub format: VideoFormat,
+    /// The width in pixels.
     pub width: u32,
+    /// The height in pixels.
     pub height: u32,
     /// `0/1` when the rate is variable or was not negotiated.
     pub framerate: Framerate,
@@ -77,18 +82,37 @@ pub struct VideoParams {
     pub modifier: Option<u64>,
 }
 
+impl fmt::Display for VideoParams {
+    /// `320x240 BGRx @ 60/1 fps, modifier LINEAR` (or `, no modifier`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}x{} {} @ {} fps, ",
+            self.width, self.height, self.format, self.framerate
+        )?;
+        match self.modifier {
+            Some(DRM_FORMAT_MOD_LINEAR) => f.write_str("modifier LINEAR"),
+            Some(m) => write!(f, "modifier {m:#x}"),
+            None => f.write_str("no modifier"),
+        }
+    }
+}
+
 impl VideoParams {
     /// Parses a fixed `SPA_PARAM_Format` pod of media type video/raw.
     pub fn parse(pod: &Pod) -> Result<Self> {
-        let bad = |what: String| Error::Format(what);
+        Self::parse_format(pod).map_err(Error::Format)
+    }
+
+    fn parse_format(pod: &Pod) -> std::result::Result<Self, FormatError> {
         let value = PodDeserializer::deserialize_any_from(pod.as_bytes())
             .map(|(_, v)| v)
-            .map_err(|e| bad(format!("not a pod ({e:?})")))?;
+            .map_err(|e| FormatError::NotAPod(format!("{e:?}")))?;
         let Value::Object(object) = value else {
-            return Err(bad("not an object".into()));
+            return Err(FormatError::NotAnObject);
         };
         if object.type_ != sys::SPA_TYPE_OBJECT_Format {
-            return Err(bad(format!("object type {} is not a format", object.type_)));
+            return Err(FormatError::NotAFormat(object.type_));
         }
         let prop = |key: u32| {
             object
@@ -103,20 +127,17 @@ impl VideoParams {
         ) {
             (Some(Value::Id(Id(t))), Some(Value::Id(Id(s))))
                 if t == sys::SPA_MEDIA_TYPE_video && s == sys::SPA_MEDIA_SUBTYPE_raw => {}
-            _ => return Err(bad("not raw video".into())),
+            _ => return Err(FormatError::NotRawVideo),
         }
         let format = match prop(sys::SPA_FORMAT_VIDEO_format) {
-            Some(Value::Id(Id(raw))) => video_format_from_spa(raw).ok_or_else(|| {
-                bad(format!(
-                    "video format {:?} has no known layout",
-                    SpaVideoFormat::from_raw(raw)
-                ))
-            })?,
-            _ => return Err(bad("no fixed video format".into())),
+            Some(Value::Id(Id(raw))) => {
+                video_format_from_spa(raw).ok_or(FormatError::UnknownLayout(raw))?
+            }
+            _ => return Err(FormatError::NoFormat),
         };
         let (width, height) = match prop(sys::SPA_FORMAT_VIDEO_size) {
             Some(Value::Rectangle(r)) if r.width > 0 && r.height > 0 => (r.width, r.height),
-            _ => return Err(bad("no fixed, non-empty video size".into())),
+            _ => return Err(FormatError::NoSize),
         };
         let framerate = match prop(sys::SPA_FORMAT_VIDEO_framerate) {
             Some(Value::Fraction(f)) => Framerate::new(f.num, f.denom),
@@ -125,7 +146,7 @@ impl VideoParams {
         let modifier = match prop(sys::SPA_FORMAT_VIDEO_modifier) {
             None => None,
             Some(Value::Long(m)) => Some(m as u64),
-            Some(other) => return Err(bad(format!("modifier is not a long: {other:?}"))),
+            Some(other) => return Err(FormatError::ModifierNotLong(format!("{other:?}"))),
         };
         Ok(Self {
             format,
@@ -247,8 +268,8 @@ pub(crate) struct BuffersOffer {
     pub size: u32,
     /// Stride of the first plane.
     pub stride: u32,
-    /// Mask of `1 << SPA_DATA_*` the producer can give.
-    pub data_types: u32,
+    /// The memory types the producer can give.
+    pub data_types: DataTypes,
 }
 
 impl BuffersOffer {
@@ -280,7 +301,7 @@ impl BuffersOffer {
                     Value::Choice(ChoiceValue::Int(Choice(
                         ChoiceFlags::empty(),
                         ChoiceEnum::Flags {
-                            default: self.data_types as i32,
+                            default: self.data_types.bits() as i32,
                             flags: vec![],
                         },
                     ))),
@@ -316,10 +337,7 @@ impl PodBytes {
     pub(crate) fn new(what: &'static str, object: Object) -> Result<Self> {
         PodSerializer::serialize(Cursor::new(Vec::new()), &Value::Object(object))
             .map(|(cursor, _)| Self(cursor.into_inner()))
-            .map_err(|e| Error::Pod {
-                what,
-                reason: format!("{e:?}"),
-            })
+            .map_err(|source| Error::Pod { what, source })
     }
 
     pub(crate) fn pod(&self) -> &Pod {
@@ -415,11 +433,24 @@ mod tests {
     }
 
     #[test]
+    fn video_params_print_as_one_line() {
+        let mut p = parse(fixed_format(None)).unwrap();
+        assert_eq!(p.to_string(), "640x480 NV12 @ 25/1 fps, no modifier");
+        p.modifier = Some(DRM_FORMAT_MOD_LINEAR);
+        assert_eq!(p.to_string(), "640x480 NV12 @ 25/1 fps, modifier LINEAR");
+        p.modifier = Some(0x0100_0000_0000_0001);
+        assert!(p.to_string().ends_with("modifier 0x100000000000001"), "{p}");
+    }
+
+    #[test]
     fn formats_without_known_layout_are_refused() {
         let mut obj = fixed_format(None);
         obj.properties[2].value = Value::Id(Id(SpaVideoFormat::v210.as_raw()));
         let err = parse(obj).unwrap_err().to_string();
-        assert!(err.contains("no known layout"), "{err}");
+        assert_eq!(
+            err,
+            "unsupported format from PipeWire: video format VideoFormat::v210 has no known layout"
+        );
         let mut obj = fixed_format(None);
         obj.properties[0].value = Value::Id(Id(sys::SPA_MEDIA_TYPE_audio));
         assert!(parse(obj).unwrap_err().to_string().contains("raw video"));
@@ -445,7 +476,7 @@ mod tests {
             blocks: 2,
             size: 4096,
             stride: 64,
-            data_types: 1 << sys::SPA_DATA_DmaBuf,
+            data_types: DataTypes::DMA_BUF,
         };
         let bytes = PodBytes::new("Buffers", buffers.object()).unwrap();
         let (_, value) = PodDeserializer::deserialize_any_from(bytes.pod().as_bytes()).unwrap();

@@ -6,7 +6,100 @@
 //! and check the rest against it. Rows shorter than 8 bytes carry the counter's low bytes.
 //! Padding (stride beyond the visible bytes) is neither written nor checked.
 
+use heapcore::FrameLayoutError;
 use heapcore::format::{FrameLayout, MAX_PLANES, VideoFormat};
+
+/// Why a frame cannot be drawn or does not carry the pattern.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PatternError {
+    /// The frame has no layout (empty, or its size overflows).
+    #[error(transparent)]
+    Layout(#[from] FrameLayoutError),
+    /// Another number of planes than the format has.
+    #[error("{got} planes for {format}, which has {expected}")]
+    PlaneCount {
+        /// Planes given.
+        got: usize,
+        /// The format.
+        format: VideoFormat,
+        /// Planes it has.
+        expected: usize,
+    },
+    /// A stride shorter than a row.
+    #[error("plane {plane}: stride {stride} is shorter than a row ({row_bytes} bytes)")]
+    ShortStride {
+        /// The plane.
+        plane: usize,
+        /// Its stride.
+        stride: usize,
+        /// Visible bytes per row.
+        row_bytes: usize,
+    },
+    /// A plane too short for its rows.
+    #[error(
+        "plane {plane}: {len} bytes cannot hold {rows} rows of {row_bytes} bytes (stride {stride})"
+    )]
+    ShortPlane {
+        /// The plane.
+        plane: usize,
+        /// Its bytes.
+        len: usize,
+        /// Rows it must hold.
+        rows: usize,
+        /// Visible bytes per row.
+        row_bytes: usize,
+        /// Its stride.
+        stride: usize,
+    },
+    /// A byte that differs from the pattern of the frame the counter names.
+    #[error(
+        "frame {seq}: plane {plane} row {row} byte {byte} is {found:#04x}, expected {expected:#04x}"
+    )]
+    Mismatch {
+        /// The frame number the counter holds.
+        seq: u64,
+        /// Where.
+        plane: usize,
+        /// Where.
+        row: usize,
+        /// Where.
+        byte: usize,
+        /// The byte found.
+        found: u8,
+        /// The byte the pattern has there.
+        expected: u8,
+    },
+    /// A layout with no planes or more than [`MAX_PLANES`].
+    #[error("a layout with {0} planes")]
+    LayoutPlanes(usize),
+    /// A buffer shorter than the frame its layout describes.
+    #[error("{len} bytes cannot hold a {size} byte {width}x{height} {format} frame")]
+    ShortBuffer {
+        /// Bytes given.
+        len: usize,
+        /// The frame's size.
+        size: u64,
+        /// The frame's width.
+        width: u32,
+        /// The frame's height.
+        height: u32,
+        /// The frame's format.
+        format: VideoFormat,
+    },
+    /// A plane that starts before the previous one or after the frame.
+    #[error("plane {plane} starts at {offset}, outside {end}..{size}")]
+    PlaneOutside {
+        /// The plane.
+        plane: usize,
+        /// Its offset.
+        offset: u64,
+        /// Where the previous plane starts.
+        end: u64,
+        /// The frame's size.
+        size: u64,
+    },
+}
 
 /// Bytes of the frame counter at the start of plane 0.
 pub const COUNTER_BYTES: usize = 8;
@@ -14,14 +107,18 @@ pub const COUNTER_BYTES: usize = 8;
 /// One plane to draw into.
 #[derive(Debug)]
 pub struct PlaneMut<'a> {
+    /// The plane's bytes, from its first row.
     pub bytes: &'a mut [u8],
+    /// Bytes from one row to the next.
     pub stride: usize,
 }
 
 /// One plane to check.
 #[derive(Debug, Clone, Copy)]
 pub struct Plane<'a> {
+    /// The plane's bytes, from its first row.
     pub bytes: &'a [u8],
+    /// Bytes from one row to the next.
     pub stride: usize,
 }
 
@@ -31,8 +128,8 @@ pub fn plane_extents(
     format: VideoFormat,
     width: u32,
     height: u32,
-) -> Result<Vec<(usize, usize)>, String> {
-    let packed = FrameLayout::packed(format, width, height).map_err(|e| e.to_string())?;
+) -> Result<Vec<(usize, usize)>, PatternError> {
+    let packed = FrameLayout::packed(format, width, height)?;
     let extents = (0..packed.n_planes)
         .map(|p| {
             let stride = packed.strides[p] as u64;
@@ -53,29 +150,34 @@ fn check_fit(
     planes: impl ExactSizeIterator<Item = (usize, usize)>,
     extents: &[(usize, usize)],
     format: VideoFormat,
-) -> Result<(), String> {
+) -> Result<(), PatternError> {
     if planes.len() != extents.len() {
-        return Err(format!(
-            "{} planes for {format}, which has {}",
-            planes.len(),
-            extents.len()
-        ));
+        return Err(PatternError::PlaneCount {
+            got: planes.len(),
+            format,
+            expected: extents.len(),
+        });
     }
-    for (p, ((len, stride), &(row_bytes, rows))) in planes.zip(extents).enumerate() {
+    for (plane, ((len, stride), &(row_bytes, rows))) in planes.zip(extents).enumerate() {
         if stride < row_bytes {
-            return Err(format!(
-                "plane {p}: stride {stride} is shorter than a row ({row_bytes} bytes)"
-            ));
+            return Err(PatternError::ShortStride {
+                plane,
+                stride,
+                row_bytes,
+            });
         }
         let needed = rows
             .saturating_sub(1)
             .checked_mul(stride)
             .and_then(|n| n.checked_add(row_bytes));
         if needed.is_none_or(|n| len < n) {
-            return Err(format!(
-                "plane {p}: {len} bytes cannot hold {rows} rows of {row_bytes} bytes \
-                 (stride {stride})"
-            ));
+            return Err(PatternError::ShortPlane {
+                plane,
+                len,
+                rows,
+                row_bytes,
+                stride,
+            });
         }
     }
     Ok(())
@@ -100,7 +202,7 @@ pub fn draw(
     width: u32,
     height: u32,
     seq: u64,
-) -> Result<(), String> {
+) -> Result<(), PatternError> {
     let extents = plane_extents(format, width, height)?;
     check_fit(
         planes.iter().map(|p| (p.bytes.len(), p.stride)),
@@ -129,7 +231,7 @@ pub fn check(
     format: VideoFormat,
     width: u32,
     height: u32,
-) -> Result<u64, String> {
+) -> Result<u64, PatternError> {
     let extents = plane_extents(format, width, height)?;
     check_fit(
         planes.iter().map(|p| (p.bytes.len(), p.stride)),
@@ -150,11 +252,14 @@ pub fn check(
             let skip = if p == 0 && y == 0 { counter_len } else { 0 };
             let base = row_base(seq, p, y);
             if let Some(x) = (skip..row_bytes).find(|&x| row[x] != ramp[x].wrapping_add(base)) {
-                return Err(format!(
-                    "frame {seq}: plane {p} row {y} byte {x} is {:#04x}, expected {:#04x}",
-                    row[x],
-                    ramp[x].wrapping_add(base)
-                ));
+                return Err(PatternError::Mismatch {
+                    seq,
+                    plane: p,
+                    row: y,
+                    byte: x,
+                    found: row[x],
+                    expected: ramp[x].wrapping_add(base),
+                });
             }
         }
     }
@@ -162,25 +267,30 @@ pub fn check(
 }
 
 /// Checks that `layout` describes 1 to `MAX_PLANES` planes in order, inside `len` bytes.
-fn check_layout(len: usize, layout: &FrameLayout) -> Result<(), String> {
+fn check_layout(len: usize, layout: &FrameLayout) -> Result<(), PatternError> {
     let n = layout.n_planes;
     if n == 0 || n > MAX_PLANES {
-        return Err(format!("a layout with {n} planes"));
+        return Err(PatternError::LayoutPlanes(n));
     }
     if (len as u64) < layout.size {
-        return Err(format!(
-            "{len} bytes cannot hold a {} byte {}x{} {} frame",
-            layout.size, layout.width, layout.height, layout.format
-        ));
+        return Err(PatternError::ShortBuffer {
+            len,
+            size: layout.size,
+            width: layout.width,
+            height: layout.height,
+            format: layout.format,
+        });
     }
     let mut end = 0;
     for p in 0..n {
         let offset = layout.offsets[p];
         if offset < end || offset > layout.size {
-            return Err(format!(
-                "plane {p} starts at {offset}, outside {end}..{}",
-                layout.size
-            ));
+            return Err(PatternError::PlaneOutside {
+                plane: p,
+                offset,
+                end,
+                size: layout.size,
+            });
         }
         end = offset;
     }
@@ -189,7 +299,10 @@ fn check_layout(len: usize, layout: &FrameLayout) -> Result<(), String> {
 
 /// The planes of a frame laid out as `layout` in one buffer; an error if `bytes` is shorter
 /// than the frame or the layout is not one (planes out of order or outside the frame).
-pub fn planes_in<'a>(bytes: &'a [u8], layout: &FrameLayout) -> Result<Vec<Plane<'a>>, String> {
+pub fn planes_in<'a>(
+    bytes: &'a [u8],
+    layout: &FrameLayout,
+) -> Result<Vec<Plane<'a>>, PatternError> {
     check_layout(bytes.len(), layout)?;
     let planes = (0..layout.n_planes)
         .map(|p| {
@@ -211,7 +324,7 @@ pub fn planes_in<'a>(bytes: &'a [u8], layout: &FrameLayout) -> Result<Vec<Plane<
 pub fn planes_in_mut<'a>(
     bytes: &'a mut [u8],
     layout: &FrameLayout,
-) -> Result<Vec<PlaneMut<'a>>, String> {
+) -> Result<Vec<PlaneMut<'a>>, PatternError> {
     check_layout(bytes.len(), layout)?;
     let mut planes = Vec::with_capacity(layout.n_planes);
     let (mut rest, _) = bytes.split_at_mut(layout.size as usize);
@@ -278,7 +391,10 @@ mod tests {
             16,
         )
         .unwrap_err();
-        assert!(err.contains("frame 9: plane 1 row 1 byte 5"), "{err}");
+        assert!(
+            err.to_string().contains("frame 9: plane 1 row 1 byte 5"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -332,7 +448,7 @@ mod tests {
             assert!(draw(&mut [], f, w, h, 1).is_err(), "{w}x{h}");
         }
         let err = check(&[], f, 16, 16).unwrap_err();
-        assert!(err.contains("0 planes for NV12, which has 2"), "{err}");
+        assert_eq!(err.to_string(), "0 planes for NV12, which has 2");
         assert!(draw(&mut [], f, 16, 16, 1).is_err());
 
         let layout = FrameLayout::packed(f, 16, 16).unwrap();
@@ -340,7 +456,7 @@ mod tests {
         // A frame one byte short: refused by planes_in, and by check and draw given planes
         // cut short by hand; nothing is written.
         let err = planes_in(&buf[1..], &layout).unwrap_err();
-        assert!(err.contains("cannot hold"), "{err}");
+        assert!(err.to_string().contains("cannot hold"), "{err}");
         assert!(planes_in_mut(&mut buf[1..], &layout).is_err());
         let short = [
             Plane {
@@ -354,7 +470,8 @@ mod tests {
         ];
         let err = check(&short, f, 16, 16).unwrap_err();
         assert!(
-            err.contains("plane 1: 127 bytes cannot hold 8 rows"),
+            err.to_string()
+                .contains("plane 1: 127 bytes cannot hold 8 rows"),
             "{err}"
         );
         let narrow = [Plane {
@@ -362,7 +479,10 @@ mod tests {
             stride: 15,
         }];
         let err = check(&narrow, VideoFormat::Gray8, 16, 4).unwrap_err();
-        assert!(err.contains("stride 15 is shorter than a row"), "{err}");
+        assert!(
+            err.to_string().contains("stride 15 is shorter than a row"),
+            "{err}"
+        );
         let (y, uv) = buf.split_at_mut(256);
         let mut cut = [
             PlaneMut {

@@ -20,8 +20,8 @@ use pipewire::spa::sys as spa_sys;
 use pipewire::stream::Stream;
 use pipewire::sys as pw_sys;
 
-use crate::config::DataKind;
-use crate::error::{Error, Result};
+use crate::data_types::{DataKind, DataTypes};
+use crate::error::{Error, NegotiationError, Result};
 use crate::import::ImportedData;
 
 /// `SPA_DATA_FLAG_MAPPABLE` (spa/buffer/buffer.h since PipeWire 1.1.81; 0.3.65's headers
@@ -62,20 +62,18 @@ impl StreamBuffer<'_> {
     }
 
     fn datas(&mut self) -> &mut [spa_sys::spa_data] {
-        let buffer = self.raw.buffer;
-        if buffer.is_null() {
+        // SAFETY: `buffer` is null or the spa_buffer of a pw_buffer the stream handed to this
+        // callback; pw_stream keeps it alive (and touches it on no other thread) until
+        // remove_buffer returns.
+        let Some(b) = (unsafe { self.raw.buffer.as_mut() }) else {
+            return &mut [];
+        };
+        if b.datas.is_null() || b.n_datas == 0 {
             return &mut [];
         }
-        // SAFETY: `buffer` is the non-null spa_buffer of a pw_buffer the stream handed to this
-        // callback; pw_stream keeps it alive (and touches it on no other thread) until
-        // remove_buffer returns. Its `datas` array holds `n_datas` elements.
-        unsafe {
-            let b = &mut *buffer;
-            if b.datas.is_null() || b.n_datas == 0 {
-                return &mut [];
-            }
-            std::slice::from_raw_parts_mut(b.datas, b.n_datas as usize)
-        }
+        // SAFETY: the `datas` array of that spa_buffer holds `n_datas` elements, borrowed
+        // as long as the buffer.
+        unsafe { std::slice::from_raw_parts_mut(b.datas, b.n_datas as usize) }
     }
 
     /// How many `spa_data` blocks the buffer has (the negotiated `blocks`).
@@ -86,19 +84,19 @@ impl StreamBuffer<'_> {
     /// In `add_buffer` of a `PW_STREAM_FLAG_ALLOC_BUFFERS` stream, PipeWire leaves in each
     /// `spa_data.type` the mask of memory types both sides accept (`1 << SPA_DATA_*`; the
     /// intersection of our and the consumer's `SPA_PARAM_BUFFERS_dataType`).
-    pub(crate) fn allowed_types(&mut self) -> u32 {
-        self.datas().first().map_or(0, |d| d.type_)
+    pub(crate) fn allowed_types(&mut self) -> DataTypes {
+        DataTypes::from_bits_retain(self.datas().first().map_or(0, |d| d.type_))
     }
 
     /// Fills every `spa_data` (type, flags, fd, mapoffset, maxsize; no CPU pointer).
     pub(crate) fn fill(&mut self, fills: &[DataFill]) -> Result<()> {
         let datas = self.datas();
         if datas.len() != fills.len() {
-            return Err(Error::Negotiation(format!(
-                "the buffer has {} data blocks where {} were negotiated",
-                datas.len(),
-                fills.len()
-            )));
+            return Err(NegotiationError::Blocks {
+                got: datas.len(),
+                asked: u32::try_from(fills.len()).unwrap_or(u32::MAX),
+            }
+            .into());
         }
         for (d, fill) in datas.iter_mut().zip(fills) {
             d.type_ = fill.kind.spa_type();
@@ -315,23 +313,23 @@ pub(crate) fn set_error(stream: &Stream, errno: i32, message: &str) {
 pub fn import_data(data: &Data) -> Result<ImportedData> {
     let raw = data.as_raw();
     if raw.type_ != spa_sys::SPA_DATA_DmaBuf && raw.type_ != spa_sys::SPA_DATA_MemFd {
-        return Err(Error::Negotiation(format!(
-            "spa_data type {} carries no fd to import",
-            raw.type_
-        )));
+        return Err(NegotiationError::NoFd(raw.type_).into());
     }
     let fd = RawFd::try_from(raw.fd)
         .ok()
         .filter(|fd| *fd >= 0)
-        .ok_or_else(|| Error::Negotiation(format!("spa_data has no valid fd ({})", raw.fd)))?;
+        .ok_or(NegotiationError::InvalidFd(raw.fd))?;
     // SAFETY: a `Data` can only be borrowed from a buffer its stream handed out (pipewire-rs
     // has no way to build one), and the stream keeps the fds of its buffers open while they
     // are; the borrow ends before this function returns, after the fd was duplicated.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let owned = borrowed.try_clone_to_owned().map_err(|e| Error::Io {
-        context: format!("duplicating received fd {}", borrowed.as_raw_fd()),
-        source: e,
-    })?;
+    let owned = borrowed
+        .try_clone_to_owned()
+        .map_err(|source| Error::Duplicate {
+            what: "received",
+            fd: borrowed.as_raw_fd(),
+            source,
+        })?;
     ImportedData::new(DmaBuf::import(owned)?, raw.mapoffset, raw.maxsize)
 }
 

@@ -3,12 +3,10 @@
 //! On a machine without DMA-BUF heaps the producer offers MemFd only; where heaps exist the
 //! same tests see DmaBuf (the `real_heap_pw` suite checks that path in a VM).
 
-mod common;
-
 use std::sync::Mutex;
 
-use common::consumer::Accept;
-use common::scenarios::{self, Rig};
+use dmaheap_testkit::pipewire::consumer::Accept;
+use dmaheap_testkit::pipewire::scenarios::{self, Rig};
 use pw_dmaheap::heapcore::format::VideoFormat;
 use pw_dmaheap::{DataKind, Producer, ProducerConfig};
 

@@ -2,10 +2,9 @@
 //! without heaps every test is reported ignored with its reason; `tests/vm/run` runs them in
 //! a VM where `/dev/dma_heap/system` (and with the full kernel, the CMA heap) exists.
 
-mod common;
-
-use common::consumer::{Accept, Seen};
-use common::scenarios::{self, Rig};
+use dmaheap_testkit::pipewire::consumer::{Accept, Seen};
+use dmaheap_testkit::pipewire::patience;
+use dmaheap_testkit::pipewire::scenarios::{self, Rig};
 use dmaheap_testkit::{Failed, Need, Suite, ensure};
 use pw_dmaheap::heapcore::format::VideoFormat;
 use pw_dmaheap::heapcore::{Origin, Source};
@@ -185,14 +184,13 @@ fn consumers_switch_between_dmabuf_and_memfd() -> Result<(), Failed> {
     ] {
         let consumer = rig.consumer(&name, VideoFormat::Bgrx, accept)?;
         scenarios::with_frames(&rig, &producer, std::time::Duration::from_millis(5), || {
-            rig.session
-                .run_until("20 checked frames", common::patience(), || {
-                    let seen = consumer.seen();
-                    if let Some(e) = seen.errors.first() {
-                        return Err(e.clone());
-                    }
-                    Ok(seen.checked >= 20)
-                })
+            rig.session.run_until("20 checked frames", patience(), || {
+                let seen = consumer.seen();
+                if let Some(e) = seen.errors.first() {
+                    return Err(e.clone());
+                }
+                Ok(seen.checked >= 20)
+            })
         })?;
         let seen = consumer.seen();
         let negotiated = producer.negotiated().ok_or("no negotiation")?;

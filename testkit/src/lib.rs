@@ -9,6 +9,9 @@
 use std::fmt;
 use std::path::Path;
 
+#[cfg(feature = "pipewire")]
+pub mod pipewire;
+
 pub use libtest_mimic::Failed;
 use libtest_mimic::{Arguments, Trial};
 
@@ -111,10 +114,15 @@ pub fn cma_heap() -> Option<String> {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .find(|area| exists(area));
     area_named.or_else(|| {
-        ["default_cma_region", "reserved", "linux,cma", "default-pool"]
-            .into_iter()
-            .find(|n| exists(n))
-            .map(str::to_owned)
+        [
+            "default_cma_region",
+            "reserved",
+            "linux,cma",
+            "default-pool",
+        ]
+        .into_iter()
+        .find(|n| exists(n))
+        .map(str::to_owned)
     })
 }
 
@@ -310,6 +318,12 @@ impl Drop for MemoryCgroup {
 /// Counts this process's open fds (for leak checks).
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// What the kernel says of one of this process's fds (`/proc/self/fdinfo/<fd>`: for a dma-buf
+/// `exp_name`, `name`, `size`, `ino`).
+pub fn fdinfo(fd: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()
 }
 
 /// A suite of real-kernel tests.

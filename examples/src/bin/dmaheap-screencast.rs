@@ -194,18 +194,7 @@ fn run(args: &Args) -> Result<(), String> {
         let name = args.node_name.clone();
         move |event| match event {
             Event::State(state) => println!("{name}: {state}"),
-            Event::FormatFixed(p) => println!(
-                "{name}: format fixed: {}x{} {} @ {} fps{}",
-                p.width,
-                p.height,
-                p.format,
-                p.framerate,
-                if p.modifier.is_some() {
-                    ", modifier LINEAR (dma-buf)"
-                } else {
-                    ", no modifier"
-                }
-            ),
+            Event::FormatFixed(p) => println!("{name}: format fixed: {p}"),
             Event::BuffersReady(n) => {
                 println!(
                     "{name}: negotiated {} buffers from {}: {n}",

@@ -1,320 +1,17 @@
-//! What the host tests and the real-heap tests run: a producer with a consumer, stock
-//! `gst-launch-1.0 pipewiresrc`, and a long run with reconnects and a resize.
+//! Consumers that come and go: one that leaves holding a frame while the next one streams,
+//! a render callback that resizes and disconnects its own producer, and a long run with
+//! reconnects and a resize.
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use pw_dmaheap::heapcore::format::VideoFormat;
-use pw_dmaheap::pattern;
 use pw_dmaheap::{Event, Negotiated, Producer, ProducerConfig, Stats};
 
-use super::consumer::{Accept, Consumer, Expect, HeldFrame, Seen};
-use super::{Daemons, Session, open_fds, patience};
-
-/// Daemons and a session connected to them. Field order is drop order: the session's
-/// clients go before the daemons.
-pub struct Rig {
-    /// The consumer's own client connection.
-    pub consumer_core: pw_dmaheap::pipewire::core::CoreRc,
-    pub session: Session,
-    pub daemons: Daemons,
-}
-
-impl Rig {
-    pub fn start() -> Result<Self, String> {
-        let daemons = Daemons::start()?;
-        let session = Session::connect(&daemons.remote())?;
-        let consumer_core = session.connect_core()?;
-        Ok(Self {
-            session,
-            consumer_core,
-            daemons,
-        })
-    }
-
-    /// A producer that draws the test pattern, connected, and a timer that asks it for a
-    /// frame every `interval`.
-    pub fn producer(&self, config: ProducerConfig) -> Result<Rc<Producer>, String> {
-        let producer =
-            Rc::new(Producer::new(&self.session.core, config).map_err(|e| e.to_string())?);
-        producer.set_renderer(|frame| frame.draw_test_pattern());
-        producer.connect().map_err(|e| e.to_string())?;
-        Ok(producer)
-    }
-
-    /// A consumer of the node named `target` that checks the test pattern, connected once
-    /// that node is in the registry (see [`Session::wait_for_node`]).
-    pub fn consumer(
-        &self,
-        target: &str,
-        format: VideoFormat,
-        accept: Accept,
-    ) -> Result<Consumer<'_>, String> {
-        self.consumer_expecting(target, format, accept, Expect::Pattern)
-    }
-
-    /// A consumer of the node named `target` whose frames hold `expect`.
-    pub fn consumer_expecting(
-        &self,
-        target: &str,
-        format: VideoFormat,
-        accept: Accept,
-        expect: Expect,
-    ) -> Result<Consumer<'_>, String> {
-        self.session.wait_for_node(target, patience(), || Ok(()))?;
-        Consumer::connect(
-            &self.consumer_core,
-            self.session.mainloop.loop_(),
-            target,
-            format,
-            accept,
-            expect,
-        )
-    }
-}
-
-/// A producer configuration for tests: a unique node name, the given size and format.
-pub fn config(name: &str, width: u32, height: u32, format: VideoFormat) -> ProducerConfig {
-    ProducerConfig::new(width, height)
-        .with_node_name(format!("dmaheap-test-{name}-{}", std::process::id()))
-        .with_formats([format])
-        .with_framerate(60, 1)
-}
-
-/// Runs `f` with a timer that triggers a frame of `producer` every `interval`.
-pub fn with_frames<T>(
-    rig: &Rig,
-    producer: &Rc<Producer>,
-    interval: Duration,
-    f: impl FnOnce() -> Result<T, String>,
-) -> Result<T, String> {
-    let p = Rc::clone(producer);
-    let timer = rig.session.mainloop.loop_().add_timer(move |_| {
-        if let Err(e) = p.trigger_frame() {
-            log::trace!("trigger: {e}");
-        }
-    });
-    timer
-        .update_timer(Some(interval), Some(interval))
-        .into_sync_result()
-        .map_err(|e| format!("arming the frame timer: {e}"))?;
-    let result = f();
-    drop(timer);
-    result
-}
-
-fn first_error(seen: &Seen) -> Result<(), String> {
-    match seen.errors.first() {
-        Some(e) => Err(format!(
-            "the consumer saw bad frames: {e} (all: {:?})",
-            seen.errors
-        )),
-        None => Ok(()),
-    }
-}
-
-/// Streams to a Rust consumer until it has checked `frames` frames.
-pub fn rust_consumer(
-    rig: &Rig,
-    config: ProducerConfig,
-    accept: Accept,
-    frames: u64,
-) -> Result<(Negotiated, Seen), String> {
-    let name = config.node_name.clone();
-    let format = config.formats[0];
-    let producer = rig.producer(config)?;
-    let consumer = rig.consumer(&name, format, accept)?;
-    with_frames(rig, &producer, Duration::from_millis(4), || {
-        rig.session
-            .run_until(&format!("{frames} checked frames"), patience(), || {
-                let seen = consumer.seen();
-                first_error(&seen)?;
-                Ok(seen.checked >= frames)
-            })
-    })?;
-    let negotiated = producer
-        .negotiated()
-        .ok_or("the producer reports no negotiation")?;
-    Ok((negotiated, consumer.seen()))
-}
-
-/// What `gst-launch-1.0 pipewiresrc … ! filesink` received.
-pub struct GstRun {
-    pub negotiated: Negotiated,
-    /// Frame numbers read back from the written file, all checked against the pattern.
-    pub sequences: Vec<u64>,
-    /// `"DmaBuf"`/`"MemFd"` as pipewiresrc's pool logged the memory it wrapped.
-    pub pool_memory: Vec<String>,
-    pub command: String,
-    /// Runs started again because PipeWire gave pipewiresrc buffers without memory (see
-    /// [`pipewire_gave_buffers_without_memory`]).
-    pub relaunched: u32,
-}
-
-/// How often the daemon has logged PipeWire 0.3.65's "invalid memory type": a link got a
-/// producer's buffers before the producer filled them in (see `Consumer::connect`), so its
-/// consumer has no memory for any buffer of that link.
-fn pipewire_gave_buffers_without_memory(rig: &Rig) -> usize {
-    rig.daemons
-        .log("pipewire")
-        .matches("do_port_use_buffers()] invalid memory type")
-        .count()
-}
-
-/// Stock pipewiresrc receives `buffers` frames and writes them to a file; each is checked.
-/// If PipeWire gave it buffers without memory (which it cannot recover from, and which
-/// the daemon logs), it runs once more and the result says so.
-pub fn pipewiresrc(rig: &Rig, config: ProducerConfig, buffers: u32) -> Result<GstRun, String> {
-    let (w, h, format) = (config.width, config.height, config.formats[0]);
-    let name = config.node_name.clone();
-    let producer = rig.producer(config)?;
-    // What was negotiated, as the producer said it: once gst-launch has left, the producer
-    // has freed those buffers.
-    let ready = Rc::new(std::cell::RefCell::new(None));
-    producer.set_event_handler({
-        let ready = Rc::clone(&ready);
-        move |event| {
-            if let Event::BuffersReady(n) = event {
-                *ready.borrow_mut() = Some(n.clone());
-            }
-        }
-    });
-    rig.session.wait_for_node(&name, patience(), || Ok(()))?;
-    let out = rig.daemons.dir().join("frames.raw");
-    let args = vec![
-        "pipewiresrc".to_string(),
-        format!("target-object={name}"),
-        format!("num-buffers={buffers}"),
-        "!".into(),
-        format!("video/x-raw,format={format},width={w},height={h}"),
-        "!".into(),
-        "filesink".into(),
-        format!("location={}", out.display()),
-    ];
-    let command = format!("gst-launch-1.0 {}", args.join(" "));
-    let mut relaunched = 0;
-    let (sequences, pool_memory) = loop {
-        let bugs = pipewire_gave_buffers_without_memory(rig);
-        let attempt = launch(rig, &producer, &args, &command)
-            .and_then(|log| check_file(&out, format, w, h, buffers).map(|seqs| (seqs, log)));
-        match attempt {
-            Ok((sequences, log)) => {
-                let mut pool_memory: Vec<String> = log
-                    .lines()
-                    .filter_map(|l| l.split("memory type ").nth(1))
-                    .map(|t| t.trim().to_owned())
-                    .collect();
-                pool_memory.dedup();
-                break (sequences, pool_memory);
-            }
-            Err(e) if relaunched == 0 && pipewire_gave_buffers_without_memory(rig) > bugs => {
-                eprintln!(
-                    "PipeWire gave pipewiresrc buffers without memory (\"invalid memory type\" \
-                     in its log); running once more. The failed run: {e}"
-                );
-                relaunched += 1;
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    let negotiated = ready
-        .borrow_mut()
-        .take()
-        .ok_or("the producer reported no negotiation")?;
-    Ok(GstRun {
-        negotiated,
-        sequences,
-        pool_memory,
-        command,
-        relaunched,
-    })
-}
-
-/// Checks every frame filesink wrote to `out`; returns their frame numbers.
-fn check_file(
-    out: &std::path::Path,
-    format: VideoFormat,
-    w: u32,
-    h: u32,
-    buffers: u32,
-) -> Result<Vec<u64>, String> {
-    // filesink writes each buffer's memory: the producer's one block, which must have the
-    // layout pipewiresrc assumed, GStreamer's default (from its own VideoInfo).
-    let layout = super::gstreamer_layout(format, w, h)?;
-    let bytes = std::fs::read(out).map_err(|e| format!("reading {}: {e}", out.display()))?;
-    let size = layout.size as usize;
-    if bytes.len() != size * buffers as usize {
-        return Err(format!(
-            "{} bytes written, expected {buffers} frames of {size}",
-            bytes.len()
-        ));
-    }
-    let mut sequences = Vec::new();
-    for (i, frame) in bytes.chunks(size).enumerate() {
-        let seq = pattern::planes_in(frame, &layout)
-            .and_then(|planes| pattern::check(&planes, format, w, h))
-            .map_err(|e| format!("frame {i} in the file: {e}"))?;
-        if sequences.last().is_some_and(|&last| seq <= last) {
-            return Err(format!("frame {i} carries {seq} after {sequences:?}"));
-        }
-        sequences.push(seq);
-    }
-    Ok(sequences)
-}
-
-/// Runs gst-launch-1.0 with `args` while `producer` draws frames; returns its log.
-fn launch(
-    rig: &Rig,
-    producer: &Rc<Producer>,
-    args: &[String],
-    command: &str,
-) -> Result<String, String> {
-    let log = rig.daemons.dir().join("gst.log");
-    let child = rig
-        .daemons
-        .command("gst-launch-1.0")
-        .args(args)
-        .env("GST_DEBUG", "pipewirepool:6")
-        .env("GST_DEBUG_NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
-        .spawn()
-        .map_err(|e| format!("starting gst-launch-1.0: {e}"))?;
-    let mut child = super::ChildGuard(Some(child));
-    let waited = with_frames(rig, producer, Duration::from_millis(10), || {
-        let mut status = None;
-        let r = rig
-            .session
-            .run_until("gst-launch-1.0 to finish", patience(), || {
-                status = child.child().try_wait().map_err(|e| e.to_string())?;
-                Ok(status.is_some())
-            });
-        r.map(|()| status)
-    });
-    let gst_log = std::fs::read_to_string(&log).unwrap_or_default();
-    let status = match waited {
-        Ok(Some(status)) => status,
-        Ok(None) | Err(_) => {
-            drop(child); // killed by its pid
-            return Err(format!(
-                "{command} did not finish: {}\n{}",
-                waited.err().unwrap_or_default(),
-                tail(&gst_log)
-            ));
-        }
-    };
-    if !status.success() {
-        return Err(format!("{command} failed ({status}):\n{}", tail(&gst_log)));
-    }
-    Ok(gst_log)
-}
-
-fn tail(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
+use super::super::consumer::{Accept, Consumer, HeldFrame};
+use super::super::patience;
+use super::{Rig, first_error, with_frames};
+use crate::open_fds;
 
 /// What a consumer that left kept, and what the next one got.
 #[derive(Debug)]
@@ -326,10 +23,15 @@ pub struct Privacy {
     pub kept_seqs: Vec<u64>,
     /// The first frame the second consumer got.
     pub second_first_seq: u64,
+    /// What the producer negotiated with the first consumer.
     pub first: Negotiated,
+    /// ... and with the second.
     pub second: Negotiated,
+    /// Inodes of the buffers the first consumer got.
     pub first_inodes: BTreeSet<u64>,
+    /// Inodes of the buffers the second consumer got.
     pub second_inodes: BTreeSet<u64>,
+    /// Frames the second consumer checked.
     pub second_checked: u64,
     /// Links the consumers had to make again (PipeWire's allocation race).
     pub relinked: u32,
@@ -441,11 +143,15 @@ pub struct DisconnectInRender {
     pub resized: Negotiated,
     /// The frame whose render callback disconnected the producer.
     pub disconnected_in_frame: u64,
+    /// Frames the first consumer checked.
     pub first_checked: u64,
+    /// This process's fds before the producer connected.
     pub fds_before: usize,
+    /// ... and after it disconnected and the consumer left.
     pub fds_after: usize,
     /// Frames the consumer after the reconnect checked.
     pub second_checked: u64,
+    /// The producer's counters at the end.
     pub stats: Stats,
 }
 
@@ -583,141 +289,30 @@ pub fn disconnect_in_render(
     })
 }
 
-/// What the Rust consumer saw of a stock producer whose buffers PipeWire allocates.
-#[derive(Debug)]
-pub struct PipeWireMemFd {
-    pub command: String,
-    pub seen: Seen,
-    /// Runs started again because gst-launch crashed (see [`pipewiresink`]).
-    pub relaunched: u32,
-}
-
-/// `gst-launch-1.0 videotestsrc pattern=solid-color ! pipewiresink mode=provide`: a
-/// producer that lets PipeWire allocate its buffers. The Rust consumer reads each block
-/// (PipeWire 0.3.65 hands these to clients as MemPtr blocks of its shared memfd) and checks
-/// that every pixel of `frames` frames has the colour.
-///
-/// gst-launch itself crashes now and then (about 2 runs in 100 here): videotestsrc faults in
-/// `gst_video_frame_copy` while writing into a buffer of pipewiresink 0.3.65's pool. That
-/// crash, which gst-launch reports as "Caught SIGSEGV", starts the run once more (once), and
-/// the result says so.
-pub fn pipewiresink(rig: &Rig, color: [u8; 3], frames: u64) -> Result<PipeWireMemFd, String> {
-    let mut relaunched = 0;
-    loop {
-        let name = format!(
-            "dmaheap-test-pipewiresink-{}-{relaunched}",
-            std::process::id()
-        );
-        match pipewiresink_once(rig, &name, color, frames) {
-            Ok((command, seen)) => {
-                return Ok(PipeWireMemFd {
-                    command,
-                    seen,
-                    relaunched,
-                });
-            }
-            Err((e, crashed)) if crashed && relaunched == 0 => {
-                eprintln!("gst-launch crashed (a pipewiresink 0.3.65 bug); once more: {e}");
-                relaunched += 1;
-            }
-            Err((e, _)) => return Err(e),
-        }
-    }
-}
-
-/// One run of [`pipewiresink`]; the error says whether gst-launch crashed.
-fn pipewiresink_once(
-    rig: &Rig,
-    name: &str,
-    color: [u8; 3],
-    frames: u64,
-) -> Result<(String, Seen), (String, bool)> {
-    let [b, g, r] = color;
-    let args = vec![
-        "videotestsrc".to_string(),
-        "is-live=true".into(),
-        "pattern=solid-color".into(),
-        format!("foreground-color=0xff{r:02x}{g:02x}{b:02x}"),
-        "!".into(),
-        "video/x-raw,format=BGRx,width=64,height=48,framerate=60/1".into(),
-        "!".into(),
-        "pipewiresink".into(),
-        "mode=provide".into(),
-        format!("stream-properties=props,node.name={name}"),
-    ];
-    let command = format!("gst-launch-1.0 {}", args.join(" "));
-    let log = rig.daemons.dir().join("pipewiresink.log");
-    let fail = |e: String| (e, false);
-    let child = rig
-        .daemons
-        .command("gst-launch-1.0")
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).map_err(|e| fail(e.to_string()))?)
-        .spawn()
-        .map_err(|e| fail(format!("starting gst-launch-1.0: {e}")))?;
-    let mut child = super::ChildGuard(Some(child));
-    let gst_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    let crashed = || gst_log().contains("Caught SIGSEGV");
-    let alive = |child: &mut super::ChildGuard| match child.child().try_wait() {
-        Ok(None) if crashed() => Err(format!("{command} crashed:\n{}", tail(&gst_log()))),
-        Ok(None) => Ok(()),
-        Ok(Some(status)) => Err(format!(
-            "{command} exited ({status}):\n{}",
-            tail(&gst_log())
-        )),
-        Err(e) => Err(e.to_string()),
-    };
-    rig.session
-        .wait_for_node(name, patience(), || alive(&mut child))
-        .map_err(|e| (e, crashed()))?;
-    let consumer = rig
-        .consumer_expecting(
-            name,
-            VideoFormat::Bgrx,
-            Accept::MemFdOnly,
-            Expect::Solid(color),
-        )
-        .map_err(fail)?;
-    rig.session
-        .run_until(&format!("{frames} checked frames"), patience(), || {
-            alive(&mut child)?;
-            let seen = consumer.seen();
-            first_error(&seen)?;
-            Ok(seen.checked >= frames)
-        })
-        .map_err(|e| {
-            let seen = consumer.seen();
-            let e = format!(
-                "{e}; the consumer saw {} formats, {} frames, relinked {} for {:?}, gone {:?}, \
-                 errors {:?}; gst-launch said:\n{}",
-                seen.formats.len(),
-                seen.frames,
-                seen.relinked,
-                seen.unusable,
-                seen.gone,
-                seen.errors,
-                tail(&gst_log())
-            );
-            (e, crashed())
-        })?;
-    Ok((command, consumer.seen()))
-}
-
 /// What the long run saw.
 #[derive(Debug)]
 pub struct Soak {
+    /// Frames the consumers checked in all.
     pub frames_checked: u64,
+    /// Consumers that connected.
     pub consumers: u32,
+    /// This process's fds before the producer connected.
     pub fds_before: usize,
+    /// ... after each phase.
     pub fds_per_phase: Vec<usize>,
+    /// ... and at the end.
     pub fds_after: usize,
+    /// The producer's counters at the end.
     pub stats: Stats,
+    /// Every negotiation, as the producer described it.
     pub negotiated: Vec<String>,
+    /// The held frame, read back after a same-format reconnect.
     pub held_frame_after_reconnect: u64,
+    /// The held frame, read back after the resize.
     pub held_frame_after_resize: u64,
     /// Links the consumers had to make again (PipeWire's allocation race).
     pub relinked: u32,
+    /// How long the run took.
     pub elapsed: Duration,
 }
 

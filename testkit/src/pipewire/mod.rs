@@ -1,14 +1,13 @@
-//! Test support: a private PipeWire daemon set, a PipeWire session in this process, a Rust
-//! consumer that checks what it receives, and the scenarios both the host tests and the
-//! real-heap tests run.
+//! The PipeWire rig (feature `pipewire`): a private PipeWire daemon set, a PipeWire session
+//! in this process, a Rust consumer that checks what it receives ([`consumer`]), and the
+//! scenarios pw-dmaheap's host tests, its real-heap suite and the examples' tests run
+//! ([`scenarios`]).
 //!
 //! The daemons live in a fresh directory under the temp dir (`XDG_RUNTIME_DIR`, config, state
 //! and cache all inside it) with their own session bus. Clients in this process connect by
 //! the absolute socket path, children get an environment pointing there: the user's own
 //! PipeWire is never touched. Every daemon is stopped by pid when the set is dropped, also
 //! when a test panics.
-
-#![allow(dead_code)] // each test target uses a different part
 
 pub mod consumer;
 pub mod scenarios;
@@ -305,7 +304,9 @@ pub struct Session {
     /// connection makes the daemon send it every global, which PipeWire 0.3.65's link code
     /// can mistake for the end of a buffer allocation (see `Consumer::connect`).
     observer: pw::core::CoreRc,
+    /// The PipeWire context.
     pub context: pw::context::ContextRc,
+    /// The main loop, iterated by the test.
     pub mainloop: pw::main_loop::MainLoopRc,
     remote: PathBuf,
     // Last: left after everything above is gone.
@@ -313,6 +314,7 @@ pub struct Session {
 }
 
 impl Session {
+    /// Connects to the daemon listening at `remote`.
     pub fn connect(remote: &Path) -> Result<Self, String> {
         pw::init();
         let mainloop =
@@ -429,6 +431,7 @@ fn connect_core(
 pub struct ChildGuard(pub Option<Child>);
 
 impl ChildGuard {
+    /// The child, while the guard owns it.
     pub fn child(&mut self) -> &mut Child {
         self.0.as_mut().expect("the child is still owned")
     }
@@ -479,9 +482,4 @@ pub fn gstreamer_layout(
         layout.offsets[p] = info.offset()[p] as u64;
     }
     Ok(layout)
-}
-
-/// Open fds of this process, from /proc.
-pub fn open_fds() -> usize {
-    dmaheap_testkit::open_fds()
 }

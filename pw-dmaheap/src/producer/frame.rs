@@ -1,0 +1,278 @@
+//! Producing a frame: a free buffer is dequeued, drawn by the render callback inside a
+//! `DMA_BUF_IOCTL_SYNC` write bracket, described (chunks, header) and queued.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use heapcore::Origin;
+use heapcore::format::{FrameLayout, VideoFormat};
+use pipewire::stream::Stream;
+
+use super::report::{Event, Negotiated};
+use super::state::{Inner, with_inner};
+use crate::config::Framerate;
+use crate::data_types::DataKind;
+use crate::pattern::{self, PlaneMut};
+use crate::raw::{self, ChunkFill};
+
+/// One frame to draw, handed to the render callback.
+pub struct Frame<'a> {
+    bytes: &'a mut [u8],
+    layout: &'a FrameLayout,
+    sequence: u64,
+    kind: DataKind,
+    origin: &'a Origin,
+}
+
+impl Frame<'_> {
+    /// The frame number (0, 1, ...), also written into the `SPA_META_Header` seq.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// The negotiated video format.
+    pub fn format(&self) -> VideoFormat {
+        self.layout.format
+    }
+
+    /// The frame width in pixels.
+    pub fn width(&self) -> u32 {
+        self.layout.width
+    }
+
+    /// The frame height in pixels.
+    pub fn height(&self) -> u32 {
+        self.layout.height
+    }
+
+    /// Strides and plane offsets inside [`Frame::data`].
+    pub fn layout(&self) -> &FrameLayout {
+        self.layout
+    }
+
+    /// Whether the consumer gets a dma-buf or a memfd.
+    pub fn data_kind(&self) -> DataKind {
+        self.kind
+    }
+
+    /// Where this buffer's memory came from.
+    pub fn origin(&self) -> &Origin {
+        self.origin
+    }
+
+    /// The frame's bytes (all planes, laid out as [`Frame::layout`]). CPU access is
+    /// bracketed with `DMA_BUF_IOCTL_SYNC` around the render callback.
+    pub fn data(&mut self) -> &mut [u8] {
+        self.bytes
+    }
+
+    /// The planes, each with its stride.
+    pub fn planes(&mut self) -> Vec<PlaneMut<'_>> {
+        // The producer sizes `bytes` to its own layout, so this cannot fail; if it ever did,
+        // the callback gets no planes rather than a panic in a PipeWire callback.
+        pattern::planes_in_mut(self.bytes, self.layout).unwrap_or_else(|e| {
+            log::error!("frame {}: {e}", self.sequence);
+            Vec::new()
+        })
+    }
+
+    /// Draws the crate's animated, verifiable test pattern (see [`crate::pattern`]).
+    pub fn draw_test_pattern(&mut self) {
+        let (format, width, height, seq) =
+            (self.format(), self.width(), self.height(), self.sequence);
+        if let Err(e) = pattern::draw(&mut self.planes(), format, width, height, seq) {
+            log::error!("frame {seq}: drawing the test pattern: {e}");
+        }
+    }
+}
+
+/// Where the frame lies in each of `blocks` blocks: one block holds the whole frame (with the
+/// first plane's stride), otherwise block `p` holds plane `p`.
+pub(super) fn chunks(layout: &FrameLayout, blocks: u32) -> Vec<ChunkFill> {
+    if blocks == 1 {
+        return vec![ChunkFill {
+            offset: 0,
+            size: layout.size as u32,
+            stride: layout.strides[0] as i32,
+        }];
+    }
+    (0..layout.n_planes)
+        .map(|p| {
+            let end = if p + 1 < layout.n_planes {
+                layout.offsets[p + 1]
+            } else {
+                layout.size
+            };
+            ChunkFill {
+                offset: layout.offsets[p] as u32,
+                size: (end - layout.offsets[p]) as u32,
+                stride: layout.strides[p] as i32,
+            }
+        })
+        .collect()
+}
+
+fn monotonic_ns() -> i64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec)
+}
+
+/// `process`: draws and queues a frame into a free buffer, if there is one.
+pub(super) fn on_produce(
+    stream: &Stream,
+    inner_rc: &Rc<RefCell<Inner>>,
+    dequeues: &Rc<raw::Dequeues>,
+) {
+    let sealed = with_inner(inner_rc, |inner| {
+        let sealed = inner.active.as_ref().is_some_and(|a| a.sealed);
+        if sealed {
+            inner.stats.starved += 1;
+        }
+        sealed
+    });
+    if sealed != Some(false) {
+        return; // sealed buffers are never drawn into (or the state is busy: re-entered)
+    }
+    let Some(mut dequeued) = raw::dequeue(stream, dequeues) else {
+        with_inner(inner_rc, |inner| inner.stats.starved += 1);
+        return;
+    };
+    let key = dequeued.key();
+    // Take what the render callback needs out of the state, so that the callback may use
+    // the producer (stats, resize, even disconnect) without a borrow conflict. The slot
+    // leaves the map meanwhile, so its memory stays ours whatever the callback does.
+    let (mut slot, layout, origin, sequence, mut render, generation) = {
+        let Ok(mut inner) = inner_rc.try_borrow_mut() else {
+            log::error!("process re-entered the producer; frame skipped");
+            return;
+        };
+        let Some(layout) = inner.active.as_ref().map(|a| a.constraints.layout) else {
+            return;
+        };
+        let Some(slot) = inner.slots.remove(&key) else {
+            log::warn!("{}: dequeued an unknown buffer", inner.config.node_name);
+            return;
+        };
+        let origin = slot.buf.origin().clone();
+        let generation = inner.generation;
+        (
+            slot,
+            layout,
+            origin,
+            inner.stats.frames,
+            inner.render.take(),
+            generation,
+        )
+    };
+    let drawn = match slot.buf.write() {
+        Ok(mut cpu) => {
+            let len = (layout.size as usize).min(cpu.len());
+            let mut frame = Frame {
+                bytes: &mut cpu[..len],
+                layout: &layout,
+                sequence,
+                kind: slot.kind,
+                origin: &origin,
+            };
+            if let Some(render) = render.as_mut() {
+                render(&mut frame);
+            }
+            cpu.finish()
+        }
+        Err(e) => Err(e),
+    };
+    // Nothing else can hold the state now: the callback took no borrow across the render.
+    let mut inner = inner_rc.borrow_mut();
+    if inner.render.is_none() {
+        inner.render = render;
+    }
+    if dequeued.removed() {
+        // The callback made PipeWire remove every buffer (it disconnected the stream): this
+        // pw_buffer is gone, so it is neither written nor queued (dropping `dequeued` does
+        // nothing), and its memory, which consumers had, is freed.
+        log::debug!(
+            "{}: buffer {key:?} was removed while frame {sequence} was drawn",
+            inner.config.node_name
+        );
+        inner.retire(slot.buf);
+        return;
+    }
+    if inner.generation != generation {
+        // The format changed while the callback ran, yet PipeWire kept this buffer (it
+        // removes every buffer before a new format, so this should not happen): it stays
+        // attached, and goes back untouched.
+        inner.slots.insert(key, slot);
+        return;
+    }
+    if let Err(e) = drawn {
+        log::warn!("{}: frame {sequence}: {e}", inner.config.node_name);
+    }
+    let blocks = inner.active.as_ref().map_or(1, |a| a.blocks);
+    dequeued.set_chunks(&chunks(&layout, blocks));
+    dequeued.set_header(sequence, monotonic_ns());
+    inner.slots.insert(key, slot);
+    inner.stats.frames += 1;
+    let report = inner
+        .active
+        .as_mut()
+        .is_some_and(|a| !std::mem::replace(&mut a.ready_reported, true));
+    if report {
+        if let Some(negotiated) = inner.negotiated() {
+            log::info!("{}: streaming {negotiated}", inner.config.node_name);
+            inner.events.push(Event::BuffersReady(negotiated));
+        }
+    }
+    drop(inner);
+    drop(dequeued); // queues the buffer
+}
+
+/// The frame interval for a negotiated rate, falling back to the configured maximum when
+/// the rate is variable (`0/1`).
+pub fn frame_interval(negotiated: Option<&Negotiated>, max: Framerate) -> Duration {
+    negotiated
+        .and_then(|n| n.params.framerate.interval())
+        .or_else(|| max.interval())
+        .unwrap_or(Duration::from_millis(33))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_block_holds_the_frame_and_planar_blocks_hold_a_plane_each() {
+        let layout = FrameLayout::aligned(VideoFormat::Nv12, 64, 48, 64, 1).unwrap();
+        let one = chunks(&layout, 1);
+        assert_eq!(
+            one,
+            [ChunkFill {
+                offset: 0,
+                size: layout.size as u32,
+                stride: 64
+            }]
+        );
+        let two = chunks(&layout, 2);
+        assert_eq!(two.len(), 2);
+        assert_eq!((two[0].offset, two[0].size), (0, 64 * 48));
+        assert_eq!(
+            (two[1].offset, two[1].size, two[1].stride),
+            (64 * 48, 64 * 24, 64)
+        );
+    }
+
+    #[test]
+    fn the_interval_follows_the_negotiated_rate_or_the_maximum() {
+        let max = Framerate::new(60, 1);
+        assert_eq!(
+            frame_interval(None, max),
+            Duration::from_nanos(1_000_000_000 / 60)
+        );
+        assert_eq!(
+            frame_interval(None, Framerate::new(0, 1)),
+            Duration::from_millis(33)
+        );
+    }
+}

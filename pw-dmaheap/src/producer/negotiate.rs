@@ -1,0 +1,520 @@
+//! Negotiation: which EnumFormat objects to announce, what to answer when PipeWire fixes (or
+//! clears) a format, and which memory type the buffers get.
+//!
+//! The decisions are pure functions of what was offered and what the consumer chose
+//! ([`enum_formats`], [`plan_buffers`], [`decide_kind`]), tested without a daemon below;
+//! [`on_format`] applies them to the producer's state.
+
+use heapcore::Origin;
+use pipewire::spa::pod::Pod;
+
+use super::state::{Active, EINVAL, ENOMEM, Inner, Outcome, fail};
+use crate::config::{MAX_BUFFERS, ProducerConfig};
+use crate::constraints::FrameConstraints;
+use crate::data_types::{DataKind, DataTypes};
+use crate::error::{ConfigError, DmabufUnavailable, Error, NegotiationError, Result};
+use crate::params::{
+    self, BuffersOffer, DRM_FORMAT_MOD_LINEAR, FormatOffer, PodBytes, VideoParams,
+};
+
+use super::report::Event;
+
+/// What the producer can offer, decided when it connects, resizes or withdraws DmaBuf.
+#[derive(Debug, Clone)]
+pub(super) struct Offer {
+    /// Dma-bufs can be had here (the probe allocation succeeded); else why not.
+    pub(super) dmabuf: Result<(), DmabufUnavailable>,
+    pub(super) memfd_fallback: bool,
+    pub(super) dmabuf_without_modifier: bool,
+}
+
+impl Offer {
+    pub(super) fn of(config: &ProducerConfig, no_dmabuf: Option<&DmabufUnavailable>) -> Self {
+        Self {
+            dmabuf: no_dmabuf.map_or(Ok(()), |e| Err(e.clone())),
+            memfd_fallback: config.memfd_fallback,
+            dmabuf_without_modifier: config.dmabuf_without_modifier,
+        }
+    }
+
+    fn has_dmabuf(&self) -> bool {
+        self.dmabuf.is_ok()
+    }
+}
+
+/// The EnumFormat objects to announce, preferred first: with the LINEAR modifier when a
+/// dma-buf can be had (mandatory, so only consumers that handle dma-bufs with modifiers
+/// match it), then without a modifier for everybody else (when MemFd is allowed, or
+/// dma-bufs go to consumers without modifiers too).
+pub(super) fn enum_formats<'a>(
+    offer: &Offer,
+    config: &'a ProducerConfig,
+    width: u32,
+    height: u32,
+) -> std::result::Result<Vec<FormatOffer<'a>>, ConfigError> {
+    let format = |linear_modifier| FormatOffer {
+        formats: &config.formats,
+        width,
+        height,
+        max_framerate: config.framerate,
+        linear_modifier,
+    };
+    let mut offers = Vec::new();
+    if offer.has_dmabuf() {
+        offers.push(format(true));
+    }
+    if offer.memfd_fallback || (offer.has_dmabuf() && offer.dmabuf_without_modifier) {
+        offers.push(format(false));
+    }
+    match (&offer.dmabuf, offers.is_empty()) {
+        (Err(why), true) => Err(ConfigError::NothingToOffer(why.clone())),
+        _ => Ok(offers),
+    }
+}
+
+/// How the buffers of a fixed format are laid out and which memory types are offered.
+#[derive(Debug)]
+pub(super) struct BufferPlan {
+    /// `spa_data` blocks per buffer.
+    pub(super) blocks: u32,
+    /// The memory types offered in `SPA_PARAM_BUFFERS_dataType`.
+    pub(super) types: DataTypes,
+    /// Dma-bufs were wanted for a format without a modifier but could not be had (logged).
+    pub(super) dmabuf_refused: Option<Error>,
+}
+
+/// The answer to a fixed format.
+#[derive(Debug)]
+pub(super) enum FormatAnswer {
+    /// Announce `SPA_PARAM_Buffers` for this plan.
+    Buffers(BufferPlan),
+    /// The dma-buf for a modifier format could not be allocated: withdraw the DmaBuf formats
+    /// (PipeWire's rule: never offer what cannot be had), so PipeWire renegotiates.
+    Withdraw(Error),
+    /// Nothing this producer can serve.
+    Refuse(NegotiationError),
+}
+
+/// Decides the answer to a fixed format of `planes` planes. `probe` allocates one dma-buf
+/// for the format (kept for the first buffer) and is called only when dma-bufs are planned.
+pub(super) fn plan_buffers(
+    fixed: &VideoParams,
+    planes: u32,
+    offer: &Offer,
+    probe: impl FnOnce() -> Result<()>,
+) -> FormatAnswer {
+    if let Some(modifier) = fixed.modifier {
+        if modifier != DRM_FORMAT_MOD_LINEAR {
+            return FormatAnswer::Refuse(NegotiationError::Modifier(modifier));
+        }
+        return match probe() {
+            Ok(()) => FormatAnswer::Buffers(BufferPlan {
+                blocks: planes,
+                types: DataTypes::DMA_BUF,
+                dmabuf_refused: None,
+            }),
+            Err(e) => FormatAnswer::Withdraw(e),
+        };
+    }
+    let mut types = DataTypes::empty();
+    if offer.memfd_fallback {
+        types |= DataTypes::MEM_FD;
+    }
+    let mut dmabuf_refused = None;
+    if offer.has_dmabuf() && offer.dmabuf_without_modifier {
+        match probe() {
+            Ok(()) => types |= DataTypes::DMA_BUF,
+            Err(e) => dmabuf_refused = Some(e),
+        }
+    }
+    if types.is_empty() {
+        return FormatAnswer::Refuse(NegotiationError::NoModifierNoMemFd);
+    }
+    FormatAnswer::Buffers(BufferPlan {
+        blocks: 1,
+        types,
+        dmabuf_refused,
+    })
+}
+
+/// Picks the memory type for a format's buffers from what both sides accepted (`allowed`,
+/// the mask PipeWire leaves in `spa_data.type` before `add_buffer`) and what this producer
+/// `offered`; the reason goes to the log.
+pub(super) fn decide_kind(
+    modifier: bool,
+    offered: DataTypes,
+    allowed: DataTypes,
+) -> std::result::Result<(DataKind, String), NegotiationError> {
+    let usable = allowed & offered;
+    if modifier {
+        return if usable.contains(DataTypes::DMA_BUF) {
+            Ok((
+                DataKind::DmaBuf,
+                format!("a LINEAR modifier was negotiated and the buffer types allow {allowed}"),
+            ))
+        } else {
+            Err(NegotiationError::ModifierWithoutDmaBuf(allowed))
+        };
+    }
+    if usable.contains(DataTypes::DMA_BUF) {
+        Ok((
+            DataKind::DmaBuf,
+            format!(
+                "no modifier, but the consumer's buffer types are {allowed}: linear, \
+                 mmap-able dma-bufs (PipeWire's V4L2 rule)"
+            ),
+        ))
+    } else if usable.contains(DataTypes::MEM_FD) {
+        Ok((
+            DataKind::MemFd,
+            format!("the negotiated buffer types are {allowed}"),
+        ))
+    } else {
+        Err(NegotiationError::Types {
+            accepted: allowed,
+            offered,
+        })
+    }
+}
+
+/// PipeWire fixed a format (or cleared it, `None`): answers with the Buffers and Meta params,
+/// withdraws DmaBuf, or fails the stream.
+pub(super) fn on_format(inner: &mut Inner, param: Option<&Pod>) -> Outcome {
+    // pw_stream removes every buffer before it reports a new (or no) format.
+    if !inner.slots.is_empty() {
+        log::warn!(
+            "{}: {} buffers outlived their format; freeing them",
+            inner.config.node_name,
+            inner.slots.len()
+        );
+        let stale: Vec<_> = inner.slots.drain().map(|(_, slot)| slot).collect();
+        for slot in stale {
+            inner.retire(slot.buf);
+        }
+    }
+    inner.drop_spare();
+    inner.generation += 1;
+    inner.active = None;
+    let Some(param) = param else {
+        log::debug!("{}: format cleared", inner.config.node_name);
+        return Outcome::Done;
+    };
+    let fixed = match VideoParams::parse(param) {
+        Ok(p) => p,
+        Err(e) => return fail(EINVAL, e),
+    };
+    if !inner.config.formats.contains(&fixed.format) {
+        return fail(EINVAL, NegotiationError::FormatNotOffered(fixed.format));
+    }
+    if (fixed.width, fixed.height) != (inner.width, inner.height) {
+        log::warn!(
+            "{}: format fixed at {}x{} while {}x{} is offered",
+            inner.config.node_name,
+            fixed.width,
+            fixed.height,
+            inner.width,
+            inner.height
+        );
+    }
+    let constraints = match constraints_for(&fixed, &inner.config) {
+        Ok(c) => c,
+        Err(e) => return fail(EINVAL, e),
+    };
+    inner.stats.negotiations += 1;
+    let node = inner.config.node_name.clone();
+    let offer = Offer::of(&inner.config, inner.dmabuf.as_ref().err());
+    let planes = constraints.layout.n_planes as u32;
+    let (pools, spare) = (&mut inner.pools, &mut inner.spare);
+    let answer = plan_buffers(&fixed, planes, &offer, || {
+        *spare = Some(pools.allocate(DataKind::DmaBuf, &constraints)?);
+        Ok(())
+    });
+    let plan = match answer {
+        FormatAnswer::Buffers(plan) => plan,
+        FormatAnswer::Refuse(e) => return fail(EINVAL, e),
+        FormatAnswer::Withdraw(e) => {
+            log::warn!("{node}: no dma-buf for {fixed} ({e}); withdrawing the DmaBuf formats");
+            inner.dmabuf = Err(DmabufUnavailable::Withdrawn(std::sync::Arc::new(e)));
+            return match inner.enum_formats() {
+                Ok(pods) => Outcome::Announce {
+                    what: "withdrawing the DmaBuf formats",
+                    pods,
+                },
+                Err(e) => fail(ENOMEM, e),
+            };
+        }
+    };
+    if let Some(e) = &plan.dmabuf_refused {
+        log::warn!("{node}: no dma-buf for {fixed} ({e}); offering MemFd only");
+    }
+    let pods = match buffer_params(&plan, &constraints, &inner.config) {
+        Ok(p) => p,
+        Err(e) => return fail(EINVAL, e),
+    };
+    log::info!(
+        "{node}: format fixed: {fixed}; offering {} buffers, {} block(s), stride {}, data types {}",
+        inner.config.buffers,
+        plan.blocks,
+        constraints.layout.strides[0],
+        plan.types
+    );
+    inner.active = Some(Active {
+        params: fixed,
+        constraints,
+        blocks: plan.blocks,
+        offered_types: plan.types,
+        kind: None,
+        origin: None::<Origin>,
+        ready_reported: false,
+        sealed: false,
+    });
+    inner.events.push(Event::FormatFixed(fixed));
+    Outcome::Announce {
+        what: "announcing buffers",
+        pods,
+    }
+}
+
+/// One block per plane, each with its offset and stride, with a modifier; one block laid out
+/// as GStreamer's consumers assume without.
+fn constraints_for(fixed: &VideoParams, config: &ProducerConfig) -> Result<FrameConstraints> {
+    let for_layout = if fixed.modifier.is_some() {
+        FrameConstraints::for_frame
+    } else {
+        FrameConstraints::for_single_block
+    };
+    for_layout(fixed.format, fixed.width, fixed.height, config)
+}
+
+/// The Buffers param for a plan, and the Meta param for the header.
+fn buffer_params(
+    plan: &BufferPlan,
+    constraints: &FrameConstraints,
+    config: &ProducerConfig,
+) -> Result<Vec<PodBytes>> {
+    let offer = BuffersOffer {
+        buffers: config.buffers,
+        max_buffers: MAX_BUFFERS.max(config.buffers),
+        blocks: plan.blocks,
+        // Each block covers the whole buffer; chunks say where each plane is.
+        size: constraints.size as u32,
+        stride: constraints.layout.strides[0],
+        data_types: plan.types,
+    };
+    Ok(vec![
+        PodBytes::new("Buffers", offer.object())?,
+        PodBytes::new("Meta", params::header_meta())?,
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use pipewire::spa::pod::deserialize::PodDeserializer;
+    use pipewire::spa::pod::{ChoiceValue, Value};
+    use pipewire::spa::sys;
+    use pipewire::spa::utils::{Choice, ChoiceEnum};
+
+    use heapcore::format::VideoFormat;
+
+    use super::*;
+    use crate::config::Framerate;
+
+    /// The formats and modifier flag of each offer.
+    fn formats_of(offers: &[FormatOffer<'_>]) -> Vec<(Vec<VideoFormat>, bool)> {
+        offers
+            .iter()
+            .map(|o| (o.formats.to_vec(), o.linear_modifier))
+            .collect()
+    }
+
+    fn offer(dmabuf: bool, memfd: bool, without_modifier: bool) -> Offer {
+        Offer {
+            dmabuf: if dmabuf {
+                Ok(())
+            } else {
+                Err(DmabufUnavailable::NoSource)
+            },
+            memfd_fallback: memfd,
+            dmabuf_without_modifier: without_modifier,
+        }
+    }
+
+    fn fixed(modifier: Option<u64>) -> VideoParams {
+        VideoParams {
+            format: VideoFormat::Nv12,
+            width: 64,
+            height: 48,
+            framerate: Framerate::new(30, 1),
+            modifier,
+        }
+    }
+
+    fn probe_fails() -> Result<()> {
+        Err(Error::Heap(heapcore::Error::Unsupported("no heap".into())))
+    }
+
+    #[test]
+    fn dmabuf_formats_come_first_and_only_when_a_dmabuf_can_be_had() {
+        let config = ProducerConfig::default();
+        let all = enum_formats(&offer(true, true, false), &config, 64, 48).unwrap();
+        assert_eq!(
+            formats_of(&all),
+            [
+                (vec![VideoFormat::Bgrx], true),
+                (vec![VideoFormat::Bgrx], false)
+            ]
+        );
+        let memfd = enum_formats(&offer(false, true, false), &config, 64, 48).unwrap();
+        assert_eq!(formats_of(&memfd), [(vec![VideoFormat::Bgrx], false)]);
+        let dmabuf_only = enum_formats(&offer(true, false, false), &config, 64, 48).unwrap();
+        assert_eq!(formats_of(&dmabuf_only), [(vec![VideoFormat::Bgrx], true)]);
+        // Without MemFd, the no-modifier object is there for dmabuf_without_modifier only.
+        let v4l2_rule = enum_formats(&offer(true, false, true), &config, 64, 48).unwrap();
+        assert_eq!(formats_of(&v4l2_rule).len(), 2);
+        let err = enum_formats(&offer(false, false, true), &config, 64, 48).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "nothing to offer: no dma-buf can be allocated here (no DMA-BUF heap or \
+             /dev/udmabuf here) and memfd_fallback is off"
+        );
+    }
+
+    #[test]
+    fn a_modifier_format_gets_one_dmabuf_block_per_plane() {
+        let mut probed = false;
+        let answer = plan_buffers(&fixed(Some(0)), 2, &offer(true, true, false), || {
+            probed = true;
+            Ok(())
+        });
+        assert!(probed);
+        let FormatAnswer::Buffers(plan) = answer else {
+            panic!("{answer:?}")
+        };
+        assert_eq!((plan.blocks, plan.types), (2, DataTypes::DMA_BUF));
+    }
+
+    #[test]
+    fn a_modifier_format_whose_dmabuf_fails_withdraws_dmabuf() {
+        let answer = plan_buffers(&fixed(Some(0)), 2, &offer(true, true, false), probe_fails);
+        assert!(matches!(answer, FormatAnswer::Withdraw(_)), "{answer:?}");
+        let answer = plan_buffers(&fixed(Some(5)), 2, &offer(true, true, false), || Ok(()));
+        assert!(
+            matches!(answer, FormatAnswer::Refuse(NegotiationError::Modifier(5))),
+            "{answer:?}"
+        );
+    }
+
+    #[test]
+    fn no_modifier_means_one_memfd_block_unless_told_otherwise() {
+        let mut probed = false;
+        let answer = plan_buffers(&fixed(None), 2, &offer(true, true, false), || {
+            probed = true;
+            Ok(())
+        });
+        assert!(!probed, "no dma-buf is allocated for a MemFd format");
+        let FormatAnswer::Buffers(plan) = answer else {
+            panic!("{answer:?}")
+        };
+        assert_eq!((plan.blocks, plan.types), (1, DataTypes::MEM_FD));
+        // PipeWire's V4L2 rule: DmaBuf too when the probe succeeds, MemFd only when not.
+        let answer = plan_buffers(&fixed(None), 2, &offer(true, true, true), || Ok(()));
+        let FormatAnswer::Buffers(plan) = answer else {
+            panic!("{answer:?}")
+        };
+        assert_eq!(plan.types, DataTypes::MEM_FD | DataTypes::DMA_BUF);
+        let answer = plan_buffers(&fixed(None), 2, &offer(true, true, true), probe_fails);
+        let FormatAnswer::Buffers(plan) = answer else {
+            panic!("{answer:?}")
+        };
+        assert_eq!(plan.types, DataTypes::MEM_FD);
+        assert!(plan.dmabuf_refused.is_some());
+        let answer = plan_buffers(&fixed(None), 2, &offer(true, false, false), || Ok(()));
+        assert!(
+            matches!(
+                answer,
+                FormatAnswer::Refuse(NegotiationError::NoModifierNoMemFd)
+            ),
+            "{answer:?}"
+        );
+    }
+
+    #[test]
+    fn the_kind_follows_the_intersected_mask() {
+        let both = DataTypes::MEM_FD | DataTypes::DMA_BUF;
+        let (kind, why) = decide_kind(true, DataTypes::DMA_BUF, both).unwrap();
+        assert_eq!(kind, DataKind::DmaBuf);
+        assert!(why.contains("MEM_FD | DMA_BUF"), "{why}");
+        let err = decide_kind(true, DataTypes::DMA_BUF, DataTypes::MEM_FD).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a modifier was negotiated but the consumer's buffer types are MEM_FD"
+        );
+        assert_eq!(
+            decide_kind(false, both, both).unwrap().0,
+            DataKind::DmaBuf,
+            "the V4L2 rule"
+        );
+        assert_eq!(
+            decide_kind(false, DataTypes::MEM_FD, both).unwrap().0,
+            DataKind::MemFd
+        );
+        let err = decide_kind(false, DataTypes::MEM_FD, DataTypes::MEM_PTR).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the consumer accepts MEM_PTR; this producer offered MEM_FD"
+        );
+    }
+
+    #[test]
+    fn the_buffers_param_carries_the_plan() {
+        let config = ProducerConfig::new(64, 48).with_buffers(6);
+        let constraints = FrameConstraints::for_frame(VideoFormat::Nv12, 64, 48, &config).unwrap();
+        let plan = BufferPlan {
+            blocks: 2,
+            types: DataTypes::DMA_BUF,
+            dmabuf_refused: None,
+        };
+        let pods = buffer_params(&plan, &constraints, &config).unwrap();
+        assert_eq!(pods.len(), 2);
+        let (_, value) = PodDeserializer::deserialize_any_from(pods[0].pod().as_bytes()).unwrap();
+        let Value::Object(buffers) = value else {
+            panic!("{value:?}")
+        };
+        let prop = |key| {
+            buffers
+                .properties
+                .iter()
+                .find(|p| p.key == key)
+                .map(|p| p.value.clone())
+        };
+        assert_eq!(prop(sys::SPA_PARAM_BUFFERS_blocks), Some(Value::Int(2)));
+        assert_eq!(
+            prop(sys::SPA_PARAM_BUFFERS_size),
+            Some(Value::Int(constraints.size as i32))
+        );
+        assert!(
+            matches!(
+                prop(sys::SPA_PARAM_BUFFERS_buffers),
+                Some(Value::Choice(ChoiceValue::Int(Choice(
+                    _,
+                    ChoiceEnum::Range {
+                        default: 6,
+                        min: 2,
+                        max: 32
+                    }
+                ))))
+            ),
+            "{buffers:?}"
+        );
+        assert!(
+            matches!(
+                prop(sys::SPA_PARAM_BUFFERS_dataType),
+                Some(Value::Choice(ChoiceValue::Int(Choice(
+                    _,
+                    ChoiceEnum::Flags { default: 8, .. }
+                ))))
+            ),
+            "{buffers:?}"
+        );
+    }
+}

@@ -1,0 +1,82 @@
+//! What a producer tells its user: what was negotiated ([`Negotiated`]), counters
+//! ([`Stats`]) and events ([`Event`]).
+
+use std::fmt;
+
+use heapcore::Origin;
+use heapcore::format::FrameLayout;
+
+use crate::data_types::DataKind;
+use crate::params::VideoParams;
+
+/// What was negotiated with the current consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The fixed format.
+    pub params: VideoParams,
+    /// Where each plane lies in a buffer.
+    pub layout: FrameLayout,
+    /// The memory type the consumer gets.
+    pub data_kind: DataKind,
+    /// Where the buffers came from (the heap, udmabuf, memfd).
+    pub origin: Origin,
+    /// How many buffers the stream has.
+    pub buffers: usize,
+    /// `spa_data` blocks per buffer: one per plane for dma-bufs with a modifier, else one.
+    pub blocks: u32,
+    /// Bytes of each buffer (whole pages).
+    pub buffer_size: u64,
+}
+
+impl fmt::Display for Negotiated {
+    /// `320x240 BGRx @ 60/1 fps, modifier LINEAR: 4 buffers of 307200 bytes (DmaBuf, 1
+    /// block(s), stride 1280) from heap system`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} buffers of {} bytes ({}, {} block(s), stride {}) from {}",
+            self.params,
+            self.buffers,
+            self.buffer_size,
+            self.data_kind,
+            self.blocks,
+            self.layout.strides[0],
+            self.origin
+        )
+    }
+}
+
+/// Counters for logs and leak checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Frames queued to PipeWire.
+    pub frames: u64,
+    /// Process calls that found no free buffer (the consumer still held them all).
+    pub starved: u64,
+    /// Buffers taken for the stream (including the one taken when a format is fixed).
+    pub allocated: u64,
+    /// Buffers let go again (freed if their fd went to PipeWire, back to their pool if it
+    /// never did).
+    pub freed: u64,
+    /// How many of the buffers taken came back from the pool instead of being allocated:
+    /// only buffers no consumer ever saw (the probe of a format fixed earlier) are pooled.
+    pub recycled: u64,
+    /// Buffers attached to the stream right now.
+    pub live: usize,
+    /// Formats fixed so far (1 + renegotiations).
+    pub negotiations: u64,
+}
+
+/// Something a UI or log may want to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The stream changed state (`Paused`, `Streaming`, ...).
+    State(String),
+    /// A format was fixed with a consumer; buffers follow.
+    FormatFixed(VideoParams),
+    /// The buffers are in place and the first frame was produced into them.
+    BuffersReady(Negotiated),
+    /// Negotiation or allocation failed; the stream is in error.
+    Error(String),
+}
