@@ -35,8 +35,16 @@ pub enum Need {
     MemoryCgroup,
     /// The sw_sync debug timeline (CONFIG_SW_SYNC, debugfs), to make fences by hand.
     SwSync,
-    /// vgem, a DRM device with PRIME and syncobjs but no display.
+    /// vgem, a DRM device with PRIME but no display (and no syncobjs: DRIVER_SYNCOBJ is not
+    /// among its features, see [`Need::DrmSyncobj`]).
     Vgem,
+    /// A DRM device with timeline syncobjs, for explicit sync: a GPU driver (amdgpu, i915,
+    /// xe, nouveau, msm, panthor, powervr, virtio_gpu). vkms and vgem have none.
+    DrmSyncobj,
+    /// PipeWire at least this version (`major`, `minor`), as `pipewire --version` says.
+    PipeWire(u32, u32),
+    /// GStreamer at least this version, as `gst-launch-1.0 --version` says.
+    GStreamer(u32, u32),
 }
 
 impl Need {
@@ -53,6 +61,9 @@ impl Need {
             Self::MemoryCgroup => "memcg",
             Self::SwSync => "sw_sync",
             Self::Vgem => "vgem",
+            Self::DrmSyncobj => "drm-syncobj",
+            Self::PipeWire(..) => "pipewire-version",
+            Self::GStreamer(..) => "gstreamer-version",
         }
     }
 
@@ -68,6 +79,13 @@ impl Need {
             Self::MemoryCgroup => CgroupFlavour::usable().is_some(),
             Self::SwSync => Path::new(SW_SYNC).exists(),
             Self::Vgem => drm_card("vgem").is_some(),
+            Self::DrmSyncobj => has_syncobj_device(),
+            Self::PipeWire(major, minor) => {
+                version_of("pipewire", "libpipewire ").is_some_and(|v| v >= (major, minor))
+            }
+            Self::GStreamer(major, minor) => {
+                version_of("gst-launch-1.0", "GStreamer ").is_some_and(|v| v >= (major, minor))
+            }
         }
     }
 
@@ -98,6 +116,14 @@ impl fmt::Display for Need {
                 "the sw_sync timeline ({SW_SYNC}: CONFIG_SW_SYNC, debugfs)"
             ),
             Self::Vgem => f.write_str("a vgem DRM device (CONFIG_DRM_VGEM)"),
+            Self::DrmSyncobj => write!(
+                f,
+                "a DRM device with timeline syncobjs (a GPU driver: {}; vkms and vgem have \
+                 none)",
+                SYNCOBJ_DRIVERS.join(", ")
+            ),
+            Self::PipeWire(major, minor) => write!(f, "PipeWire {major}.{minor} or newer"),
+            Self::GStreamer(major, minor) => write!(f, "GStreamer {major}.{minor} or newer"),
         }
     }
 }
@@ -126,6 +152,58 @@ pub fn cma_heap() -> Option<String> {
     })
 }
 
+/// The DRM drivers with `DRIVER_SYNCOBJ_TIMELINE` (Linux 7.3's `drivers/gpu/drm`).
+const SYNCOBJ_DRIVERS: [&str; 8] = [
+    "amdgpu",
+    "i915",
+    "xe",
+    "nouveau",
+    "msm",
+    "panthor",
+    "powervr",
+    "virtio_gpu",
+];
+
+/// Whether a DRM device bound to one of [`SYNCOBJ_DRIVERS`] is here. virtio-gpu's DRM device
+/// hangs off its PCI device (driver `virtio-pci`); its `virtioN` child names `virtio_gpu`.
+fn has_syncobj_device() -> bool {
+    let virtio_gpu = || {
+        let Ok(cards) = std::fs::read_dir("/sys/class/drm") else {
+            return false;
+        };
+        cards.filter_map(Result::ok).any(|card| {
+            let Ok(children) = std::fs::read_dir(card.path().join("device")) else {
+                return false;
+            };
+            children.filter_map(Result::ok).any(|child| {
+                let is_virtio = child.file_name().to_string_lossy().starts_with("virtio");
+                let driver = std::fs::read_link(child.path().join("driver")).ok();
+                is_virtio && driver.is_some_and(|d| d.ends_with("virtio_gpu"))
+            })
+        })
+    };
+    SYNCOBJ_DRIVERS.iter().any(|d| drm_card(d).is_some()) || virtio_gpu()
+}
+
+/// The `major.minor` version `program --version` prints after `marker` (`pipewire`:
+/// "Linked with libpipewire 1.6.9"; `gst-launch-1.0`: "GStreamer 1.28.8").
+pub fn version_of(program: &str, marker: &str) -> Option<(u32, u32)> {
+    let out = std::process::Command::new(program)
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The last match: pipewire prints the version it was compiled with, then the one linked.
+    let version = text
+        .rsplit(marker)
+        .next()
+        .filter(|_| text.contains(marker))?;
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 /// The `/dev/videoN` node of the V4L2 device called `name`.
 pub fn v4l2_device(name: &str) -> Option<String> {
     let entries = std::fs::read_dir("/sys/class/video4linux").ok()?;
@@ -140,15 +218,23 @@ pub fn v4l2_device(name: &str) -> Option<String> {
 /// does not depend on heapcore).
 pub const SW_SYNC: &str = "/sys/kernel/debug/sync/sw_sync";
 
-/// The `/dev/dri/cardN` node of the DRM device whose driver is `driver` (`vkms`, `vgem`).
+/// The `/dev/dri/cardN` node of the DRM device `driver` (`vkms`, `vgem`): by its driver, or,
+/// for virtual devices on a generic bus (faux on 7.x, none on 6.12), by the device's name.
 pub fn drm_card(driver: &str) -> Option<String> {
     let entries = std::fs::read_dir("/sys/class/drm").ok()?;
-    entries.filter_map(Result::ok).find_map(|e| {
-        let node = e.file_name().into_string().ok()?;
-        let bound = std::fs::read_link(e.path().join("device/driver")).ok()?;
-        let name = bound.file_name()?.to_str()?;
-        let is_card = node.starts_with("card") && !node.contains('-');
-        (is_card && name == driver).then(|| format!("/dev/dri/{node}"))
+    let mut cards: Vec<(String, std::path::PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        .filter(|(node, _)| node.starts_with("card") && !node.contains('-'))
+        .collect();
+    cards.sort();
+    cards.into_iter().find_map(|(node, path)| {
+        let device = path.join("device");
+        let bound = std::fs::read_link(device.join("driver")).ok();
+        let bound = bound.as_ref().and_then(|b| b.file_name()?.to_str());
+        let own = std::fs::canonicalize(&device).ok();
+        let own = own.as_ref().and_then(|d| d.file_name()?.to_str());
+        (bound == Some(driver) || own == Some(driver)).then(|| format!("/dev/dri/{node}"))
     })
 }
 
@@ -318,6 +404,30 @@ impl Drop for MemoryCgroup {
 /// Counts this process's open fds (for leak checks).
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// This process's fds and what each refers to (`/proc/self/fd`), to say which ones a leak
+/// check found.
+pub fn fd_targets() -> std::collections::BTreeMap<i32, String> {
+    std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some((fd, target.display().to_string()))
+        })
+        .collect()
+}
+
+/// The fds open now that were not in `before` (from [`fd_targets`]), described.
+pub fn fds_opened_since(before: &std::collections::BTreeMap<i32, String>) -> Vec<String> {
+    fd_targets()
+        .into_iter()
+        .filter(|(fd, target)| before.get(fd) != Some(target))
+        .map(|(fd, target)| format!("{fd} -> {target}"))
+        .collect()
 }
 
 /// What the kernel says of one of this process's fds (`/proc/self/fdinfo/<fd>`: for a dma-buf
