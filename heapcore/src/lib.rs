@@ -20,6 +20,7 @@ pub mod pressure;
 pub mod size;
 mod solver;
 mod source;
+pub mod syncobj;
 pub mod sysinfo;
 #[allow(unsafe_code)]
 mod uapi;

@@ -5,9 +5,11 @@
 
 mod dma_buf;
 mod sync_file;
+mod syncobj;
 
 pub(crate) use dma_buf::*;
 pub(crate) use sync_file::*;
+pub(crate) use syncobj::*;
 
 use rustix::io::Errno;
 
