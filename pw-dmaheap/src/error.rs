@@ -213,6 +213,12 @@ pub enum NegotiationError {
     /// The fixed video format was never offered.
     #[error("the consumer fixed {0}, which was not offered")]
     FormatNotOffered(VideoFormat),
+    /// The consumer left modifiers to fixate, none of which this producer can allocate.
+    #[error(
+        "the consumer left modifiers [{}] to fixate; only LINEAR can be allocated here",
+        hex_list(.0)
+    )]
+    ModifiersToFixate(Vec<u64>),
     /// A modifier other than LINEAR.
     #[error("modifier {0:#x} was fixed; only LINEAR was offered")]
     Modifier(u64),
@@ -260,6 +266,9 @@ pub enum NegotiationError {
         /// The fd's size.
         len: u64,
     },
+    /// Explicit sync was negotiated without a DRM device to make syncobjs on (a bug).
+    #[error("explicit sync was negotiated but no DRM device with timeline syncobjs is open")]
+    NoSyncDevice,
     /// Allocating a buffer for the stream failed.
     #[error("allocating a buffer: {0}")]
     Allocation(#[source] Box<Error>),
@@ -305,6 +314,14 @@ pub enum FormatError {
     /// A modifier property that holds no long (the value found).
     #[error("modifier is not a long: {0}")]
     ModifierNotLong(String),
+}
+
+fn hex_list(values: &[u64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:#x}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn spa_format_name(raw: u32) -> String {

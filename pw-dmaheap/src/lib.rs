@@ -19,12 +19,16 @@ pub use data_types::{DataKind, DataTypes};
 pub use error::{
     ConfigError, DmabufUnavailable, Error, FormatError, FrameError, NegotiationError, Result,
 };
+pub use heapcore::syncobj::{SyncDevice, Timeline};
 pub use import::{ImportedData, RegionRead};
 pub use params::{
     DRM_FORMAT_MOD_INVALID, DRM_FORMAT_MOD_LINEAR, VideoParams, spa_video_format,
     video_format_from_spa,
 };
-pub use producer::{Event, Frame, Negotiated, Producer, Stats, frame_interval};
+pub use producer::{
+    CAPABILITY_DEVICE_ID_NEGOTIATION, CAPABILITY_DEVICE_IDS, Event, Frame, Negotiated, PeerDevice,
+    Producer, Stats, encode_dev_t, frame_interval,
+};
 pub use raw::{EnteredLoop, import_data};
 
 /// Re-exported so users name the same versions this crate was built with.

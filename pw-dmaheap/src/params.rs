@@ -19,6 +19,7 @@ use spa::utils::{Choice, ChoiceEnum, ChoiceFlags, Fraction, Id, Rectangle};
 use crate::config::Framerate;
 use crate::data_types::DataTypes;
 use crate::error::{Error, FormatError, Result};
+use crate::raw::spa_abi;
 
 /// `DRM_FORMAT_MOD_LINEAR`: rows one after the other, no tiling or compression. Heap buffers
 /// are always linear.
@@ -158,6 +159,39 @@ impl VideoParams {
     }
 }
 
+/// The modifiers a Format param leaves to the producer to fixate: present when its modifier
+/// property carries `DONT_FIXATE` (PipeWire's dma-buf negotiation), with every modifier of the
+/// choice (or the one value left after intersection).
+pub(crate) fn modifiers_to_fixate(pod: &Pod) -> Option<Vec<u64>> {
+    let (_, value) = PodDeserializer::deserialize_any_from(pod.as_bytes()).ok()?;
+    let Value::Object(object) = value else {
+        return None;
+    };
+    let prop = object
+        .properties
+        .iter()
+        .find(|p| p.key == sys::SPA_FORMAT_VIDEO_modifier)?;
+    if !prop.flags.contains(PropertyFlags::DONT_FIXATE) {
+        return None;
+    }
+    let mut modifiers = match &prop.value {
+        Value::Long(m) => vec![*m as u64],
+        Value::Choice(ChoiceValue::Long(Choice(_, choice))) => match choice {
+            ChoiceEnum::None(m) => vec![*m as u64],
+            ChoiceEnum::Enum { alternatives, .. } => {
+                alternatives.iter().map(|&m| m as u64).collect()
+            }
+            ChoiceEnum::Range { default, .. }
+            | ChoiceEnum::Step { default, .. }
+            | ChoiceEnum::Flags { default, .. } => vec![*default as u64],
+        },
+        _ => Vec::new(),
+    };
+    modifiers.sort_unstable();
+    modifiers.dedup();
+    Some(modifiers)
+}
+
 /// A property's value with a choice resolved to its default (what `spa_pod_get_values`
 /// gives C code): a fixed format may still wrap values in `SPA_CHOICE_None` choices.
 fn fixed(value: &Value) -> Value {
@@ -184,22 +218,35 @@ fn default_of<T: spa::pod::CanonicalFixedSizedPod>(choice: &ChoiceEnum<T>) -> &T
     }
 }
 
+/// The modifier property of an EnumFormat object (PipeWire's dma-buf negotiation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ModifierOffer {
+    /// No modifier: shared memory.
+    None,
+    /// The modifiers this producer can allocate, `MANDATORY | DONT_FIXATE`: PipeWire leaves
+    /// the choice to the producer, which test-allocates and fixates one.
+    ToFixate(Vec<u64>),
+    /// The modifier the producer fixated, `MANDATORY` only: a consumer that matches it gets a
+    /// format with it fixed.
+    Fixed(u64),
+}
+
 /// What the producer offers in one EnumFormat object.
 #[derive(Debug, Clone)]
-pub(crate) struct FormatOffer<'a> {
-    pub formats: &'a [VideoFormat],
+pub(crate) struct FormatOffer {
+    pub formats: Vec<VideoFormat>,
     pub width: u32,
     pub height: u32,
     pub max_framerate: Framerate,
-    /// Offer dma-bufs with the LINEAR modifier (mandatory: consumers without modifier
-    /// support do not match this object and fall through to the next).
-    pub linear_modifier: bool,
+    /// Whether (and how) dma-bufs with modifiers are offered; `MANDATORY`, so consumers
+    /// without modifier support do not match this object and fall through to the next.
+    pub modifier: ModifierOffer,
 }
 
-impl FormatOffer<'_> {
+impl FormatOffer {
     pub(crate) fn object(&self) -> Object {
         let id = |v: u32| Value::Id(Id(v));
-        let format = match self.formats {
+        let format = match self.formats.as_slice() {
             [only] => id(spa_video_format(*only).as_raw()),
             formats => Value::Choice(ChoiceValue::Id(Choice(
                 ChoiceFlags::empty(),
@@ -217,13 +264,24 @@ impl FormatOffer<'_> {
             Property::new(sys::SPA_FORMAT_mediaSubtype, id(sys::SPA_MEDIA_SUBTYPE_raw)),
             Property::new(sys::SPA_FORMAT_VIDEO_format, format),
         ];
-        if self.linear_modifier {
-            // One modifier, so nothing to fixate: no DONT_FIXATE (PipeWire's dma-buf.dox).
-            properties.push(Property {
+        match &self.modifier {
+            ModifierOffer::None => {}
+            ModifierOffer::ToFixate(modifiers) => properties.push(Property {
+                key: sys::SPA_FORMAT_VIDEO_modifier,
+                flags: PropertyFlags::MANDATORY | PropertyFlags::DONT_FIXATE,
+                value: Value::Choice(ChoiceValue::Long(Choice(
+                    ChoiceFlags::empty(),
+                    ChoiceEnum::Enum {
+                        default: modifiers.first().copied().unwrap_or(DRM_FORMAT_MOD_LINEAR) as i64,
+                        alternatives: modifiers.iter().map(|&m| m as i64).collect(),
+                    },
+                ))),
+            }),
+            ModifierOffer::Fixed(modifier) => properties.push(Property {
                 key: sys::SPA_FORMAT_VIDEO_modifier,
                 flags: PropertyFlags::MANDATORY,
-                value: Value::Long(DRM_FORMAT_MOD_LINEAR as i64),
-            });
+                value: Value::Long(*modifier as i64),
+            }),
         }
         properties.push(Property::new(
             sys::SPA_FORMAT_VIDEO_size,
@@ -270,12 +328,15 @@ pub(crate) struct BuffersOffer {
     pub stride: u32,
     /// The memory types the producer can give.
     pub data_types: DataTypes,
+    /// Metadata this layout requires (`SPA_PARAM_BUFFERS_metaType`, `MANDATORY`): a layout
+    /// for explicit sync exists only where both sides negotiated `SPA_META_SyncTimeline`.
+    pub required_meta: Option<u32>,
 }
 
 impl BuffersOffer {
     pub(crate) fn object(&self) -> Object {
         let int = |v: u32| Value::Int(i32::try_from(v).unwrap_or(i32::MAX));
-        Object {
+        let mut object = Object {
             type_: sys::SPA_TYPE_OBJECT_ParamBuffers,
             id: sys::SPA_PARAM_Buffers,
             properties: vec![
@@ -307,26 +368,84 @@ impl BuffersOffer {
                     ))),
                 ),
             ],
+        };
+        if let Some(meta) = self.required_meta {
+            object.properties.push(Property {
+                key: spa_abi::PARAM_BUFFERS_META_TYPE,
+                flags: PropertyFlags::MANDATORY,
+                value: Value::Int(1 << meta),
+            });
         }
+        object
     }
 }
 
-/// `SPA_PARAM_Meta` for `SPA_META_Header` (sequence number and timestamps per frame).
-pub(crate) fn header_meta() -> Object {
+/// `SPA_PARAM_Meta` for `SPA_META_SyncTimeline` (explicit sync), with the RELEASE feature
+/// (the consumer says whether it will signal release points) dropped if the other side
+/// lacks it.
+pub(crate) fn sync_timeline_meta() -> Object {
+    let mut object = meta(spa_abi::META_SYNC_TIMELINE, SYNC_TIMELINE_META_SIZE);
+    object.properties.push(Property {
+        key: spa_abi::PARAM_META_FEATURES,
+        flags: PropertyFlags::from_bits_retain(spa_abi::POD_PROP_FLAG_DROP),
+        value: Value::Int(spa_abi::META_FEATURE_SYNC_TIMELINE_RELEASE as i32),
+    });
+    object
+}
+
+/// The `SPA_PARAM_Meta` a consumer passes among its connect params to ask for explicit sync
+/// (`SPA_META_SyncTimeline` with the RELEASE feature).
+pub fn sync_timeline_meta_param() -> Result<Vec<u8>> {
+    PodBytes::new("Meta", sync_timeline_meta()).map(|p| p.0)
+}
+
+/// A `SPA_PARAM_Meta` object for metadata `type_` of `size` bytes.
+fn meta(type_: u32, size: i32) -> Object {
     Object {
         type_: sys::SPA_TYPE_OBJECT_ParamMeta,
         id: sys::SPA_PARAM_Meta,
         properties: vec![
-            Property::new(
-                sys::SPA_PARAM_META_type,
-                Value::Id(Id(sys::SPA_META_Header)),
-            ),
-            Property::new(
-                sys::SPA_PARAM_META_size,
-                Value::Int(std::mem::size_of::<sys::spa_meta_header>() as i32),
-            ),
+            Property::new(sys::SPA_PARAM_META_type, Value::Id(Id(type_))),
+            Property::new(sys::SPA_PARAM_META_size, Value::Int(size)),
         ],
     }
+}
+
+/// A `SPA_PARAM_Capability` param (PipeWire 1.6) with these dict items, as a consumer (or a
+/// producer) passes among its connect params to tell its peers, e.g.
+/// [`CAPABILITY_DEVICE_IDS`](crate::CAPABILITY_DEVICE_IDS) with the devices it uses (see
+/// [`encode_dev_t`](crate::encode_dev_t)). PipeWire before 1.6 ignores it.
+pub fn capability_param(items: &[(&str, &str)]) -> Result<Vec<u8>> {
+    PodBytes::new("Capability", capability_object(items)).map(|p| p.0)
+}
+
+/// The `SPA_PARAM_Capability` dict object with these items.
+pub(crate) fn capability_object(items: &[(&str, &str)]) -> Object {
+    let mut fields = vec![Value::Int(i32::try_from(items.len()).unwrap_or(i32::MAX))];
+    for (key, value) in items {
+        fields.push(Value::String((*key).to_owned()));
+        fields.push(Value::String((*value).to_owned()));
+    }
+    Object {
+        type_: spa_abi::TYPE_OBJECT_PARAM_DICT,
+        id: spa_abi::PARAM_CAPABILITY,
+        properties: vec![Property {
+            key: spa_abi::PARAM_DICT_INFO,
+            flags: PropertyFlags::HINT_DICT,
+            value: Value::Struct(fields),
+        }],
+    }
+}
+
+/// `sizeof(struct spa_meta_sync_timeline)`.
+pub(crate) const SYNC_TIMELINE_META_SIZE: i32 = 24;
+
+/// `SPA_PARAM_Meta` for `SPA_META_Header` (sequence number and timestamps per frame).
+pub(crate) fn header_meta() -> Object {
+    meta(
+        sys::SPA_META_Header,
+        std::mem::size_of::<sys::spa_meta_header>() as i32,
+    )
 }
 
 /// A serialized param pod.
@@ -459,17 +578,28 @@ mod tests {
     #[test]
     fn offers_serialize_and_parse_back() {
         let offer = FormatOffer {
-            formats: &[VideoFormat::Bgrx, VideoFormat::Nv12],
+            formats: vec![VideoFormat::Bgrx, VideoFormat::Nv12],
             width: 320,
             height: 240,
             max_framerate: Framerate::new(60, 1),
-            linear_modifier: true,
+            modifier: ModifierOffer::ToFixate(vec![DRM_FORMAT_MOD_LINEAR]),
         };
         // An offer is not fixed, but its defaults parse as the preferred format.
-        let p = parse(offer.object()).unwrap();
+        let bytes = PodBytes::new("EnumFormat", offer.object()).unwrap();
+        let p = VideoParams::parse(bytes.pod()).unwrap();
         assert_eq!(p.format, VideoFormat::Bgrx);
         assert_eq!(p.framerate, Framerate::new(60, 1));
         assert_eq!(p.modifier, Some(0));
+        // The list is left to fixate; a fixed offer and no modifier leave nothing.
+        assert_eq!(modifiers_to_fixate(bytes.pod()), Some(vec![0]));
+        for modifier in [ModifierOffer::Fixed(0), ModifierOffer::None] {
+            let fixed = FormatOffer {
+                modifier,
+                ..offer.clone()
+            };
+            let bytes = PodBytes::new("EnumFormat", fixed.object()).unwrap();
+            assert_eq!(modifiers_to_fixate(bytes.pod()), None);
+        }
         let buffers = BuffersOffer {
             buffers: 4,
             max_buffers: 16,
@@ -477,6 +607,7 @@ mod tests {
             size: 4096,
             stride: 64,
             data_types: DataTypes::DMA_BUF,
+            required_meta: None,
         };
         let bytes = PodBytes::new("Buffers", buffers.object()).unwrap();
         let (_, value) = PodDeserializer::deserialize_any_from(bytes.pod().as_bytes()).unwrap();

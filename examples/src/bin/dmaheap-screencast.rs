@@ -65,7 +65,9 @@ struct Args {
     /// Frames before --resize-to applies.
     #[arg(long, default_value_t = 100)]
     resize_after: u64,
-    /// Print how the heaps are chosen (the policy's candidates, each in or out and why).
+    /// Print how the heaps are chosen (the policy's candidates, each in or out and why), at
+    /// start and again once a consumer is linked (with the devices it names, and whether
+    /// explicit sync is offered).
     #[arg(long)]
     explain: bool,
     /// PipeWire socket: a name in XDG_RUNTIME_DIR or an absolute path (default: the
@@ -192,6 +194,8 @@ fn run(args: &Args) -> Result<(), String> {
         let mainloop = mainloop.clone();
         let failure = Rc::clone(&failure);
         let name = args.node_name.clone();
+        let explain = args.explain;
+        let weak = Rc::downgrade(&producer);
         move |event| match event {
             Event::State(state) => println!("{name}: {state}"),
             Event::FormatFixed(p) => println!("{name}: format fixed: {p}"),
@@ -199,8 +203,23 @@ fn run(args: &Args) -> Result<(), String> {
                 println!(
                     "{name}: negotiated {} buffers from {}: {n}",
                     n.data_kind, n.origin
-                )
+                );
+                // Now the consumer is known (PipeWire 1.6 consumers name their devices).
+                if let Some(producer) = weak.upgrade().filter(|_| explain) {
+                    print!("{}", producer.explain_heap_choice());
+                }
             }
+            Event::PeerDevices(devices) if devices.is_empty() => {
+                println!("{name}: the consumers name no devices")
+            }
+            Event::PeerDevices(devices) => println!(
+                "{name}: the consumer names its devices (pipewire.device-ids): {}",
+                devices
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Event::Error(e) => {
                 failure.set(Some(e.clone()));
                 mainloop.quit();

@@ -1,5 +1,12 @@
 //! Producing a frame: a free buffer is dequeued, drawn by the render callback inside a
-//! `DMA_BUF_IOCTL_SYNC` write bracket, described (chunks, header) and queued.
+//! `DMA_BUF_IOCTL_SYNC` write bracket, described (chunks, header, sync points) and queued.
+//!
+//! A buffer is drawn into only once nobody uses it any more. PipeWire's busy count covers a
+//! consumer that still holds it dequeued; beyond that, with explicit sync the consumer's
+//! release point must have signalled, and with implicit sync no device may still hold a
+//! fence on the dma-buf (a display scanning it out, a GPU reading it). A buffer that is not
+//! free yet is parked (kept dequeued, untouched) and looked at again on the next frame, while
+//! the other buffers are used.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -10,11 +17,11 @@ use heapcore::format::{FrameLayout, VideoFormat};
 use pipewire::stream::Stream;
 
 use super::report::{Event, Negotiated};
-use super::state::{Inner, with_inner};
+use super::state::{Inner, Slot, with_inner};
 use crate::config::Framerate;
 use crate::data_types::DataKind;
 use crate::pattern::{self, PlaneMut};
-use crate::raw::{self, ChunkFill};
+use crate::raw::{self, ChunkFill, DequeueFailed, Dequeued, Dequeues, SyncPoints};
 
 /// One frame to draw, handed to the render callback.
 pub struct Frame<'a> {
@@ -113,6 +120,105 @@ pub(super) fn chunks(layout: &FrameLayout, blocks: u32) -> Vec<ChunkFill> {
         .collect()
 }
 
+/// Why a buffer may not be drawn into yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// The consumer promised to signal `point` on the release timeline, which is at
+    /// `signalled`.
+    Release {
+        /// The release point the consumer will signal.
+        point: u64,
+        /// The last point signalled.
+        signalled: u64,
+    },
+    /// A device still holds a fence on the dma-buf (implicit sync).
+    Fence,
+}
+
+/// Whether `slot`, whose buffer carries `points` (explicit sync) or not, may be drawn into.
+pub(super) fn readiness(slot: &Slot, points: Option<SyncPoints>) -> Result<(), Wait> {
+    if let Some(sync) = &slot.sync {
+        // A release point the consumer did not promise (it cleared no flag, or the consumer
+        // predates the RELEASE feature) is never waited for: PipeWire's video-src-sync does
+        // the same. One it promised is.
+        let Some(points) = points.filter(|p| p.release > 0 && p.release_scheduled()) else {
+            return Ok(());
+        };
+        let signalled = sync.release.signalled().unwrap_or_else(|e| {
+            log::warn!("querying a release timeline: {e}; the buffer waits");
+            0
+        });
+        return if signalled >= points.release {
+            Ok(())
+        } else {
+            Err(Wait::Release {
+                point: points.release,
+                signalled,
+            })
+        };
+    }
+    if slot.kind != DataKind::DmaBuf {
+        return Ok(());
+    }
+    match slot.buf.busy() {
+        Ok(None) => Ok(()),
+        Ok(Some(_fence)) => Err(Wait::Fence),
+        Err(e) => {
+            log::warn!("asking whether a buffer is still in use: {e}; assuming it is not");
+            Ok(())
+        }
+    }
+}
+
+/// The next buffer that may be drawn into: a parked one whose wait is over, else a free one
+/// from PipeWire; buffers that may not be drawn into yet are parked on the way.
+fn next_free<'s>(
+    stream: &'s Stream,
+    inner_rc: &Rc<RefCell<Inner>>,
+    dequeues: &Rc<Dequeues>,
+) -> Option<Dequeued<'s>> {
+    let inner = inner_rc.try_borrow().ok()?;
+    let ready = |d: &mut Dequeued<'_>| -> bool {
+        let Some(slot) = inner.slots.get(&d.key()) else {
+            return true; // not ours to judge: on_produce says so
+        };
+        match readiness(slot, d.sync_points()) {
+            Ok(()) => true,
+            Err(wait) => {
+                log::trace!(
+                    "{}: buffer {:?} is not free yet: {wait:?}",
+                    inner.config.node_name,
+                    d.key()
+                );
+                false
+            }
+        }
+    };
+    for key in dequeues.parked() {
+        if let Some(mut parked) = dequeues.unpark(stream, key) {
+            if ready(&mut parked) {
+                return Some(parked);
+            }
+            parked.park();
+        }
+    }
+    // A busy buffer goes to the end of PipeWire's queue: try as many times as there are
+    // buffers before calling the stream starved.
+    for _ in 0..inner.slots.len().max(1) {
+        match raw::try_dequeue(stream, dequeues) {
+            Ok(mut fresh) => {
+                if ready(&mut fresh) {
+                    return Some(fresh);
+                }
+                fresh.park();
+            }
+            Err(DequeueFailed::Busy) => continue,
+            Err(DequeueFailed::Empty) => break,
+        }
+    }
+    None
+}
+
 fn monotonic_ns() -> i64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     t.tv_sec
@@ -126,17 +232,24 @@ pub(super) fn on_produce(
     inner_rc: &Rc<RefCell<Inner>>,
     dequeues: &Rc<raw::Dequeues>,
 ) {
-    let sealed = with_inner(inner_rc, |inner| {
-        let sealed = inner.active.as_ref().is_some_and(|a| a.sealed);
-        if sealed {
+    let skip = with_inner(inner_rc, |inner| {
+        let Some(active) = inner.active.as_mut() else {
+            return false;
+        };
+        if active.sealed {
             inner.stats.starved += 1;
+            return true;
         }
-        sealed
+        // The first cycle of a new buffer set runs without a frame: PipeWire keeps a link's io
+        // area across a renegotiation, so the consumer may be handed, in that cycle, the id its
+        // io still names, a buffer of the new set. Drawing into it meanwhile would race the
+        // consumer reading it; one cycle later the consumer has seen (and skipped) it, empty.
+        !std::mem::replace(&mut active.settled, true)
     });
-    if sealed != Some(false) {
-        return; // sealed buffers are never drawn into (or the state is busy: re-entered)
+    if skip != Some(false) {
+        return; // sealed or settling (or the state is busy: re-entered)
     }
-    let Some(mut dequeued) = raw::dequeue(stream, dequeues) else {
+    let Some(mut dequeued) = next_free(stream, inner_rc, dequeues) else {
         with_inner(inner_rc, |inner| inner.stats.starved += 1);
         return;
     };
@@ -213,6 +326,16 @@ pub(super) fn on_produce(
     let blocks = inner.active.as_ref().map_or(1, |a| a.blocks);
     dequeued.set_chunks(&chunks(&layout, blocks));
     dequeued.set_header(sequence, monotonic_ns());
+    if let Some(sync) = slot.sync.as_mut() {
+        // The CPU is done with the frame (the write bracket ended): its acquire point
+        // signals now; the consumer signals the same point on the release timeline when it is
+        // done with it.
+        sync.point += 1;
+        if let Err(e) = sync.acquire.signal(sync.point) {
+            log::warn!("{}: frame {sequence}: {e}", inner.config.node_name);
+        }
+        dequeued.set_sync_points(sync.point, sync.point);
+    }
     inner.slots.insert(key, slot);
     inner.stats.frames += 1;
     let report = inner

@@ -34,11 +34,12 @@
 mod buffers;
 mod frame;
 mod negotiate;
+mod peers;
 mod report;
 mod session;
 mod state;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -48,6 +49,9 @@ use pw::core::CoreRc;
 use pw::stream::{Stream, StreamFlags, StreamListener, StreamRc, StreamState};
 
 pub use frame::{Frame, frame_interval};
+pub use peers::{
+    CAPABILITY_DEVICE_ID_NEGOTIATION, CAPABILITY_DEVICE_IDS, PeerDevice, encode_dev_t,
+};
 pub use report::{Event, Negotiated, Stats};
 
 use crate::config::ProducerConfig;
@@ -55,7 +59,8 @@ use crate::constraints::FrameConstraints;
 use crate::error::{DmabufUnavailable, Error, Result};
 use crate::frame_pools::FramePools;
 use crate::params;
-use crate::raw;
+use crate::raw::{self, spa_abi};
+use heapcore::syncobj::SyncDevice;
 use state::{Inner, Outcome, apply, flush_events, with_inner};
 
 /// A PipeWire video source node whose buffers come from DMA-BUF heaps.
@@ -74,6 +79,25 @@ pub struct Producer {
     inner: Rc<RefCell<Inner>>,
     /// The buffer a process callback holds dequeued while the render callback runs.
     dequeues: Rc<raw::Dequeues>,
+    triggers: Rc<Triggers>,
+}
+
+/// Triggering frames around a disconnect.
+///
+/// PipeWire 1.6 runs a stream that is not real-time on the main loop (`node.loop.class` =
+/// main), so `pw_stream_trigger_process` calls the process callback (and with it the render
+/// callback) synchronously, and then goes on using the stream's node: a render callback that
+/// disconnects the producer there would have the node destroyed under that code. Such a
+/// disconnect is deferred until `trigger_process` has returned. (PipeWire 0.3.65 calls process
+/// later, from its own loop iteration, where disconnecting at once is fine.) A disconnected
+/// stream has no node to trigger at all, so triggers wait for `connect`.
+#[derive(Debug, Default)]
+struct Triggers {
+    connected: Cell<bool>,
+    /// `trigger_process` is running.
+    in_trigger: Cell<bool>,
+    /// A render callback asked to disconnect inside `trigger_process`.
+    disconnect_deferred: Cell<bool>,
 }
 
 impl Producer {
@@ -113,15 +137,33 @@ impl Producer {
                 }
             ),
         }
+        let sync_device = SyncDevice::find();
+        match &sync_device {
+            Some(device) => log::info!(
+                "{}: explicit sync offered with dma-bufs (timeline syncobjs on {})",
+                config.node_name,
+                device.path().display()
+            ),
+            None => log::info!(
+                "{}: implicit sync only: no DRM device here has timeline syncobjs",
+                config.node_name
+            ),
+        }
         let description = config
             .description
             .clone()
             .unwrap_or_else(|| config.node_name.clone());
+        // node.reliable (PipeWire 1.6; older versions ignore it): PipeWire hands this stream
+        // back only buffers the consumer has consumed, and no new one while the last frame is
+        // unconsumed; without it a driver's buffer comes back the moment its cycle ends,
+        // before an asynchronous consumer has read it, so a frame could be drawn over while
+        // on its way (PipeWire issue #4885).
         let props = pw::properties::properties! {
             *pw::keys::MEDIA_CLASS => "Video/Source",
             *pw::keys::MEDIA_ROLE => "Screen",
             *pw::keys::NODE_NAME => config.node_name.as_str(),
             *pw::keys::NODE_DESCRIPTION => description.as_str(),
+            "node.reliable" => "true",
         };
         let stream = StreamRc::new(core.clone(), &config.node_name, props)
             .map_err(Error::pipewire("creating the PipeWire stream"))?;
@@ -131,6 +173,11 @@ impl Producer {
             config,
             pools,
             dmabuf,
+            fixated: None,
+            sync_device,
+            exclusive: false,
+            peer_devices: Vec::new(),
+            peer_ports: None,
             active: None,
             slots: HashMap::new(),
             spare: None,
@@ -146,6 +193,7 @@ impl Producer {
             stream,
             inner: Rc::new(RefCell::new(inner)),
             dequeues: Rc::default(),
+            triggers: Rc::default(),
         };
         let listener = producer.listen(core.clone())?;
         *producer.listener.borrow_mut() = Some(listener);
@@ -160,6 +208,7 @@ impl Producer {
         let on_process = Rc::clone(&self.inner);
         let produce_dequeues = Rc::clone(&self.dequeues);
         let remove_dequeues = Rc::clone(&self.dequeues);
+        let param_core = core.clone();
         self.stream
             .add_local_listener_with_user_data(())
             .state_changed(move |stream, _, old, new| {
@@ -169,9 +218,21 @@ impl Producer {
                 let outcome = with_inner(&on_state, |inner| {
                     let name = inner.config.node_name.clone();
                     log::debug!("{name}: stream {old:?} -> {new:?}");
-                    let outcome = if ended {
+                    let paused = matches!(new, StreamState::Paused);
+                    let outcome = if ended && paused && inner.peer_ports.is_some() {
+                        // PipeWire 1.6 says when a consumer's link goes away (its peer
+                        // capabilities): while a link stays, a pause is that consumer
+                        // pausing, and its buffers are its own again when it resumes (see
+                        // `peers`). Once none is left, the buffers are sealed.
+                        let linked = inner.peer_ports.as_ref().is_some_and(|p| !p.is_empty());
+                        if linked {
+                            Outcome::Done
+                        } else {
+                            session::seal(inner, true)
+                        }
+                    } else if ended {
                         // Unconnected or in error, the node is going away with its buffers.
-                        session::seal(inner, matches!(new, StreamState::Paused))
+                        session::seal(inner, paused)
                     } else if started {
                         session::renegotiate_if_sealed(inner)
                     } else {
@@ -199,8 +260,20 @@ impl Producer {
                 if id == pw::spa::param::ParamType::Format.as_raw() {
                     let outcome = with_inner(&on_param, |inner| negotiate::on_format(inner, param));
                     apply(stream, &on_param, outcome);
-                    flush_events(&on_param);
+                } else if id == spa_abi::PARAM_PEER_CAPABILITY {
+                    let gone = with_inner(&on_param, |inner| {
+                        let gone = peers::on_peer_capability(inner, param);
+                        (gone, inner.config.node_name.clone())
+                    });
+                    // The stream paused before the link went away: suspend now (a stream
+                    // still streaming is disconnecting, or pauses next and suspends then).
+                    if let Some((true, name)) = gone {
+                        if matches!(stream.state(), StreamState::Paused) {
+                            session::suspend_node(&param_core, stream.node_id(), &name);
+                        }
+                    }
                 }
+                flush_events(&on_param);
             })
             .add_buffer(raw::buffer_callback(move |stream, buffer| {
                 let outcome = with_inner(&on_add, |inner| buffers::on_add_buffer(inner, buffer));
@@ -247,11 +320,20 @@ impl Producer {
                 StreamFlags::DRIVER | StreamFlags::ALLOC_BUFFERS,
                 &mut refs,
             )
-            .map_err(Error::pipewire("connecting the PipeWire stream"))
+            .map_err(Error::pipewire("connecting the PipeWire stream"))?;
+        self.triggers.connected.set(true);
+        Ok(())
     }
 
-    /// Disconnects from the graph; every buffer is removed (and freed) on the way.
+    /// Disconnects from the graph; every buffer is removed (and freed) on the way. Called from
+    /// the render callback of a frame [`Producer::trigger_frame`] asked for, it takes effect
+    /// when `trigger_frame` returns (see `Triggers`); no frame is drawn in between.
     pub fn disconnect(&self) -> Result<()> {
+        self.triggers.connected.set(false);
+        if self.triggers.in_trigger.get() {
+            self.triggers.disconnect_deferred.set(true);
+            return Ok(());
+        }
         self.stream
             .disconnect()
             .map_err(Error::pipewire("disconnecting the PipeWire stream"))
@@ -259,11 +341,22 @@ impl Producer {
 
     /// Asks for a frame now: when the stream drives the graph the render callback runs at
     /// once, otherwise at the driver's next cycle. Without a linked consumer this does
-    /// nothing.
+    /// nothing, nor while the stream is not connected.
     pub fn trigger_frame(&self) -> Result<()> {
-        self.stream
-            .trigger_process()
-            .map_err(Error::pipewire("triggering a frame"))
+        let unconnected = matches!(
+            self.stream.state(),
+            StreamState::Unconnected | StreamState::Error(_)
+        );
+        if unconnected || !self.triggers.connected.get() || self.triggers.in_trigger.get() {
+            return Ok(());
+        }
+        self.triggers.in_trigger.set(true);
+        let triggered = self.stream.trigger_process();
+        self.triggers.in_trigger.set(false);
+        if self.triggers.disconnect_deferred.replace(false) {
+            self.disconnect()?;
+        }
+        triggered.map_err(Error::pipewire("triggering a frame"))
     }
 
     /// Changes the frame size. While a consumer is linked this renegotiates: every buffer of
@@ -276,8 +369,10 @@ impl Producer {
             }
             inner.width = width;
             inner.height = height;
-            // A new size may fit where the old one did not (or the other way round).
+            // A new size may fit where the old one did not (or the other way round), and the
+            // modifier is fixated again for it.
             inner.dmabuf = inner.pools.probe_dmabuf();
+            inner.fixated = None;
             log::info!("{}: resizing to {width}x{height}", inner.config.node_name);
             inner.enum_formats()?
         };
@@ -299,7 +394,9 @@ impl Producer {
     }
 
     /// How the dma-buf heaps are chosen for frames of the current size and the first
-    /// format: the policy's candidates for the usage, each in or out with its reason.
+    /// format: the policy's candidates for the usage, each in or out with its reason; the
+    /// devices the linked consumers named (PipeWire 1.6's `pipewire.device-ids`); and whether
+    /// explicit sync can be offered.
     pub fn explain_heap_choice(&self) -> String {
         let inner = self.inner.borrow();
         let size = FrameConstraints::for_frame(
@@ -309,7 +406,35 @@ impl Producer {
             &inner.config,
         )
         .map_or(0, |c| c.size);
-        inner.pools.explain(size)
+        let mut text = inner.pools.explain(size);
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        if inner.peer_devices.is_empty() {
+            text += "consumer devices: none named (PipeWire 1.6 consumers name theirs in \
+                     pipewire.device-ids)\n";
+        } else {
+            text += "consumer devices (pipewire.device-ids):\n";
+            for device in &inner.peer_devices {
+                text += &format!("  {device}\n");
+            }
+        }
+        text += &match &inner.sync_device {
+            Some(device) => format!(
+                "explicit sync: offered (timeline syncobjs on {})\n",
+                device.path().display()
+            ),
+            None => "explicit sync: not offered (no DRM device here has timeline syncobjs); \
+                     implicit sync, buffers with a device's fence on them wait\n"
+                .to_owned(),
+        };
+        text
+    }
+
+    /// The devices the linked consumers named (PipeWire 1.6's `SPA_PARAM_PeerCapability`,
+    /// `pipewire.device-ids`).
+    pub fn peer_devices(&self) -> Vec<PeerDevice> {
+        self.inner.borrow().peer_devices.clone()
     }
 
     /// Counters of frames and buffers so far.
@@ -342,6 +467,7 @@ impl Producer {
 impl Drop for Producer {
     fn drop(&mut self) {
         // Let PipeWire remove (and us free) every buffer while the listener still hears it.
+        self.triggers.connected.set(false);
         if let Err(e) = self.stream.disconnect() {
             log::debug!("disconnecting on drop: {e}");
         }

@@ -26,6 +26,8 @@ pub struct Negotiated {
     pub blocks: u32,
     /// Bytes of each buffer (whole pages).
     pub buffer_size: u64,
+    /// The buffers carry `SPA_META_SyncTimeline` and two syncobjs: explicit sync.
+    pub explicit_sync: bool,
 }
 
 impl fmt::Display for Negotiated {
@@ -34,13 +36,18 @@ impl fmt::Display for Negotiated {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}: {} buffers of {} bytes ({}, {} block(s), stride {}) from {}",
+            "{}: {} buffers of {} bytes ({}, {} block(s), stride {}{}) from {}",
             self.params,
             self.buffers,
             self.buffer_size,
             self.data_kind,
             self.blocks,
             self.layout.strides[0],
+            if self.explicit_sync {
+                ", explicit sync"
+            } else {
+                ""
+            },
             self.origin
         )
     }
@@ -79,4 +86,7 @@ pub enum Event {
     BuffersReady(Negotiated),
     /// Negotiation or allocation failed; the stream is in error.
     Error(String),
+    /// The linked consumers named the devices they use (PipeWire 1.6's
+    /// `SPA_PARAM_PeerCapability`, `pipewire.device-ids`); empty when they stopped naming any.
+    PeerDevices(Vec<super::PeerDevice>),
 }

@@ -11,18 +11,21 @@ use super::state::{EINVAL, Inner, Outcome, fail};
 /// sealed (never drawn into again) and, if `suspend`, the node is to be suspended so PipeWire
 /// removes them.
 pub(super) fn seal(inner: &mut Inner, suspend: bool) -> Outcome {
-    let Some(active) = inner.active.as_mut().filter(|a| !a.sealed) else {
+    let Some(active) = inner.active.as_mut() else {
         return Outcome::Done;
     };
-    active.sealed = true;
+    let newly = !std::mem::replace(&mut active.sealed, true);
     if !suspend || inner.slots.is_empty() {
         return Outcome::Done;
     }
-    log::info!(
-        "{}: the consumer left or paused; its {} buffers are sealed until PipeWire removes them",
-        inner.config.node_name,
-        inner.slots.len()
-    );
+    if newly {
+        log::info!(
+            "{}: the consumer left or paused; its {} buffers are sealed until PipeWire removes \
+             them",
+            inner.config.node_name,
+            inner.slots.len()
+        );
+    }
     Outcome::Suspend
 }
 

@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use heapcore::format::VideoFormat;
 use heapcore::{Origin, PooledBuf};
 use pipewire::stream::Stream;
 use rustix::io::Errno;
@@ -19,6 +20,7 @@ use crate::error::{DmabufUnavailable, NegotiationError, Result};
 use crate::frame_pools::FramePools;
 use crate::params::{self, PodBytes, VideoParams};
 use crate::raw::{self, BufferKey};
+use heapcore::syncobj::{SyncDevice, Timeline};
 
 use super::Frame;
 
@@ -31,10 +33,16 @@ pub(super) struct Active {
     pub(super) constraints: FrameConstraints,
     pub(super) blocks: u32,
     pub(super) offered_types: DataTypes,
+    /// A layout with `SPA_META_SyncTimeline` was offered.
+    pub(super) explicit_sync_offered: bool,
+    /// Whether the buffers got the sync timeline (decided by the first `add_buffer`).
+    pub(super) explicit_sync: Option<bool>,
     /// Decided by the first `add_buffer` of this format.
     pub(super) kind: Option<DataKind>,
     pub(super) origin: Option<Origin>,
     pub(super) ready_reported: bool,
+    /// The first process cycle of these buffers has passed (it runs without a frame).
+    pub(super) settled: bool,
     /// The stream stopped streaming (its consumer left or paused) since these buffers were
     /// made: their fds reached that consumer, so nothing is drawn into them any more. The
     /// node is suspended, and PipeWire removes them; the next link gets new ones.
@@ -45,6 +53,15 @@ pub(super) struct Active {
 pub(super) struct Slot {
     pub(super) buf: PooledBuf,
     pub(super) kind: DataKind,
+    /// Its acquire and release timelines, with explicit sync.
+    pub(super) sync: Option<SlotSync>,
+}
+
+/// The two timeline syncobjs of a buffer with explicit sync, and the last point used on both.
+pub(super) struct SlotSync {
+    pub(super) acquire: Timeline,
+    pub(super) release: Timeline,
+    pub(super) point: u64,
 }
 
 pub(super) struct Inner {
@@ -52,6 +69,18 @@ pub(super) struct Inner {
     pub(super) pools: FramePools,
     /// Whether dma-bufs can be had (and so are offered); the error says why not.
     pub(super) dmabuf: std::result::Result<Origin, DmabufUnavailable>,
+    /// The format whose modifier this producer fixated, announced first until the next
+    /// resize or withdrawal.
+    pub(super) fixated: Option<VideoFormat>,
+    /// A DRM device with timeline syncobjs, for explicit sync; none, implicit sync only.
+    pub(super) sync_device: Option<Rc<SyncDevice>>,
+    /// `node.exclusive` is set (explicit sync).
+    pub(super) exclusive: bool,
+    /// The ports linked to ours, as PipeWire 1.6's `SPA_PARAM_PeerCapability` lists them;
+    /// `None` until one arrives (older PipeWire never sends it).
+    pub(super) peer_ports: Option<Vec<u32>>,
+    /// The devices the linked consumers named (`SPA_PARAM_PeerCapability`), if any.
+    pub(super) peer_devices: Vec<super::peers::PeerDevice>,
     pub(super) width: u32,
     pub(super) height: u32,
     pub(super) active: Option<Active>,
@@ -69,7 +98,7 @@ pub(super) struct Inner {
 impl Inner {
     /// The EnumFormat objects to announce now (at connect, resize or renegotiation).
     pub(super) fn enum_formats(&self) -> Result<Vec<PodBytes>> {
-        let offer = negotiate::Offer::of(&self.config, self.dmabuf.as_ref().err());
+        let offer = negotiate::Offer::of(self);
         negotiate::enum_formats(&offer, &self.config, self.width, self.height)?
             .into_iter()
             .map(|o| PodBytes::new("EnumFormat", o.object()))
@@ -90,6 +119,7 @@ impl Inner {
             buffers: self.slots.len(),
             blocks: active.blocks,
             buffer_size: first.buf.len(),
+            explicit_sync: active.explicit_sync == Some(true),
         })
     }
 
@@ -120,6 +150,8 @@ pub(super) enum Outcome {
     Done,
     /// Suspend our node, so that PipeWire removes its buffers.
     Suspend,
+    /// Update the node's properties (`node.exclusive` with explicit sync).
+    Properties(&'static [(&'static str, &'static str)]),
     /// Announce these params (`pw_stream_update_params`).
     Announce {
         what: &'static str,
@@ -162,6 +194,7 @@ pub(super) fn with_inner<T>(
 pub(super) fn apply(stream: &Stream, inner: &Rc<RefCell<Inner>>, outcome: Option<Outcome>) {
     match outcome {
         None | Some(Outcome::Done | Outcome::Suspend) => {}
+        Some(Outcome::Properties(items)) => raw::update_properties(stream, items),
         Some(Outcome::Announce { what, pods }) => {
             let mut refs = params::pod_refs(&pods);
             if let Err(e) = stream.update_params(&mut refs) {
