@@ -42,6 +42,29 @@ impl Rig {
         })
     }
 
+    /// Streams a few frames from a throwaway producer to a throwaway consumer and drops
+    /// both, so that what a client allocates once and keeps for its context's life exists
+    /// before a test counts fds: PipeWire 1.2+ gives each thread that invokes on a data loop
+    /// an eventfd of its own on first use, which stays until the loop goes.
+    pub fn warm_up(&self) -> Result<(), String> {
+        let cfg = config("warm-up", 64, 48, VideoFormat::Bgrx);
+        let name = cfg.node_name.clone();
+        let producer = self.producer(cfg)?;
+        let consumer = self.consumer(&name, VideoFormat::Bgrx, Accept::DmaBufOrMemFd)?;
+        with_frames(self, &producer, Duration::from_millis(5), || {
+            self.session.run_until("warm-up frames", patience(), || {
+                let seen = consumer.seen();
+                first_error(&seen)?;
+                Ok(seen.checked >= 3)
+            })
+        })?;
+        drop(consumer);
+        producer.disconnect().map_err(|e| e.to_string())?;
+        drop(producer);
+        self.session.run_for(Duration::from_millis(200));
+        Ok(())
+    }
+
     /// A producer that draws the test pattern, connected, and a timer that asks it for a
     /// frame every `interval`.
     pub fn producer(&self, config: ProducerConfig) -> Result<Rc<Producer>, String> {

@@ -170,7 +170,7 @@ pub fn disconnect_in_render(
     let (w2, h2) = (config.width + 16, config.height + 8);
     // Warm up the session and the process's pool registry (see `soak`).
     let _ = pw_dmaheap::heapcore::PoolRegistry::process();
-    rig.session.run_for(Duration::from_millis(100));
+    rig.warm_up()?;
     let producer = Rc::new(Producer::new(&rig.session.core, config).map_err(|e| e.to_string())?);
     let errors = Rc::new(std::cell::RefCell::new(Vec::new()));
     producer.set_event_handler({
@@ -208,6 +208,7 @@ pub fn disconnect_in_render(
     };
     with_frames(rig, &producer, Duration::from_millis(2), || {
         let fds_before = open_fds();
+        let fd_list_before = crate::fd_targets();
         producer.connect().map_err(|e| e.to_string())?;
         let first = rig.consumer(&name, format, accept)?;
         rig.session.run_until("20 checked frames", patience(), || {
@@ -259,6 +260,14 @@ pub fn disconnect_in_render(
         rig.session
             .run_until("the fd count to come back", patience(), || {
                 Ok(open_fds() == fds_before)
+            })
+            .map_err(|e| {
+                format!(
+                    "{e}: {} fds before, {} now; opened since: {:?}",
+                    fds_before,
+                    open_fds(),
+                    crate::fds_opened_since(&fd_list_before)
+                )
             })?;
         let fds_after = open_fds();
         let stats = producer.stats();
@@ -332,11 +341,12 @@ pub fn soak(
     let format = config.formats[0];
     let (w2, h2) = (config.width + 32, config.height + 16);
     let per_phase = frames.div_ceil(4);
-    // Warm up the session (first connections open sockets, timers, eventfds), and the
-    // process's pool registry, which a producer makes on first use and which keeps its
-    // pressure watch (fds on /proc/pressure/memory) for the life of the process.
+    // Warm up the session (first connections open sockets, timers, eventfds: see
+    // `Rig::warm_up`), and the process's pool registry, which a producer makes on first use
+    // and which keeps its pressure watch (fds on /proc/pressure/memory) for the life of the
+    // process.
     let _ = pw_dmaheap::heapcore::PoolRegistry::process();
-    rig.session.run_for(Duration::from_millis(100));
+    rig.warm_up()?;
     let fds_before = open_fds();
     let mut fds_per_phase = Vec::new();
     let mut negotiated = Vec::new();
