@@ -2,10 +2,13 @@
 //! without heaps every test is reported ignored with its reason; `tests/vm/run` runs them in
 //! a VM where `/dev/dma_heap/system` (and with the full kernel, the CMA heap) exists.
 
+use std::time::Duration;
+
 use dmaheap_testkit::pipewire::consumer::{Accept, Seen};
 use dmaheap_testkit::pipewire::patience;
 use dmaheap_testkit::pipewire::scenarios::{self, Rig};
 use dmaheap_testkit::{Failed, Need, Suite, ensure};
+use pw_dmaheap::heapcore::fence::SwSyncTimeline;
 use pw_dmaheap::heapcore::format::VideoFormat;
 use pw_dmaheap::heapcore::{Origin, Source};
 use pw_dmaheap::{DRM_FORMAT_MOD_LINEAR, DataKind, Negotiated};
@@ -71,9 +74,25 @@ fn main() {
             "real_heap_pw_10000_frames_with_reconnects_and_resize_leak_no_fd",
             &[Need::SystemHeap],
             soak,
+        )
+        .test(
+            "real_heap_pw_a_buffer_a_device_still_reads_waits_for_its_fence",
+            &[Need::SystemHeap, Need::SwSync],
+            fenced_buffer_waits,
         );
+    #[cfg(feature = "v1_6")]
+    pw_1_6::add(&mut suite);
+    #[cfg(not(feature = "v1_6"))]
+    println!(
+        "real_heap_pw: built without pw-dmaheap/v1_6, so without the PipeWire 1.2-1.6 tests \
+         (DMA_DRM pipewiresrc, explicit sync, consumer device ids): they run in the forky VM"
+    );
     suite.run()
 }
+
+#[cfg(feature = "v1_6")]
+#[path = "real_heap_pw/pw_1_6.rs"]
+mod pw_1_6;
 
 fn rig() -> Result<Rig, Failed> {
     Ok(Rig::start()?)
@@ -133,6 +152,12 @@ fn rust_consumer_gets_system_heap_dmabufs() -> Result<(), Failed> {
             seen.names.iter().all(|n| n.starts_with("pw-screencast#")),
             "names {:?}",
             seen.names
+        );
+        // It did not ask for explicit sync: no syncobj blocks, implicit sync.
+        ensure!(
+            seen.syncobj_blocks.iter().eq([&0]) && !negotiated.explicit_sync,
+            "syncobj blocks {:?}, {negotiated}",
+            seen.syncobj_blocks
         );
         ensure!(
             seen.formats.last().and_then(|f| f.modifier) == Some(DRM_FORMAT_MOD_LINEAR),
@@ -413,5 +438,73 @@ fn soak() -> Result<(), Failed> {
         soak.fds_before,
         soak.fds_after
     );
+    Ok(())
+}
+
+/// Implicit sync: the consumer attaches a sw_sync fence to one frame's dma-buf, as a display
+/// scanning it out would, and queues the buffer back. Until the fence signals that buffer
+/// must not come back (the consumer fails the run if it does) and its frame stays intact,
+/// while the other buffers keep streaming; after the timeline advances, it is used again.
+fn fenced_buffer_waits() -> Result<(), Failed> {
+    let rig = rig()?;
+    let cfg = scenarios::config("fence", 320, 240, VideoFormat::Bgrx).with_buffers(4);
+    let name = cfg.node_name.clone();
+    let producer = rig.producer(cfg)?;
+    let consumer = rig.consumer(&name, VideoFormat::Bgrx, Accept::DmaBufOrMemFd)?;
+    let timeline = SwSyncTimeline::open()?;
+    let fail_on_error = |what: &str| -> Result<bool, String> {
+        let seen = consumer.seen();
+        match seen.errors.first() {
+            Some(e) => Err(format!("{what}: {e}")),
+            None => Ok(false),
+        }
+    };
+    scenarios::with_frames(&rig, &producer, Duration::from_millis(5), || {
+        rig.session.run_until("10 checked frames", patience(), || {
+            fail_on_error("before the fence")?;
+            Ok(consumer.seen().checked >= 10)
+        })?;
+        consumer.fence_next_frame(timeline.fence_at(1).map_err(|e| e.to_string())?);
+        rig.session.run_until("a fenced frame", patience(), || {
+            fail_on_error("fencing")?;
+            Ok(consumer.seen().fenced_seq.is_some())
+        })?;
+        let fenced_at = consumer.seen().checked;
+        // Three rounds of every other buffer while the fence holds.
+        rig.session
+            .run_until("30 frames while fenced", patience(), || {
+                fail_on_error("while fenced")?;
+                Ok(consumer.seen().checked >= fenced_at + 30)
+            })?;
+        let intact = consumer.check_fenced()?;
+        println!(
+            "fenced frame {:?}; {} frames later it still reads frame {intact}",
+            consumer.seen().fenced_seq,
+            consumer.seen().checked - fenced_at
+        );
+        timeline.advance(1).map_err(|e| e.to_string())?;
+        rig.session
+            .run_until("the fenced buffer back", patience(), || {
+                fail_on_error("after the fence signalled")?;
+                Ok(consumer.seen().fenced_buffer_back_after_signal)
+            })
+            .map(|()| intact)
+    })
+    .and_then(|intact| {
+        let seen = consumer.seen();
+        println!(
+            "after the fence signalled the buffer came back; {} frames checked, stats {:?}",
+            seen.checked,
+            producer.stats()
+        );
+        if Some(intact) == seen.fenced_seq {
+            Ok(())
+        } else {
+            Err(format!(
+                "the fenced buffer read frame {intact}, not {:?}",
+                seen.fenced_seq
+            ))
+        }
+    })?;
     Ok(())
 }

@@ -302,7 +302,7 @@ pub struct Session {
     pub core: pw::core::CoreRc,
     /// A connection of its own for watching the registry: a registry on a producer's
     /// connection makes the daemon send it every global, which PipeWire 0.3.65's link code
-    /// can mistake for the end of a buffer allocation (see `Consumer::connect`).
+    /// can mistake for the end of a buffer allocation (see `Consumer::connect_with`).
     observer: pw::core::CoreRc,
     /// The PipeWire context.
     pub context: pw::context::ContextRc,

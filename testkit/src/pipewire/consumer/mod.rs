@@ -7,6 +7,7 @@
 
 mod pods;
 mod receive;
+mod sync;
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -14,13 +15,15 @@ use std::ptr::NonNull;
 use std::rc::Rc;
 
 use pw_dmaheap::ImportedData;
+use pw_dmaheap::heapcore::SyncFile;
 use pw_dmaheap::heapcore::format::{FrameLayout, VideoFormat};
 use pw_dmaheap::pattern::{self, Plane};
 use pw_dmaheap::pipewire as pw;
 use pw_dmaheap::{DataTypes, VideoParams};
 
-use pods::{buffers_param, enum_format, header_meta, pods};
+use pods::{buffers_param, enum_format, header_meta, pods, sync_meta, synced_buffers_param};
 use pw::spa::sys;
+use sync::{ExplicitSync, Fencing, MetaSyncTimeline};
 
 /// Which memory the consumer says it can take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +32,17 @@ pub enum Accept {
     DmaBufOrMemFd,
     /// A consumer without dma-buf support: no modifier, `dataType = MemFd`.
     MemFdOnly,
+}
+
+/// What else the consumer does when it connects.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// Ask for explicit sync (`SPA_META_SyncTimeline`). Release points are signalled at once,
+    /// but with a delay above 0 every fifth only after that many later frames arrived.
+    pub explicit_sync: Option<usize>,
+    /// Name these devices (`dev_t`s) in `pipewire.device-ids` (PipeWire 1.6's
+    /// `SPA_PARAM_Capability`).
+    pub device_ids: Vec<u64>,
 }
 
 /// What the frames hold.
@@ -74,10 +88,24 @@ pub struct Seen {
     /// whose target it cannot find).
     pub gone: Option<String>,
     /// Times the consumer got a link whose buffers have no memory and linked again (see
-    /// [`Consumer::connect`]); such frames are neither counted as frames nor as errors.
+    /// [`Consumer::connect_with`]); such frames are neither counted as frames nor as errors.
     pub relinked: u32,
     /// The `spa_data` types (and fds) of the buffers that made it link again.
     pub unusable: BTreeSet<(u32, i64)>,
+    /// Buffers that carried no frame (every chunk empty), skipped.
+    pub empty: u64,
+    /// `SPA_DATA_SyncObj` blocks per buffer (2 with explicit sync, else 0).
+    pub syncobj_blocks: BTreeSet<usize>,
+    /// Frames whose acquire point was seen signalled.
+    pub acquired: u64,
+    /// Release points this consumer signalled.
+    pub released: u64,
+    /// Of those, the ones signalled late, out of order (see [`Extras::explicit_sync`]).
+    pub released_late: u64,
+    /// The frame the fenced buffer held.
+    pub fenced_seq: Option<u64>,
+    /// The fenced buffer came back, after its fence signalled.
+    pub fenced_buffer_back_after_signal: bool,
 }
 
 impl Seen {
@@ -167,6 +195,8 @@ struct State {
     /// The held frame's `pw_buffer`, still dequeued: the producer cannot reuse it until it is
     /// released, or until PipeWire removes it (renegotiation, disconnect).
     held_buffer: Option<NonNull<pw::sys::pw_buffer>>,
+    explicit: ExplicitSync,
+    fencing: Fencing,
 }
 
 /// The blocks and the header's frame number of a dequeued buffer.
@@ -176,11 +206,15 @@ struct State {
 /// result is used.
 unsafe fn buffer_parts<'a>(
     raw: NonNull<pw::sys::pw_buffer>,
-) -> (&'a mut [pw::spa::buffer::Data], Option<u64>) {
+) -> (
+    &'a mut [pw::spa::buffer::Data],
+    Option<u64>,
+    Option<NonNull<MetaSyncTimeline>>,
+) {
     // SAFETY: (caller) the pw_buffer is valid while it is dequeued.
     let spa = unsafe { raw.as_ref().buffer };
     if spa.is_null() {
-        return (&mut [], None);
+        return (&mut [], None, None);
     }
     // SAFETY: a non-null spa_buffer of a dequeued buffer is valid while it is dequeued.
     let buffer = unsafe { &*spa };
@@ -198,7 +232,10 @@ unsafe fn buffer_parts<'a>(
     // SAFETY: a non-null result points to at least `size` bytes of the buffer's meta memory,
     // suitably aligned for spa_meta_header.
     let seq = unsafe { meta.cast::<sys::spa_meta_header>().as_ref() }.map(|h| h.seq);
-    (datas, seq)
+    let size = std::mem::size_of::<MetaSyncTimeline>();
+    // SAFETY: as above.
+    let sync = unsafe { sys::spa_buffer_find_meta_data(spa, sync::META_SYNC_TIMELINE, size) };
+    (datas, seq, NonNull::new(sync.cast()))
 }
 
 /// A consumer stream linked (by WirePlumber) to the node named `target`. Field order is drop
@@ -231,13 +268,15 @@ impl<'l> Consumer<'l> {
     /// again does not reallocate an active link. The consumer then disconnects and connects
     /// again, from a timer on `lp` (never from inside a stream callback), and counts it in
     /// [`Seen::relinked`].
-    pub fn connect(
+    /// With [`Extras`] it also asks for explicit sync or names its devices.
+    pub fn connect_with(
         core: &pw::core::CoreRc,
         lp: &'l pw::loop_::Loop,
         target: &str,
         format: VideoFormat,
         accept: Accept,
         expect: Expect,
+        extras: Extras,
     ) -> Result<Self, String> {
         let props = pw::properties::properties! {
             *pw::keys::MEDIA_TYPE => "Video",
@@ -259,7 +298,10 @@ impl<'l> Consumer<'l> {
             expect,
             held: None,
             held_buffer: None,
+            explicit: ExplicitSync::new(extras.explicit_sync),
+            fencing: Fencing::default(),
         }));
+        let explicit_sync = extras.explicit_sync.is_some();
         let on_state = Rc::clone(&state);
         let on_param = Rc::clone(&state);
         let on_remove = Rc::clone(&state);
@@ -303,7 +345,16 @@ impl<'l> Consumer<'l> {
                     (None, Accept::MemFdOnly) => DataTypes::MEM_FD,
                 };
                 drop(st);
-                let answer = [buffers_param(types), header_meta()];
+                let answer = if explicit_sync {
+                    vec![
+                        synced_buffers_param(types),
+                        buffers_param(types),
+                        header_meta(),
+                        sync_meta(),
+                    ]
+                } else {
+                    vec![buffers_param(types), header_meta()]
+                };
                 if let Err(e) = stream.update_params(&mut pods(&answer)) {
                     on_param
                         .borrow_mut()
@@ -315,6 +366,7 @@ impl<'l> Consumer<'l> {
                 let mut st = on_remove.borrow_mut();
                 st.imported.clear();
                 st.last_frames.clear();
+                st.explicit.clear();
                 // A held buffer PipeWire removes is gone: never queue it back.
                 if st.held_buffer.is_some_and(|b| b.as_ptr() == buffer) {
                     st.held_buffer = None;
@@ -328,8 +380,22 @@ impl<'l> Consumer<'l> {
                 let mut st = on_process.borrow_mut();
                 // SAFETY: `raw` was dequeued above and is queued (or kept) only after the
                 // parts are used.
-                let (datas, header_seq) = unsafe { buffer_parts(raw) };
-                if st.receive(datas, header_seq) {
+                let (datas, header_seq, sync_meta) = unsafe { buffer_parts(raw) };
+                let (memory, syncobjs) = sync::split_syncobjs(datas);
+                let buffer = memory.first().map(|d| {
+                    let d = d.as_raw();
+                    (d.fd, d.mapoffset, d.maxsize)
+                });
+                let points = buffer.and_then(|b| {
+                    st.fence_check(b);
+                    st.sync_before(b, &syncobjs, sync_meta)
+                });
+                let hold = st.receive(memory, header_seq);
+                if let Some(b) = buffer {
+                    st.sync_after(b, points, sync_meta);
+                    st.fence_attach(b);
+                }
+                if hold {
                     let released = st.held_buffer.replace(raw);
                     if let Some(old) = released {
                         // SAFETY: a buffer this stream dequeued and never queued since.
@@ -342,10 +408,27 @@ impl<'l> Consumer<'l> {
             })
             .register()
             .map_err(|e| format!("consumer listener: {e}"))?;
-        let params = match accept {
+        let mut params = match accept {
             Accept::DmaBufOrMemFd => vec![enum_format(format, true), enum_format(format, false)],
             Accept::MemFdOnly => vec![enum_format(format, false)],
         };
+        if !extras.device_ids.is_empty() {
+            let ids = extras
+                .device_ids
+                .iter()
+                .map(|d| format!("\"{}\"", pw_dmaheap::encode_dev_t(*d)))
+                .collect::<Vec<_>>()
+                .join(",");
+            let capability = pw_dmaheap::params::capability_param(&[
+                (pw_dmaheap::CAPABILITY_DEVICE_ID_NEGOTIATION, "1"),
+                (
+                    pw_dmaheap::CAPABILITY_DEVICE_IDS,
+                    &format!("{{\"available-devices\": [{ids}]}}"),
+                ),
+            ])
+            .map_err(|e| e.to_string())?;
+            params.push(capability);
+        }
         stream
             .connect(
                 pw::spa::utils::Direction::Input,
@@ -440,6 +523,18 @@ impl<'l> Consumer<'l> {
     /// its `pw_buffer` stays held until released or removed.
     pub fn take_held(&self) -> Option<HeldFrame> {
         self.state.borrow_mut().held.take()
+    }
+
+    /// Attaches `fence` (as a reader's, like a display scanning out) to the dma-buf of the
+    /// next frame, which then goes back to the producer as usual: it must not come back
+    /// before the fence signals.
+    pub fn fence_next_frame(&self, fence: SyncFile) {
+        self.state.borrow_mut().fencing.next = Some(fence);
+    }
+
+    /// The frame the fenced buffer held, read again now through this consumer's duplicate.
+    pub fn check_fenced(&self) -> Result<u64, String> {
+        self.state.borrow().check_fenced()
     }
 
     /// The consumer's node id.

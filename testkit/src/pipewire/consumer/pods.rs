@@ -90,14 +90,19 @@ pub(super) fn enum_format(format: VideoFormat, modifier: bool) -> Vec<u8> {
     })
 }
 
+fn range(default: i32, min: i32, max: i32) -> Value {
+    Value::Choice(ChoiceValue::Int(Choice(
+        ChoiceFlags::empty(),
+        ChoiceEnum::Range { default, min, max },
+    )))
+}
+
 pub(super) fn buffers_param(types: DataTypes) -> Vec<u8> {
-    let range = |default, min, max| {
-        Value::Choice(ChoiceValue::Int(Choice(
-            ChoiceFlags::empty(),
-            ChoiceEnum::Range { default, min, max },
-        )))
-    };
-    bytes(Object {
+    bytes(buffers_object(types))
+}
+
+fn buffers_object(types: DataTypes) -> Object {
+    Object {
         type_: sys::SPA_TYPE_OBJECT_ParamBuffers,
         id: sys::SPA_PARAM_Buffers,
         properties: vec![
@@ -116,7 +121,30 @@ pub(super) fn buffers_param(types: DataTypes) -> Vec<u8> {
                 ))),
             ),
         ],
-    })
+    }
+}
+
+/// The Buffers layout for explicit sync: two more blocks (the syncobjs), and only where both
+/// sides negotiated `SPA_META_SyncTimeline` (`metaType`, mandatory).
+pub(super) fn synced_buffers_param(types: DataTypes) -> Vec<u8> {
+    let mut object = buffers_object(types);
+    for p in &mut object.properties {
+        if p.key == sys::SPA_PARAM_BUFFERS_blocks {
+            p.value = range(3, 3, 6);
+        }
+    }
+    object.properties.push(Property {
+        key: 7, // SPA_PARAM_BUFFERS_metaType
+        flags: PropertyFlags::MANDATORY,
+        value: Value::Int(1 << super::sync::META_SYNC_TIMELINE),
+    });
+    bytes(object)
+}
+
+/// `SPA_PARAM_Meta` for `SPA_META_SyncTimeline` with the RELEASE feature (dropped if the
+/// producer lacks it): the same param a producer announces.
+pub(super) fn sync_meta() -> Vec<u8> {
+    pw_dmaheap::params::sync_timeline_meta_param().expect("pod")
 }
 
 pub(super) fn header_meta() -> Vec<u8> {

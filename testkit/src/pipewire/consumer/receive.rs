@@ -55,7 +55,7 @@ impl State {
             .iter()
             .any(|d| DataKind::from_spa(d.as_raw().type_).is_none())
         {
-            // A link whose buffers came without memory (see `Consumer::connect`): link again.
+            // A link whose buffers came without memory (see `Consumer::connect_with`): link again.
             for d in datas.iter() {
                 self.seen.unusable.insert((d.as_raw().type_, d.as_raw().fd));
             }
@@ -63,6 +63,14 @@ impl State {
                 self.seen.relinked += 1;
                 self.relink = true;
             }
+            return false;
+        }
+        if !datas.is_empty() && datas.iter().all(|d| d.chunk().size() == 0) {
+            // No frame in it: PipeWire 1.6 can hand an input the id of a buffer the producer
+            // never queued, right after a renegotiation (its io area still names a buffer of
+            // the old set). Every chunk is empty, as pipewiresrc sees too ("Chunk size is 0,
+            // skipping"): nothing to check, nothing to count as a frame.
+            self.seen.empty += 1;
             return false;
         }
         self.seen.frames += 1;
@@ -192,7 +200,14 @@ impl State {
                 }
                 if let Some(last) = self.seen.last_seq {
                     if seq <= last {
-                        self.seen.error(format!("frame {seq} after frame {last}"));
+                        let detail = self.describe(&blocks, header_seq);
+                        self.seen.error(format!(
+                            "frame {seq} after frame {last} (format {} of {}, {} empty buffers \
+                             so far) [{detail}]",
+                            self.seen.formats.len(),
+                            params,
+                            self.seen.empty
+                        ));
                     }
                 }
                 self.seen.last_seq = Some(seq);

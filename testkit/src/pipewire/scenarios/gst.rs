@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use pw_dmaheap::heapcore::format::VideoFormat;
 use pw_dmaheap::pattern;
-use pw_dmaheap::{Event, Negotiated, Producer, ProducerConfig};
+use pw_dmaheap::{Event, Negotiated, Producer, ProducerConfig, Stats};
 
 use super::super::consumer::{Accept, Expect, Seen};
 use super::super::{ChildGuard, gstreamer_layout, patience};
@@ -20,8 +20,13 @@ pub struct GstRun {
     pub negotiated: Negotiated,
     /// Frame numbers read back from the written file, all checked against the pattern.
     pub sequences: Vec<u64>,
-    /// `"DmaBuf"`/`"MemFd"` as pipewiresrc's pool logged the memory it wrapped.
+    /// `"DmaBuf"`/`"MemFd"` as pipewiresrc's pool logged the memory it wrapped (PipeWire
+    /// 0.3.65: "memory type MemFd"; 1.2 and later: "wrap data (MemFd 2)").
     pub pool_memory: Vec<String>,
+    /// How many buffers pipewiresrc's pool wrapped ("wrap buffer" in its log).
+    pub pool_buffers: usize,
+    /// The producer's counters when gst-launch had finished.
+    pub stats: Stats,
     /// The command line run.
     pub command: String,
     /// Runs started again because PipeWire gave pipewiresrc buffers without memory (see
@@ -30,7 +35,7 @@ pub struct GstRun {
 }
 
 /// How often the daemon has logged PipeWire 0.3.65's "invalid memory type": a link got a
-/// producer's buffers before the producer filled them in (see `Consumer::connect`), so its
+/// producer's buffers before the producer filled them in (see `Consumer::connect_with`), so its
 /// consumer has no memory for any buffer of that link.
 fn pipewire_gave_buffers_without_memory(rig: &Rig) -> usize {
     rig.daemons
@@ -39,10 +44,41 @@ fn pipewire_gave_buffers_without_memory(rig: &Rig) -> usize {
         .count()
 }
 
+/// The caps after pipewiresrc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SrcCaps {
+    /// `video/x-raw,format=…`: system memory.
+    Raw,
+    /// `video/x-raw(memory:DMABuf),format=DMA_DRM,drm-format=…` (GStreamer 1.24): dma-bufs
+    /// with the LINEAR modifier.
+    DmaDrm,
+}
+
+/// The DRM fourcc GStreamer gives a format in DMA_DRM caps (`gst_video_dma_drm_fourcc_from_format`).
+fn drm_fourcc(format: VideoFormat) -> Result<&'static str, String> {
+    match format {
+        VideoFormat::Bgrx => Ok("XR24"),
+        VideoFormat::Bgra => Ok("AR24"),
+        VideoFormat::Nv12 => Ok("NV12"),
+        VideoFormat::I420 => Ok("YU12"),
+        other => Err(format!("no DRM fourcc known here for {other}")),
+    }
+}
+
 /// Stock pipewiresrc receives `buffers` frames and writes them to a file; each is checked.
 /// If PipeWire gave it buffers without memory (which it cannot recover from, and which
 /// the daemon logs), it runs once more and the result says so.
 pub fn pipewiresrc(rig: &Rig, config: ProducerConfig, buffers: u32) -> Result<GstRun, String> {
+    pipewiresrc_with_caps(rig, config, buffers, SrcCaps::Raw)
+}
+
+/// [`pipewiresrc`] with the caps after it.
+pub fn pipewiresrc_with_caps(
+    rig: &Rig,
+    config: ProducerConfig,
+    buffers: u32,
+    caps: SrcCaps,
+) -> Result<GstRun, String> {
     let (w, h, format) = (config.width, config.height, config.formats[0]);
     let name = config.node_name.clone();
     let producer = rig.producer(config)?;
@@ -59,31 +95,35 @@ pub fn pipewiresrc(rig: &Rig, config: ProducerConfig, buffers: u32) -> Result<Gs
     });
     rig.session.wait_for_node(&name, patience(), || Ok(()))?;
     let out = rig.daemons.dir().join("frames.raw");
+    let caps = match caps {
+        SrcCaps::Raw => format!("video/x-raw,format={format},width={w},height={h}"),
+        SrcCaps::DmaDrm => format!(
+            "video/x-raw(memory:DMABuf),format=DMA_DRM,drm-format={},width={w},height={h}",
+            drm_fourcc(format)?
+        ),
+    };
     let args = vec![
         "pipewiresrc".to_string(),
         format!("target-object={name}"),
         format!("num-buffers={buffers}"),
         "!".into(),
-        format!("video/x-raw,format={format},width={w},height={h}"),
+        caps,
         "!".into(),
         "filesink".into(),
         format!("location={}", out.display()),
     ];
     let command = format!("gst-launch-1.0 {}", args.join(" "));
     let mut relaunched = 0;
-    let (sequences, pool_memory) = loop {
+    let (sequences, pool_memory, pool_buffers) = loop {
         let bugs = pipewire_gave_buffers_without_memory(rig);
         let attempt = launch(rig, &producer, &args, &command)
             .and_then(|log| check_file(&out, format, w, h, buffers).map(|seqs| (seqs, log)));
         match attempt {
             Ok((sequences, log)) => {
-                let mut pool_memory: Vec<String> = log
-                    .lines()
-                    .filter_map(|l| l.split("memory type ").nth(1))
-                    .map(|t| t.trim().to_owned())
-                    .collect();
+                let mut pool_memory: Vec<String> = log.lines().filter_map(wrapped_memory).collect();
                 pool_memory.dedup();
-                break (sequences, pool_memory);
+                let pool_buffers = log.matches("wrap buffer").count();
+                break (sequences, pool_memory, pool_buffers);
             }
             Err(e) if relaunched == 0 && pipewire_gave_buffers_without_memory(rig) > bugs => {
                 eprintln!(
@@ -103,9 +143,20 @@ pub fn pipewiresrc(rig: &Rig, config: ProducerConfig, buffers: u32) -> Result<Gs
         negotiated,
         sequences,
         pool_memory,
+        pool_buffers,
+        stats: producer.stats(),
         command,
         relaunched,
     })
+}
+
+/// The memory type a pipewirepool log line says it wrapped, in either version's words.
+fn wrapped_memory(line: &str) -> Option<String> {
+    if let Some(kind) = line.split("memory type ").nth(1) {
+        return Some(kind.trim().to_owned());
+    }
+    let kind = line.split("wrap data (").nth(1)?;
+    Some(kind.split_whitespace().next()?.to_owned())
 }
 
 /// Checks every frame filesink wrote to `out`; returns their frame numbers.
@@ -131,7 +182,13 @@ fn check_file(
     for (i, frame) in bytes.chunks(size).enumerate() {
         let seq = pattern::planes_in(frame, &layout)
             .and_then(|planes| pattern::check(&planes, format, w, h))
-            .map_err(|e| format!("frame {i} in the file: {e}"))?;
+            .map_err(|e| {
+                let counters: Vec<u64> = bytes
+                    .chunks(size)
+                    .map(|f| u64::from_le_bytes(f[..8].try_into().unwrap_or_default()))
+                    .collect();
+                format!("frame {i} in the file: {e} (the counters of every frame: {counters:?})")
+            })?;
         if sequences.last().is_some_and(|&last| seq <= last) {
             return Err(format!("frame {i} carries {seq} after {sequences:?}"));
         }

@@ -6,7 +6,7 @@
 mod gst;
 mod sessions;
 
-pub use gst::{GstRun, PipeWireMemFd, pipewiresink, pipewiresrc};
+pub use gst::{GstRun, PipeWireMemFd, SrcCaps, pipewiresink, pipewiresrc, pipewiresrc_with_caps};
 pub use sessions::{DisconnectInRender, Privacy, Soak, disconnect_in_render, privacy, soak};
 
 use std::rc::Rc;
@@ -15,7 +15,7 @@ use std::time::Duration;
 use pw_dmaheap::heapcore::format::VideoFormat;
 use pw_dmaheap::{Negotiated, Producer, ProducerConfig};
 
-use super::consumer::{Accept, Consumer, Expect, Seen};
+use super::consumer::{Accept, Consumer, Expect, Extras, Seen};
 use super::{Daemons, Session, patience};
 
 /// Daemons and a session connected to them. Field order is drop order: the session's
@@ -86,6 +86,18 @@ impl Rig {
         self.consumer_expecting(target, format, accept, Expect::Pattern)
     }
 
+    /// A consumer of the node named `target` that checks the test pattern, with [`Extras`]
+    /// (explicit sync, device ids).
+    pub fn consumer_with(
+        &self,
+        target: &str,
+        format: VideoFormat,
+        accept: Accept,
+        extras: Extras,
+    ) -> Result<Consumer<'_>, String> {
+        self.connect_consumer(target, format, accept, Expect::Pattern, extras)
+    }
+
     /// A consumer of the node named `target` whose frames hold `expect`.
     pub fn consumer_expecting(
         &self,
@@ -94,14 +106,26 @@ impl Rig {
         accept: Accept,
         expect: Expect,
     ) -> Result<Consumer<'_>, String> {
+        self.connect_consumer(target, format, accept, expect, Extras::default())
+    }
+
+    fn connect_consumer(
+        &self,
+        target: &str,
+        format: VideoFormat,
+        accept: Accept,
+        expect: Expect,
+        extras: Extras,
+    ) -> Result<Consumer<'_>, String> {
         self.session.wait_for_node(target, patience(), || Ok(()))?;
-        Consumer::connect(
+        Consumer::connect_with(
             &self.consumer_core,
             self.session.mainloop.loop_(),
             target,
             format,
             accept,
             expect,
+            extras,
         )
     }
 }
@@ -153,10 +177,21 @@ pub fn rust_consumer(
     accept: Accept,
     frames: u64,
 ) -> Result<(Negotiated, Seen), String> {
+    rust_consumer_with(rig, config, accept, Extras::default(), frames)
+}
+
+/// [`rust_consumer`] with [`Extras`] (explicit sync, device ids).
+pub fn rust_consumer_with(
+    rig: &Rig,
+    config: ProducerConfig,
+    accept: Accept,
+    extras: Extras,
+    frames: u64,
+) -> Result<(Negotiated, Seen), String> {
     let name = config.node_name.clone();
     let format = config.formats[0];
     let producer = rig.producer(config)?;
-    let consumer = rig.consumer(&name, format, accept)?;
+    let consumer = rig.consumer_with(&name, format, accept, extras)?;
     with_frames(rig, &producer, Duration::from_millis(4), || {
         rig.session
             .run_until(&format!("{frames} checked frames"), patience(), || {
