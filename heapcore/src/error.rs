@@ -54,6 +54,15 @@ pub enum Error {
         size: u64,
     },
 
+    /// A device node that is not one (or a device number with no node).
+    #[error("{device} is not a device dmaheap can ask: {reason}")]
+    InvalidDevice {
+        /// The node or device number given.
+        device: String,
+        /// Why not.
+        reason: String,
+    },
+
     /// The size cannot be allocated anywhere (zero, overflowing, beyond this machine's RAM).
     #[error("invalid buffer size {size}: {reason}")]
     InvalidSize {

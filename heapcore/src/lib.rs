@@ -6,6 +6,7 @@
 mod access;
 mod allocator;
 mod constraints;
+pub mod device;
 mod dmabuf;
 mod error;
 pub mod fence;

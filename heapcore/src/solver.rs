@@ -83,6 +83,10 @@ impl fmt::Display for Candidates {
         if c.require_dmabuf {
             needs.push("dma-buf only".into());
         }
+        if !c.devices.is_empty() {
+            let devices: Vec<String> = c.devices.iter().map(|d| d.device.to_string()).collect();
+            needs.push(format!("used by {}", devices.join(", ")));
+        }
         writeln!(f, "needs {}", needs.join(", "))?;
         let mut rank = 0;
         for entry in &self.entries {
@@ -228,6 +232,9 @@ fn judge_properties(
     if c.require_dmabuf && *source == Source::Memfd {
         return Verdict::Out("not a dma-buf, and the consumer needs one".into());
     }
+    if let Some(out) = judge_devices(source, props, c, &mut notes) {
+        return out;
+    }
     match (c.contiguous, props.contiguous) {
         (true, Some(false)) => return Verdict::Out("not physically contiguous".into()),
         (true, None) => {
@@ -300,6 +307,41 @@ fn judge_properties(
         notes.push("last resort: not a dma-buf".into());
     }
     Verdict::In(notes)
+}
+
+/// What the devices the buffer passes through say of `source`: refused by one of them (its
+/// probe), or, for a device that could not be asked and has no IOMMU, not contiguous.
+fn judge_devices(
+    source: &Source,
+    props: HeapProperties,
+    c: &Constraints,
+    notes: &mut Vec<String>,
+) -> Option<Verdict> {
+    use crate::device::{Acceptance, Subsystem};
+    for report in &c.devices {
+        let device = &report.device;
+        if *source == Source::Memfd {
+            return Some(Verdict::Out(format!(
+                "{device} imports dma-bufs only, and a memfd is not one"
+            )));
+        }
+        match report.acceptance(&source.name()) {
+            Some(Acceptance::Refused(why)) => {
+                return Some(Verdict::Out(format!("refused by {device}: {why}")));
+            }
+            Some(Acceptance::Accepted) => notes.push(format!("{device} takes it")),
+            Some(Acceptance::Unknown(_)) | None => {
+                let user = matches!(device.subsystem, Subsystem::Video4Linux | Subsystem::Drm);
+                if user && device.iommu == Some(false) && props.contiguous != Some(true) {
+                    return Some(Verdict::Out(format!(
+                        "{device} has no IOMMU and could not be asked: it needs physically \
+                         contiguous memory"
+                    )));
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Moves CPU-cached candidates ahead of uncached ones, keeping the policy order otherwise.
@@ -578,5 +620,101 @@ mod tests {
         let small = solve_explicit(&list, &Constraints::new(MIB), &m.inventory());
         let names: Vec<String> = small.sources().iter().map(ToString::to_string).collect();
         assert_eq!(names, ["udmabuf", "heap reserved", "memfd"]);
+    }
+
+    fn report(
+        node: &str,
+        driver: &str,
+        iommu: Option<bool>,
+        verdicts: &[(&str, crate::device::Acceptance)],
+    ) -> crate::device::DeviceReport {
+        crate::device::DeviceReport {
+            device: crate::device::Device {
+                node: node.into(),
+                devnum: (81, 4),
+                subsystem: crate::device::Subsystem::Video4Linux,
+                driver: Some(driver.into()),
+                iommu,
+                dma_mask_bits: None,
+            },
+            kernel: "test".into(),
+            sources: verdicts
+                .iter()
+                .map(|(n, a)| (n.to_string(), a.clone()))
+                .collect(),
+            cached: false,
+        }
+    }
+
+    /// vivid with its dma-contig allocator refuses the system heap's scattered pages and
+    /// takes CMA: the solver picks CMA without being told, and says which device ruled out
+    /// the rest.
+    #[test]
+    fn devices_rule_out_what_they_refused() {
+        use crate::device::Acceptance::{Accepted, Refused};
+        let m = machine(&["system", "reserved"]);
+        let vivid = report(
+            "/dev/video4",
+            "vivid",
+            Some(false),
+            &[
+                (
+                    "system",
+                    Refused("VIDIOC_PREPARE_BUF of 614400 bytes: Invalid argument".into()),
+                ),
+                ("reserved", Accepted),
+                (
+                    "udmabuf",
+                    Refused("VIDIOC_PREPARE_BUF of 614400 bytes: Invalid argument".into()),
+                ),
+            ],
+        );
+        let c = solve(
+            &Policy::builtin(),
+            &Constraints::new(8 * MIB).devices(vec![vivid]),
+            &m.inventory(),
+        );
+        let names: Vec<String> = c.sources().iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["heap reserved"], "{c}");
+        let text = c.to_string();
+        assert!(text.contains("used by /dev/video4 (vivid)"), "{text}");
+        assert!(
+            text.contains("system: out, refused by /dev/video4 (vivid): VIDIOC_PREPARE_BUF"),
+            "{text}"
+        );
+        assert!(
+            text.contains("memfd: out, /dev/video4 (vivid) imports dma-bufs only"),
+            "{text}"
+        );
+        assert!(text.contains("/dev/video4 (vivid) takes it"), "{text}");
+    }
+
+    #[test]
+    fn a_device_without_iommu_that_was_not_asked_needs_contiguous_memory() {
+        let m = machine(&["system", "reserved"]);
+        let display = report("/dev/dri/card0", "some-display", Some(false), &[]);
+        let behind_iommu = report("/dev/video0", "some-codec", Some(true), &[]);
+        let c = solve(
+            &Policy::builtin(),
+            &Constraints::new(8 * MIB).devices(vec![display]),
+            &m.inventory(),
+        );
+        let names: Vec<String> = c.sources().iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["heap reserved"], "{c}");
+        assert!(
+            c.to_string()
+                .contains("has no IOMMU and could not be asked"),
+            "{c}"
+        );
+        let c = solve(
+            &Policy::builtin(),
+            &Constraints::new(8 * MIB).devices(vec![behind_iommu]),
+            &m.inventory(),
+        );
+        assert_eq!(
+            c.sources().len(),
+            3,
+            "behind an IOMMU anything but memfd: {c}"
+        );
     }
 }

@@ -4,7 +4,9 @@
 //! or a wait for a fence) and returns owned fds at once, so no raw fd escapes this module.
 
 mod dma_buf;
+pub(crate) mod drm;
 mod sync_file;
+pub(crate) mod v4l2;
 
 pub(crate) use dma_buf::*;
 pub(crate) use sync_file::*;
