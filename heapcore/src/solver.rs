@@ -131,7 +131,7 @@ pub fn solve(policy: &Policy, constraints: &Constraints, inventory: &Inventory) 
     let (entry, usage_fell_back) = policy.entry(&constraints.usage);
     let mut constraints = constraints.clone();
     constraints.contiguous |= entry.contiguous;
-    let mut candidates = judge_all(&entry.heaps, constraints, inventory);
+    let mut candidates = judge_all(&entry.heaps, constraints, inventory, Some(policy));
     candidates.usage_fell_back = usage_fell_back;
     candidates.policy_origin = entry.origin.clone();
     candidates
@@ -146,13 +146,18 @@ pub fn solve_explicit(
     inventory: &Inventory,
 ) -> Candidates {
     let names: Vec<String> = sources.iter().map(Source::name).collect();
-    judge_all(&names, constraints.clone(), inventory)
+    judge_all(&names, constraints.clone(), inventory, None)
 }
 
-fn judge_all(names: &[String], constraints: Constraints, inventory: &Inventory) -> Candidates {
+fn judge_all(
+    names: &[String],
+    constraints: Constraints,
+    inventory: &Inventory,
+    policy: Option<&Policy>,
+) -> Candidates {
     let mut entries: Vec<Candidate> = Vec::with_capacity(names.len());
     for name in names {
-        let (source, verdict) = judge(name, &constraints, inventory);
+        let (source, verdict) = judge(name, &constraints, inventory, policy);
         let duplicate = source
             .as_ref()
             .is_some_and(|s| entries.iter().any(|e| e.source.as_ref() == Some(s)));
@@ -179,7 +184,12 @@ fn judge_all(names: &[String], constraints: Constraints, inventory: &Inventory) 
     }
 }
 
-fn judge(name: &str, c: &Constraints, inv: &Inventory) -> (Option<Source>, Verdict) {
+fn judge(
+    name: &str,
+    c: &Constraints,
+    inv: &Inventory,
+    policy: Option<&Policy>,
+) -> (Option<Source>, Verdict) {
     let out = |why: String| Verdict::Out(why);
     let (source, props, access, kind) = match name.parse::<Source>() {
         Err(e) => return (None, out(e.to_string())),
@@ -213,7 +223,7 @@ fn judge(name: &str, c: &Constraints, inv: &Inventory) -> (Option<Source>, Verdi
     let verdict = match access {
         Access::Missing => out("not on this machine".into()),
         Access::Denied { fix } => out(format!("no permission ({fix})")),
-        Access::Allowed => judge_properties(&source, props, kind, c, inv),
+        Access::Allowed => judge_properties(&source, props, kind, c, inv, policy),
     };
     (Some(source), verdict)
 }
@@ -224,6 +234,7 @@ fn judge_properties(
     kind: Option<HeapKind>,
     c: &Constraints,
     inv: &Inventory,
+    policy: Option<&Policy>,
 ) -> Verdict {
     let mut notes = Vec::new();
     if props.protected == Some(true) && c.cpu_access != CpuAccess::None {
@@ -232,7 +243,7 @@ fn judge_properties(
     if c.require_dmabuf && *source == Source::Memfd {
         return Verdict::Out("not a dma-buf, and the consumer needs one".into());
     }
-    if let Some(out) = judge_devices(source, props, c, &mut notes) {
+    if let Some(out) = judge_devices(source, props, c, inv, policy, &mut notes) {
         return out;
     }
     match (c.contiguous, props.contiguous) {
@@ -309,12 +320,15 @@ fn judge_properties(
     Verdict::In(notes)
 }
 
-/// What the devices the buffer passes through say of `source`: refused by one of them (its
-/// probe), or, for a device that could not be asked and has no IOMMU, not contiguous.
+/// What the devices the buffer passes through say of `source`: what the policy file says of
+/// the device's driver, else its probe (refused), else, for a device that could not be asked
+/// and has no IOMMU, not contiguous.
 fn judge_devices(
     source: &Source,
     props: HeapProperties,
     c: &Constraints,
+    inv: &Inventory,
+    policy: Option<&Policy>,
     notes: &mut Vec<String>,
 ) -> Option<Verdict> {
     use crate::device::{Acceptance, Subsystem};
@@ -323,6 +337,31 @@ fn judge_devices(
         if *source == Source::Memfd {
             return Some(Verdict::Out(format!(
                 "{device} imports dma-bufs only, and a memfd is not one"
+            )));
+        }
+        let stated = device
+            .driver
+            .as_deref()
+            .and_then(|driver| policy?.device(driver));
+        if let Some(stated) = stated {
+            let listed = stated
+                .heaps
+                .iter()
+                .any(|name| match name.parse::<Source>() {
+                    Ok(Source::Heap(_)) => inv
+                        .find(name)
+                        .is_ok_and(|h| Source::Heap(h.name.clone()) == *source),
+                    Ok(other) => other == *source,
+                    Err(_) => false,
+                });
+            if listed {
+                notes.push(format!("{device} takes it ({} says)", stated.origin));
+                continue;
+            }
+            return Some(Verdict::Out(format!(
+                "{} says {device} takes only {}",
+                stated.origin,
+                stated.heaps.join(", ")
             )));
         }
         match report.acceptance(&source.name()) {
@@ -716,5 +755,42 @@ mod tests {
             3,
             "behind an IOMMU anything but memfd: {c}"
         );
+    }
+
+    /// The policy file has the last word over a device's probe (a device the probe judges
+    /// wrong, or cannot ask).
+    #[test]
+    fn a_policy_file_overrides_what_a_probe_found() {
+        use crate::device::Acceptance::{Accepted, Refused};
+        let m = machine(&["system", "reserved"]);
+        let vivid = report(
+            "/dev/video4",
+            "vivid",
+            Some(false),
+            &[("system", Refused("EFAULT".into())), ("reserved", Accepted)],
+        );
+        let mut policy = Policy::builtin();
+        policy
+            .apply_str(
+                "[device.vivid]\nheaps = [\"system\"]\n",
+                Path::new("/etc/dmaheap/policy.toml"),
+            )
+            .unwrap();
+        let c = solve(
+            &policy,
+            &Constraints::new(MIB).devices(vec![vivid]),
+            &m.inventory(),
+        );
+        let names: Vec<String> = c.sources().iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["heap system"], "{c}");
+        let text = c.to_string();
+        assert!(
+            text.contains("/etc/dmaheap/policy.toml:1 says /dev/video4 (vivid) takes only system"),
+            "{text}"
+        );
+        let err = Policy::builtin()
+            .apply_str("[device.vivid]\nheaps = [\"../x\"]\n", Path::new("p.toml"))
+            .unwrap_err();
+        assert_eq!(err.line, 2, "{err}");
     }
 }
