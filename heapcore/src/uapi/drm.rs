@@ -130,21 +130,10 @@ mod tests {
         assert_eq!(DRM_FORMAT_XRGB8888, 0x3432_5258);
     }
 
-    #[test]
-    #[cfg_attr(
-        not(any(
-            target_arch = "x86",
-            target_arch = "x86_64",
-            target_arch = "arm",
-            target_arch = "aarch64",
-            target_arch = "riscv64"
-        )),
-        ignore = "skipped: the literal opcodes are asm-generic's"
-    )]
-    fn opcodes_match_drm_h() {
+    opcode_test!(any, opcodes_match_drm_h, {
         assert_eq!(DRM_IOCTL_PRIME_FD_TO_HANDLE, 0xC00C_642E);
         assert_eq!(DRM_IOCTL_MODE_ADDFB2, 0xC068_64B8);
         assert_eq!(DRM_IOCTL_MODE_RMFB, 0xC004_64AF);
         assert_eq!(DRM_IOCTL_GEM_CLOSE, 0x4008_6409);
-    }
+    });
 }

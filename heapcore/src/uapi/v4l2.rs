@@ -274,19 +274,10 @@ mod tests {
         }
     }
 
-    #[test]
-    #[cfg_attr(
-        not(any(
-            target_arch = "x86_64",
-            target_arch = "aarch64",
-            target_arch = "riscv64"
-        )),
-        ignore = "skipped: the literal opcodes are asm-generic's on 64-bit architectures"
-    )]
-    fn opcodes_match_videodev2_h() {
+    opcode_test!(64, opcodes_match_videodev2_h, {
         assert_eq!(VIDIOC_QUERYCAP, 0x8068_5600);
         assert_eq!(VIDIOC_G_FMT, 0xC0D0_5604);
         assert_eq!(VIDIOC_REQBUFS, 0xC014_5608);
         assert_eq!(VIDIOC_PREPARE_BUF, 0xC058_565D);
-    }
+    });
 }
