@@ -235,6 +235,37 @@ fn pressure_trims_background_then_normal_and_realtime_refills_after() {
 }
 
 #[test]
+fn a_pinned_pressure_level_outlasts_the_watch_it_replaced() {
+    let registry = PoolRegistry::new(alloc(), crate::policy::Policy::builtin(), None);
+    // No PSI file: the MemAvailable timer, told that any machine is critically short.
+    let config = crate::pressure::PressureConfig {
+        psi_path: "/nonexistent/memory.pressure".into(),
+        critical_available: 1.01,
+        ..Default::default()
+    };
+    registry.watch_pressure(config.clone()).unwrap();
+    eventually("the timer to report critical pressure", || {
+        registry.pressure() == PressureLevel::Critical
+    });
+    registry.pin_pressure(PressureLevel::Normal);
+    assert_eq!(registry.stats().pressure_source, "pinned");
+    // The timer looks once a second; a watch left running would raise the level again.
+    registry.watch_pressure(config).unwrap();
+    registry.pin_pressure(PressureLevel::Normal);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(registry.pressure(), PressureLevel::Normal);
+    assert_eq!(
+        "Critical".parse::<PressureLevel>(),
+        Ok(PressureLevel::Critical)
+    );
+    let err = "../high".parse::<PressureLevel>().unwrap_err();
+    assert!(
+        err.contains("use watch, normal, elevated or critical"),
+        "{err}"
+    );
+}
+
+#[test]
 fn buffers_returned_under_pressure_go_back_to_the_kernel() {
     let pool = Pool::new(alloc(), memfd_pool("return-bg").qos(QosClass::Background)).unwrap();
     let held: Vec<_> = (0..3).map(|_| pool.try_acquire().unwrap()).collect();
