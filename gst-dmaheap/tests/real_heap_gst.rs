@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-use common::{LogCapture, init, open_fds, run_pipeline, stat};
+use common::{LogCapture, init, open_fds, run_pipeline, run_pipeline_with, stat};
 use dmaheap_testkit::{Failed, Need, Suite, ensure};
 use gst::prelude::*;
 use gstdmaheap::{DmaHeapAllocator, DmaHeapBufferPool, heap_memory_info};
@@ -77,7 +77,7 @@ fn main() {
         )
         .test(
             "real_heap_gst_dmabuf_caps_only_for_frames_a_source_can_hold",
-            &[Need::Udmabuf],
+            &[Need::Udmabuf, Need::Root],
             dmabuf_caps_only_for_frames_a_source_can_hold,
         )
         .test(
@@ -273,39 +273,107 @@ fn passthrough_honours_the_heap_list() -> Result<(), Failed> {
     Ok(())
 }
 
-/// 8K RGBA frames (132 MB) are over udmabuf's 64 MiB limit: with udmabuf as the only
-/// dma-buf source, memory:DMABuf is not offered for them (negotiation would succeed and the
-/// first allocation fail), so plain caps are negotiated and memfd serves.
+/// udmabuf's `size_limit_mb`, lowered for the time of a test where the kernel sets no limit
+/// (Linux 6.17+: INT_MAX) and restored after.
+struct UdmabufLimit {
+    restore: Option<String>,
+}
+
+impl UdmabufLimit {
+    const PARAM: &str = "/sys/module/udmabuf/parameters/size_limit_mb";
+
+    /// Makes the limit at most `mb` MiB (as root); the limit in force, in bytes.
+    fn at_most(mb: u64) -> Result<(Self, u64), Failed> {
+        let old =
+            std::fs::read_to_string(Self::PARAM).map_err(|e| format!("{}: {e}", Self::PARAM))?;
+        let current: u64 = old.trim().parse().map_err(|e| format!("{old:?}: {e}"))?;
+        if current <= mb {
+            return Ok((Self { restore: None }, current << 20));
+        }
+        std::fs::write(Self::PARAM, mb.to_string())
+            .map_err(|e| format!("lowering {} to {mb}: {e}", Self::PARAM))?;
+        println!("udmabuf size_limit_mb {current} -> {mb} for this test");
+        Ok((Self { restore: Some(old) }, mb << 20))
+    }
+}
+
+impl Drop for UdmabufLimit {
+    fn drop(&mut self) {
+        if let Some(old) = self.restore.take()
+            && let Err(e) = std::fs::write(Self::PARAM, old.trim())
+        {
+            eprintln!("cannot restore {}: {e}", Self::PARAM);
+        }
+    }
+}
+
+/// The caps `gst-launch-1.0 -v` says the element named `up` put on its src pad, and the
+/// stats line it posted.
+fn launched_caps_and_stats(pipeline: &str) -> Result<(String, String), Failed> {
+    let mut args = vec!["-v", "-m"];
+    args.extend(pipeline.split_whitespace());
+    let out = common::gst_tool("gst-launch-1.0", &args, &[])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "gst-launch-1.0 {pipeline} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let caps = stdout
+        .lines()
+        .find_map(|l| {
+            l.split_once(":up.GstPad:src: caps = ")
+                .map(|(_, c)| c.to_owned())
+        })
+        .ok_or_else(|| format!("no caps for up's src pad in:\n{stdout}"))?;
+    let stats = stdout
+        .lines()
+        .find(|l| l.contains("dmaheapupload-stats"))
+        .ok_or_else(|| format!("no stats message in:\n{stdout}"))?
+        .to_owned();
+    Ok((caps, stats))
+}
+
+/// 8K RGBA frames (132 MB) are over udmabuf's limit: with udmabuf as the only dma-buf
+/// source, memory:DMABuf is not offered for them (negotiation would succeed and the first
+/// allocation fail), so plain caps are negotiated and memfd serves.
+///
+/// The limit is 64 MiB by default before Linux 6.17 and none since; where there is none the
+/// test sets 64 MiB (as root) and runs the pipeline in a new process, which reads it afresh.
 fn dmabuf_caps_only_for_frames_a_source_can_hold() -> Result<(), Failed> {
-    let run = run_pipeline(
+    let (_limit, bytes) = UdmabufLimit::at_most(64)?;
+    let frame = 7680 * 4320 * 4;
+    ensure!(
+        frame > bytes,
+        "an 8K RGBA frame fits the {bytes} byte limit"
+    );
+    let (caps, stats) = launched_caps_and_stats(
         "videotestsrc num-buffers=3 ! video/x-raw,format=RGBA,width=7680,height=4320 \
          ! dmaheapupload name=up heap=udmabuf,memfd ! fakesink",
-        Duration::from_secs(300),
     )?;
-    let caps = run.upload_src_caps.ok_or("no caps")?;
-    ensure!(
-        !caps
-            .features(0)
-            .is_some_and(|f| f.contains(gst_allocators::CAPS_FEATURE_MEMORY_DMABUF)),
-        "memory:DMABuf negotiated for frames udmabuf cannot hold: {caps}"
-    );
-    let stats = run.stats.ok_or("no stats message")?;
     println!("{caps}\n{stats}");
     ensure!(
-        stat(&stats, "passthrough") + stat(&stats, "copies") == 3,
-        "{stats}"
+        !caps.contains("memory:DMABuf"),
+        "memory:DMABuf negotiated for {frame} byte frames over udmabuf's {bytes} byte limit: \
+         {caps}"
+    );
+    ensure!(
+        stats.contains("heap-origins=(string)\"memfd:"),
+        "the frames were not memfd memory: {stats}"
     );
     // The same list at 1080p: udmabuf serves and memory:DMABuf is offered.
-    let small = run_pipeline(
+    let (caps, stats) = launched_caps_and_stats(
         "videotestsrc num-buffers=3 ! video/x-raw,format=RGBA,width=1920,height=1080 \
          ! dmaheapupload name=up heap=udmabuf,memfd ! fakesink",
-        Duration::from_secs(120),
     )?;
-    let caps = small.upload_src_caps.ok_or("no caps")?;
+    println!("{caps}\n{stats}");
     ensure!(
-        caps.features(0)
-            .is_some_and(|f| f.contains(gst_allocators::CAPS_FEATURE_MEMORY_DMABUF)),
+        caps.contains("memory:DMABuf"),
         "1080p frames fit udmabuf, but {caps}"
+    );
+    ensure!(
+        stats.contains("heap-origins=(string)\"udmabuf:"),
+        "the frames were not udmabuf memory: {stats}"
     );
     Ok(())
 }
@@ -336,8 +404,16 @@ impl KmsProof {
         )
     }
 
-    /// kmssink showed at least `min_shown` frames, every one an imported heap dma-buf.
+    /// kmssink showed at least `min_shown` frames, every one an imported heap dma-buf, from
+    /// pools whose statistics are `stats`.
     fn check(&self, stats: &gst::StructureRef, min_shown: u64) -> Result<String, Failed> {
+        let pool_buffers = stat(stats, "prewarmed") + stat(stats, "pool-misses");
+        self.check_imports(pool_buffers, min_shown)
+    }
+
+    /// kmssink showed at least `min_shown` frames, every one an imported dma-buf, and
+    /// imported at most `pool_buffers` of them (each pool buffer once).
+    fn check_imports(&self, pool_buffers: u64, min_shown: u64) -> Result<String, Failed> {
         let (imported, reused, copied) = self.counts();
         ensure!(
             copied == 0,
@@ -347,7 +423,6 @@ impl KmsProof {
         ensure!(imported > 0, "kmssink imported nothing");
         // Each pool buffer is imported once and its framebuffer reused after: the same
         // dma-bufs come back frame after frame.
-        let pool_buffers = stat(stats, "prewarmed") + stat(stats, "pool-misses");
         ensure!(
             imported as u64 <= pool_buffers,
             "{imported} imports for {pool_buffers} pool buffers"
@@ -363,6 +438,44 @@ impl KmsProof {
              an import, {copied} copies; e.g. {:?}",
             self.capture.sample("kmssink", "setting KMS mem", 1)
         ))
+    }
+}
+
+/// What the buffers reaching a pad were made of, seen by a probe: heap memory info of the
+/// first memory of each (`None`: not heap memory).
+#[derive(Clone, Default)]
+struct SeenMemory(std::sync::Arc<std::sync::Mutex<Vec<Option<gstdmaheap::HeapMemoryInfo>>>>);
+
+impl SeenMemory {
+    /// Records every buffer that reaches the sink pad of the element named `element`.
+    fn watch(&self, pipeline: &gst::Pipeline, element: &str) {
+        let pad = pipeline
+            .by_name(element)
+            .and_then(|e| e.static_pad("sink"))
+            .unwrap_or_else(|| panic!("no element {element} with a sink pad"));
+        let seen = self.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(buf) = info.buffer() {
+                let heap = buf.iter_memories().next().and_then(heap_memory_info);
+                seen.0.lock().unwrap().push(heap);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
+
+    /// How many buffers came, and those that were not contiguous dma-bufs from `heap`.
+    fn not_from(&self, heap: &str) -> (usize, Vec<String>) {
+        let seen = self.0.lock().unwrap();
+        let wanted = format!("heap {heap}");
+        let others = seen
+            .iter()
+            .filter(|m| {
+                !m.as_ref()
+                    .is_some_and(|m| m.origin == wanted && m.is_dmabuf)
+            })
+            .map(|m| format!("{m:?}"))
+            .collect();
+        (seen.len(), others)
     }
 }
 
@@ -414,30 +527,35 @@ fn vivid_capture_to_kmssink() -> Result<(), Failed> {
 /// vicodec's stateful decoder writes straight into CMA heap buffers (capture-io-mode=
 /// dmabuf-import takes them from dmaheapupload's pool) and kmssink imports CMA heap buffers.
 ///
-/// What this kernel and GStreamer 1.22 allow, and why the pipeline looks as it does:
+/// What the kernels and GStreamer versions allow, and why the pipeline looks as it does:
 /// - v4l2fwhtenc sets the capture format before the output format, and vicodec recomputes the
 ///   compressed sizeimage from the output format, so any size but vicodec's default 1280x720
 ///   fails with "buffer size ... is smaller then negotiated size": 1280x720 it is.
 /// - The stateful decoder must output the stream's chroma subsampling (4:2:0 in, 4:2:0 out);
 ///   anything else raises a source-change event that GStreamer 1.22's v4l2videodec never
 ///   answers, and the pipeline hangs.
-/// - vkms in 6.12 scans out RGB only. So one videoconvert turns the decoded I420 into BGRx, and
-///   writes it into a second dmaheapupload's CMA pool, whose buffers kmssink imports.
+/// - vkms in 6.12 scans out RGB only, so videoconvert turns the decoded I420 into BGRx and
+///   writes it into a second dmaheapupload's CMA pool, whose buffers kmssink imports. vkms in
+///   7.x scans out I420 too: videoconvert then passes the decoder's buffers through, and so
+///   does the second dmaheapupload (they are CMA memory already). Either way kmssink must get
+///   CMA dma-bufs and import them.
 /// - kmssink sync=false: under qemu TCG every frame is late, and the decoder would drop them
 ///   on QoS.
 fn vicodec_decoder_into_cma() -> Result<(), Failed> {
     let heap = dmaheap_testkit::cma_heap().expect("need checked");
     let frames = 30;
     let proof = KmsProof::start();
-    let run = run_pipeline(
+    let at_sink = SeenMemory::default();
+    let run = run_pipeline_with(
         &format!(
             "videotestsrc num-buffers={frames} ! video/x-raw,width=1280,height=720,format=I420 \
              ! v4l2fwhtenc ! v4l2fwhtdec capture-io-mode=dmabuf-import \
              ! video/x-raw,format=I420 ! dmaheapupload name=up heap={heap} \
              ! videoconvert ! dmaheapupload name=disp heap={heap} \
-             ! kmssink driver-name=vkms sync=false"
+             ! kmssink name=kms driver-name=vkms sync=false"
         ),
         Duration::from_secs(300),
+        |p| at_sink.watch(p, "kms"),
     )?;
     let decoded = run
         .stats
@@ -446,14 +564,20 @@ fn vicodec_decoder_into_cma() -> Result<(), Failed> {
         .stats_by_element
         .get("disp")
         .ok_or("no stats from the display's dmaheapupload")?;
-    for (what, stats) in [("decoder", &decoded), ("display", shown)] {
-        ensure!(
-            stat(stats, "copies") == 0,
-            "the {what} side did not write into the heap pool: {stats}"
-        );
-        let origins = stats.get::<String>("heap-origins")?;
-        ensure!(origins.contains(&format!("heap {heap}")), "{stats}");
-    }
+    ensure!(
+        stat(&decoded, "copies") == 0,
+        "the decoder did not write into dmaheapupload's pool: {decoded}"
+    );
+    ensure!(
+        stat(shown, "copies") == 0,
+        "videoconvert did not write into the display side's pool: {shown}"
+    );
+    ensure!(
+        decoded
+            .get::<String>("heap-origins")?
+            .contains(&format!("heap {heap}")),
+        "the decoder's pool held no {heap} memory: {decoded}"
+    );
     // GStreamer 1.22's v4l2 decoder sends EOS before vicodec has drained ("N frames left
     // undrained after CMD_STOP, eos sent too early: bug in decoder"), also without dmaheap:
     // it drops the frames still in the decoder, and says so in a QoS message for each. Every
@@ -469,10 +593,26 @@ fn vicodec_decoder_into_cma() -> Result<(), Failed> {
         through + dropped == frames && through > 0,
         "{through} of {frames} frames decoded, {dropped} dropped by the decoder: {decoded}"
     );
-    ensure!(stat(shown, "passthrough") == through, "{shown}");
-    let said = proof.check(shown, through)?;
+    ensure!(
+        stat(shown, "passthrough") == through,
+        "the display side passed {} of the {through} decoded frames on: {shown}",
+        stat(shown, "passthrough")
+    );
+    let (reached, others) = at_sink.not_from(&heap);
+    ensure!(
+        reached as u64 == through && others.is_empty(),
+        "{reached} buffers reached kmssink for {through} frames; not {heap} dma-bufs: {others:?}"
+    );
+    // kmssink imports buffers of whichever pool fed it: the display side's (6.12: videoconvert
+    // wrote into it) or the decoder's (7.x: passed through).
+    let pool_buffers = [&decoded, shown]
+        .iter()
+        .map(|s| stat(s, "prewarmed") + stat(s, "pool-misses"))
+        .sum();
+    let said = proof.check_imports(pool_buffers, through)?;
     println!(
-        "v4l2fwhtdec -> {}\ndecoder side: {decoded}\ndisplay side: {shown}\n{said}",
+        "v4l2fwhtdec -> {}\ndecoder side: {decoded}\ndisplay side: {shown}\n{reached} buffers \
+         at kmssink, all {heap} dma-bufs\n{said}",
         run.upload_src_caps
             .map(|c| c.to_string())
             .unwrap_or_default()
@@ -481,9 +621,9 @@ fn vicodec_decoder_into_cma() -> Result<(), Failed> {
 }
 
 fn gst_launch_kmssink() -> Result<(), Failed> {
-    let dir = common::plugin_dir();
-    let out = std::process::Command::new("gst-launch-1.0")
-        .args([
+    let out = common::gst_tool(
+        "gst-launch-1.0",
+        &[
             "-m",
             "videotestsrc",
             "num-buffers=30",
@@ -493,12 +633,9 @@ fn gst_launch_kmssink() -> Result<(), Failed> {
             "!",
             "kmssink",
             "driver-name=vkms",
-        ])
-        .env("GST_PLUGIN_PATH", &dir)
-        .env("GST_REGISTRY", dir.join("registry.bin"))
-        .env("GST_DEBUG", "kmssink:6,GST_PERFORMANCE:4")
-        .env("GST_DEBUG_NO_COLOR", "1")
-        .output()?;
+        ],
+        &[("GST_DEBUG", "kmssink:6,GST_PERFORMANCE:4")],
+    )?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(

@@ -26,6 +26,11 @@ pub fn init() {
 /// whose copy may be stale; and GStreamer would scan every other library in `deps/`. So the
 /// fresh one is copied into a private directory.
 pub fn plugin_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(copy_plugin).clone()
+}
+
+fn copy_plugin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let deps = exe.parent().expect("target/<profile>/deps");
     let built = [
@@ -39,6 +44,27 @@ pub fn plugin_dir() -> PathBuf {
     std::fs::create_dir_all(&dir).expect("a private plugin directory");
     std::fs::copy(&built, dir.join("libgstdmaheap.so")).expect("copy the plugin");
     dir
+}
+
+/// Runs a GStreamer tool (`gst-launch-1.0`, `gst-inspect-1.0`) in a child process that loads
+/// this build of the plugin from [`plugin_dir`], with `GST_DEBUG` unset unless `env` sets it.
+/// A process of its own also reads the machine afresh (heaps, udmabuf's limit).
+pub fn gst_tool(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::io::Result<std::process::Output> {
+    let dir = plugin_dir();
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .env("GST_PLUGIN_PATH", &dir)
+        .env("GST_REGISTRY", dir.join("registry.bin"))
+        .env("GST_DEBUG_NO_COLOR", "1")
+        .env_remove("GST_DEBUG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output()
 }
 
 /// What a pipeline run ended with.
@@ -59,11 +85,21 @@ pub struct Run {
 
 /// Runs `description` to EOS (or fails with the first error), at most `timeout`.
 pub fn run_pipeline(description: &str, timeout: Duration) -> Result<Run, String> {
+    run_pipeline_with(description, timeout, |_| {})
+}
+
+/// [`run_pipeline`], with `setup` called on the pipeline before it starts (to add probes).
+pub fn run_pipeline_with(
+    description: &str,
+    timeout: Duration,
+    setup: impl FnOnce(&gst::Pipeline),
+) -> Result<Run, String> {
     init();
     let pipeline = gst::parse::launch(description)
         .map_err(|e| format!("{description}: {e}"))?
         .downcast::<gst::Pipeline>()
         .map_err(|_| "not a pipeline".to_owned())?;
+    setup(&pipeline);
     let bus = pipeline.bus().expect("pipeline bus");
     let start = Instant::now();
     pipeline
