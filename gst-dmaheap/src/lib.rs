@@ -5,6 +5,7 @@ use gst::prelude::*;
 
 mod allocator;
 mod bufferpool;
+mod caps;
 mod error;
 mod heapchoice;
 mod memory;

@@ -3,6 +3,11 @@
 //! reported ignored with its reason; `tests/vm/run --kernel full` runs them where they exist.
 
 mod common;
+// This suite's parts, in tests/real_heap_gst/ (cargo would take a tests/*.rs for a test of
+// its own).
+#[cfg(feature = "v1_28")]
+#[path = "real_heap_gst/gst_1_28.rs"]
+mod gst_1_28;
 
 use std::collections::BTreeSet;
 use std::os::fd::RawFd;
@@ -85,6 +90,8 @@ fn main() {
             &[Need::SystemHeap],
             state_cycles_leak_nothing,
         );
+    #[cfg(feature = "v1_28")]
+    gst_1_28::add(&mut suite);
     suite.run()
 }
 

@@ -133,8 +133,7 @@ impl DmaHeapBufferPool {
             .params()
             .ok_or_else(|| "the configuration has no parameters".to_owned())?;
         let caps = caps.ok_or_else(|| "the configuration has no caps".to_owned())?;
-        let mut info = gst_video::VideoInfo::from_caps(&caps)
-            .map_err(|_| format!("{caps} is not raw video"))?;
+        let mut info = crate::caps::video_info(&caps)?;
         let mut adjusted = false;
 
         // The allocator decides where memory comes from (the element's heap choice): a

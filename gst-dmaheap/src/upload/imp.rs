@@ -9,6 +9,7 @@ use gst_video::prelude::*;
 
 use crate::allocator::DmaHeapAllocator;
 use crate::bufferpool::{DmaHeapBufferPool, OnExhaustion};
+use crate::caps;
 use crate::heapchoice::{DmaHeapQos, HeapChoice};
 use crate::memory;
 use crate::props::{
@@ -112,17 +113,6 @@ pub struct DmaHeapUpload {
     stats: Mutex<Arc<Stats>>,
 }
 
-/// The frame size of fixed raw video caps, if they are fixed.
-fn frame_size(s: &gst::StructureRef) -> Option<u64> {
-    let caps = gst::Caps::builder_full().structure(s.to_owned()).build();
-    if !caps.is_fixed() {
-        return None;
-    }
-    gst_video::VideoInfo::from_caps(&caps)
-        .ok()
-        .map(|info| info.size() as u64)
-}
-
 impl DmaHeapUpload {
     fn stats(&self) -> Arc<Stats> {
         Arc::clone(&self.stats.lock().unwrap())
@@ -148,9 +138,8 @@ impl DmaHeapUpload {
         for_copies: bool,
     ) -> Result<PoolSlot, gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        let info = gst_video::VideoInfo::from_caps(caps).map_err(|_| {
-            gst::error_msg!(gst::CoreError::Negotiation, ("{caps} is not raw video"))
-        })?;
+        let info = caps::video_info(caps)
+            .map_err(|e| gst::error_msg!(gst::CoreError::Negotiation, ("{e}")))?;
         let size = u32::try_from(info.size())
             .unwrap_or(u32::MAX)
             .max(downstream.size);
@@ -364,6 +353,28 @@ impl DmaHeapUpload {
         Ok(outbuf)
     }
 
+    /// The plain form of DMA_DRM caps (their LINEAR formats), where GStreamer has DMA_DRM.
+    fn plain_form(s: &gst::StructureRef) -> Option<gst::Structure> {
+        #[cfg(feature = "v1_28")]
+        return caps::from_dma_drm(s);
+        #[cfg(not(feature = "v1_28"))]
+        {
+            let _ = s;
+            None
+        }
+    }
+
+    /// The DMA_DRM form of plain caps, where GStreamer has DMA_DRM.
+    fn dma_drm_form(s: &gst::StructureRef) -> Option<gst::Structure> {
+        #[cfg(feature = "v1_28")]
+        return caps::to_dma_drm(s);
+        #[cfg(not(feature = "v1_28"))]
+        {
+            let _ = s;
+            None
+        }
+    }
+
     fn post_stats(&self) {
         let stats = self.stats().to_structure(STATS_NAME);
         gst::info!(CAT, imp = self, "{stats}");
@@ -485,6 +496,14 @@ impl ElementImpl for DmaHeapUpload {
                 .features([gst_allocators::CAPS_FEATURE_MEMORY_DMABUF])
                 .build();
             caps.merge(gst_video::VideoCapsBuilder::new().build());
+            // GStreamer 1.24+: dma-buf memory as format=DMA_DRM (LINEAR drm-formats only).
+            #[cfg(feature = "v1_28")]
+            caps.merge(
+                gst_video::VideoCapsBuilder::new()
+                    .features([gst_allocators::CAPS_FEATURE_MEMORY_DMABUF])
+                    .format(gst_video::VideoFormat::DmaDrm)
+                    .build(),
+            );
             vec![
                 gst::PadTemplate::new(
                     "sink",
@@ -584,18 +603,32 @@ impl BaseTransformImpl for DmaHeapUpload {
         let mut unsized_dmabuf = None;
         let mut out = gst::Caps::new_empty();
         for s in caps.iter() {
-            let dmabuf = match frame_size(s) {
+            // The plain form of what this side says; DMA_DRM caps keep their LINEAR formats
+            // (heap buffers are LINEAR), and none when they have none.
+            let plain = if caps::is_dma_drm(s) {
+                match Self::plain_form(s) {
+                    Some(plain) => plain,
+                    None => continue,
+                }
+            } else {
+                s.to_owned()
+            };
+            let dmabuf = match caps::frame_size(&plain) {
                 Some(size) => self.dmabuf_possible(size),
                 None => *unsized_dmabuf.get_or_insert_with(|| self.dmabuf_possible(0)),
             };
-            let plain = (s.to_owned(), None);
-            let with_dmabuf = (s.to_owned(), Some(dmabuf_features.clone()));
+            let with_dmabuf = (plain.clone(), Some(dmabuf_features.clone()));
+            // GStreamer 1.24+: dma-buf memory as format=DMA_DRM, drm-format=FOURCC.
+            let dma_drm = Self::dma_drm_form(&plain).map(|d| (d, Some(dmabuf_features.clone())));
+            let plain = (plain, None);
             // Downstream is offered dma-buf memory first (when a heap can give it for this
-            // frame size); upstream may send either.
+            // frame size), as DMA_DRM before the older form; upstream may send any of them.
             let order = match direction {
-                gst::PadDirection::Sink if dmabuf => vec![with_dmabuf, plain],
+                gst::PadDirection::Sink if dmabuf => {
+                    dma_drm.into_iter().chain([with_dmabuf, plain]).collect()
+                }
                 gst::PadDirection::Sink => vec![plain],
-                _ => vec![plain, with_dmabuf],
+                _ => [plain, with_dmabuf].into_iter().chain(dma_drm).collect(),
             };
             for (s, features) in order {
                 out.merge_structure_full(s, features);
@@ -609,8 +642,7 @@ impl BaseTransformImpl for DmaHeapUpload {
     }
 
     fn set_caps(&self, incaps: &gst::Caps, outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
-        let info = gst_video::VideoInfo::from_caps(incaps)
-            .map_err(|_| gst::loggable_error!(CAT, "{incaps} is not raw video"))?;
+        let info = caps::video_info(incaps).map_err(|e| gst::loggable_error!(CAT, "{e}"))?;
         let out_dmabuf = outcaps
             .features(0)
             .is_some_and(|f| f.contains(gst_allocators::CAPS_FEATURE_MEMORY_DMABUF));
