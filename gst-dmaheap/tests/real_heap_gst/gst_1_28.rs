@@ -1,12 +1,14 @@
-//! What the plugin does with GStreamer 1.24–1.28's API (the `v1_28` feature): DMA_DRM caps.
+//! What the plugin does with GStreamer 1.24–1.28's API (the `v1_28` feature): DMA_DRM caps,
+//! and `GstVideoDmabufPool` with the dmaheap allocator.
 
 use std::time::Duration;
 
 use dmaheap_testkit::{Failed, Need, Suite, ensure};
 use gst::prelude::*;
+use gstdmaheap::{DmaHeapAllocator, heap_memory_info};
 
-use super::common::{run_pipeline, run_pipeline_with, stat};
-use super::{DECODER, ENCODER, KmsProof, SeenMemory};
+use super::common::{init, run_pipeline, run_pipeline_with, stat};
+use super::{DECODER, ENCODER, KmsProof, SeenMemory, dmabuf_fd, fdinfo};
 
 pub(super) fn add(suite: &mut Suite) {
     suite
@@ -19,6 +21,11 @@ pub(super) fn add(suite: &mut Suite) {
             "real_heap_gst_dma_drm_caps_from_the_vicodec_decoder_to_kmssink",
             &[Need::CmaHeap, Need::Kms, ENCODER, DECODER],
             dma_drm_from_the_decoder_to_kmssink,
+        )
+        .test(
+            "real_heap_gst_video_dmabuf_pool_allocates_from_the_heap",
+            &[Need::SystemHeap],
+            video_dmabuf_pool_allocates_from_the_heap,
         );
 }
 
@@ -148,5 +155,73 @@ fn dma_drm_from_the_decoder_to_kmssink() -> Result<(), Failed> {
          buffers at kmssink, all {heap} dma-bufs\n{said}",
         decoder_caps.map(|c| c.to_string()).unwrap_or_default()
     );
+    Ok(())
+}
+
+/// GStreamer 1.28's GstVideoDmabufPool keeps a GstDmaBufAllocator that can allocate on its
+/// own (no CUSTOM_ALLOC flag) instead of putting its udmabuf allocator in: configured with
+/// the dmaheap allocator it gives heap dma-bufs, 256-byte aligned as it wants.
+fn video_dmabuf_pool_allocates_from_the_heap() -> Result<(), Failed> {
+    init();
+    let pool = gst_video::VideoDmabufPool::new().ok_or("no GstVideoDmabufPool here")?;
+    let alloc = DmaHeapAllocator::with_heaps("system")?;
+    let caps: gst::Caps = "video/x-raw,format=NV12,width=1920,height=1080".parse()?;
+    let mut config = pool.config();
+    config.set_params(Some(&caps), 0, 2, 4);
+    config.set_allocator(Some(&alloc), None);
+    config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META);
+    config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_ALIGNMENT);
+    // It raises the alignment (and says so by refusing once); the adjusted configuration is
+    // taken as decoders do.
+    if pool.set_config(config).is_err() {
+        let adjusted = pool.config();
+        adjusted.validate_params(Some(&caps), 0, 2, 4)?;
+        pool.set_config(adjusted)?;
+    }
+    let config = pool.config();
+    let (kept, params) = config.allocator().ok_or("no allocator in the config")?;
+    let kept = kept.ok_or("no allocator in the config")?;
+    ensure!(
+        kept.is::<DmaHeapAllocator>(),
+        "GstVideoDmabufPool replaced the dmaheap allocator with {}",
+        kept.type_().name()
+    );
+    ensure!(
+        params.align() >= 255,
+        "alignment {} < 256",
+        params.align() + 1
+    );
+    pool.set_active(true)?;
+    let mut fds = Vec::new();
+    let bufs: Vec<gst::Buffer> = (0..4)
+        .map(|_| pool.acquire_buffer(None))
+        .collect::<Result<_, _>>()?;
+    for buf in &bufs {
+        let mem = buf.peek_memory(0);
+        let fd = dmabuf_fd(mem)?;
+        let (exporter, _) = fdinfo(fd)?;
+        ensure!(
+            exporter == "system",
+            "exported by {exporter}, not the system heap"
+        );
+        let info = heap_memory_info(mem).ok_or("not dmaheap memory")?;
+        ensure!(info.is_dmabuf, "{info:?}");
+        let meta = buf.meta::<gst_video::VideoMeta>().ok_or("no video meta")?;
+        ensure!(
+            meta.stride().iter().all(|s| s % 256 == 0),
+            "strides {:?} not 256-byte aligned",
+            meta.stride()
+        );
+        fds.push(fd);
+    }
+    println!(
+        "GstVideoDmabufPool with the dmaheap allocator: 4 buffers, dma-bufs exported by the \
+         system heap (fds {fds:?}), strides {:?}",
+        bufs[0]
+            .meta::<gst_video::VideoMeta>()
+            .map(|m| m.stride().to_vec())
+    );
+    drop(bufs);
+    pool.set_active(false)?;
     Ok(())
 }
