@@ -375,6 +375,13 @@ impl HeapBuffer {
         Ok(cpu.finish()?)
     }
 
+    /// The fence of every device still using the buffer, if one has not signalled (see
+    /// [`heapcore::DmaBuf::busy`]): `None` for idle buffers, memfds, and kernels that cannot
+    /// say.
+    pub(crate) fn busy(&self) -> Result<Option<heapcore::SyncFile>, heapcore::Error> {
+        self.owned().busy()
+    }
+
     /// Whether the memory is physically contiguous (a CMA heap).
     pub fn is_contiguous(&self) -> bool {
         self.contiguous

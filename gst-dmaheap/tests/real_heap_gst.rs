@@ -5,6 +5,8 @@
 mod common;
 // This suite's parts, in tests/real_heap_gst/ (cargo would take a tests/*.rs for a test of
 // its own).
+#[path = "real_heap_gst/fences.rs"]
+mod fences;
 #[cfg(feature = "v1_28")]
 #[path = "real_heap_gst/gst_1_28.rs"]
 mod gst_1_28;
@@ -90,6 +92,7 @@ fn main() {
             &[Need::SystemHeap],
             state_cycles_leak_nothing,
         );
+    fences::add(&mut suite);
     #[cfg(feature = "v1_28")]
     gst_1_28::add(&mut suite);
     suite.run()
