@@ -316,20 +316,26 @@ fn set_config_says_what_it_changed() {
     pool.set_active(false).unwrap();
 }
 
-#[test]
-fn prewarm_fills_the_pool_before_the_first_frame() {
+/// A configured pool of 320x240 RGBA frames with `qos`, `prewarm` and `min` buffers.
+fn rgba_pool(qos: &str, prewarm: u32, min: u32) -> DmaHeapBufferPool {
     init();
     let pool = DmaHeapBufferPool::new();
-    pool.set_property("prewarm", 6u32);
-    pool.set_property_from_str("qos", "realtime");
+    pool.set_property_from_str("qos", qos);
+    pool.set_property("prewarm", prewarm);
     pool_config(
         &pool,
         "video/x-raw,format=RGBA,width=320,height=240",
-        2,
+        min,
         0,
         &[],
         None,
     );
+    pool
+}
+
+#[test]
+fn prewarm_fills_the_pool_before_the_first_frame() {
+    let pool = rgba_pool("realtime", 6, 2);
     pool.set_active(true).unwrap();
     let stats = pool.stats();
     assert_eq!(stat(&stats, "prewarmed"), 6, "{stats}");
@@ -347,18 +353,7 @@ fn prewarm_fills_the_pool_before_the_first_frame() {
 
 #[test]
 fn realtime_pools_grow_from_heapcore_spares_under_the_process_budget() {
-    init();
-    let pool = DmaHeapBufferPool::new();
-    pool.set_property("prewarm", 2u32);
-    pool.set_property_from_str("qos", "realtime");
-    pool_config(
-        &pool,
-        "video/x-raw,format=RGBA,width=320,height=240",
-        2,
-        0,
-        &[],
-        None,
-    );
+    let pool = rgba_pool("realtime", 2, 2);
     pool.set_active(true).unwrap();
     let registry = heapcore::PoolRegistry::process();
     let heap_pool = |registry: &heapcore::PoolRegistry| {
@@ -397,17 +392,7 @@ fn realtime_pools_grow_from_heapcore_spares_under_the_process_budget() {
 
 #[test]
 fn background_pools_free_idle_buffers_above_min() {
-    init();
-    let pool = DmaHeapBufferPool::new();
-    pool.set_property_from_str("qos", "background");
-    pool_config(
-        &pool,
-        "video/x-raw,format=RGBA,width=320,height=240",
-        1,
-        0,
-        &[],
-        None,
-    );
+    let pool = rgba_pool("background", 0, 1);
     pool.set_active(true).unwrap();
     let held: Vec<gst::Buffer> = (0..5).map(|_| pool.acquire_buffer(None).unwrap()).collect();
     let fds: BTreeSet<i32> = held.iter().map(|b| memory_fd(b.peek_memory(0))).collect();

@@ -5,7 +5,9 @@
 
 mod access;
 mod allocator;
+mod bytes;
 mod constraints;
+pub mod device;
 mod dmabuf;
 mod error;
 pub mod fence;
@@ -30,8 +32,9 @@ pub use access::{Access, permission_fix};
 pub use allocator::Allocator;
 pub use constraints::{Constraints, CpuAccess};
 pub use dmabuf::{CpuRead, CpuWrite, DmaBuf, FdInfo, Origin, fences_supported, fit_buffer_name};
-pub use error::{Error, FrameLayoutError, Result};
+pub use error::{Error, Result};
 pub use fence::{FenceAccess, SyncFile};
+pub use format::FrameLayoutError;
 pub use heap::{CMA_ALIAS, DEFAULT_CMA_NAMES, HeapKind, HeapName, HeapProperties};
 pub use inventory::{CmaAlignment, CmaArea, CmaUsage, HeapInfo, Inventory, SysPaths, UdmabufInfo};
 pub use policy::{Policy, PolicyEnv, PolicyError, Usage};

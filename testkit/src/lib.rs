@@ -60,7 +60,7 @@ impl Need {
             Self::CmaHeap => cma_heap().is_some(),
             Self::Udmabuf => Path::new("/dev/udmabuf").exists(),
             Self::Root => effective_uid() == 0,
-            Self::Kms => Path::new("/dev/dri/card0").exists(),
+            Self::Kms => drm_card("vkms").is_some(),
             Self::V4l2(name) => v4l2_device(name).is_some(),
             Self::MemoryCgroup => CgroupFlavour::usable().is_some(),
             Self::SwSync => Path::new(SW_SYNC).exists(),
@@ -111,10 +111,15 @@ pub fn cma_heap() -> Option<String> {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .find(|area| exists(area));
     area_named.or_else(|| {
-        ["default_cma_region", "reserved", "linux,cma", "default-pool"]
-            .into_iter()
-            .find(|n| exists(n))
-            .map(str::to_owned)
+        [
+            "default_cma_region",
+            "reserved",
+            "linux,cma",
+            "default-pool",
+        ]
+        .into_iter()
+        .find(|n| exists(n))
+        .map(str::to_owned)
     })
 }
 
@@ -132,15 +137,23 @@ pub fn v4l2_device(name: &str) -> Option<String> {
 /// does not depend on heapcore).
 pub const SW_SYNC: &str = "/sys/kernel/debug/sync/sw_sync";
 
-/// The `/dev/dri/cardN` node of the DRM device whose driver is `driver` (`vkms`, `vgem`).
+/// The `/dev/dri/cardN` node of the DRM device `driver` (`vkms`, `vgem`): by its driver, or,
+/// for virtual devices on a generic bus (faux on 7.x, none on 6.12), by the device's name.
 pub fn drm_card(driver: &str) -> Option<String> {
     let entries = std::fs::read_dir("/sys/class/drm").ok()?;
-    entries.filter_map(Result::ok).find_map(|e| {
-        let node = e.file_name().into_string().ok()?;
-        let bound = std::fs::read_link(e.path().join("device/driver")).ok()?;
-        let name = bound.file_name()?.to_str()?;
-        let is_card = node.starts_with("card") && !node.contains('-');
-        (is_card && name == driver).then(|| format!("/dev/dri/{node}"))
+    let mut cards: Vec<(String, std::path::PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        .filter(|(node, _)| node.starts_with("card") && !node.contains('-'))
+        .collect();
+    cards.sort();
+    cards.into_iter().find_map(|(node, path)| {
+        let device = path.join("device");
+        let bound = std::fs::read_link(device.join("driver")).ok();
+        let bound = bound.as_ref().and_then(|b| b.file_name()?.to_str());
+        let own = std::fs::canonicalize(&device).ok();
+        let own = own.as_ref().and_then(|d| d.file_name()?.to_str());
+        (bound == Some(driver) || own == Some(driver)).then(|| format!("/dev/dri/{node}"))
     })
 }
 
