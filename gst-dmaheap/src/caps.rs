@@ -58,6 +58,69 @@ pub(crate) fn frame_size(s: &gst::StructureRef) -> Option<u64> {
     video_info(&caps).ok().map(|info| info.size() as u64)
 }
 
+/// The caps on the other side of `dmaheapupload` for `caps` on the `direction` side (Sink:
+/// what it can send downstream for this input; Src: what upstream may send for this
+/// output). `dmabuf(frame size)` says whether a heap can give dma-bufs for frames of that
+/// size (`None`: not fixed yet). Downstream is offered dma-buf memory first (DMA_DRM with the
+/// v1_28 feature, then the older `memory:DMABuf, format=X`), then plain caps; upstream may
+/// send any of them. DMA_DRM caps keep their LINEAR formats (heap buffers are LINEAR) and
+/// are dropped when they have none.
+pub(crate) fn transform(
+    caps: &gst::CapsRef,
+    direction: gst::PadDirection,
+    mut dmabuf: impl FnMut(Option<u64>) -> bool,
+) -> gst::Caps {
+    let dmabuf_features = gst::CapsFeatures::new([gst_allocators::CAPS_FEATURE_MEMORY_DMABUF]);
+    let mut out = gst::Caps::new_empty();
+    for s in caps.iter() {
+        let plain = if is_dma_drm(s) {
+            match plain_form(s) {
+                Some(plain) => plain,
+                None => continue,
+            }
+        } else {
+            s.to_owned()
+        };
+        let dmabuf = dmabuf(frame_size(&plain));
+        let with_dmabuf = (plain.clone(), Some(dmabuf_features.clone()));
+        let dma_drm = dma_drm_form(&plain).map(|d| (d, Some(dmabuf_features.clone())));
+        let plain = (plain, None);
+        let order: Vec<_> = match direction {
+            gst::PadDirection::Sink if dmabuf => {
+                dma_drm.into_iter().chain([with_dmabuf, plain]).collect()
+            }
+            gst::PadDirection::Sink => vec![plain],
+            _ => [plain, with_dmabuf].into_iter().chain(dma_drm).collect(),
+        };
+        for (s, features) in order {
+            out.merge_structure_full(s, features);
+        }
+    }
+    out
+}
+
+/// The plain form of DMA_DRM caps (their LINEAR formats), where GStreamer has DMA_DRM.
+fn plain_form(s: &gst::StructureRef) -> Option<gst::Structure> {
+    #[cfg(feature = "v1_28")]
+    return from_dma_drm(s);
+    #[cfg(not(feature = "v1_28"))]
+    {
+        let _ = s;
+        None
+    }
+}
+
+/// The DMA_DRM form of plain caps, where GStreamer has DMA_DRM.
+fn dma_drm_form(s: &gst::StructureRef) -> Option<gst::Structure> {
+    #[cfg(feature = "v1_28")]
+    return to_dma_drm(s);
+    #[cfg(not(feature = "v1_28"))]
+    {
+        let _ = s;
+        None
+    }
+}
+
 /// DRM's LINEAR modifier.
 #[cfg(feature = "v1_28")]
 pub(crate) const LINEAR: u64 = 0;
@@ -130,6 +193,80 @@ pub(crate) fn from_dma_drm(s: &gst::StructureRef) -> Option<gst::Structure> {
         }
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod transform_tests {
+    use super::*;
+
+    /// (format, has memory:DMABuf) of each structure.
+    fn forms(caps: &gst::CapsRef) -> Vec<(String, bool)> {
+        caps.iter_with_features()
+            .map(|(s, f)| {
+                (
+                    s.get::<String>("format").unwrap_or_default(),
+                    f.contains(gst_allocators::CAPS_FEATURE_MEMORY_DMABUF),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn downstream_gets_dmabuf_first_and_only_where_a_heap_can_serve_the_size() {
+        gst::init().unwrap();
+        let caps: gst::Caps = "video/x-raw, format=NV12, width=64, height=48"
+            .parse()
+            .unwrap();
+        let mut sizes = Vec::new();
+        let out = transform(&caps, gst::PadDirection::Sink, |size| {
+            sizes.push(size);
+            true
+        });
+        assert_eq!(sizes, [Some(64 * 48 * 3 / 2)], "asked about the frame size");
+        let mut want = vec![("NV12".to_owned(), true), ("NV12".to_owned(), false)];
+        if cfg!(feature = "v1_28") {
+            want.insert(0, ("DMA_DRM".to_owned(), true));
+        }
+        assert_eq!(forms(&out), want, "{out}");
+        let out = transform(&caps, gst::PadDirection::Sink, |_| false);
+        assert_eq!(forms(&out), [("NV12".to_owned(), false)], "{out}");
+        // Upstream may send any form; plain first.
+        let out = transform(&caps, gst::PadDirection::Src, |_| true);
+        let mut want = vec![("NV12".to_owned(), false), ("NV12".to_owned(), true)];
+        if cfg!(feature = "v1_28") {
+            want.push(("DMA_DRM".to_owned(), true));
+        }
+        assert_eq!(forms(&out), want, "{out}");
+        let unfixed: gst::Caps = "video/x-raw, format=NV12".parse().unwrap();
+        let mut sizes = Vec::new();
+        transform(&unfixed, gst::PadDirection::Sink, |size| {
+            sizes.push(size);
+            true
+        });
+        assert_eq!(sizes, [None]);
+    }
+
+    #[cfg(feature = "v1_28")]
+    #[test]
+    fn dma_drm_caps_keep_their_linear_formats_and_tiled_ones_are_dropped() {
+        gst::init().unwrap();
+        let down: gst::Caps = "video/x-raw(memory:DMABuf), format=DMA_DRM, \
+                               drm-format=(string){ NV12:0x0100000000000002, XR24 }; \
+                               video/x-raw(memory:DMABuf), format=DMA_DRM, \
+                               drm-format=NV12:0x0100000000000002"
+            .parse()
+            .unwrap();
+        let up = transform(&down, gst::PadDirection::Src, |_| true);
+        assert_eq!(
+            forms(&up),
+            [
+                ("BGRx".to_owned(), false),
+                ("BGRx".to_owned(), true),
+                ("DMA_DRM".to_owned(), true)
+            ],
+            "{up}"
+        );
+    }
 }
 
 #[cfg(all(test, feature = "v1_28"))]

@@ -4,7 +4,9 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod copy;
 mod imp;
+mod pools;
 
 glib::wrapper! {
     /// The `dmaheapupload` element.
