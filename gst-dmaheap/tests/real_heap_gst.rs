@@ -5,6 +5,9 @@
 mod common;
 // This suite's parts, in tests/real_heap_gst/ (cargo would take a tests/*.rs for a test of
 // its own).
+#[cfg(feature = "v1_28")]
+#[path = "real_heap_gst/bench.rs"]
+mod bench;
 #[path = "real_heap_gst/fences.rs"]
 mod fences;
 #[cfg(feature = "v1_28")]
@@ -95,6 +98,8 @@ fn main() {
     fences::add(&mut suite);
     #[cfg(feature = "v1_28")]
     gst_1_28::add(&mut suite);
+    #[cfg(feature = "v1_28")]
+    bench::add(&mut suite);
     suite.run()
 }
 
