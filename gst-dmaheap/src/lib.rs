@@ -52,6 +52,18 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     Ok(())
 }
 
+#[cfg(test)]
+mod test_support {
+    /// GStreamer and this plugin (registered statically), once per test process.
+    pub(crate) fn init() {
+        static INIT: std::sync::Once = std::sync::Once::new();
+        INIT.call_once(|| {
+            gst::init().expect("GStreamer initialises");
+            crate::plugin_register_static().expect("the plugin registers");
+        });
+    }
+}
+
 /// GStreamer's entry points: the shared library's plugin descriptor and
 /// `plugin_register_static` for programs that link the plugin in. The macro that makes them
 /// documents none of its items, hence the `allow`.

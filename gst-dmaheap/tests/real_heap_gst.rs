@@ -8,6 +8,8 @@ mod common;
 #[cfg(feature = "v1_28")]
 #[path = "real_heap_gst/bench.rs"]
 mod bench;
+#[path = "real_heap_gst/devices.rs"]
+mod devices;
 #[path = "real_heap_gst/fences.rs"]
 mod fences;
 #[cfg(feature = "v1_28")]
@@ -96,6 +98,7 @@ fn main() {
             state_cycles_leak_nothing,
         );
     fences::add(&mut suite);
+    devices::add(&mut suite);
     #[cfg(feature = "v1_28")]
     gst_1_28::add(&mut suite);
     #[cfg(feature = "v1_28")]

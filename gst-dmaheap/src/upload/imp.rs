@@ -5,6 +5,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
+use super::devices::{self, FoundDevice};
 use super::pools::{Downstream, PoolSlot};
 use crate::allocator::DmaHeapAllocator;
 use crate::bufferpool::OnExhaustion;
@@ -31,6 +32,7 @@ const STATS_NAME: &str = "dmaheapupload-stats";
 #[derive(Debug, Clone)]
 pub(super) struct Settings {
     pub(super) heap: String,
+    pub(super) devices: String,
     pub(super) usage: String,
     pub(super) qos: DmaHeapQos,
     pub(super) prewarm: u32,
@@ -43,6 +45,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             heap: DEFAULT_HEAP.into(),
+            devices: String::new(),
             usage: DEFAULT_USAGE.into(),
             qos: DEFAULT_QOS,
             prewarm: DEFAULT_PREWARM,
@@ -80,6 +83,16 @@ pub struct DmaHeapUpload {
     pub(super) settings: Mutex<Settings>,
     pub(super) state: Mutex<State>,
     stats: Mutex<Arc<Stats>>,
+    /// The devices the buffers pass through (from `devices` or the neighbours), found at
+    /// start, and what heapcore knows each accepts.
+    devices: Mutex<Arc<Devices>>,
+}
+
+/// The devices found at start and their heapcore reports.
+#[derive(Debug, Default)]
+struct Devices {
+    found: Vec<FoundDevice>,
+    reports: Vec<heapcore::device::DeviceReport>,
 }
 
 impl DmaHeapUpload {
@@ -87,18 +100,68 @@ impl DmaHeapUpload {
         Arc::clone(&self.stats.lock().unwrap())
     }
 
+    /// Where buffers of `size` bytes (0: not known yet) come from with the current settings
+    /// and the devices found at start. Devices narrow the choice; if they leave nothing (no
+    /// heap here suits them all), the choice is made without them and the reason logged:
+    /// the pipeline then fails or copies where it did before devices were looked at.
+    pub(super) fn choice(&self, size: u64) -> Result<HeapChoice, crate::Error> {
+        let settings = self.settings.lock().unwrap().clone();
+        let devices = Arc::clone(&self.devices.lock().unwrap());
+        if devices.reports.is_empty() {
+            return HeapChoice::resolve(&settings.heap, &settings.usage, size);
+        }
+        HeapChoice::resolve_for(&settings.heap, &settings.usage, size, &devices.reports).or_else(
+            |e| {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "no source suits every device ({e}); choosing without them"
+                );
+                HeapChoice::resolve(&settings.heap, &settings.usage, size)
+            },
+        )
+    }
+
     /// Whether memory:DMABuf can be offered downstream for frames of `size` bytes (0: not
     /// known yet) with the current settings: the solver rules sources out by size (udmabuf's
     /// limit, the CMA area), so a fixed frame size is asked about as it is.
     pub(super) fn dmabuf_possible(&self, size: u64) -> bool {
-        let settings = self.settings.lock().unwrap().clone();
-        HeapChoice::resolve(&settings.heap, &settings.usage, size)
-            .and_then(|c| c.dmabuf_only())
-            .is_ok()
+        self.choice(size).and_then(|c| c.dmabuf_only()).is_ok()
+    }
+
+    /// The statistics, with the devices the heap choice follows.
+    fn stats_structure(&self) -> gst::Structure {
+        let mut stats = self.stats().to_structure(STATS_NAME);
+        let devices = Arc::clone(&self.devices.lock().unwrap());
+        let found: Vec<String> = devices.found.iter().map(ToString::to_string).collect();
+        stats.set("devices", found.join("; "));
+        stats
+    }
+
+    /// Finds the devices the buffers pass through and asks heapcore what each accepts (a
+    /// probe runs once per device and kernel; later starts read the cache).
+    fn find_devices(&self, property: &str) {
+        let found = devices::find(self.obj().upcast_ref(), property);
+        let (reports, problems) = devices::device_reports(&found);
+        for problem in problems {
+            if property.is_empty() {
+                gst::info!(CAT, imp = self, "not choosing heaps for {problem}");
+            } else {
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Settings,
+                    ("devices: {}", problem)
+                );
+            }
+        }
+        for report in &reports {
+            gst::info!(CAT, imp = self, "choosing heaps for {report}");
+        }
+        *self.devices.lock().unwrap() = Arc::new(Devices { found, reports });
     }
 
     fn post_stats(&self) {
-        let stats = self.stats().to_structure(STATS_NAME);
+        let stats = self.stats_structure();
         gst::info!(CAT, imp = self, "{stats}");
         let msg = gst::message::Element::builder(stats)
             .src(&*self.obj())
@@ -119,6 +182,16 @@ impl ObjectImpl for DmaHeapUpload {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             vec![
                 props::heap().mutable_ready().build(),
+                glib::ParamSpecString::builder("devices")
+                    .nick("Devices")
+                    .blurb(
+                        "Device nodes the buffers pass through, separated by commas or spaces \
+                         (/dev/video0, /dev/dri/card0): heaps a device cannot import are not \
+                         used. Empty: learned from the neighbours (an upstream V4L2 element's \
+                         device, kmssink downstream)",
+                    )
+                    .mutable_ready()
+                    .build(),
                 props::usage().mutable_ready().build(),
                 props::qos().mutable_ready().build(),
                 props::prewarm().mutable_ready().build(),
@@ -169,6 +242,12 @@ impl ObjectImpl for DmaHeapUpload {
                     gst::warning!(CAT, imp = self, "{e}");
                 }
             }
+            "devices" => {
+                settings.devices = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_default();
+            }
             "qos" => settings.qos = value.get().expect("type checked upstream"),
             "prewarm" => settings.prewarm = value.get().expect("type checked upstream"),
             "min-buffers" => settings.min_buffers = value.get().expect("type checked upstream"),
@@ -180,11 +259,12 @@ impl ObjectImpl for DmaHeapUpload {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         if pspec.name() == "stats" {
-            return self.stats().to_structure(STATS_NAME).to_value();
+            return self.stats_structure().to_value();
         }
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
             "heap" => settings.heap.to_value(),
+            "devices" => settings.devices.to_value(),
             "usage" => settings.usage.to_value(),
             "qos" => settings.qos.to_value(),
             "prewarm" => settings.prewarm.to_value(),
@@ -254,8 +334,10 @@ impl BaseTransformImpl for DmaHeapUpload {
     const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let settings = self.settings.lock().unwrap().clone();
-        let choice = HeapChoice::resolve(&settings.heap, &settings.usage, 0)
+        let devices = self.settings.lock().unwrap().devices.clone();
+        self.find_devices(&devices);
+        let choice = self
+            .choice(0)
             .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("{}", e)))?;
         for skipped in choice.skipped() {
             if choice.is_explicit() {
@@ -294,12 +376,8 @@ impl BaseTransformImpl for DmaHeapUpload {
                 let _ = slot.pool.set_active(false);
             }
         }
-        gst::info!(
-            CAT,
-            imp = self,
-            "stopped: {}",
-            self.stats().to_structure(STATS_NAME)
-        );
+        gst::info!(CAT, imp = self, "stopped: {}", self.stats_structure());
+        *self.devices.lock().unwrap() = Arc::default();
         Ok(())
     }
 
@@ -340,8 +418,8 @@ impl BaseTransformImpl for DmaHeapUpload {
             .is_some_and(|f| f.contains(gst_allocators::CAPS_FEATURE_MEMORY_DMABUF));
         // The choice again, now that the frame size is known (the solver checks sizes
         // against CMA and udmabuf), without memfd when downstream takes dma-bufs only.
-        let settings = self.settings.lock().unwrap().clone();
-        let wanted = HeapChoice::resolve(&settings.heap, &settings.usage, info.size() as u64)
+        let wanted = self
+            .choice(info.size() as u64)
             .and_then(|c| if out_dmabuf { c.dmabuf_only() } else { Ok(c) });
         let wanted = match wanted {
             Ok(c) => c,

@@ -5,6 +5,7 @@ use gst::glib;
 use gst::prelude::*;
 
 mod copy;
+mod devices;
 mod imp;
 mod pools;
 
