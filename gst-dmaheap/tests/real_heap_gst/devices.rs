@@ -10,7 +10,8 @@ use dmaheap_testkit::{Failed, Need, Suite, ensure};
 use gst::prelude::*;
 
 use super::common::{run_pipeline_with, stat};
-use super::{KmsProof, dmabuf_fd, fdinfo};
+use super::display::KmsProof;
+use super::{dmabuf_fd, fdinfo};
 
 /// The vivid instance the VM boots with its dma-contig allocator.
 const CONTIG_VIVID: Need = Need::V4l2("vivid-001-vid-cap");

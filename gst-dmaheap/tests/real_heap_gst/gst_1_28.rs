@@ -8,7 +8,8 @@ use gst::prelude::*;
 use gstdmaheap::{DmaHeapAllocator, heap_memory_info};
 
 use super::common::{init, run_pipeline, run_pipeline_with, stat};
-use super::{DECODER, ENCODER, KmsProof, SeenMemory, dmabuf_fd, fdinfo};
+use super::display::{KmsProof, SeenMemory};
+use super::{DECODER, ENCODER, dmabuf_fd, fdinfo};
 
 pub(super) fn add(suite: &mut Suite) {
     suite
