@@ -6,13 +6,7 @@
 # tests/vm/run --kernel full -- examples/gst/camera-needs-cma.sh
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-device=${DEVICE:-}
-if [ -z "$device" ]; then
-    for d in /sys/class/video4linux/video*; do
-        [ "$(cat "$d/name" 2>/dev/null)" = vivid-001-vid-cap ] && device=/dev/$(basename "$d") && break
-    done
-fi
-[ -n "$device" ] || { echo "no dma-contig vivid (boot with vivid.n_devs=2 vivid.allocators=0,1)" >&2; exit 2; }
+device=$(v4l2_node vivid-001-vid-cap) || { echo "no dma-contig vivid (boot with vivid.n_devs=2 vivid.allocators=0,1)" >&2; exit 2; }
 launch v4l2src device="$device" io-mode=dmabuf-import num-buffers=${FRAMES:-30} \
     ! video/x-raw,width=640,height=480 ! dmaheapupload \
     ! kmssink driver-name=${KMS_DRIVER:-vkms} -- copies 0

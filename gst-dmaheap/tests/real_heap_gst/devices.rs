@@ -3,15 +3,13 @@
 //! gets CMA buffers without `heap=`, learned from the neighbours or named in `devices`.
 
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dmaheap_testkit::{Failed, Need, Suite, ensure};
 use gst::prelude::*;
 
 use super::common::{run_pipeline_with, stat};
-use super::display::KmsProof;
-use super::{dmabuf_fd, fdinfo};
+use super::display::{Exporters, KmsProof};
 
 /// The vivid instance the VM boots with its dma-contig allocator.
 const CONTIG_VIVID: Need = Need::V4l2("vivid-001-vid-cap");
@@ -28,37 +26,6 @@ pub(super) fn add(suite: &mut Suite) {
             &[Need::SystemHeap, Need::CmaHeap, Need::Kms, CONTIG_VIVID],
             devices_property_and_kmssink_fd,
         );
-}
-
-/// The exporter (fdinfo `exp_name`: the kernel's word) of every buffer reaching the sink
-/// pad of the element named `element`.
-#[derive(Clone, Default)]
-struct Exporters(Arc<Mutex<Vec<String>>>);
-
-impl Exporters {
-    fn watch(&self, pipeline: &gst::Pipeline, element: &str) {
-        let pad = pipeline
-            .by_name(element)
-            .and_then(|e| e.static_pad("sink"))
-            .unwrap_or_else(|| panic!("no element {element} with a sink pad"));
-        let seen = self.clone();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if let Some(buf) = info.buffer() {
-                let exporter = dmabuf_fd(buf.peek_memory(0))
-                    .and_then(fdinfo)
-                    .map_or_else(|_| "not a dma-buf".to_owned(), |(exp, _)| exp);
-                seen.0.lock().unwrap().push(exporter);
-            }
-            gst::PadProbeReturn::Ok
-        });
-    }
-
-    /// How many buffers came, and the exporters other than `heap`.
-    fn other_than(&self, heap: &str) -> (usize, Vec<String>) {
-        let seen = self.0.lock().unwrap();
-        let others = seen.iter().filter(|e| *e != heap).cloned().collect();
-        (seen.len(), others)
-    }
 }
 
 /// The vkms card node, however this kernel hangs vkms off a bus.

@@ -2,13 +2,14 @@
 //! PRIME imports, no frame copy), from the system heap, from vivid's capture and from
 //! vicodec's decoder, in-process and from gst-launch-1.0.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dmaheap_testkit::{Failed, ensure};
 use gst::prelude::*;
-use gstdmaheap::heap_memory_info;
 
 use super::common::{self, LogCapture, run_pipeline, run_pipeline_with, stat};
+use super::{dmabuf_fd, fdinfo};
 
 /// kmssink's own log says whether it imported a buffer (PRIME, "setting KMS mem ... to DMABuf
 /// mem") or reused an import ("found KMS mem"), and GST_PERFORMANCE says "frame copy" when it
@@ -81,15 +82,12 @@ impl KmsProof {
     }
 }
 
-/// What the buffers reaching a pad were made of, seen by a probe: heap memory info of the
-/// first memory of each (`None`: not heap memory).
+/// The exporter (fdinfo `exp_name`: the kernel's word) of every buffer reaching the sink
+/// pad of the element named `element`.
 #[derive(Clone, Default)]
-pub(super) struct SeenMemory(
-    std::sync::Arc<std::sync::Mutex<Vec<Option<gstdmaheap::HeapMemoryInfo>>>>,
-);
+pub(super) struct Exporters(Arc<Mutex<Vec<String>>>);
 
-impl SeenMemory {
-    /// Records every buffer that reaches the sink pad of the element named `element`.
+impl Exporters {
     pub(super) fn watch(&self, pipeline: &gst::Pipeline, element: &str) {
         let pad = pipeline
             .by_name(element)
@@ -98,27 +96,46 @@ impl SeenMemory {
         let seen = self.clone();
         pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
             if let Some(buf) = info.buffer() {
-                let heap = buf.iter_memories().next().and_then(heap_memory_info);
-                seen.0.lock().unwrap().push(heap);
+                let exporter = dmabuf_fd(buf.peek_memory(0))
+                    .and_then(fdinfo)
+                    .map_or_else(|_| "not a dma-buf".to_owned(), |(exp, _)| exp);
+                seen.0.lock().unwrap().push(exporter);
             }
             gst::PadProbeReturn::Ok
         });
     }
 
-    /// How many buffers came, and those that were not contiguous dma-bufs from `heap`.
-    pub(super) fn not_from(&self, heap: &str) -> (usize, Vec<String>) {
+    /// How many buffers came, and the exporters other than `heap`.
+    pub(super) fn other_than(&self, heap: &str) -> (usize, Vec<String>) {
         let seen = self.0.lock().unwrap();
-        let wanted = format!("heap {heap}");
-        let others = seen
-            .iter()
-            .filter(|m| {
-                !m.as_ref()
-                    .is_some_and(|m| m.origin == wanted && m.is_dmabuf)
-            })
-            .map(|m| format!("{m:?}"))
-            .collect();
+        let others = seen.iter().filter(|e| *e != heap).cloned().collect();
         (seen.len(), others)
     }
+}
+
+/// The frames a V4L2 decoder (elements named `decoder*`) passed on, checked against the
+/// `frames` sent: GStreamer 1.22's v4l2 decoder sends EOS before vicodec has drained ("N
+/// frames left undrained after CMD_STOP, eos sent too early: bug in decoder"), also without
+/// dmaheap, dropping the frames still in the decoder and saying so in a QoS message for each.
+/// Every frame must be accounted for: passed on by `stats`' element, or dropped by the
+/// decoder, none lost in between.
+pub(super) fn decoded_frames(
+    dropped: &std::collections::BTreeMap<String, u64>,
+    decoder: &str,
+    stats: &gst::StructureRef,
+    frames: u64,
+) -> Result<u64, Failed> {
+    let through = stat(stats, "passthrough");
+    let dropped: u64 = dropped
+        .iter()
+        .filter(|(who, _)| who.starts_with(decoder))
+        .map(|(_, n)| n)
+        .sum();
+    ensure!(
+        through + dropped == frames && through > 0,
+        "{through} of {frames} frames decoded, {dropped} dropped by the decoder: {stats}"
+    );
+    Ok(through)
 }
 
 pub(super) fn kmssink_imports_system_heap_buffers() -> Result<(), Failed> {
@@ -187,7 +204,7 @@ pub(super) fn vicodec_decoder_into_cma() -> Result<(), Failed> {
     let heap = dmaheap_testkit::cma_heap().expect("need checked");
     let frames = 30;
     let proof = KmsProof::start();
-    let at_sink = SeenMemory::default();
+    let at_sink = Exporters::default();
     let run = run_pipeline_with(
         &format!(
             "videotestsrc num-buffers={frames} ! video/x-raw,width=1280,height=720,format=I420 \
@@ -220,27 +237,13 @@ pub(super) fn vicodec_decoder_into_cma() -> Result<(), Failed> {
             .contains(&format!("heap {heap}")),
         "the decoder's pool held no {heap} memory: {decoded}"
     );
-    // GStreamer 1.22's v4l2 decoder sends EOS before vicodec has drained ("N frames left
-    // undrained after CMD_STOP, eos sent too early: bug in decoder"), also without dmaheap:
-    // it drops the frames still in the decoder, and says so in a QoS message for each. Every
-    // frame is accounted for: shown, or dropped by the decoder, none lost in between.
-    let through = stat(&decoded, "passthrough");
-    let dropped: u64 = run
-        .dropped
-        .iter()
-        .filter(|(who, _)| who.starts_with("v4l2fwhtdec"))
-        .map(|(_, n)| n)
-        .sum();
-    ensure!(
-        through + dropped == frames && through > 0,
-        "{through} of {frames} frames decoded, {dropped} dropped by the decoder: {decoded}"
-    );
+    let through = decoded_frames(&run.dropped, "v4l2fwhtdec", &decoded, frames)?;
     ensure!(
         stat(shown, "passthrough") == through,
         "the display side passed {} of the {through} decoded frames on: {shown}",
         stat(shown, "passthrough")
     );
-    let (reached, others) = at_sink.not_from(&heap);
+    let (reached, others) = at_sink.other_than(&heap);
     ensure!(
         reached as u64 == through && others.is_empty(),
         "{reached} buffers reached kmssink for {through} frames; not {heap} dma-bufs: {others:?}"

@@ -8,7 +8,7 @@ use gst::prelude::*;
 use gstdmaheap::{DmaHeapAllocator, heap_memory_info};
 
 use super::common::{init, run_pipeline, run_pipeline_with, stat};
-use super::display::{KmsProof, SeenMemory};
+use super::display::{Exporters, KmsProof, decoded_frames};
 use super::{DECODER, ENCODER, dmabuf_fd, fdinfo};
 
 pub(super) fn add(suite: &mut Suite) {
@@ -99,7 +99,7 @@ fn dma_drm_from_the_decoder_to_kmssink() -> Result<(), Failed> {
     let heap = dmaheap_testkit::cma_heap().expect("need checked");
     let frames = 30;
     let proof = KmsProof::start();
-    let at_sink = SeenMemory::default();
+    let at_sink = Exporters::default();
     let decoder_caps = std::sync::Arc::new(std::sync::Mutex::new(None));
     let run = run_pipeline_with(
         &format!(
@@ -133,18 +133,8 @@ fn dma_drm_from_the_decoder_to_kmssink() -> Result<(), Failed> {
         stat(&stats, "copies") == 0,
         "the decoder did not write into dmaheapupload's pool: {stats}"
     );
-    let through = stat(&stats, "passthrough");
-    let dropped: u64 = run
-        .dropped
-        .iter()
-        .filter(|(who, _)| who.starts_with("dec"))
-        .map(|(_, n)| n)
-        .sum();
-    ensure!(
-        through + dropped == frames && through > 0,
-        "{through} of {frames} frames decoded, {dropped} dropped by the decoder: {stats}"
-    );
-    let (reached, others) = at_sink.not_from(&heap);
+    let through = decoded_frames(&run.dropped, "dec", &stats, frames)?;
+    let (reached, others) = at_sink.other_than(&heap);
     ensure!(
         reached as u64 == through && others.is_empty(),
         "{reached} buffers reached kmssink for {through} frames; not {heap} dma-bufs: {others:?}"
