@@ -7,14 +7,14 @@ use gst::glib::prelude::*;
 use crate::bufferpool::OnExhaustion;
 use crate::heapchoice::DmaHeapQos;
 
-pub const DEFAULT_HEAP: &str = "";
-pub const DEFAULT_USAGE: &str = heapcore::Usage::GENERIC;
-pub const DEFAULT_QOS: DmaHeapQos = DmaHeapQos::Normal;
-pub const DEFAULT_PREWARM: u32 = 0;
-pub const DEFAULT_ON_EXHAUSTION: OnExhaustion = OnExhaustion::Block;
+pub(crate) const DEFAULT_HEAP: &str = "";
+pub(crate) const DEFAULT_USAGE: &str = heapcore::Usage::GENERIC;
+pub(crate) const DEFAULT_QOS: DmaHeapQos = DmaHeapQos::Normal;
+pub(crate) const DEFAULT_PREWARM: u32 = 0;
+pub(crate) const DEFAULT_ON_EXHAUSTION: OnExhaustion = OnExhaustion::Block;
 
 /// `heap`: an ordered list of sources, or empty to let the usage policy decide.
-pub fn heap() -> glib::ParamSpecStringBuilder<'static> {
+pub(crate) fn heap() -> glib::ParamSpecStringBuilder<'static> {
     glib::ParamSpecString::builder("heap")
         .nick("Heaps")
         .blurb(
@@ -26,7 +26,7 @@ pub fn heap() -> glib::ParamSpecStringBuilder<'static> {
 
 /// `usage`: which policy entry orders the heaps when `heap` is empty. A string, not an enum:
 /// a policy file may add usages of its own (`display`, ...).
-pub fn usage() -> glib::ParamSpecStringBuilder<'static> {
+pub(crate) fn usage() -> glib::ParamSpecStringBuilder<'static> {
     glib::ParamSpecString::builder("usage")
         .nick("Usage")
         .blurb(
@@ -38,7 +38,7 @@ pub fn usage() -> glib::ParamSpecStringBuilder<'static> {
 }
 
 /// `qos`: how the pool keeps its buffers.
-pub fn qos() -> glib::ParamSpecEnumBuilder<'static, DmaHeapQos> {
+pub(crate) fn qos() -> glib::ParamSpecEnumBuilder<'static, DmaHeapQos> {
     glib::ParamSpecEnum::builder_with_default("qos", DEFAULT_QOS)
         .nick("QoS class")
         .blurb(
@@ -49,7 +49,7 @@ pub fn qos() -> glib::ParamSpecEnumBuilder<'static, DmaHeapQos> {
 }
 
 /// `prewarm`: buffers that exist before the first frame.
-pub fn prewarm() -> glib::ParamSpecUIntBuilder<'static> {
+pub(crate) fn prewarm() -> glib::ParamSpecUIntBuilder<'static> {
     glib::ParamSpecUInt::builder("prewarm")
         .nick("Prewarm")
         .blurb("Buffers allocated when the pool is activated, before the first frame")
@@ -57,7 +57,7 @@ pub fn prewarm() -> glib::ParamSpecUIntBuilder<'static> {
 }
 
 /// `on-exhaustion`: what an acquire does when every buffer is in use.
-pub fn on_exhaustion() -> glib::ParamSpecEnumBuilder<'static, OnExhaustion> {
+pub(crate) fn on_exhaustion() -> glib::ParamSpecEnumBuilder<'static, OnExhaustion> {
     glib::ParamSpecEnum::builder_with_default("on-exhaustion", DEFAULT_ON_EXHAUSTION)
         .nick("On exhaustion")
         .blurb("When max-buffers are all in use: block until one returns, or error")

@@ -19,6 +19,9 @@ pub(crate) struct Stats {
     pub prewarmed: AtomicU64,
     /// Idle buffers freed by a background pool.
     pub trimmed: AtomicU64,
+    /// Buffers that came back while a device still used them (an unsignalled fence) and were
+    /// held back until their fence signalled.
+    pub held_busy: AtomicU64,
     /// Allocations that failed.
     pub alloc_failures: AtomicU64,
     /// Pools created (a new one per caps).
@@ -77,6 +80,7 @@ impl Stats {
             .field("pool-misses", load(&self.pool_misses))
             .field("prewarmed", load(&self.prewarmed))
             .field("trimmed", load(&self.trimmed))
+            .field("held-busy", load(&self.held_busy))
             .field("alloc-failures", load(&self.alloc_failures))
             .field("pools", load(&self.pools))
             .field("heap-buffers", buffers)

@@ -378,6 +378,22 @@ impl Suite {
         self
     }
 
+    /// Adds a benchmark: like [`Suite::test`], but always marked ignored, so it runs only when
+    /// asked for (`--ignored` or `--include-ignored`, with a filter) and never slows the
+    /// suite down. Where a need is missing, running it fails with "skipped: needs …".
+    pub fn bench(
+        &mut self,
+        name: &str,
+        needs: &[Need],
+        body: impl FnOnce() -> Result<(), Failed> + Send + 'static,
+    ) -> &mut Self {
+        self.test(name, needs, body);
+        if let Some(trial) = self.trials.pop() {
+            self.trials.push(trial.with_ignored_flag(true));
+        }
+        self
+    }
+
     /// Runs the suite with the command line's arguments and exits.
     pub fn run(self) -> ! {
         let mut args = Arguments::from_args();
@@ -501,5 +517,14 @@ mod tests {
         let mut plain = Suite::new();
         plain.test("real_heap_x", &[], || Ok(()));
         assert_eq!(plain.trials[0].name(), "real_heap_x");
+    }
+
+    #[test]
+    fn benchmarks_are_ignored_unless_asked_for() {
+        let mut suite = Suite::new();
+        suite
+            .bench("bench_met", &[], || Ok(()))
+            .bench("bench_unmet", &[NEVER], || Ok(()));
+        assert!(suite.trials.iter().all(Trial::has_ignored_flag));
     }
 }

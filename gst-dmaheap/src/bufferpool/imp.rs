@@ -8,6 +8,7 @@ use gst::subclass::prelude::*;
 use gst_video::prelude::*;
 
 use super::OnExhaustion;
+use super::fences::{self, BusyBuffers};
 use crate::allocator::DmaHeapAllocator;
 use crate::error::Error;
 use crate::heapchoice::DmaHeapQos;
@@ -15,7 +16,7 @@ use crate::memory;
 use crate::props::{self, DEFAULT_ON_EXHAUSTION, DEFAULT_PREWARM, DEFAULT_QOS};
 use crate::stats::Stats;
 
-static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "dmaheappool",
         gst::DebugColorFlags::empty(),
@@ -81,6 +82,9 @@ pub struct DmaHeapBufferPool {
     /// The heapcore pool buffers come from while active: counted against the process's global
     /// budget, told the memory pressure, listed by `dmaheap stats`.
     heap_pool: Mutex<Option<heapcore::Pool>>,
+    /// Released buffers a device still uses, held out of the free queue until their fences
+    /// signal.
+    busy: BusyBuffers,
 }
 
 impl DmaHeapBufferPool {
@@ -117,6 +121,45 @@ impl DmaHeapBufferPool {
         }
     }
 
+    /// Puts a buffer whose fences have signalled in the free queue.
+    pub(super) fn release_idle(&self, buffer: gst::Buffer) {
+        self.parent_release_buffer(buffer);
+    }
+
+    /// Whether `buffer` goes to the free queue now (true) or was held back because a device
+    /// still uses it.
+    fn hold_if_busy(&self, buffer: gst::Buffer) -> Option<gst::Buffer> {
+        let fence = match fences::busy_fence(&buffer) {
+            Ok(Some(fence)) => fence,
+            Ok(None) => return Some(buffer),
+            Err(e) => {
+                gst::warning!(CAT, imp = self, "{e}: reusing the buffer without waiting");
+                return Some(buffer);
+            }
+        };
+        match self.busy.park(buffer, fence, &self.obj()) {
+            Ok(()) => {
+                Stats::bump(&self.stats().held_busy);
+                gst::log!(
+                    CAT,
+                    imp = self,
+                    "a device still uses a returned buffer: held back until its fence \
+                     signals ({} held)",
+                    self.busy.len()
+                );
+                None
+            }
+            Err((e, buffer)) => {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "cannot wait for fences ({e}): reusing a buffer a device still uses"
+                );
+                Some(buffer)
+            }
+        }
+    }
+
     fn default_allocator(&self) -> DmaHeapAllocator {
         self.default_allocator
             .lock()
@@ -133,8 +176,7 @@ impl DmaHeapBufferPool {
             .params()
             .ok_or_else(|| "the configuration has no parameters".to_owned())?;
         let caps = caps.ok_or_else(|| "the configuration has no caps".to_owned())?;
-        let mut info = gst_video::VideoInfo::from_caps(&caps)
-            .map_err(|_| format!("{caps} is not raw video"))?;
+        let mut info = crate::caps::video_info(&caps)?;
         let mut adjusted = false;
 
         // The allocator decides where memory comes from (the element's heap choice): a
@@ -379,6 +421,11 @@ impl BufferPoolImpl for DmaHeapBufferPool {
     }
 
     fn stop(&self) -> bool {
+        // Buffers held back for their fences go to the free queue, which stopping frees.
+        let held = self.busy.close(|buffer| self.parent_release_buffer(buffer));
+        if held > 0 {
+            gst::debug!(CAT, imp = self, "freeing {held} buffers devices still used");
+        }
         let ok = self.parent_stop();
         // Buffers still out return to the closed heapcore pool and are freed then.
         if let Some(pool) = self.heap_pool.lock().unwrap().take() {
@@ -541,6 +588,7 @@ impl BufferPoolImpl for DmaHeapBufferPool {
     }
 
     fn release_buffer(&self, mut buffer: gst::Buffer) {
+        // Buffers made by start() are fresh: no device has seen them.
         if !self.starting.load(Ordering::SeqCst) {
             let outstanding = self.outstanding.fetch_sub(1, Ordering::SeqCst) - 1;
             let settings = *self.settings.lock().unwrap();
@@ -566,6 +614,14 @@ impl BufferPoolImpl for DmaHeapBufferPool {
                         "{:?} pool ({pressure:?} memory pressure): freeing an idle buffer",
                         settings.qos
                     );
+                }
+            }
+            // A buffer about to be freed need not wait; one going back to the free queue
+            // must not be handed out while a device still reads or writes it.
+            if !buffer.flags().contains(gst::BufferFlags::TAG_MEMORY) {
+                match self.hold_if_busy(buffer) {
+                    Some(idle) => buffer = idle,
+                    None => return,
                 }
             }
         }

@@ -8,6 +8,7 @@ use gst::subclass::prelude::*;
 
 use crate::stats::Stats;
 
+mod fences;
 mod imp;
 
 /// What an acquire does when a `max-buffers` pool has no free buffer.

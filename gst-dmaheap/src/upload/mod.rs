@@ -4,7 +4,10 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod copy;
+mod devices;
 mod imp;
+mod pools;
 
 glib::wrapper! {
     /// The `dmaheapupload` element.
