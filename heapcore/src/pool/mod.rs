@@ -54,32 +54,48 @@ enum Denied {
 /// pointer moves cheaper than the buffer's hundred bytes.
 type Slot = Box<DmaBuf>;
 
+/// The pool's state behind its lock. What every acquire and release touches comes first (and
+/// the configuration and pressure level it reads are copied here), so that with the lock it
+/// fits one cache line: a producer that sleeps between frames finds its caches cold, and each
+/// line is a miss.
+#[repr(C)]
 struct State {
     free: Vec<Slot>,
+    /// Acquires served from the free list (counted here: the acquire holds the lock anyway).
+    hits: u64,
+    /// Acquirers waiting for a buffer to come back: a release signals only when there are
+    /// some (a condvar signal is a futex syscall even with nobody waiting).
+    waiters: usize,
+    /// `config.min_buffers`.
+    min_buffers: usize,
+    shutdown: bool,
+    /// The refill thread sleeps and needs a signal to look again.
+    refill_idle: bool,
+    /// `config.qos`.
+    qos: QosClass,
+    /// The pressure level last set (as `Inner::pressure`, which the refill thread reads
+    /// without the lock).
+    level: PressureLevel,
     /// Buffers alive or reserved: free, handed out, and being allocated.
     total: usize,
     /// Reservations whose allocation has not finished yet (counted in `total`, neither free
     /// nor out).
     allocating: usize,
-    shutdown: bool,
     serial: u64,
-    /// Acquirers waiting for a buffer to come back: a release signals only when there are
-    /// some (a condvar signal is a futex syscall even with nobody waiting).
-    waiters: usize,
-    /// The refill thread sleeps and needs a signal to look again.
-    refill_idle: bool,
     /// Returned buffers a device still uses (counted in `total`, neither free nor out).
     busy: busy::Busy,
-    /// Acquires served from the free list (counted here: the acquire holds the lock anyway).
-    hits: u64,
 }
+
+/// Starts what it holds on a cache line of its own.
+#[repr(align(64))]
+struct LineAligned<T>(T);
 
 pub(crate) struct Inner {
     config: PoolConfig,
     len: u64,
     alloc: Arc<Allocator>,
     global: Option<Arc<Budget>>,
-    state: Mutex<State>,
+    state: LineAligned<Mutex<State>>,
     /// Signalled when a buffer is returned or capacity frees up.
     returned: Condvar,
     /// Wakes the refill thread.
@@ -100,6 +116,8 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Pool {
     handle: Arc<Handle>,
+    /// `handle.inner`, one pointer fewer to follow on the hot path.
+    inner: Arc<Inner>,
 }
 
 struct Handle {
@@ -138,17 +156,20 @@ impl Pool {
             len,
             alloc,
             global,
-            state: Mutex::new(State {
+            state: LineAligned(Mutex::new(State {
                 free: Vec::with_capacity(config.min_buffers),
+                hits: 0,
+                waiters: 0,
+                min_buffers: config.min_buffers,
+                shutdown: false,
+                refill_idle: false,
+                qos: config.qos,
+                level: PressureLevel::Normal,
                 total: 0,
                 allocating: 0,
-                shutdown: false,
                 serial: 0,
-                waiters: 0,
-                refill_idle: false,
                 busy: busy::Busy::default(),
-                hits: 0,
-            }),
+            })),
             returned: Condvar::new(),
             refill: Condvar::new(),
             counters: Counters::default(),
@@ -160,6 +181,7 @@ impl Pool {
             handle: Arc::new(Handle {
                 inner: Arc::clone(&inner),
             }),
+            inner: Arc::clone(&inner),
         };
         inner.prewarm()?;
         if inner.config.qos == QosClass::Realtime {
@@ -170,7 +192,7 @@ impl Pool {
 
     #[inline]
     fn inner(&self) -> &Arc<Inner> {
-        &self.handle.inner
+        &self.inner
     }
 
     /// A handle that does not keep the pool open.
@@ -234,7 +256,7 @@ impl Pool {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn level(&self) -> PressureLevel {
@@ -368,9 +390,7 @@ impl Inner {
     /// buffers costs no wake-up per frame, and only if the thread sleeps.
     #[inline]
     fn should_wake_refill(&self, st: &State) -> bool {
-        st.refill_idle
-            && st.free.len() < self.config.min_buffers.div_ceil(2)
-            && self.wants_refill(st)
+        st.refill_idle && st.free.len() < st.min_buffers.div_ceil(2) && self.wants_refill(st)
     }
 
     /// Unlocks, then signals one waiting acquirer if there is one.
@@ -400,7 +420,7 @@ impl Inner {
         let (n, spare) = local::begin(self);
         let mut contended = false;
         if !Timing::sampled(n) {
-            match self.state.try_lock() {
+            match self.state.0.try_lock() {
                 Ok(mut st) if !st.shutdown => {
                     if let Some(buf) = st.free.pop() {
                         st.hits += 1;
@@ -452,7 +472,7 @@ impl Inner {
     }
 
     fn acquire_with(&self, deadline: Option<Instant>, mut timing: Timing) -> Result<Slot> {
-        let mut st = match self.state.try_lock() {
+        let mut st = match self.state.0.try_lock() {
             Ok(st) => st,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => {
@@ -553,10 +573,7 @@ impl Inner {
     /// more, returns it to be dropped (freed) once the lock is let go.
     #[inline]
     fn put_idle(&self, st: &mut State, buf: Slot) -> Option<Slot> {
-        let keep = self
-            .config
-            .qos
-            .keep_free(self.level(), self.config.min_buffers);
+        let keep = st.qos.keep_free(st.level, st.min_buffers);
         if st.shutdown || keep.is_some_and(|k| st.free.len() >= k) {
             if !st.shutdown {
                 self.counters.trims.fetch_add(1, Relaxed);
@@ -595,6 +612,7 @@ impl Inner {
 
     fn set_pressure(&self, level: PressureLevel) {
         let previous = PressureLevel::from_u8(self.pressure.swap(level as u8, Relaxed));
+        self.lock().level = level;
         if let Some(keep) = self.config.qos.keep_free(level, self.config.min_buffers) {
             self.trim(keep);
         }
@@ -666,7 +684,10 @@ pub(crate) struct WeakPool(Weak<Handle>);
 
 impl WeakPool {
     pub(crate) fn upgrade(&self) -> Option<Pool> {
-        self.0.upgrade().map(|handle| Pool { handle })
+        self.0.upgrade().map(|handle| Pool {
+            inner: Arc::clone(&handle.inner),
+            handle,
+        })
     }
 }
 
