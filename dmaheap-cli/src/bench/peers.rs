@@ -38,15 +38,24 @@ pub(super) fn run(ctx: &Ctx, given: Option<&str>, served: &str) -> Result<PeersR
         "GStreamer and PipeWire peers: {} (buffers here come from {served})",
         exe.display()
     ));
-    let plugin_dir = exe.parent().unwrap_or(Path::new("."));
-    let output = Command::new(&exe)
-        .args([
-            "--reps",
-            &ctx.reps.to_string(),
-            "--scale",
-            &ctx.scale.to_string(),
-        ])
-        .env("DMAHEAP_BENCH_PLUGIN_DIR", plugin_dir)
+    let mut cmd = Command::new(&exe);
+    cmd.args([
+        "--reps",
+        &ctx.reps.to_string(),
+        "--scale",
+        &ctx.scale.to_string(),
+    ]);
+    // The plugin built with the peers (the same build as this benchmark), first.
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    if dir.join("libgstdmaheap.so").is_file() {
+        let mut path = std::ffi::OsString::from(dir);
+        if let Some(old) = std::env::var_os("GST_PLUGIN_PATH") {
+            path.push(":");
+            path.push(old);
+        }
+        cmd.env("GST_PLUGIN_PATH", path);
+    }
+    let output = cmd
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()

@@ -66,29 +66,27 @@ impl Ctx {
     }
 }
 
-/// Loads the dmaheap plugin from the directory `dmaheap bench` names (its own build), else
-/// leaves it to GStreamer's registry (GST_PLUGIN_PATH).
+/// Loads the dmaheap plugin, so its pool type is registered: the one GStreamer's registry
+/// knows (`dmaheap bench` points GST_PLUGIN_PATH at the directory of its own build), else the
+/// one next to this binary.
 fn load_plugin() -> String {
-    if gst::ElementFactory::find("dmaheapupload").is_some() {
-        return "dmaheap plugin from GStreamer's registry".into();
+    if let Ok(plugin) = gst::Plugin::load_by_name("dmaheap") {
+        return format!(
+            "dmaheap plugin {}",
+            plugin
+                .filename()
+                .map_or("(static)".into(), |f| f.display().to_string())
+        );
     }
-    let dir = std::env::var_os("DMAHEAP_BENCH_PLUGIN_DIR")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|e| e.parent().map(|p| p.to_owned()))
-        });
-    if let Some(path) = dir
-        .map(|d| d.join("libgstdmaheap.so"))
-        .filter(|p| p.is_file())
-    {
-        match gst::Plugin::load_file(&path) {
-            Ok(_) => return format!("dmaheap plugin from {}", path.display()),
-            Err(e) => return format!("loading {} failed: {e}", path.display()),
-        }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|p| p.join("libgstdmaheap.so")))
+        .filter(|p| p.is_file());
+    match beside.map(|p| (gst::Plugin::load_file(&p), p)) {
+        Some((Ok(_), p)) => format!("dmaheap plugin {}", p.display()),
+        Some((Err(e), p)) => format!("loading {} failed: {e}", p.display()),
+        None => "no dmaheap plugin found (build gst-dmaheap, or set GST_PLUGIN_PATH)".into(),
     }
-    "no dmaheap plugin found (build gst-dmaheap, or set GST_PLUGIN_PATH)".into()
 }
 
 fn pipewire_version() -> String {

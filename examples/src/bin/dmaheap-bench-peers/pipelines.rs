@@ -167,7 +167,13 @@ fn upstream_pool(a: &mut gst::query::Allocation) -> Result<(), String> {
     config.set_params(Some(&caps), info.size() as u32, 4, 0);
     config.set_allocator(Some(&allocator), None);
     config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META.as_ref());
-    pool.set_config(config).map_err(|e| e.to_string())?;
+    config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_ALIGNMENT.as_ref());
+    config.set_video_alignment(&gst_video::VideoAlignment::default());
+    if pool.set_config(config).is_err() {
+        // The pool raised the alignment: take what it made of the configuration.
+        let adjusted = pool.config();
+        pool.set_config(adjusted).map_err(|e| e.to_string())?;
+    }
     let _ = need;
     a.add_allocation_pool(Some(&pool), info.size() as u32, 4, 0);
     a.add_allocation_meta::<gst_video::VideoMeta>(None);

@@ -1,9 +1,9 @@
 //! PipeWire: `dmaheap-screencast` against a stock producer (`videotestsrc ! pipewiresink`),
 //! each streaming into `pipewiresrc ! fakesink`, against a private daemon set (dbus-daemon,
 //! pipewire, wireplumber in a directory of their own, as pw-dmaheap's tests run them; the
-//! user's PipeWire is never touched). CPU time per frame on each side: the producer's from
-//! /proc/<pid>/task/*/schedstat while the consumer runs (its start-up excluded), the
-//! consumer's whole (start-up included, the same for both producers).
+//! user's PipeWire is never touched). Steady state: from the consumer's first frame report
+//! (fpsdisplaysink) to its end, frames per second at the consumer and CPU time per frame on
+//! each side (/proc/<pid>/task/*/schedstat, and wait4 for the consumer's end).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -251,8 +251,20 @@ fn screencast_binary() -> Option<PathBuf> {
     })
 }
 
-/// One run of one producer: (frames/s at the consumer, producer CPU ns/frame, consumer CPU
-/// ns/frame, time to the consumer's exit).
+/// The number of frames fpsdisplaysink says it rendered, from one of gst-launch's `-v` lines.
+fn rendered(line: &str) -> Option<u64> {
+    line.split("rendered: ")
+        .nth(1)?
+        .split(',')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// One run of one producer, measured in steady state: from the consumer's first frame
+/// report (fpsdisplaysink, every 250 ms) to its end. Gives (frames/s at the consumer, producer
+/// CPU ns/frame, consumer CPU ns/frame).
 fn run_once(d: &Daemons, p: &Producer, frames: u64) -> Result<(f64, f64, f64), String> {
     let log =
         std::fs::File::create(d.dir.join(format!("{}.log", p.node))).map_err(|e| e.to_string())?;
@@ -279,28 +291,53 @@ fn run_once(d: &Daemons, p: &Producer, frames: u64) -> Result<(f64, f64, f64), S
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let cpu0 = task_cpu_ns(producer.pid());
-    let t0 = Instant::now();
     let mut consumer = d
         .command("gst-launch-1.0")
         .args([
-            "-q",
+            "-v",
             "pipewiresrc",
             &format!("target-object={}", p.node),
             &format!("num-buffers={frames}"),
             "!",
             "video/x-raw,format=NV12",
             "!",
-            "fakesink",
+            "fpsdisplaysink",
+            "video-sink=fakesink",
+            "text-overlay=false",
             "sync=false",
+            "fps-update-interval=250",
         ])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(std::fs::File::create(d.dir.join("consumer.log")).map_err(|e| e.to_string())?)
         .spawn()
         .map_err(|e| format!("starting gst-launch-1.0: {e}"))?;
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    if let Some(out) = consumer.stdout.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(n) = rendered(&line) {
+                    if tx.send(n).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
     let consumer_deadline =
-        Instant::now() + patience() + Duration::from_secs_f64(frames as f64 / 10.0);
+        Instant::now() + patience() + Duration::from_secs_f64(frames as f64 / 5.0);
+    // (time, frames rendered, consumer CPU, producer CPU) at the first report.
+    let mut first: Option<(Instant, u64, f64, f64)> = None;
     let (ok, consumer_cpu) = loop {
+        if first.is_none() {
+            if let Ok(n) = rx.try_recv() {
+                first = Some((
+                    Instant::now(),
+                    n,
+                    task_cpu_ns(consumer.id() as i32),
+                    task_cpu_ns(producer.pid()),
+                ));
+            }
+        }
         if let Some(done) = reap(&consumer)? {
             break done;
         }
@@ -312,18 +349,25 @@ fn run_once(d: &Daemons, p: &Producer, frames: u64) -> Result<(f64, f64, f64), S
                 p.name
             ));
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(2));
     };
-    let elapsed = t0.elapsed().as_secs_f64();
-    let cpu1 = task_cpu_ns(producer.pid());
+    let end = Instant::now();
+    let producer_end = task_cpu_ns(producer.pid());
     if !ok {
         let log = std::fs::read_to_string(d.dir.join("consumer.log")).unwrap_or_default();
         return Err(format!("{}: the consumer failed: {}", p.name, log.trim()));
     }
+    let (t0, n0, c0, p0) = first.ok_or_else(|| {
+        format!(
+            "{}: the consumer ended before its first frame report ({frames} frames)",
+            p.name
+        )
+    })?;
+    let measured = frames.saturating_sub(n0).max(1) as f64;
     Ok((
-        frames as f64 / elapsed,
-        (cpu1 - cpu0) / frames as f64,
-        consumer_cpu / frames as f64,
+        measured / (end - t0).as_secs_f64(),
+        (producer_end - p0) / measured,
+        (consumer_cpu - c0) / measured,
     ))
 }
 
@@ -344,6 +388,9 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
     }
     if gst::ElementFactory::find("pipewiresrc").is_none() {
         return Err("no pipewiresrc (gstreamer1.0-pipewire)".into());
+    }
+    if gst::ElementFactory::find("fpsdisplaysink").is_none() {
+        return Err("no fpsdisplaysink (gstreamer1.0-plugins-bad)".into());
     }
     let screencast = screencast_binary()
         .ok_or("dmaheap-screencast is neither next to this binary nor on PATH")?;
@@ -394,13 +441,13 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
             group: "pipewire".into(),
             name: p.name.into(),
             description: format!(
-                "{} {} + gst-launch-1.0 pipewiresrc target-object={} num-buffers={frames} ! video/x-raw,format=NV12 ! fakesink",
+                "{} {} + gst-launch-1.0 pipewiresrc target-object={} num-buffers={frames} ! video/x-raw,format=NV12 ! fpsdisplaysink video-sink=fakesink",
                 Path::new(&p.program).file_name().map_or(String::new(), |f| f.to_string_lossy().into_owned()),
                 p.args.join(" "),
                 p.node
             ),
             frames,
-            verified: "frames/s over the consumer's life (its start-up included); CPU/frame: the producer's threads (schedstat) while the consumer ran, the consumer's whole life (wait4)".into(),
+            verified: "steady state, from the consumer's first fpsdisplaysink report to its end: frames/s at the consumer, CPU/frame of the producer's and the consumer's threads (schedstat, wait4)".into(),
             ..Throughput::default()
         })
         .collect();

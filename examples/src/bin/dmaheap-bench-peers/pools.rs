@@ -3,6 +3,7 @@
 
 use gst::glib;
 use gst::prelude::*;
+use gst_video::prelude::*;
 
 use crate::Ctx;
 use crate::schema::counters::Tally;
@@ -55,6 +56,9 @@ pub(crate) fn activate(
     }
     if video_meta {
         config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META.as_ref());
+        // GstVideoDmabufPool (1.28) also insists on an alignment it may raise.
+        config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_ALIGNMENT.as_ref());
+        config.set_video_alignment(&gst_video::VideoAlignment::default());
     }
     if pool.set_config(config).is_err() {
         // Adjusted (GstBufferPool's contract): validate what the pool made of it and set that.
