@@ -432,6 +432,7 @@ fn throughput_table(r: &Report, group: &str) -> String {
                 String::new(),
                 String::new(),
                 String::new(),
+                String::new(),
                 format!("`{}`", x.description),
             ]);
             continue;
@@ -447,6 +448,11 @@ fn throughput_table(r: &Report, group: &str) -> String {
             fps.map_or("-".into(), |e| ci(&e, |v| format!("{v:.1}"))),
             cpu.map_or("-".into(), |e| ns(e.value)),
             ccpu.map_or("-".into(), |e| ns(e.value)),
+            if x.faults_per_frame.is_empty() {
+                "-".into()
+            } else {
+                num(x.faults_per_frame.iter().sum::<f64>() / x.faults_per_frame.len() as f64)
+            },
             first.map_or("-".into(), |e| ns(e.value)),
             x.verified.clone(),
             format!("`{}`", x.description),

@@ -181,6 +181,9 @@ pub(crate) struct Throughput {
     pub cpu_ns_per_frame: Vec<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub consumer_cpu_ns_per_frame: Vec<f64>,
+    /// Page faults (minor + major) of the process per frame, per repetition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults_per_frame: Vec<f64>,
     /// Time from start to the first frame at the sink, per repetition.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub first_frame_ns: Vec<f64>,

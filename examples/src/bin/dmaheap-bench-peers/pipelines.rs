@@ -12,16 +12,19 @@ use crate::Ctx;
 use crate::schema::measure::Goal;
 use crate::schema::{PeersReport, Ratio, Target, Throughput};
 
-/// Process CPU time (user + system), in nanoseconds.
-pub(crate) fn cpu_ns() -> f64 {
+/// Process CPU time (user + system) in nanoseconds, and page faults (minor + major).
+pub(crate) fn cpu_ns() -> (f64, f64) {
     // SAFETY: an all-zero rusage is a valid value of this plain C struct.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `u` is a valid rusage for the kernel to fill.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
-        return 0.0;
+        return (0.0, 0.0);
     }
     let t = |tv: libc::timeval| tv.tv_sec as f64 * 1e9 + tv.tv_usec as f64 * 1e3;
-    t(u.ru_utime) + t(u.ru_stime)
+    (
+        t(u.ru_utime) + t(u.ru_stime),
+        (u.ru_minflt + u.ru_majflt) as f64,
+    )
 }
 
 /// How a sink is told to offer a pool upstream (an ALLOCATION query answered by a probe).
@@ -40,8 +43,9 @@ struct Spec {
     skip: Option<String>,
 }
 
-/// One run: (frames/s, CPU ns per frame, first frame ns, what was checked).
-fn run_once(spec: &Spec, frames: u64) -> Result<(f64, f64, f64, String), String> {
+/// One run: (frames/s, CPU ns per frame, page faults per frame, first frame ns, what was
+/// checked).
+fn run_once(spec: &Spec, frames: u64) -> Result<(f64, f64, f64, f64, String), String> {
     let pipeline = gst::parse::launch(&spec.launch)
         .map_err(|e| format!("{}: {e}", spec.launch))?
         .downcast::<gst::Pipeline>()
@@ -148,7 +152,8 @@ fn run_once(spec: &Spec, frames: u64) -> Result<(f64, f64, f64, String), String>
     let secs = (t1 - first_at).as_secs_f64();
     Ok((
         (frames - 1) as f64 / secs,
-        (cpu1 - cpu0) / frames as f64,
+        (cpu1.0 - cpu0.0) / frames as f64,
+        (cpu1.1 - cpu0.1) / frames as f64,
         (first_at - t0).as_nanos() as f64,
         checked.join(", "),
     ))
@@ -156,6 +161,7 @@ fn run_once(spec: &Spec, frames: u64) -> Result<(f64, f64, f64, String), String>
 
 #[cfg(feature = "v1_28")]
 fn upstream_pool(a: &mut gst::query::Allocation) -> Result<(), String> {
+    use gst_video::prelude::*;
     let (caps, need) = a.get();
     let caps = caps.ok_or("no caps")?.to_owned();
     let info = gst_video::VideoInfo::from_caps(&caps).map_err(|e| e.to_string())?;
@@ -319,10 +325,11 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
                 continue;
             }
             match run_once(&specs[i], results[i].frames) {
-                Ok((fps, cpu, first, checked)) => {
+                Ok((fps, cpu, faults, first, checked)) => {
                     let r = &mut results[i];
                     r.fps.push(fps);
                     r.cpu_ns_per_frame.push(cpu);
+                    r.faults_per_frame.push(faults);
                     r.first_frame_ns.push(first);
                     if r.verified.is_empty() || !r.verified.contains(&checked) {
                         r.verified = if r.verified.is_empty() {
