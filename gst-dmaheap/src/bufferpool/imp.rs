@@ -1,6 +1,6 @@
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use gst::glib;
 use gst::prelude::*;
@@ -85,6 +85,16 @@ pub struct DmaHeapBufferPool {
     /// Released buffers a device still uses, held out of the free queue until their fences
     /// signal.
     busy: BusyBuffers,
+    /// What acquire and release read of the settings on every buffer (`qos`, `on-exhaustion`),
+    /// kept beside them by `set_property` so the hot path takes no lock. `hot_qos` is the
+    /// class + 1, 0 while never set (the default).
+    hot_qos: AtomicU8,
+    hot_error_on_exhaustion: AtomicBool,
+    /// The process's pool registry, looked up once (its lookup asks the kernel for the pid).
+    registry: OnceLock<heapcore::PoolRegistry>,
+    /// `stats` as of the first activation, for acquire to count hits without a lock (the
+    /// owning element sets the statistics once, when it makes the pool).
+    hot_stats: OnceLock<Arc<Stats>>,
 }
 
 impl DmaHeapBufferPool {
@@ -93,11 +103,32 @@ impl DmaHeapBufferPool {
     }
 
     pub(super) fn set_stats(&self, stats: Arc<Stats>) {
+        if self
+            .hot_stats
+            .get()
+            .is_some_and(|s| !Arc::ptr_eq(s, &stats))
+        {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "statistics replaced after activation: hits go on counting into the old ones"
+            );
+        }
         *self.stats.lock().unwrap() = stats;
     }
 
     fn stats(&self) -> Arc<Stats> {
         Arc::clone(&self.stats.lock().unwrap())
+    }
+
+    /// The `qos` setting, read without the settings lock.
+    fn hot_qos(&self) -> DmaHeapQos {
+        match self.hot_qos.load(Ordering::Relaxed).checked_sub(1) {
+            None => DEFAULT_QOS,
+            Some(v) if v == DmaHeapQos::Realtime as u8 => DmaHeapQos::Realtime,
+            Some(v) if v == DmaHeapQos::Background as u8 => DmaHeapQos::Background,
+            Some(_) => DmaHeapQos::Normal,
+        }
     }
 
     /// Says `err` on the owning element's bus (the element that upstream's error would
@@ -318,6 +349,12 @@ impl ObjectImpl for DmaHeapBufferPool {
             "buffer-limit" => settings.buffer_limit = value.get().expect("type checked upstream"),
             _ => unimplemented!(),
         }
+        self.hot_qos
+            .store(settings.qos as u8 + 1, Ordering::Relaxed);
+        self.hot_error_on_exhaustion.store(
+            settings.on_exhaustion == OnExhaustion::Error,
+            Ordering::Relaxed,
+        );
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
@@ -405,6 +442,7 @@ impl BufferPoolImpl for DmaHeapBufferPool {
             None => {}
         }
         let stats = self.stats();
+        let _ = self.hot_stats.set(Arc::clone(&stats));
         let before = stats.prewarmed.load(Ordering::Relaxed);
         self.starting.store(true, Ordering::SeqCst);
         let ok = self.parent_start();
@@ -557,11 +595,10 @@ impl BufferPoolImpl for DmaHeapBufferPool {
         &self,
         params: Option<&gst::BufferPoolAcquireParams>,
     ) -> Result<gst::Buffer, gst::FlowError> {
-        let on_exhaustion = self.settings.lock().unwrap().on_exhaustion;
+        let error_on_exhaustion = self.hot_error_on_exhaustion.load(Ordering::Relaxed);
         let caller_wont_wait =
             params.is_some_and(|p| p.flags().contains(gst::BufferPoolAcquireFlags::DONTWAIT));
-        ALLOCATED.with(|a| a.set(false));
-        let result = if on_exhaustion == OnExhaustion::Error && !caller_wont_wait {
+        let result = if error_on_exhaustion && !caller_wont_wait {
             let flags = params.map_or(gst::BufferPoolAcquireFlags::empty(), |p| p.flags())
                 | gst::BufferPoolAcquireFlags::DONTWAIT;
             let dontwait = gst::BufferPoolAcquireParams::with_flags(flags);
@@ -578,10 +615,16 @@ impl BufferPoolImpl for DmaHeapBufferPool {
         } else {
             self.parent_acquire_buffer(params)
         };
+        // Set by alloc_buffer if the parent's acquire allocated (then cleared here, so one
+        // thread-local access per acquire).
+        let allocated = ALLOCATED.with(|a| a.replace(false));
         if result.is_ok() {
             self.outstanding.fetch_add(1, Ordering::SeqCst);
-            if !ALLOCATED.with(Cell::get) {
-                Stats::bump(&self.stats().pool_hits);
+            if !allocated {
+                match self.hot_stats.get() {
+                    Some(stats) => Stats::bump(&stats.pool_hits),
+                    None => Stats::bump(&self.stats().pool_hits),
+                }
             }
         }
         result
@@ -591,13 +634,17 @@ impl BufferPoolImpl for DmaHeapBufferPool {
         // Buffers made by start() are fresh: no device has seen them.
         if !self.starting.load(Ordering::SeqCst) {
             let outstanding = self.outstanding.fetch_sub(1, Ordering::SeqCst) - 1;
-            let settings = *self.settings.lock().unwrap();
+            let qos = self.hot_qos();
             // Background pools stay lean; under critical memory pressure normal pools give
             // idle buffers back too (realtime pools never do).
-            let pressure = crate::heapchoice::registry().pressure();
-            let lean = match settings.qos {
+            let pressure = || {
+                self.registry
+                    .get_or_init(crate::heapchoice::registry)
+                    .pressure()
+            };
+            let lean = match qos {
                 DmaHeapQos::Background => true,
-                DmaHeapQos::Normal => pressure == heapcore::PressureLevel::Critical,
+                DmaHeapQos::Normal => pressure() == heapcore::PressureLevel::Critical,
                 DmaHeapQos::Realtime => false,
             };
             if lean {
@@ -611,8 +658,8 @@ impl BufferPoolImpl for DmaHeapBufferPool {
                     gst::log!(
                         CAT,
                         imp = self,
-                        "{:?} pool ({pressure:?} memory pressure): freeing an idle buffer",
-                        settings.qos
+                        "{qos:?} pool ({:?} memory pressure): freeing an idle buffer",
+                        pressure()
                     );
                 }
             }

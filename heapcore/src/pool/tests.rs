@@ -181,7 +181,7 @@ fn dropping_every_handle_shuts_the_pool_down() {
     let pool = Pool::new(alloc(), memfd_pool("dropped").min_buffers(1)).unwrap();
     let buf = pool.try_acquire().unwrap();
     drop(pool);
-    let inner = Arc::clone(&buf.pool);
+    let inner = Arc::clone(buf.pool());
     drop(buf);
     assert_eq!(inner.lock().total, 0);
 }
