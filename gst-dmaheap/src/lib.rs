@@ -14,10 +14,11 @@ mod stats;
 mod upload;
 
 pub use allocator::{ALLOCATOR_NAME, DmaHeapAllocator};
-pub use bufferpool::{DmaHeapBufferPool, OnExhaustion};
+pub use bufferpool::DmaHeapBufferPool;
 pub use error::Error;
 pub use heapchoice::{DmaHeapQos, HeapChoice};
 pub use memory::{HeapMemoryInfo, heap_memory_info, is_heap_memory, live_heap_buffers};
+pub use props::OnExhaustion;
 pub use upload::DmaHeapUpload;
 
 /// Forwards heapcore's `log` records (which source was skipped and why) to the

@@ -4,8 +4,21 @@
 use gst::glib;
 use gst::glib::prelude::*;
 
-use crate::bufferpool::OnExhaustion;
 use crate::heapchoice::DmaHeapQos;
+
+/// What an acquire does when a `max-buffers` pool has no free buffer.
+#[derive(Debug, Default, Eq, PartialEq, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstDmaHeapOnExhaustion")]
+pub enum OnExhaustion {
+    /// Wait until a buffer comes back (GstBufferPool's behaviour).
+    #[default]
+    #[enum_value(name = "Block until a buffer is released", nick = "block")]
+    Block,
+    /// Fail the acquire with an error that says the pool is exhausted.
+    #[enum_value(name = "Fail with an error", nick = "error")]
+    Error,
+}
 
 pub(crate) const DEFAULT_HEAP: &str = "";
 pub(crate) const DEFAULT_USAGE: &str = heapcore::Usage::GENERIC;

@@ -13,6 +13,9 @@
 //! costs no system call more than before. The waiter releases a buffer while holding the
 //! lock, and [`BusyBuffers::close`] (the pool's stop) releases what is left under the same
 //! lock, so every parked buffer reaches the free queue exactly once and the pool can stop.
+//!
+//! It knows nothing of the pool but a [`Pool`]: the object to hand buffers back to, how, and
+//! the debug category to log under.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,9 +26,6 @@ use rustix::event::{EventfdFlags, PollFd, PollFlags};
 
 use gst::glib;
 use gst::prelude::*;
-use gst::subclass::prelude::*;
-
-use super::DmaHeapBufferPool;
 
 /// One parked buffer and the fence it waits for.
 struct Parked {
@@ -45,9 +45,26 @@ struct State {
 }
 
 /// The buffers a pool holds back because a device still uses them.
-#[derive(Default)]
-pub(super) struct BusyBuffers {
+pub(super) struct BusyBuffers<P: IsA<gst::Object> + Send + Sync> {
     state: Arc<Mutex<State>>,
+    _pool: std::marker::PhantomData<fn(&P)>,
+}
+
+impl<P: IsA<gst::Object> + Send + Sync> Default for BusyBuffers<P> {
+    fn default() -> Self {
+        Self {
+            state: Arc::default(),
+            _pool: std::marker::PhantomData,
+        }
+    }
+}
+
+/// Where a buffer whose fence signalled goes: `release(pool, buffer)` puts it in the pool's
+/// free queue.
+pub(super) struct Pool<P: IsA<gst::Object> + Send + Sync> {
+    pub(super) pool: glib::WeakRef<P>,
+    pub(super) release: fn(&P, gst::Buffer),
+    pub(super) cat: gst::DebugCategory,
 }
 
 /// The fence of the first memory of `buffer` that a device still uses, if any: `None` for
@@ -69,24 +86,24 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl BusyBuffers {
+impl<P: IsA<gst::Object> + Send + Sync> BusyBuffers<P> {
     /// How many buffers are held back now.
     pub(super) fn len(&self) -> usize {
         lock(&self.state).parked.len()
     }
 
-    /// Holds `buffer` until `fence` signals, then puts it in `pool`'s free queue. Starts the
-    /// waiter on first use; if it cannot start, the buffer comes back with the error (for the
-    /// caller to release at once, the old behaviour).
+    /// Holds `buffer` until `fence` signals, then hands it to `pool`. Starts the waiter on
+    /// first use (`pool` is used then); if it cannot start, the buffer comes back with the
+    /// error (for the caller to release at once, the old behaviour).
     pub(super) fn park(
         &self,
         buffer: gst::Buffer,
         fence: SyncFile,
-        pool: &DmaHeapBufferPool,
+        pool: impl FnOnce() -> Pool<P>,
     ) -> Result<(), (std::io::Error, gst::Buffer)> {
         let mut st = lock(&self.state);
         if st.waiter.is_none() {
-            match start_waiter(&self.state, st.generation, pool.downgrade()) {
+            match start_waiter(&self.state, st.generation, pool()) {
                 Ok(waiter) => st.waiter = Some(waiter),
                 Err(e) => return Err((e, buffer)),
             }
@@ -132,7 +149,7 @@ impl BusyBuffers {
     }
 }
 
-impl Drop for BusyBuffers {
+impl<P: IsA<gst::Object> + Send + Sync> Drop for BusyBuffers<P> {
     /// The pool went away without stopping: its parked buffers are freed, the waiter ends.
     fn drop(&mut self) {
         let parked = {
@@ -151,10 +168,10 @@ fn wake_up(wake: &OwnedFd) {
     let _ = rustix::io::write(wake, &1u64.to_ne_bytes());
 }
 
-fn start_waiter(
+fn start_waiter<P: IsA<gst::Object> + Send + Sync>(
     state: &Arc<Mutex<State>>,
     generation: u64,
-    pool: glib::WeakRef<DmaHeapBufferPool>,
+    pool: Pool<P>,
 ) -> std::io::Result<(OwnedFd, JoinHandle<()>)> {
     let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
     let theirs = wake.try_clone()?;
@@ -167,14 +184,18 @@ fn start_waiter(
 
 /// The ids of the parked buffers whose fence signalled, after waiting for one to (or for
 /// the wake-up eventfd).
-fn wait_for_fences(wake: &OwnedFd, fences: &[(u64, Arc<SyncFile>)]) -> Vec<u64> {
+fn wait_for_fences(
+    wake: &OwnedFd,
+    fences: &[(u64, Arc<SyncFile>)],
+    cat: gst::DebugCategory,
+) -> Vec<u64> {
     let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(fences.len() + 1);
     fds.push(PollFd::new(wake, PollFlags::IN));
     fds.extend(fences.iter().map(|(_, f)| PollFd::new(&**f, PollFlags::IN)));
     match rustix::event::poll(&mut fds, None) {
         Ok(_) | Err(rustix::io::Errno::INTR) => {}
         Err(e) => {
-            gst::warning!(super::imp::CAT, "polling fences failed: {e}");
+            gst::warning!(cat, "polling fences failed: {e}");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
@@ -193,11 +214,11 @@ fn wait_for_fences(wake: &OwnedFd, fences: &[(u64, Arc<SyncFile>)]) -> Vec<u64> 
 /// Polls the parked buffers' fences and puts each buffer whose fence signalled (and that no
 /// new fence has made busy again) in the pool's free queue; returns when the pool closes or
 /// goes away.
-fn wait_loop(
+fn wait_loop<P: IsA<gst::Object> + Send + Sync>(
     state: &Mutex<State>,
     generation: u64,
     wake: &OwnedFd,
-    pool: &glib::WeakRef<DmaHeapBufferPool>,
+    to: &Pool<P>,
 ) {
     loop {
         let fences: Vec<(u64, Arc<SyncFile>)> = {
@@ -210,13 +231,15 @@ fn wait_loop(
                 .map(|p| (p.id, Arc::clone(&p.fence)))
                 .collect()
         };
-        let signalled = wait_for_fences(wake, &fences);
+        let signalled = wait_for_fences(wake, &fences, to.cat);
         if signalled.is_empty() {
             continue;
         }
         // Held until the lock is let go: the pool cannot be finalized (and stop, which takes
         // the lock) on this thread while it is held.
-        let Some(pool) = pool.upgrade() else { return };
+        let Some(pool) = to.pool.upgrade() else {
+            return;
+        };
         let mut st = lock(state);
         if st.generation != generation {
             return;
@@ -232,10 +255,10 @@ fn wait_loop(
                     fence: Arc::new(fence),
                     ..p
                 }),
-                Ok(None) => pool.imp().release_idle(p.buffer),
+                Ok(None) => (to.release)(&pool, p.buffer),
                 Err(e) => {
-                    gst::warning!(super::imp::CAT, obj = pool, "{e}: reusing the buffer");
-                    pool.imp().release_idle(p.buffer);
+                    gst::warning!(to.cat, obj = pool, "{e}: reusing the buffer");
+                    (to.release)(&pool, p.buffer);
                 }
             }
         }

@@ -7,13 +7,12 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_video::prelude::*;
 
-use super::OnExhaustion;
 use super::fences::{self, BusyBuffers};
 use crate::allocator::DmaHeapAllocator;
 use crate::error::Error;
 use crate::heapchoice::DmaHeapQos;
 use crate::memory;
-use crate::props::{self, DEFAULT_ON_EXHAUSTION, DEFAULT_PREWARM, DEFAULT_QOS};
+use crate::props::{self, DEFAULT_ON_EXHAUSTION, DEFAULT_PREWARM, DEFAULT_QOS, OnExhaustion};
 use crate::stats::Stats;
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -84,7 +83,7 @@ pub struct DmaHeapBufferPool {
     heap_pool: Mutex<Option<heapcore::Pool>>,
     /// Released buffers a device still uses, held out of the free queue until their fences
     /// signal.
-    busy: BusyBuffers,
+    busy: BusyBuffers<super::DmaHeapBufferPool>,
     /// What acquire and release read of the settings on every buffer (`qos`, `on-exhaustion`),
     /// kept beside them by `set_property` so the hot path takes no lock. `hot_qos` is the
     /// class + 1, 0 while never set (the default).
@@ -168,7 +167,12 @@ impl DmaHeapBufferPool {
                 return Some(buffer);
             }
         };
-        match self.busy.park(buffer, fence, &self.obj()) {
+        let to = || fences::Pool {
+            pool: self.obj().downgrade(),
+            release: |pool: &super::DmaHeapBufferPool, buffer| pool.imp().release_idle(buffer),
+            cat: *CAT,
+        };
+        match self.busy.park(buffer, fence, to) {
             Ok(()) => {
                 Stats::bump(&self.stats().held_busy);
                 gst::log!(

@@ -8,9 +8,9 @@ use gst_base::subclass::prelude::*;
 use super::devices::{self, FoundDevice};
 use super::pools::{Downstream, PoolSlot};
 use crate::allocator::DmaHeapAllocator;
-use crate::bufferpool::OnExhaustion;
 use crate::caps;
 use crate::heapchoice::{DmaHeapQos, HeapChoice};
+use crate::props::OnExhaustion;
 use crate::props::{
     self, DEFAULT_HEAP, DEFAULT_ON_EXHAUSTION, DEFAULT_PREWARM, DEFAULT_QOS, DEFAULT_USAGE,
 };
