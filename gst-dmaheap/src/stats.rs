@@ -9,8 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub(crate) struct Stats {
     /// Input buffers that were already heap memory and went downstream untouched.
     pub passthrough: AtomicU64,
+    /// Input buffers that were dma-bufs from another exporter (a camera's or decoder's own
+    /// buffers) meeting what the devices and downstream need, and went downstream untouched.
+    pub foreign_passthrough: AtomicU64,
     /// Input buffers copied into a heap buffer (upstream did not use the pool).
     pub copies: AtomicU64,
+    /// Why the last copy was made (empty before the first).
+    last_copy_reason: Mutex<String>,
     /// Acquires served from a pooled buffer.
     pub pool_hits: AtomicU64,
     /// Acquires that had to allocate on the caller's thread.
@@ -55,6 +60,19 @@ impl Stats {
         }
     }
 
+    /// Records why a copy was made; true when the reason differs from the last copy's.
+    pub(crate) fn copied_because(&self, reason: &str) -> bool {
+        let mut last = self
+            .last_copy_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *last == reason {
+            return false;
+        }
+        reason.clone_into(&mut last);
+        true
+    }
+
     /// Buffers and bytes currently held, all origins together.
     pub(crate) fn held_total(&self) -> (u64, u64) {
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
@@ -75,7 +93,15 @@ impl Stats {
         };
         gst::Structure::builder(name)
             .field("passthrough", load(&self.passthrough))
+            .field("foreign-passthrough", load(&self.foreign_passthrough))
             .field("copies", load(&self.copies))
+            .field(
+                "last-copy-reason",
+                self.last_copy_reason
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            )
             .field("pool-hits", load(&self.pool_hits))
             .field("pool-misses", load(&self.pool_misses))
             .field("prewarmed", load(&self.prewarmed))
