@@ -1,8 +1,8 @@
 //! Counters shared by an element and the pools it creates, exposed as a `GstStructure`.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// What the element and its pools did. Cheap to update from any thread.
 #[derive(Debug, Default)]
@@ -16,8 +16,9 @@ pub(crate) struct Stats {
     pub copies: AtomicU64,
     /// Why the last copy was made (empty before the first).
     last_copy_reason: Mutex<String>,
-    /// Acquires served from a pooled buffer.
-    pub pool_hits: AtomicU64,
+    /// Each pool's count of its acquires (one atomic add per acquire, the pool's only one):
+    /// acquires served from a pooled buffer (`pool-hits`) are their sum less the misses.
+    acquires: Mutex<Vec<Arc<AtomicU64>>>,
     /// Acquires that had to allocate on the caller's thread.
     pub pool_misses: AtomicU64,
     /// Buffers allocated when a pool was activated (prewarm / min-buffers).
@@ -58,6 +59,26 @@ impl Stats {
                 held.remove(origin);
             }
         }
+    }
+
+    /// Counts the acquires in `counter` (a pool's) among these statistics' pool hits.
+    pub(crate) fn count_acquires(&self, counter: &Arc<AtomicU64>) {
+        let mut all = self.acquires.lock().unwrap_or_else(|p| p.into_inner());
+        if !all.iter().any(|c| Arc::ptr_eq(c, counter)) {
+            all.push(Arc::clone(counter));
+        }
+    }
+
+    /// Acquires served from a pooled buffer: every acquire that did not allocate.
+    pub(crate) fn pool_hits(&self) -> u64 {
+        let acquires: u64 = self
+            .acquires
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum();
+        acquires.saturating_sub(self.pool_misses.load(Ordering::Relaxed))
     }
 
     /// Records why a copy was made; true when the reason differs from the last copy's.
@@ -102,7 +123,7 @@ impl Stats {
                     .unwrap_or_else(|p| p.into_inner())
                     .clone(),
             )
-            .field("pool-hits", load(&self.pool_hits))
+            .field("pool-hits", self.pool_hits())
             .field("pool-misses", load(&self.pool_misses))
             .field("prewarmed", load(&self.prewarmed))
             .field("trimmed", load(&self.trimmed))
