@@ -66,11 +66,14 @@ struct Seen {
 struct Watch(Arc<Mutex<Vec<Seen>>>);
 
 impl Watch {
-    /// Records every buffer arriving at `element`'s sink pad.
-    fn on(&self, pipeline: &gst::Pipeline, element: &str) {
+    /// Records every buffer arriving at `element`'s sink pad, its pixels read with the caps
+    /// of `caps_of` (dmaheapupload's input: downstream of it, GStreamer 1.28 negotiates
+    /// DMA_DRM caps, which describe no planes).
+    fn on(&self, pipeline: &gst::Pipeline, element: &str, caps_of: &gst::Pad) {
         let seen = self.clone();
-        on_buffers(pipeline, element, move |pad, buf| {
-            let caps = pad.current_caps().expect("caps before buffers");
+        let caps_of = caps_of.clone();
+        on_buffers(pipeline, element, move |_, buf| {
+            let caps = caps_of.current_caps().expect("caps before buffers");
             let entry = Seen {
                 inode: dmabuf_fd(buf.peek_memory(0)).ok().and_then(inode),
                 exporter: exporter(buf),
@@ -96,6 +99,7 @@ fn pixels(buf: &gst::BufferRef, caps: &gst::CapsRef) -> u64 {
     let info = gst_video::VideoInfo::from_caps(caps).expect("video caps");
     let frame =
         gst_video::VideoFrameRef::from_buffer_ref_readable(buf, &info).expect("a readable frame");
+    assert!(frame.n_planes() > 0, "{caps} describe no planes");
     let mut h = DefaultHasher::new();
     for plane in 0..frame.n_planes() {
         let data = frame.plane_data(plane).expect("plane data");
@@ -132,8 +136,9 @@ fn run(
         ),
         Duration::from_secs(180),
         |p| {
-            into.on(p, "up");
-            out.on(p, "sink");
+            let caps_of = p.by_name("up").and_then(|e| e.static_pad("sink")).unwrap();
+            into.on(p, "up", &caps_of);
+            out.on(p, "sink", &caps_of);
         },
     )?;
     let stats = run.stats.ok_or("no stats message")?;
