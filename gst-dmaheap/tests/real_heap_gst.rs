@@ -4,7 +4,8 @@
 //! --userspace forky` for GStreamer 1.28) runs them where they exist.
 //!
 //! This file holds the allocator, pool and negotiation tests and the helpers the parts share;
-//! the parts: `display` (kmssink), `fences`, `devices` (heaps from the devices), and with the
+//! the parts: `display` (kmssink), `fences`, `devices` (heaps from the devices), `foreign`
+//! (other exporters' dma-bufs passed through or copied), and with the
 //! `v1_28` feature `gst_1_28` (DMA_DRM caps, GstVideoDmabufPool) and `bench`.
 
 mod common;
@@ -19,6 +20,8 @@ mod devices;
 mod display;
 #[path = "real_heap_gst/fences.rs"]
 mod fences;
+#[path = "real_heap_gst/foreign.rs"]
+mod foreign;
 #[cfg(feature = "v1_28")]
 #[path = "real_heap_gst/gst_1_28.rs"]
 mod gst_1_28;
@@ -106,6 +109,7 @@ fn main() {
         );
     fences::add(&mut suite);
     devices::add(&mut suite);
+    foreign::add(&mut suite);
     #[cfg(feature = "v1_28")]
     gst_1_28::add(&mut suite);
     #[cfg(feature = "v1_28")]

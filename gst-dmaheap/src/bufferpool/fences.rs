@@ -17,7 +17,7 @@
 //! It knows nothing of the pool but a [`Pool`]: the object to hand buffers back to, how, and
 //! the debug category to log under.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -71,8 +71,19 @@ pub(super) struct Pool<P: IsA<gst::Object> + Send + Sync> {
 /// idle buffers, memory that is not heap dma-buf memory (memfd), and kernels without
 /// `DMA_BUF_IOCTL_EXPORT_SYNC_FILE`. A buffer whose fences cannot be read counts as idle (as
 /// in GstVideoDmabufPool), with the reason logged by the caller.
+///
+/// Each memory's fd is polled first (one system call, no fd made, no qdata lookup); only a
+/// memory the poll does not call idle is asked for its fence (`DMA_BUF_IOCTL_EXPORT_SYNC_FILE`,
+/// a sync_file to wait on).
 pub(super) fn busy_fence(buffer: &gst::BufferRef) -> Result<Option<SyncFile>, heapcore::Error> {
     for mem in buffer.iter_memories() {
+        if let Some(fd) = mem.downcast_memory_ref::<gst_allocators::FdMemory>() {
+            // SAFETY: the fd belongs to a memory of `buffer`, borrowed for this call.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd.fd()) };
+            if heapcore::fence::idle_now(fd) {
+                continue;
+            }
+        }
         if let Some(heap) = crate::memory::heap_buffer(mem)
             && let Some(fence) = heap.busy()?
         {

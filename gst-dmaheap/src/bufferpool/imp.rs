@@ -1,5 +1,4 @@
-use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use gst::glib;
@@ -24,11 +23,6 @@ pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 });
 
 const DEFAULT_BUFFER_LIMIT: u32 = 0;
-
-thread_local! {
-    /// Set by `alloc_buffer` so `acquire_buffer` can tell a hit from a miss.
-    static ALLOCATED: Cell<bool> = const { Cell::new(false) };
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Settings {
@@ -76,8 +70,13 @@ pub struct DmaHeapBufferPool {
     starting: AtomicBool,
     /// Buffers allocated and not yet freed.
     alive: AtomicI64,
-    /// Buffers acquired and not yet released.
-    outstanding: AtomicI64,
+    /// Buffers acquired (shared with the statistics, which count hits from it) and released:
+    /// the difference is the buffers out. One atomic add each on acquire and on release.
+    acquired: Arc<AtomicU64>,
+    released: AtomicU64,
+    /// Whether this pool has allocated a dma-buf: only those carry fences, so until then
+    /// (memfd memory) release asks no fence and makes no system call.
+    dmabufs: AtomicBool,
     /// The heapcore pool buffers come from while active: counted against the process's global
     /// budget, told the memory pressure, listed by `dmaheap stats`.
     heap_pool: Mutex<Option<heapcore::Pool>>,
@@ -91,9 +90,6 @@ pub struct DmaHeapBufferPool {
     hot_error_on_exhaustion: AtomicBool,
     /// The process's pool registry, looked up once (its lookup asks the kernel for the pid).
     registry: OnceLock<heapcore::PoolRegistry>,
-    /// `stats` as of the first activation, for acquire to count hits without a lock (the
-    /// owning element sets the statistics once, when it makes the pool).
-    hot_stats: OnceLock<Arc<Stats>>,
 }
 
 impl DmaHeapBufferPool {
@@ -102,17 +98,7 @@ impl DmaHeapBufferPool {
     }
 
     pub(super) fn set_stats(&self, stats: Arc<Stats>) {
-        if self
-            .hot_stats
-            .get()
-            .is_some_and(|s| !Arc::ptr_eq(s, &stats))
-        {
-            gst::warning!(
-                CAT,
-                imp = self,
-                "statistics replaced after activation: hits go on counting into the old ones"
-            );
-        }
+        stats.count_acquires(&self.acquired);
         *self.stats.lock().unwrap() = stats;
     }
 
@@ -446,7 +432,7 @@ impl BufferPoolImpl for DmaHeapBufferPool {
             None => {}
         }
         let stats = self.stats();
-        let _ = self.hot_stats.set(Arc::clone(&stats));
+        stats.count_acquires(&self.acquired);
         let before = stats.prewarmed.load(Ordering::Relaxed);
         self.starting.store(true, Ordering::SeqCst);
         let ok = self.parent_start();
@@ -519,6 +505,9 @@ impl BufferPoolImpl for DmaHeapBufferPool {
         // Held until the memory is freed, even if a buffer leaves the pool without it.
         heap.track(Arc::clone(&stats));
         let info = memory::heap_memory_info(&mem).expect("heap memory carries its buffer");
+        if info.is_dmabuf {
+            self.dmabufs.store(true, Ordering::Relaxed);
+        }
         {
             // Map once now: with KEEP_MAPPED the mapping stays for the memory's life, so no
             // frame pays for mmap on the streaming thread.
@@ -558,7 +547,6 @@ impl BufferPoolImpl for DmaHeapBufferPool {
         if self.starting.load(Ordering::SeqCst) {
             Stats::bump(&stats.prewarmed);
         } else {
-            ALLOCATED.with(|a| a.set(true));
             Stats::bump(&stats.pool_misses);
             if self.settings.lock().unwrap().qos == DmaHeapQos::Realtime {
                 gst::warning!(
@@ -619,17 +607,10 @@ impl BufferPoolImpl for DmaHeapBufferPool {
         } else {
             self.parent_acquire_buffer(params)
         };
-        // Set by alloc_buffer if the parent's acquire allocated (then cleared here, so one
-        // thread-local access per acquire).
-        let allocated = ALLOCATED.with(|a| a.replace(false));
+        // The one atomic add of an acquire: buffers out and pool hits both follow from it (a
+        // miss is counted where it allocates).
         if result.is_ok() {
-            self.outstanding.fetch_add(1, Ordering::SeqCst);
-            if !allocated {
-                match self.hot_stats.get() {
-                    Some(stats) => Stats::bump(&stats.pool_hits),
-                    None => Stats::bump(&self.stats().pool_hits),
-                }
-            }
+            self.acquired.fetch_add(1, Ordering::Relaxed);
         }
         result
     }
@@ -637,7 +618,8 @@ impl BufferPoolImpl for DmaHeapBufferPool {
     fn release_buffer(&self, mut buffer: gst::Buffer) {
         // Buffers made by start() are fresh: no device has seen them.
         if !self.starting.load(Ordering::SeqCst) {
-            let outstanding = self.outstanding.fetch_sub(1, Ordering::SeqCst) - 1;
+            let released = self.released.fetch_add(1, Ordering::Relaxed) + 1;
+            let outstanding = self.acquired.load(Ordering::Relaxed) as i64 - released as i64;
             let qos = self.hot_qos();
             // Background pools stay lean; under critical memory pressure normal pools give
             // idle buffers back too (realtime pools never do).
@@ -669,7 +651,9 @@ impl BufferPoolImpl for DmaHeapBufferPool {
             }
             // A buffer about to be freed need not wait; one going back to the free queue
             // must not be handed out while a device still reads or writes it.
-            if !buffer.flags().contains(gst::BufferFlags::TAG_MEMORY) {
+            if self.dmabufs.load(Ordering::Relaxed)
+                && !buffer.flags().contains(gst::BufferFlags::TAG_MEMORY)
+            {
                 match self.hold_if_busy(buffer) {
                     Some(idle) => buffer = idle,
                     None => return,

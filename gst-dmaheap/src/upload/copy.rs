@@ -1,5 +1,7 @@
 //! What `dmaheapupload` does with each buffer: pass it on when it is heap memory the heap
-//! choice allows, laid out as downstream reads it; copy it into a heap buffer otherwise.
+//! choice allows, or another exporter's dma-buf that meets what the consumers need (see
+//! `foreign`), laid out as downstream reads it; copy it into a heap buffer otherwise, and
+//! say why in the stats.
 
 use std::sync::atomic::Ordering;
 
@@ -7,6 +9,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
+use super::foreign::Foreign;
 use super::imp::{CAT, DmaHeapUpload, State};
 use crate::heapchoice::HeapChoice;
 use crate::memory;
@@ -109,11 +112,12 @@ impl DmaHeapUpload {
         let Some(inbuf) = self.take_queued_buffer() else {
             return Ok(gst_base::subclass::base_transform::GenerateOutputSuccess::NoOutput);
         };
-        let (choice, info, video_meta) = match &*self.state.lock().unwrap() {
+        let (choice, info, video_meta, out_dmabuf) = match &*self.state.lock().unwrap() {
             State::Started {
                 allocator,
                 in_info: Some(info),
                 downstream,
+                out_dmabuf,
                 ..
             } => (
                 allocator.choice().map_err(|e| {
@@ -122,13 +126,14 @@ impl DmaHeapUpload {
                 })?,
                 info.clone(),
                 downstream.video_meta,
+                *out_dmabuf,
             ),
             _ => return Err(gst::FlowError::NotNegotiated),
         };
         let stats = self.stats();
-        if Self::is_chosen_heap_memory(&inbuf, &choice)
-            && Self::layout_fits(&inbuf, &info, video_meta)
-        {
+        let layout_fits = Self::layout_fits(&inbuf, &info, video_meta);
+        let heap = Self::is_chosen_heap_memory(&inbuf, &choice);
+        if heap && layout_fits {
             let n = stats.passthrough.fetch_add(1, Ordering::Relaxed) + 1;
             gst::log!(
                 CAT,
@@ -137,24 +142,37 @@ impl DmaHeapUpload {
             );
             return Ok(gst_base::subclass::base_transform::GenerateOutputSuccess::Buffer(inbuf));
         }
+        let foreign = if heap {
+            Foreign::No
+        } else {
+            self.judge_foreign(&inbuf, &choice, out_dmabuf)
+        };
+        let reason = match foreign {
+            Foreign::Passes(exporters) if layout_fits => {
+                let n = stats.foreign_passthrough.fetch_add(1, Ordering::Relaxed) + 1;
+                gst::log!(
+                    CAT,
+                    imp = self,
+                    "foreign passthrough #{n}: {inbuf:?} is a dma-buf of {exporters}"
+                );
+                return Ok(
+                    gst_base::subclass::base_transform::GenerateOutputSuccess::Buffer(inbuf),
+                );
+            }
+            Foreign::Passes(exporters) => format!(
+                "it is a dma-buf of {exporters} laid out with strides or offsets of its own, \
+                 which downstream would not read (it takes no video meta)"
+            ),
+            Foreign::Copy(why) => format!("it is a dma-buf from another exporter: {why}"),
+            Foreign::No => Self::copy_reason(&inbuf, &choice),
+        };
 
         let pool = self.copy_pool()?;
         let outbuf = pool.acquire_buffer(None)?;
         let outbuf = self.copy_frame(&info, &inbuf, outbuf)?;
         let n = stats.copies.fetch_add(1, Ordering::Relaxed) + 1;
-        let first = match &mut *self.state.lock().unwrap() {
-            State::Started {
-                told_about_copies, ..
-            } => !std::mem::replace(told_about_copies, true),
-            State::Stopped => false,
-        };
-        if first {
-            gst::info!(
-                CAT,
-                imp = self,
-                "copying into heap buffers: {}",
-                Self::copy_reason(&inbuf, &choice)
-            );
+        if stats.copied_because(&reason) {
+            gst::info!(CAT, imp = self, "copying into heap buffers: {reason}");
         }
         gst::debug!(CAT, imp = self, "copy #{n} into {outbuf:?}");
         Ok(gst_base::subclass::base_transform::GenerateOutputSuccess::Buffer(outbuf))

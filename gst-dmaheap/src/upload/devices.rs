@@ -10,7 +10,8 @@
 //! - downstream, likewise, kmssink (its `fd`, else the DRM card of its `driver-name` or
 //!   `bus-id`, else the one card with a display) or a V4L2 element importing the buffers.
 //!
-//! [`device_reports`] is where the nodes become heapcore's `DeviceReport`s.
+//! [`device_reports`] is where the nodes become heapcore's `DeviceReport`s; [`upstream_v4l2`]
+//! names the device that exported a videobuf2 dma-buf arriving from upstream.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -64,6 +65,15 @@ pub(crate) fn find(element: &gst::Element, property: &str) -> Vec<FoundDevice> {
         .into_iter()
         .filter_map(|dir| neighbour_device(element, dir, &cards))
         .collect()
+}
+
+/// The V4L2 element upstream of `element` (through queues and capsfilters), whatever the
+/// `devices` property says: the device that exported a videobuf2 dma-buf arriving from
+/// upstream (a camera or decoder's own buffers).
+pub(crate) fn upstream_v4l2(element: &gst::Element) -> Option<heapcore::device::Device> {
+    let found = neighbour_device(element, gst::PadDirection::Sink, &[])?;
+    let device = heapcore::device::Device::open(&found.node).ok()?;
+    (device.subsystem == heapcore::device::Subsystem::Video4Linux).then_some(device)
 }
 
 /// The nodes as heapcore sees them, each with what it accepts (probed once, then cached),

@@ -6,6 +6,7 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use super::devices::{self, FoundDevice};
+use super::foreign;
 use super::pools::{Downstream, PoolSlot};
 use crate::allocator::DmaHeapAllocator;
 use crate::caps;
@@ -74,7 +75,6 @@ pub(super) enum State {
         /// The pool this element copies into, configured and activated here for the caps'
         /// layout (downstream's alignment only where it reads the video meta).
         copies: Option<PoolSlot>,
-        told_about_copies: bool,
     },
 }
 
@@ -86,16 +86,25 @@ pub struct DmaHeapUpload {
     /// The devices the buffers pass through (from `devices` or the neighbours), found at
     /// start, and what heapcore knows each accepts.
     devices: Mutex<Arc<Devices>>,
+    /// What was found of the foreign dma-bufs seen since the caps were set.
+    pub(super) foreign: foreign::Verdicts,
 }
 
 /// The devices found at start and their heapcore reports.
 #[derive(Debug, Default)]
-struct Devices {
+pub(super) struct Devices {
     found: Vec<FoundDevice>,
-    reports: Vec<heapcore::device::DeviceReport>,
+    pub(super) reports: Vec<heapcore::device::DeviceReport>,
+    /// The V4L2 device upstream (whatever `devices` says): the exporter of videobuf2
+    /// dma-bufs arriving from upstream.
+    pub(super) upstream_v4l2: Option<heapcore::device::Device>,
 }
 
 impl DmaHeapUpload {
+    pub(super) fn devices(&self) -> Arc<Devices> {
+        Arc::clone(&self.devices.lock().unwrap())
+    }
+
     pub(super) fn stats(&self) -> Arc<Stats> {
         Arc::clone(&self.stats.lock().unwrap())
     }
@@ -157,7 +166,12 @@ impl DmaHeapUpload {
         for report in &reports {
             gst::info!(CAT, imp = self, "choosing heaps for {report}");
         }
-        *self.devices.lock().unwrap() = Arc::new(Devices { found, reports });
+        let upstream_v4l2 = devices::upstream_v4l2(self.obj().upcast_ref());
+        *self.devices.lock().unwrap() = Arc::new(Devices {
+            found,
+            reports,
+            upstream_v4l2,
+        });
     }
 
     fn post_stats(&self) {
@@ -211,7 +225,9 @@ impl ObjectImpl for DmaHeapUpload {
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
-                        "passthrough and copies, pool hits and misses, prewarmed and trimmed \
+                        "passthrough (heap buffers; foreign-passthrough: other exporters' \
+                         dma-bufs that meet the devices' and downstream's needs), copies and \
+                         the last copy's reason, pool hits and misses, prewarmed and trimmed \
                          buffers, heap memory held (heap-used bytes, heap-origins)",
                     )
                     .read_only()
@@ -353,6 +369,7 @@ impl BaseTransformImpl for DmaHeapUpload {
         let choice = Arc::new(choice);
         gst::info!(CAT, imp = self, "allocating from {}", choice.describe());
         *self.stats.lock().unwrap() = Arc::new(Stats::default());
+        self.foreign.clear();
         *self.state.lock().unwrap() = State::Started {
             allocator: DmaHeapAllocator::with_choice(choice),
             in_caps: None,
@@ -361,7 +378,6 @@ impl BaseTransformImpl for DmaHeapUpload {
             downstream: Downstream::default(),
             offered: None,
             copies: None,
-            told_about_copies: false,
         };
         Ok(())
     }
@@ -446,6 +462,7 @@ impl BaseTransformImpl for DmaHeapUpload {
             gst::debug!(CAT, imp = self, "allocating from {}", wanted.describe());
             *allocator = DmaHeapAllocator::with_choice(Arc::new(wanted));
         }
+        self.foreign.clear();
         *in_caps = Some(incaps.clone());
         *in_info = Some(info);
         *state_out_dmabuf = out_dmabuf;

@@ -87,21 +87,36 @@ impl KmsProof {
 #[derive(Clone, Default)]
 pub(super) struct Exporters(Arc<Mutex<Vec<String>>>);
 
+/// Calls `f` with every buffer arriving at the sink pad of the element named `element`.
+pub(super) fn on_buffers(
+    pipeline: &gst::Pipeline,
+    element: &str,
+    f: impl Fn(&gst::Pad, &gst::BufferRef) + Send + Sync + 'static,
+) {
+    let pad = pipeline
+        .by_name(element)
+        .and_then(|e| e.static_pad("sink"))
+        .unwrap_or_else(|| panic!("no element {element} with a sink pad"));
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        if let Some(buf) = info.buffer() {
+            f(pad, buf);
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// The exporter (fdinfo `exp_name`) of a buffer's first memory, or "not a dma-buf".
+pub(super) fn exporter(buf: &gst::BufferRef) -> String {
+    dmabuf_fd(buf.peek_memory(0))
+        .and_then(fdinfo)
+        .map_or_else(|_| "not a dma-buf".to_owned(), |(exp, _)| exp)
+}
+
 impl Exporters {
     pub(super) fn watch(&self, pipeline: &gst::Pipeline, element: &str) {
-        let pad = pipeline
-            .by_name(element)
-            .and_then(|e| e.static_pad("sink"))
-            .unwrap_or_else(|| panic!("no element {element} with a sink pad"));
         let seen = self.clone();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if let Some(buf) = info.buffer() {
-                let exporter = dmabuf_fd(buf.peek_memory(0))
-                    .and_then(fdinfo)
-                    .map_or_else(|_| "not a dma-buf".to_owned(), |(exp, _)| exp);
-                seen.0.lock().unwrap().push(exporter);
-            }
-            gst::PadProbeReturn::Ok
+        on_buffers(pipeline, element, move |_, buf| {
+            seen.0.lock().unwrap().push(exporter(buf));
         });
     }
 

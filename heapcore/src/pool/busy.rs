@@ -41,20 +41,6 @@ impl Busy {
     }
 }
 
-/// Whether no device uses `buf` any more, asked with one `poll` of the dma-buf for writing
-/// (`POLLOUT`: every fence, reader's and writer's, has signalled; the same fences
-/// `DMA_BUF_IOCTL_EXPORT_SYNC_FILE` for writing exports). `false` means "ask properly": busy, or
-/// the kernel did not say (another poller's callback pending, an error), and the caller takes
-/// the sync_file path, which also gives the fence to wait on.
-pub(super) fn idle_at_once(buf: &DmaBuf) -> bool {
-    let mut fds = [PollFd::new(buf, PollFlags::OUT)];
-    let now = rustix::event::Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(1)) && fds[0].revents() == PollFlags::OUT
-}
-
 impl Inner {
     /// Keeps `buf` aside until `fence` signals; starts the waiter on first use.
     pub(super) fn park_busy(self: &std::sync::Arc<Self>, buf: Box<DmaBuf>, fence: SyncFile) {

@@ -548,7 +548,7 @@ impl Inner {
     /// one that never left the pool goes back with no system call.
     #[inline]
     fn release(self: &Arc<Self>, buf: Slot) {
-        if buf.may_carry_fences() && !busy::idle_at_once(&buf) {
+        if buf.may_carry_fences() && !crate::fence::idle_now(&*buf) {
             match buf.busy() {
                 Ok(Some(fence)) => return self.park_busy(buf, fence),
                 Ok(None) => {}

@@ -130,8 +130,9 @@ fn run_once(spec: &Spec, frames: u64) -> Result<(f64, f64, f64, f64, String), St
         let s = up.property::<gst::Structure>("stats");
         let get = |f: &str| s.get::<u64>(f).unwrap_or(0);
         checked.push(format!(
-            "dmaheapupload passthrough={} copies={}",
+            "dmaheapupload passthrough={} foreign-passthrough={} copies={}",
             get("passthrough"),
+            get("foreign-passthrough"),
             get("copies")
         ));
     }
