@@ -10,7 +10,8 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use super::foreign::Foreign;
-use super::imp::{CAT, DmaHeapUpload, State};
+use super::imp::{CAT, DmaHeapUpload};
+use super::state::State;
 use crate::heapchoice::HeapChoice;
 use crate::memory;
 
@@ -145,7 +146,8 @@ impl DmaHeapUpload {
         let foreign = if heap {
             Foreign::No
         } else {
-            self.judge_foreign(&inbuf, &choice, out_dmabuf)
+            self.foreign
+                .judge(&inbuf, &choice, out_dmabuf, &self.devices())
         };
         let reason = match foreign {
             Foreign::Passes(exporters) if layout_fits => {

@@ -338,3 +338,13 @@ mod tests {
         assert!(find(&pipeline.by_name("up").unwrap(), "").is_empty());
     }
 }
+
+/// The devices found at start and their heapcore reports.
+#[derive(Debug, Default)]
+pub(super) struct Devices {
+    pub(super) found: Vec<FoundDevice>,
+    pub(super) reports: Vec<heapcore::device::DeviceReport>,
+    /// The V4L2 device upstream (whatever `devices` says): the exporter of videobuf2
+    /// dma-bufs arriving from upstream.
+    pub(super) upstream_v4l2: Option<heapcore::device::Device>,
+}

@@ -27,7 +27,7 @@ use std::sync::Mutex;
 
 use heapcore::{ExporterMemory, FdInfo, Inventory, Source};
 
-use super::imp::{Devices, DmaHeapUpload};
+use super::devices::Devices;
 use crate::heapchoice::HeapChoice;
 use crate::memory;
 
@@ -42,12 +42,6 @@ type Verdict = Result<String, String>;
 #[derive(Debug, Default)]
 pub(super) struct Verdicts(Mutex<HashMap<(u64, u64), Verdict>>);
 
-impl Verdicts {
-    pub(super) fn clear(&self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-}
-
 /// What a buffer is, as far as passing it on goes.
 pub(super) enum Foreign {
     /// Not (only) other exporters' dma-bufs: heap memory, system memory, a mix.
@@ -58,13 +52,18 @@ pub(super) enum Foreign {
     Copy(String),
 }
 
-impl DmaHeapUpload {
+impl Verdicts {
+    pub(super) fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Judges `buf` if every memory of it is a dma-buf this process's heap code did not make.
-    pub(super) fn judge_foreign(
+    pub(super) fn judge(
         &self,
         buf: &gst::BufferRef,
         choice: &HeapChoice,
         out_dmabuf: bool,
+        devices: &Devices,
     ) -> Foreign {
         let mut fds = Vec::with_capacity(buf.n_memory());
         for mem in buf.iter_memories() {
@@ -84,7 +83,7 @@ impl DmaHeapUpload {
             // SAFETY: the fd belongs to a memory of `buf`, which the caller holds for the
             // duration of this call.
             let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            match self.verdict(fd, choice, out_dmabuf) {
+            match self.verdict(fd, choice, out_dmabuf, devices) {
                 Ok(exporter) => {
                     if !exporters.contains(&exporter) {
                         exporters.push(exporter);
@@ -97,16 +96,22 @@ impl DmaHeapUpload {
     }
 
     /// The verdict on one dma-buf: kept from before, or judged now.
-    fn verdict(&self, fd: BorrowedFd<'_>, choice: &HeapChoice, out_dmabuf: bool) -> Verdict {
+    fn verdict(
+        &self,
+        fd: BorrowedFd<'_>,
+        choice: &HeapChoice,
+        out_dmabuf: bool,
+        devices: &Devices,
+    ) -> Verdict {
         let key = match rustix::fs::fstat(fd) {
             Ok(st) => (st.st_dev, st.st_ino),
             Err(e) => return Err(format!("its fd cannot be looked at ({e})")),
         };
-        let mut verdicts = self.foreign.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut verdicts = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(v) = verdicts.get(&key) {
             return v.clone();
         }
-        let verdict = judge(fd, choice, out_dmabuf, &self.devices());
+        let verdict = judge(fd, choice, out_dmabuf, devices);
         if verdicts.len() >= MAX_VERDICTS {
             verdicts.clear();
         }

@@ -5,16 +5,13 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
-use super::devices::{self, FoundDevice};
+use super::devices::{self, Devices};
 use super::foreign;
-use super::pools::{Downstream, PoolSlot};
+use super::state::{DEFAULT_MAX_BUFFERS, DEFAULT_MIN_BUFFERS, Downstream, Settings, State};
 use crate::allocator::DmaHeapAllocator;
 use crate::caps;
-use crate::heapchoice::{DmaHeapQos, HeapChoice};
-use crate::props::OnExhaustion;
-use crate::props::{
-    self, DEFAULT_HEAP, DEFAULT_ON_EXHAUSTION, DEFAULT_PREWARM, DEFAULT_QOS, DEFAULT_USAGE,
-};
+use crate::heapchoice::HeapChoice;
+use crate::props::{self, DEFAULT_USAGE};
 use crate::stats::Stats;
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -25,58 +22,7 @@ pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_MIN_BUFFERS: u32 = 0;
-const DEFAULT_MAX_BUFFERS: u32 = 0;
-
 const STATS_NAME: &str = "dmaheapupload-stats";
-
-#[derive(Debug, Clone)]
-pub(super) struct Settings {
-    pub(super) heap: String,
-    pub(super) devices: String,
-    pub(super) usage: String,
-    pub(super) qos: DmaHeapQos,
-    pub(super) prewarm: u32,
-    pub(super) min_buffers: u32,
-    pub(super) max_buffers: u32,
-    pub(super) on_exhaustion: OnExhaustion,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            heap: DEFAULT_HEAP.into(),
-            devices: String::new(),
-            usage: DEFAULT_USAGE.into(),
-            qos: DEFAULT_QOS,
-            prewarm: DEFAULT_PREWARM,
-            min_buffers: DEFAULT_MIN_BUFFERS,
-            max_buffers: DEFAULT_MAX_BUFFERS,
-            on_exhaustion: DEFAULT_ON_EXHAUSTION,
-        }
-    }
-}
-
-// One per element, replaced only on state changes: the size of `Started` does not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Default)]
-pub(super) enum State {
-    #[default]
-    Stopped,
-    Started {
-        /// The allocator for the negotiated caps (dma-buf sources only for memory:DMABuf).
-        allocator: DmaHeapAllocator,
-        in_caps: Option<gst::Caps>,
-        in_info: Option<gst_video::VideoInfo>,
-        out_dmabuf: bool,
-        downstream: Downstream,
-        /// The pool offered upstream: upstream configures, activates and writes into it.
-        offered: Option<PoolSlot>,
-        /// The pool this element copies into, configured and activated here for the caps'
-        /// layout (downstream's alignment only where it reads the video meta).
-        copies: Option<PoolSlot>,
-    },
-}
 
 #[derive(Default)]
 pub struct DmaHeapUpload {
@@ -88,16 +34,6 @@ pub struct DmaHeapUpload {
     devices: Mutex<Arc<Devices>>,
     /// What was found of the foreign dma-bufs seen since the caps were set.
     pub(super) foreign: foreign::Verdicts,
-}
-
-/// The devices found at start and their heapcore reports.
-#[derive(Debug, Default)]
-pub(super) struct Devices {
-    found: Vec<FoundDevice>,
-    pub(super) reports: Vec<heapcore::device::DeviceReport>,
-    /// The V4L2 device upstream (whatever `devices` says): the exporter of videobuf2
-    /// dma-bufs arriving from upstream.
-    pub(super) upstream_v4l2: Option<heapcore::device::Device>,
 }
 
 impl DmaHeapUpload {

@@ -10,6 +10,7 @@ mod devices;
 mod foreign;
 mod imp;
 mod pools;
+mod state;
 
 glib::wrapper! {
     /// The `dmaheapupload` element.

@@ -7,45 +7,12 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
-use super::imp::{CAT, DmaHeapUpload, State};
+use super::imp::{CAT, DmaHeapUpload};
+use super::state::{Downstream, PoolSlot, State};
 use crate::allocator::DmaHeapAllocator;
 use crate::bufferpool::DmaHeapBufferPool;
 use crate::caps;
 use crate::stats::Stats;
-
-/// What downstream said in its ALLOCATION answer.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(super) struct Downstream {
-    pub(super) size: u32,
-    pub(super) min: u32,
-    pub(super) params: gst::AllocationParams,
-    pub(super) video_meta: bool,
-    pub(super) alignment: Option<gst_video::VideoAlignment>,
-}
-
-/// A heap pool made for one set of caps.
-#[derive(Debug, Clone)]
-pub(super) struct PoolSlot {
-    pub(super) pool: DmaHeapBufferPool,
-    /// The allocator it was configured with (a new one when the heap choice changes).
-    pub(super) allocator: DmaHeapAllocator,
-    pub(super) caps: gst::Caps,
-    pub(super) downstream: Downstream,
-    pub(super) size: u32,
-    pub(super) min: u32,
-    pub(super) max: u32,
-}
-
-impl PoolSlot {
-    pub(super) fn fits(
-        &self,
-        caps: &gst::Caps,
-        allocator: &DmaHeapAllocator,
-        down: &Downstream,
-    ) -> bool {
-        self.caps == *caps && self.allocator == *allocator && self.downstream == *down
-    }
-}
 
 impl DmaHeapUpload {
     /// A heap pool for `caps`, configured for what downstream needs (not activated: that
