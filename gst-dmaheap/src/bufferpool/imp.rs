@@ -635,9 +635,16 @@ impl BufferPoolImpl for DmaHeapBufferPool {
             };
             if lean {
                 let min = self.config.lock().unwrap().as_ref().map_or(0, |c| c.min);
+                // A normal pool keeps at least the one buffer a stream takes for its next
+                // frame (heapcore's rule): freeing it would only make the pool allocate again
+                // at once, churning the memory pressure asks it to save.
+                let keep = match qos {
+                    DmaHeapQos::Normal => min.max(1),
+                    _ => min,
+                };
                 // Idle buffers once this one is back.
                 let idle = self.alive.load(Ordering::SeqCst) - outstanding;
-                if idle > i64::from(min) {
+                if idle > i64::from(keep) {
                     // GstBufferPool frees a returning buffer whose memory is tagged.
                     buffer.make_mut().set_flags(gst::BufferFlags::TAG_MEMORY);
                     Stats::bump(&self.stats().trimmed);

@@ -266,6 +266,23 @@ fn a_pinned_pressure_level_outlasts_the_watch_it_replaced() {
 }
 
 #[test]
+fn a_normal_pool_under_critical_pressure_keeps_the_buffer_a_stream_reuses() {
+    let pool = Pool::new(alloc(), memfd_pool("churn-normal")).unwrap();
+    pool.set_pressure(PressureLevel::Critical);
+    for _ in 0..100 {
+        drop(pool.try_acquire().unwrap());
+    }
+    let s = pool.stats();
+    // One allocation for the first frame, none after: not an allocation per frame.
+    assert_eq!((s.misses, s.hits, s.trims), (1, 99, 0), "{s:?}");
+    // A burst's surplus is still given back.
+    let burst: Vec<_> = (0..4).map(|_| pool.try_acquire().unwrap()).collect();
+    drop(burst);
+    assert_eq!(pool.stats().buffers_free, 1);
+    assert_eq!(pool.stats().trims, 3);
+}
+
+#[test]
 fn buffers_returned_under_pressure_go_back_to_the_kernel() {
     let pool = Pool::new(alloc(), memfd_pool("return-bg").qos(QosClass::Background)).unwrap();
     let held: Vec<_> = (0..3).map(|_| pool.try_acquire().unwrap()).collect();
