@@ -68,14 +68,14 @@ impl StreamBuffer<'_> {
         }
         // SAFETY: `buffer` is the non-null spa_buffer of a pw_buffer the stream handed to this
         // callback; pw_stream keeps it alive (and touches it on no other thread) until
-        // remove_buffer returns. Its `datas` array holds `n_datas` elements.
-        unsafe {
-            let b = &mut *buffer;
-            if b.datas.is_null() || b.n_datas == 0 {
-                return &mut [];
-            }
-            std::slice::from_raw_parts_mut(b.datas, b.n_datas as usize)
+        // remove_buffer returns.
+        let b = unsafe { &mut *buffer };
+        if b.datas.is_null() || b.n_datas == 0 {
+            return &mut [];
         }
+        // SAFETY: the same buffer's `datas` array, non-null, holds `n_datas` elements, which
+        // live as long as the buffer.
+        unsafe { std::slice::from_raw_parts_mut(b.datas, b.n_datas as usize) }
     }
 
     /// How many `spa_data` blocks the buffer has (the negotiated `blocks`).
