@@ -397,11 +397,18 @@ fn background_pools_free_idle_buffers_above_min() {
     let held: Vec<gst::Buffer> = (0..5).map(|_| pool.acquire_buffer(None).unwrap()).collect();
     let fds: BTreeSet<i32> = held.iter().map(|b| memory_fd(b.peek_memory(0))).collect();
     assert_eq!(fds.len(), 5);
-    assert!(fds.iter().all(|fd| fd_is_open(*fd)));
+    let files: Vec<(i32, (u64, u64))> = fds
+        .iter()
+        .map(|&fd| (fd, fd_file(fd).expect("a pool buffer's fd is open")))
+        .collect();
+    let fd_is_open = |fd: i32| {
+        let file = files.iter().find(|(f, _)| *f == fd).map(|(_, file)| *file);
+        file.is_some() && fd_file(fd) == file
+    };
     drop(held);
     // The memory itself is given back: 4 of the 5 fds are closed (the kernel frees a
     // buffer with its last fd), not parked in a pool behind the GStreamer pool.
-    let open: Vec<i32> = fds.iter().copied().filter(|fd| fd_is_open(*fd)).collect();
+    let open: Vec<i32> = fds.iter().copied().filter(|&fd| fd_is_open(fd)).collect();
     assert_eq!(open.len(), 1, "fds still open: {open:?} of {fds:?}");
     let stats = pool.stats();
     assert_eq!(
@@ -416,9 +423,17 @@ fn background_pools_free_idle_buffers_above_min() {
 
 /// Whether `fd` is open in this process and refers to buffer memory (a dma-buf or memfd), so
 /// a number reused for something else does not count.
-fn fd_is_open(fd: i32) -> bool {
-    std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok_and(|target| {
-        let target = target.to_string_lossy();
-        target.starts_with("/dmabuf:") || target.starts_with("/memfd:")
-    })
+/// What fd `fd` refers to, if it is open on a dma-buf or memfd: its device and inode. Tests run
+/// in parallel in one process, so a closed fd's number may already name another test's file:
+/// only the same file counts as still open.
+fn fd_file(fd: i32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let link = format!("/proc/self/fd/{fd}");
+    let target = std::fs::read_link(&link).ok()?;
+    let target = target.to_string_lossy();
+    if !(target.starts_with("/dmabuf:") || target.starts_with("/memfd:")) {
+        return None;
+    }
+    let meta = std::fs::metadata(&link).ok()?;
+    Some((meta.dev(), meta.ino()))
 }
