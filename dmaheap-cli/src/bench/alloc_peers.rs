@@ -234,11 +234,7 @@ pub(super) fn run(ctx: &Ctx, report: &mut Report) -> Result<(), String> {
             ctx.reps,
             specs.len()
         ));
-        let order: Vec<usize> = if rep % 2 == 0 {
-            (0..specs.len()).collect()
-        } else {
-            (0..specs.len()).rev().collect()
-        };
+        let order = super::measure::interleaved(rep, specs.len());
         for i in order {
             let (size, method) = specs[i];
             let got = measure(ctx, method, heap.as_ref(), size, samples_for(ctx, size))?;

@@ -64,6 +64,16 @@ impl TimerCost {
 }
 
 /// The nearest-rank `q` quantile of sorted samples.
+/// The order `n` cases run in on repetition `rep`: forwards, then backwards, so no case always
+/// runs first or last (and so on a warmer or colder machine than the others).
+pub(crate) fn interleaved(rep: usize, n: usize) -> Vec<usize> {
+    if rep % 2 == 0 {
+        (0..n).collect()
+    } else {
+        (0..n).rev().collect()
+    }
+}
+
 pub(crate) fn quantile(sorted: &[u64], q: f64) -> u64 {
     if sorted.is_empty() {
         return 0;

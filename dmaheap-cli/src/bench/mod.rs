@@ -366,12 +366,7 @@ fn run_primitives(
             ctx.reps,
             specs.len()
         ));
-        // Interleaved: forwards, then backwards, so no case always runs first or last.
-        let order: Vec<usize> = if rep % 2 == 0 {
-            (0..specs.len()).collect()
-        } else {
-            (0..specs.len()).rev().collect()
-        };
+        let order = measure::interleaved(rep, specs.len());
         for i in order {
             // Fewer operations per thread as threads grow: the same work per case.
             let n = ctx.count(200_000 / specs[i].threads.min(4), 1_000);

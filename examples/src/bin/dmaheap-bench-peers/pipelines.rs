@@ -316,11 +316,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
             ctx.reps,
             specs.len()
         ));
-        let order: Vec<usize> = if rep % 2 == 0 {
-            (0..specs.len()).collect()
-        } else {
-            (0..specs.len()).rev().collect()
-        };
+        let order = crate::schema::measure::interleaved(rep, specs.len());
         for i in order {
             if results[i].skipped.is_some() {
                 continue;
