@@ -235,21 +235,20 @@ impl PoolRegistry {
             Some(budget),
             source,
         );
-        match std::env::var("DMAHEAP_PRESSURE").ok().as_deref() {
-            None | Some("" | "watch") => {
+        let pinned = match std::env::var("DMAHEAP_PRESSURE").ok().as_deref() {
+            None | Some("" | "watch") => None,
+            Some(level) => level
+                .parse::<PressureLevel>()
+                .inspect_err(|e| log::warn!("DMAHEAP_PRESSURE ignored: {e}"))
+                .ok(),
+        };
+        match pinned {
+            Some(level) => registry.pin_pressure(level),
+            None => {
                 if let Err(e) = registry.watch_pressure(PressureConfig::default()) {
                     log::warn!("memory pressure is not watched: {e}");
                 }
             }
-            Some(pinned) => match pinned.parse::<PressureLevel>() {
-                Ok(level) => registry.pin_pressure(level),
-                Err(e) => {
-                    log::warn!("DMAHEAP_PRESSURE ignored: {e}");
-                    if let Err(e) = registry.watch_pressure(PressureConfig::default()) {
-                        log::warn!("memory pressure is not watched: {e}");
-                    }
-                }
-            },
         }
         if std::env::var_os("DMAHEAP_STATS").is_some() {
             match registry.publish_stats(Duration::from_secs(1)) {
