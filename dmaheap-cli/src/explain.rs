@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use heapcore::device::DeviceReport;
 use heapcore::size::{ByteSize, SizeSpec};
 use heapcore::{Allocator, Constraints, CpuAccess, Policy, Usage, solve};
 
@@ -25,6 +26,10 @@ pub(crate) struct Args {
     /// The consumer imports dma-bufs only (no memfd fallback).
     #[arg(long)]
     dmabuf_only: bool,
+    /// A device the buffer passes through (`/dev/video0`, `/dev/dri/card0`); repeat for
+    /// each. Sources a device refuses are out (its probe runs once and is cached).
+    #[arg(long = "device")]
+    devices: Vec<PathBuf>,
     /// Use this policy file on top of the defaults instead of the system and user files.
     #[arg(long)]
     policy: Option<PathBuf>,
@@ -56,13 +61,19 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             policy
         }
     };
+    let alloc = Allocator::new();
+    let devices = args
+        .devices
+        .iter()
+        .map(|node| DeviceReport::for_node(node, &alloc))
+        .collect::<Result<Vec<_>, _>>()?;
     let constraints = Constraints::new(args.size.bytes())
         .usage(args.usage)
         .contiguous(args.contiguous)
         .cpu_access(args.cpu_access)
         .alignment(args.alignment)
-        .require_dmabuf(args.dmabuf_only);
-    let alloc = Allocator::new();
+        .require_dmabuf(args.dmabuf_only)
+        .devices(devices);
     let candidates = solve(&policy, &constraints, alloc.inventory());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&candidates)?);
@@ -82,6 +93,9 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     );
     println!("request: {}", args.size);
+    for report in &constraints.devices {
+        print!("{report}");
+    }
     print!("{candidates}");
     let (entry, _) = policy.entry(&candidates.usage);
     println!(

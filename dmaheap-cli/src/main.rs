@@ -1,10 +1,12 @@
 //! `dmaheap`: list heaps and other sources, allocate from them, explain which heap a request
-//! gets, show the pool statistics running processes publish, and benchmark pools.
+//! gets (for which devices), probe which sources devices take, show the pool statistics
+//! running processes publish, and benchmark pools.
 
 mod alloc;
 mod bench;
 mod explain;
 mod list;
+mod probe;
 mod stats;
 mod table;
 
@@ -34,6 +36,8 @@ enum Command {
     Alloc(alloc::Args),
     /// Show which heaps a request would get, in order, and why each is in or out.
     Explain(explain::Args),
+    /// Ask devices which sources they take, by importing a small buffer from each.
+    Probe(probe::Args),
     /// Show pool statistics published by running processes.
     Stats(stats::Args),
     /// Measure pools against direct allocation, side by side, and print the ratios.
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Command::List(args) => list::run(args),
         Command::Alloc(args) => alloc::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Probe(args) => probe::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchHog(args) => bench::hog(args),

@@ -51,18 +51,18 @@ fn alloc_refuses_counts_and_sizes_it_cannot_honour() {
 #[test]
 fn bench_refuses_zero_negative_and_non_finite_numbers() {
     for (flag, value, expected) in [
-        ("--fps", "0", "not in 1..=1000"),
-        ("--fps", "4294967296", "--fps"),
-        ("--frames", "0", "not in 1..=1000000"),
-        ("--iterations", "0", "not in 1..=1000000"),
-        ("--iterations", "18446744073709551615", "--iterations"),
-        ("--direct-iterations", "0", "not in 1..=1000000"),
-        ("--direct-seconds", "-1", "give seconds above 0"),
-        ("--direct-seconds", "0", "give seconds above 0"),
-        ("--direct-seconds", "nan", "give seconds above 0"),
-        ("--direct-seconds", "inf", "give seconds above 0"),
-        ("--direct-seconds", "1e400", "give seconds above 0"),
-        ("--direct-seconds", "soon", "not a number of seconds"),
+        ("--reps", "0", "not in 1..=100"),
+        ("--reps", "101", "not in 1..=100"),
+        ("--reps", "18446744073709551616", "--reps"),
+        ("--threads", "0", "not in 1..=256"),
+        ("--threads", "1,0", "not in 1..=256"),
+        ("--threads", "4294967296", "--threads"),
+        ("--scale", "-1", "outside 0.05 to 10"),
+        ("--scale", "0", "outside 0.05 to 10"),
+        ("--scale", "nan", "outside 0.05 to 10"),
+        ("--scale", "inf", "outside 0.05 to 10"),
+        ("--scale", "1e400", "outside 0.05 to 10"),
+        ("--scale", "lots", "not a number"),
     ] {
         refused(&["bench", flag, value], expected);
         // The `=` form too: that is how a negative number is usually written.

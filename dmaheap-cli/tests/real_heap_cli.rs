@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 use dmaheap_testkit::{Failed, Need, Suite, ensure};
 
 const DMAHEAP: &str = env!("CARGO_BIN_EXE_dmaheap");
+/// The vivid instance the VM boots with its dma-contig allocator (`vivid.allocators=0,1`).
+const CONTIG_VIVID: Need = Need::V4l2("vivid-001-vid-cap");
 const TEST_USER: &str = "dmaheap-test";
 
 fn main() {
@@ -27,6 +29,11 @@ fn main() {
             "explains_scanout_on_this_kernel",
             &[Need::SystemHeap],
             explains_scanout_on_this_kernel,
+        )
+        .test(
+            "probe_shows_a_dma_contig_camera_needs_cma_and_the_display_does_not",
+            &[Need::SystemHeap, Need::CmaHeap, Need::Kms, CONTIG_VIVID],
+            probe_shows_what_devices_take,
         )
         .test(
             "psi_trigger_trims_pools_and_refills_after",
@@ -300,5 +307,61 @@ fn psi_trigger_trims_pools_and_refills_after() -> Result<(), Failed> {
         "the realtime pool refilled under critical pressure"
     );
     drop(taken);
+    Ok(())
+}
+
+/// `dmaheap probe` imports a buffer from each source into each device: vivid with its
+/// dma-contig allocator refuses the system heap's scattered pages and takes CMA, the display
+/// (vkms) takes the system heap; `dmaheap explain` then picks CMA for both without being told.
+fn probe_shows_what_devices_take() -> Result<(), Failed> {
+    let camera = dmaheap_testkit::v4l2_device("vivid-001-vid-cap").ok_or("need checked")?;
+    let display = dmaheap_testkit::drm_card("vkms").ok_or("need checked")?;
+    let cma = dmaheap_testkit::cma_heap().ok_or("need checked")?;
+    let (out, stdout, stderr) = run(Command::new(DMAHEAP).args([
+        "probe", "--fresh", "--device", &camera, "--device", &display,
+    ]))?;
+    print!("{stdout}{stderr}");
+    ensure!(out.status.success(), "probe failed");
+    let section = |node: &str| -> String {
+        stdout
+            .split_inclusive('\n')
+            .skip_while(|l| !l.starts_with(node))
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .collect()
+    };
+    let camera_says = section(&camera);
+    ensure!(
+        camera_says.contains("system: refused"),
+        "{camera}: {camera_says}"
+    );
+    ensure!(
+        camera_says.contains(&format!("{cma}: accepted")),
+        "{camera}: {camera_says}"
+    );
+    let display_says = section(&display);
+    ensure!(
+        display_says.contains("system: accepted"),
+        "{display}: {display_says}"
+    );
+    // Cached: a second probe does not ask again.
+    let (_, again, _) = run(Command::new(DMAHEAP).args(["probe", "--device", &camera]))?;
+    ensure!(again.contains("(cached on"), "{again}");
+    let (out, stdout, stderr) = run(Command::new(DMAHEAP).args([
+        "explain",
+        "--device",
+        &camera,
+        "--device",
+        &display,
+        "--size",
+        "640x480:BGRx",
+    ]))?;
+    print!("{stdout}{stderr}");
+    ensure!(out.status.success(), "explain failed");
+    ensure!(stdout.contains(&format!("1. cma (heap {cma})")), "{stdout}");
+    ensure!(
+        stdout.contains(&format!("system: out, refused by {camera} (vivid)")),
+        "{stdout}"
+    );
     Ok(())
 }

@@ -40,3 +40,12 @@ launch() {
         shift 2
     done
 }
+
+# v4l2_node NAME: the /dev/videoN of the V4L2 device called NAME (DEVICE= wins), or fails.
+v4l2_node() {
+    if [ -n "${DEVICE:-}" ]; then echo "$DEVICE"; return; fi
+    for d in /sys/class/video4linux/video*; do
+        [ "$(cat "$d/name" 2>/dev/null)" = "$1" ] && { echo "/dev/$(basename "$d")"; return; }
+    done
+    return 1
+}

@@ -7,7 +7,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
 logs=target/vm/gst-examples
-examples="host-zero-copy kmssink-system-heap vivid-capture vicodec-decode-cma"
+examples="host-zero-copy kmssink-system-heap vivid-capture camera-needs-cma vicodec-decode-cma"
 
 if [ "${1:-}" = --inside ]; then
     # In the VM: run each example, keep its output and exit status.

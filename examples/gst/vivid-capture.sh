@@ -4,13 +4,7 @@
 # tests/vm/run --kernel full -- examples/gst/vivid-capture.sh
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-device=${DEVICE:-}
-if [ -z "$device" ]; then
-    for d in /sys/class/video4linux/video*; do
-        [ "$(cat "$d/name" 2>/dev/null)" = vivid-000-vid-cap ] && device=/dev/$(basename "$d") && break
-    done
-fi
-[ -n "$device" ] || { echo "no vivid capture device (modprobe vivid)" >&2; exit 2; }
+device=$(v4l2_node vivid-000-vid-cap) || { echo "no vivid capture device (modprobe vivid)" >&2; exit 2; }
 launch v4l2src device="$device" io-mode=dmabuf-import num-buffers=${FRAMES:-60} \
     ! video/x-raw,width=640,height=480 ! dmaheapupload \
     ! kmssink driver-name=${KMS_DRIVER:-vkms} -- copies 0

@@ -18,6 +18,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, OnceLock};
 
 use gst::glib;
+use heapcore::device::DeviceReport;
 use heapcore::{Constraints, CpuAccess, DmaBuf, Origin, PoolRegistry, Source, Usage};
 
 use crate::error::Error;
@@ -85,10 +86,11 @@ impl fmt::Display for HeapChoice {
 /// What the plugin's buffers need from a source: `size` bytes (0: not known yet, judged as a
 /// page), for `usage`. GStreamer elements map what they read and write, so heaps the CPU may
 /// not map (protected ones) cannot serve plain video memory.
-fn constraints(usage: &Usage, size: u64) -> Constraints {
+fn constraints(usage: &Usage, size: u64, devices: &[DeviceReport]) -> Constraints {
     Constraints::new(size.max(heapcore::sysinfo::page_size()))
         .usage(usage.clone())
         .cpu_access(CpuAccess::ReadWrite)
+        .devices(devices.to_vec())
 }
 
 impl HeapChoice {
@@ -97,6 +99,17 @@ impl HeapChoice {
     /// name this machine lacks is skipped with a warning while another entry can serve, and an
     /// error when none can.
     pub fn resolve(heap: &str, usage: &str, size: u64) -> Result<Self, Error> {
+        Self::resolve_for(heap, usage, size, &[])
+    }
+
+    /// [`HeapChoice::resolve`] for buffers that pass through `devices`: a source a device
+    /// refused (heapcore's probe, or the policy file's word on its driver) is ruled out.
+    pub fn resolve_for(
+        heap: &str,
+        usage: &str,
+        size: u64,
+        devices: &[DeviceReport],
+    ) -> Result<Self, Error> {
         let usage = Usage::new(usage).map_err(|e| Error::BadUsage {
             reason: e.to_string(),
         })?;
@@ -104,11 +117,12 @@ impl HeapChoice {
         let inventory = registry.allocator().inventory();
         let entries = Source::parse_list(heap, inventory)?;
         if entries.is_empty() {
-            return Self::for_usage(&usage, size);
+            return Self::for_usage(&usage, size, devices);
         }
         // The same judgement as the policy's lists get (size limits, contiguity, protected
         // heaps), in the user's order.
-        let candidates = heapcore::solve_explicit(&entries, &constraints(&usage, size), inventory);
+        let candidates =
+            heapcore::solve_explicit(&entries, &constraints(&usage, size, devices), inventory);
         let sources = candidates.sources();
         let skipped = candidates
             .entries
@@ -139,10 +153,11 @@ impl HeapChoice {
         })
     }
 
-    /// What heapcore's policy and solver give for `usage` and `size` bytes on this machine; an
-    /// error (with the solver's explanation) when nothing can serve.
-    pub fn for_usage(usage: &Usage, size: u64) -> Result<Self, Error> {
-        let candidates = registry().candidates(&constraints(usage, size));
+    /// What heapcore's policy and solver give for `usage` and `size` bytes on this machine,
+    /// for buffers that pass through `devices`; an error (with the solver's explanation) when
+    /// nothing can serve.
+    pub fn for_usage(usage: &Usage, size: u64, devices: &[DeviceReport]) -> Result<Self, Error> {
+        let candidates = registry().candidates(&constraints(usage, size, devices));
         let sources = candidates.sources();
         if sources.is_empty() {
             return Err(heapcore::Error::NoCandidate {
@@ -373,6 +388,13 @@ impl HeapBuffer {
             bytes.fill(0);
         }
         Ok(cpu.finish()?)
+    }
+
+    /// The fence of every device still using the buffer, if one has not signalled (see
+    /// [`heapcore::DmaBuf::busy`]): `None` for idle buffers, memfds, and kernels that cannot
+    /// say.
+    pub(crate) fn busy(&self) -> Result<Option<heapcore::SyncFile>, heapcore::Error> {
+        self.owned().busy()
     }
 
     /// Whether the memory is physically contiguous (a CMA heap).

@@ -4,17 +4,30 @@
 use gst::glib;
 use gst::glib::prelude::*;
 
-use crate::bufferpool::OnExhaustion;
 use crate::heapchoice::DmaHeapQos;
 
-pub const DEFAULT_HEAP: &str = "";
-pub const DEFAULT_USAGE: &str = heapcore::Usage::GENERIC;
-pub const DEFAULT_QOS: DmaHeapQos = DmaHeapQos::Normal;
-pub const DEFAULT_PREWARM: u32 = 0;
-pub const DEFAULT_ON_EXHAUSTION: OnExhaustion = OnExhaustion::Block;
+/// What an acquire does when a `max-buffers` pool has no free buffer.
+#[derive(Debug, Default, Eq, PartialEq, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstDmaHeapOnExhaustion")]
+pub enum OnExhaustion {
+    /// Wait until a buffer comes back (GstBufferPool's behaviour).
+    #[default]
+    #[enum_value(name = "Block until a buffer is released", nick = "block")]
+    Block,
+    /// Fail the acquire with an error that says the pool is exhausted.
+    #[enum_value(name = "Fail with an error", nick = "error")]
+    Error,
+}
+
+pub(crate) const DEFAULT_HEAP: &str = "";
+pub(crate) const DEFAULT_USAGE: &str = heapcore::Usage::GENERIC;
+pub(crate) const DEFAULT_QOS: DmaHeapQos = DmaHeapQos::Normal;
+pub(crate) const DEFAULT_PREWARM: u32 = 0;
+pub(crate) const DEFAULT_ON_EXHAUSTION: OnExhaustion = OnExhaustion::Block;
 
 /// `heap`: an ordered list of sources, or empty to let the usage policy decide.
-pub fn heap() -> glib::ParamSpecStringBuilder<'static> {
+pub(crate) fn heap() -> glib::ParamSpecStringBuilder<'static> {
     glib::ParamSpecString::builder("heap")
         .nick("Heaps")
         .blurb(
@@ -26,7 +39,7 @@ pub fn heap() -> glib::ParamSpecStringBuilder<'static> {
 
 /// `usage`: which policy entry orders the heaps when `heap` is empty. A string, not an enum:
 /// a policy file may add usages of its own (`display`, ...).
-pub fn usage() -> glib::ParamSpecStringBuilder<'static> {
+pub(crate) fn usage() -> glib::ParamSpecStringBuilder<'static> {
     glib::ParamSpecString::builder("usage")
         .nick("Usage")
         .blurb(
@@ -38,7 +51,7 @@ pub fn usage() -> glib::ParamSpecStringBuilder<'static> {
 }
 
 /// `qos`: how the pool keeps its buffers.
-pub fn qos() -> glib::ParamSpecEnumBuilder<'static, DmaHeapQos> {
+pub(crate) fn qos() -> glib::ParamSpecEnumBuilder<'static, DmaHeapQos> {
     glib::ParamSpecEnum::builder_with_default("qos", DEFAULT_QOS)
         .nick("QoS class")
         .blurb(
@@ -49,7 +62,7 @@ pub fn qos() -> glib::ParamSpecEnumBuilder<'static, DmaHeapQos> {
 }
 
 /// `prewarm`: buffers that exist before the first frame.
-pub fn prewarm() -> glib::ParamSpecUIntBuilder<'static> {
+pub(crate) fn prewarm() -> glib::ParamSpecUIntBuilder<'static> {
     glib::ParamSpecUInt::builder("prewarm")
         .nick("Prewarm")
         .blurb("Buffers allocated when the pool is activated, before the first frame")
@@ -57,7 +70,7 @@ pub fn prewarm() -> glib::ParamSpecUIntBuilder<'static> {
 }
 
 /// `on-exhaustion`: what an acquire does when every buffer is in use.
-pub fn on_exhaustion() -> glib::ParamSpecEnumBuilder<'static, OnExhaustion> {
+pub(crate) fn on_exhaustion() -> glib::ParamSpecEnumBuilder<'static, OnExhaustion> {
     glib::ParamSpecEnum::builder_with_default("on-exhaustion", DEFAULT_ON_EXHAUSTION)
         .nick("On exhaustion")
         .blurb("When max-buffers are all in use: block until one returns, or error")

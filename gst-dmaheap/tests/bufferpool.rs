@@ -316,20 +316,26 @@ fn set_config_says_what_it_changed() {
     pool.set_active(false).unwrap();
 }
 
-#[test]
-fn prewarm_fills_the_pool_before_the_first_frame() {
+/// A configured pool of 320x240 RGBA frames with `qos`, `prewarm` and `min` buffers.
+fn rgba_pool(qos: &str, prewarm: u32, min: u32) -> DmaHeapBufferPool {
     init();
     let pool = DmaHeapBufferPool::new();
-    pool.set_property("prewarm", 6u32);
-    pool.set_property_from_str("qos", "realtime");
+    pool.set_property_from_str("qos", qos);
+    pool.set_property("prewarm", prewarm);
     pool_config(
         &pool,
         "video/x-raw,format=RGBA,width=320,height=240",
-        2,
+        min,
         0,
         &[],
         None,
     );
+    pool
+}
+
+#[test]
+fn prewarm_fills_the_pool_before_the_first_frame() {
+    let pool = rgba_pool("realtime", 6, 2);
     pool.set_active(true).unwrap();
     let stats = pool.stats();
     assert_eq!(stat(&stats, "prewarmed"), 6, "{stats}");
@@ -347,18 +353,7 @@ fn prewarm_fills_the_pool_before_the_first_frame() {
 
 #[test]
 fn realtime_pools_grow_from_heapcore_spares_under_the_process_budget() {
-    init();
-    let pool = DmaHeapBufferPool::new();
-    pool.set_property("prewarm", 2u32);
-    pool.set_property_from_str("qos", "realtime");
-    pool_config(
-        &pool,
-        "video/x-raw,format=RGBA,width=320,height=240",
-        2,
-        0,
-        &[],
-        None,
-    );
+    let pool = rgba_pool("realtime", 2, 2);
     pool.set_active(true).unwrap();
     let registry = heapcore::PoolRegistry::process();
     let heap_pool = |registry: &heapcore::PoolRegistry| {
@@ -397,26 +392,23 @@ fn realtime_pools_grow_from_heapcore_spares_under_the_process_budget() {
 
 #[test]
 fn background_pools_free_idle_buffers_above_min() {
-    init();
-    let pool = DmaHeapBufferPool::new();
-    pool.set_property_from_str("qos", "background");
-    pool_config(
-        &pool,
-        "video/x-raw,format=RGBA,width=320,height=240",
-        1,
-        0,
-        &[],
-        None,
-    );
+    let pool = rgba_pool("background", 0, 1);
     pool.set_active(true).unwrap();
     let held: Vec<gst::Buffer> = (0..5).map(|_| pool.acquire_buffer(None).unwrap()).collect();
     let fds: BTreeSet<i32> = held.iter().map(|b| memory_fd(b.peek_memory(0))).collect();
     assert_eq!(fds.len(), 5);
-    assert!(fds.iter().all(|fd| fd_is_open(*fd)));
+    let files: Vec<(i32, (u64, u64))> = fds
+        .iter()
+        .map(|&fd| (fd, fd_file(fd).expect("a pool buffer's fd is open")))
+        .collect();
+    let fd_is_open = |fd: i32| {
+        let file = files.iter().find(|(f, _)| *f == fd).map(|(_, file)| *file);
+        file.is_some() && fd_file(fd) == file
+    };
     drop(held);
     // The memory itself is given back: 4 of the 5 fds are closed (the kernel frees a
     // buffer with its last fd), not parked in a pool behind the GStreamer pool.
-    let open: Vec<i32> = fds.iter().copied().filter(|fd| fd_is_open(*fd)).collect();
+    let open: Vec<i32> = fds.iter().copied().filter(|&fd| fd_is_open(fd)).collect();
     assert_eq!(open.len(), 1, "fds still open: {open:?} of {fds:?}");
     let stats = pool.stats();
     assert_eq!(
@@ -431,9 +423,17 @@ fn background_pools_free_idle_buffers_above_min() {
 
 /// Whether `fd` is open in this process and refers to buffer memory (a dma-buf or memfd), so
 /// a number reused for something else does not count.
-fn fd_is_open(fd: i32) -> bool {
-    std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok_and(|target| {
-        let target = target.to_string_lossy();
-        target.starts_with("/dmabuf:") || target.starts_with("/memfd:")
-    })
+/// What fd `fd` refers to, if it is open on a dma-buf or memfd: its device and inode. Tests run
+/// in parallel in one process, so a closed fd's number may already name another test's file:
+/// only the same file counts as still open.
+fn fd_file(fd: i32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let link = format!("/proc/self/fd/{fd}");
+    let target = std::fs::read_link(&link).ok()?;
+    let target = target.to_string_lossy();
+    if !(target.starts_with("/dmabuf:") || target.starts_with("/memfd:")) {
+        return None;
+    }
+    let meta = std::fs::metadata(&link).ok()?;
+    Some((meta.dev(), meta.ino()))
 }

@@ -599,7 +599,14 @@ fn host_pipeline_nv12_1080p_300_frames_zero_copies() {
     println!("{stats} in {:?}", run.elapsed);
     assert_eq!(stat(&stats, "copies"), 0, "{stats}");
     assert_eq!(stat(&stats, "passthrough"), 300, "{stats}");
-    assert!(stat(&stats, "pool-hits") >= 290, "{stats}");
+    // A normal pool gives idle buffers back while the machine's memory pressure is critical
+    // (a PSI "full" stall, which a busy build host has now and then): each buffer it frees
+    // on return is allocated again on the next acquire. Every other acquire is a hit.
+    let unexplained = stat(&stats, "pool-misses").saturating_sub(stat(&stats, "trimmed"));
+    assert!(
+        unexplained <= 10,
+        "{unexplained} acquires allocated although no buffer had been trimmed: {stats}"
+    );
 }
 
 #[test]
@@ -627,17 +634,7 @@ fn dmabuf_caps_are_offered_only_when_a_dmabuf_source_exists() {
 
 #[test]
 fn gst_launch_and_gst_inspect_see_a_clean_plugin() {
-    let dir = common::plugin_dir();
-    let registry = dir.join("registry.bin");
-    let tool = |args: &[&str]| {
-        std::process::Command::new(args[0])
-            .args(&args[1..])
-            .env("GST_PLUGIN_PATH", &dir)
-            .env("GST_REGISTRY", &registry)
-            .env_remove("GST_DEBUG")
-            .output()
-            .expect("gst tools are installed")
-    };
+    let tool = |args: &[&str]| gst_tool(args[0], &args[1..], &[]).expect("gst tools are installed");
     let inspect = tool(&["gst-inspect-1.0", "dmaheap"]);
     let stdout = String::from_utf8_lossy(&inspect.stdout);
     let stderr = String::from_utf8_lossy(&inspect.stderr);
@@ -669,5 +666,5 @@ fn gst_launch_and_gst_inspect_see_a_clean_plugin() {
     println!("{line}");
     assert!(line.contains("passthrough=(guint64)300"), "{line}");
     assert!(line.contains("copies=(guint64)0"), "{line}");
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(common::plugin_dir());
 }

@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::device::DeviceReport;
+
 use crate::format::FrameLayout;
 use crate::policy::Usage;
 
@@ -51,6 +53,9 @@ pub struct Constraints {
     /// The consumer imports dma-bufs only (GStreamer `memory:DMABuf` caps, PipeWire DmaBuf):
     /// the memfd fallback is out.
     pub require_dmabuf: bool,
+    /// The devices the buffer passes through, with what each was found to accept: a source
+    /// one of them refused is out, and so is anything that is not a dma-buf.
+    pub devices: Vec<DeviceReport>,
 }
 
 impl Constraints {
@@ -63,6 +68,7 @@ impl Constraints {
             cpu_access: CpuAccess::None,
             alignment: 1,
             require_dmabuf: false,
+            devices: Vec::new(),
         }
     }
 
@@ -101,6 +107,12 @@ impl Constraints {
     /// Whether the consumer imports dma-bufs only (no memfd fallback).
     pub fn require_dmabuf(mut self, required: bool) -> Self {
         self.require_dmabuf = required;
+        self
+    }
+
+    /// The devices the buffer passes through (see [`DeviceReport::for_node`]).
+    pub fn devices(mut self, devices: Vec<DeviceReport>) -> Self {
+        self.devices = devices;
         self
     }
 }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
 
 use rustix::io::Errno;
 use serde::Serialize;
@@ -81,6 +81,10 @@ pub struct DmaBuf {
     origin: Origin,
     name: Option<String>,
     mapping: OnceLock<Mapping>,
+    /// The fd has left this struct (`as_fd`, `as_raw_fd`), a fence was attached, or it came
+    /// from elsewhere: a device may have imported it and may hold fences on it. A buffer
+    /// whose fd never left carries none, so a pool need not ask the kernel.
+    shared: AtomicBool,
 }
 
 impl fmt::Debug for DmaBuf {
@@ -103,7 +107,20 @@ impl DmaBuf {
             origin,
             name: None,
             mapping: OnceLock::new(),
+            shared: AtomicBool::new(false),
         }
+    }
+
+    fn mark_shared(&self) {
+        if !self.shared.load(Relaxed) {
+            self.shared.store(true, Relaxed);
+        }
+    }
+
+    /// Whether a device may hold fences on this buffer: it is a dma-buf and its fd has been
+    /// handed out (or it was imported). One that never left this struct has none.
+    pub(crate) fn may_carry_fences(&self) -> bool {
+        self.is_dmabuf() && self.shared.load(Relaxed)
     }
 
     /// Wraps an fd received from elsewhere (a PipeWire buffer, another process). Its size is
@@ -134,6 +151,7 @@ impl DmaBuf {
         let name = info.as_ref().and_then(|i| i.name().map(str::to_owned));
         let mut buf = Self::from_parts(fd, len, Origin::Imported { exporter });
         buf.name = name;
+        buf.mark_shared();
         Ok(buf)
     }
 
@@ -210,6 +228,7 @@ impl DmaBuf {
     /// Adds `fence` to the buffer as a reader's or a writer's, as a device driver does for
     /// its own work: until it signals, [`DmaBuf::busy`] reports the buffer busy.
     pub fn attach_fence(&self, fence: &SyncFile, access: FenceAccess) -> Result<()> {
+        self.mark_shared();
         if !self.is_dmabuf() {
             return Err(Error::Unsupported(format!(
                 "a buffer from {} is not a dma-buf and carries no fences",
@@ -356,12 +375,14 @@ impl DmaBuf {
 
 impl AsFd for DmaBuf {
     fn as_fd(&self) -> BorrowedFd<'_> {
+        self.mark_shared();
         self.fd.as_fd()
     }
 }
 
 impl AsRawFd for DmaBuf {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.mark_shared();
         self.fd.as_raw_fd()
     }
 }

@@ -4,8 +4,6 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use crate::format::VideoFormat;
-
 /// Everything heapcore can fail with.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -52,6 +50,15 @@ pub enum Error {
         source_name: String,
         /// The bytes asked for.
         size: u64,
+    },
+
+    /// A device node that is not one (or a device number with no node).
+    #[error("{device} is not a device dmaheap can ask: {reason}")]
+    InvalidDevice {
+        /// The node or device number given.
+        device: String,
+        /// Why not.
+        reason: String,
     },
 
     /// The size cannot be allocated anywhere (zero, overflowing, beyond this machine's RAM).
@@ -214,37 +221,3 @@ impl fmt::Display for Attempts<'_> {
 
 /// heapcore's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Why a video frame has no layout ([`FrameLayout::packed`](crate::format::FrameLayout::packed),
-/// [`FrameLayout::aligned`](crate::format::FrameLayout::aligned)). Apart from [`Error`]
-/// because laying out a frame is pure arithmetic that never touches the system.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum FrameLayoutError {
-    /// A width or a height of 0.
-    #[error("a {width}x{height} frame is empty")]
-    Empty {
-        /// The width asked for.
-        width: u32,
-        /// The height asked for.
-        height: u32,
-    },
-    /// A stride or plane alignment that is not a power of two.
-    #[error("alignments must be powers of two")]
-    AlignmentNotPowerOfTwo {
-        /// The stride alignment asked for.
-        stride_align: u32,
-        /// The plane alignment asked for.
-        plane_align: u64,
-    },
-    /// A stride that does not fit 32 bits, or a frame size that does not fit 64.
-    #[error("a {width}x{height} {format} frame overflows")]
-    Overflow {
-        /// The format.
-        format: VideoFormat,
-        /// The width asked for.
-        width: u32,
-        /// The height asked for.
-        height: u32,
-    },
-}

@@ -42,6 +42,25 @@ impl AsFd for SyncFile {
     }
 }
 
+/// Whether no device uses the dma-buf `dmabuf` any more, asked with one `poll` for writing
+/// (`POLLOUT`: every fence, reader's and writer's, has signalled; the same fences
+/// `DMA_BUF_IOCTL_EXPORT_SYNC_FILE` for writing exports), with no fd made. `false` means "ask
+/// properly": busy, or the kernel did not say (another poller's callback pending, an error),
+/// and the caller takes the sync_file path ([`DmaBuf::busy`](crate::DmaBuf::busy)), which
+/// also gives the fence to wait on. One system call; a pool's release asks this first.
+pub fn idle_now(dmabuf: impl AsFd) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        &dmabuf,
+        rustix::event::PollFlags::OUT,
+    )];
+    let now = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(1))
+        && fds[0].revents() == rustix::event::PollFlags::OUT
+}
+
 /// How a fence attached to a buffer uses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FenceAccess {

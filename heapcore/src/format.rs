@@ -4,8 +4,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::error::FrameLayoutError;
-
 /// The most planes a supported format has.
 pub const MAX_PLANES: usize = 3;
 
@@ -181,6 +179,40 @@ impl FrameLayout {
         layout.size = offset;
         Ok(layout)
     }
+}
+
+/// Why a video frame has no layout ([`FrameLayout::packed`](crate::format::FrameLayout::packed),
+/// [`FrameLayout::aligned`](crate::format::FrameLayout::aligned)). Apart from [`Error`]
+/// because laying out a frame is pure arithmetic that never touches the system.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameLayoutError {
+    /// A width or a height of 0.
+    #[error("a {width}x{height} frame is empty")]
+    Empty {
+        /// The width asked for.
+        width: u32,
+        /// The height asked for.
+        height: u32,
+    },
+    /// A stride or plane alignment that is not a power of two.
+    #[error("alignments must be powers of two")]
+    AlignmentNotPowerOfTwo {
+        /// The stride alignment asked for.
+        stride_align: u32,
+        /// The plane alignment asked for.
+        plane_align: u64,
+    },
+    /// A stride that does not fit 32 bits, or a frame size that does not fit 64.
+    #[error("a {width}x{height} {format} frame overflows")]
+    Overflow {
+        /// The format.
+        format: VideoFormat,
+        /// The width asked for.
+        width: u32,
+        /// The height asked for.
+        height: u32,
+    },
 }
 
 #[cfg(test)]

@@ -5,9 +5,12 @@
 
 mod access;
 mod allocator;
+mod bytes;
 mod constraints;
+pub mod device;
 mod dmabuf;
 mod error;
+mod exporter;
 pub mod fence;
 pub mod format;
 mod heap;
@@ -31,8 +34,10 @@ pub use access::{Access, permission_fix};
 pub use allocator::Allocator;
 pub use constraints::{Constraints, CpuAccess};
 pub use dmabuf::{CpuRead, CpuWrite, DmaBuf, FdInfo, Origin, fences_supported, fit_buffer_name};
-pub use error::{Error, FrameLayoutError, Result};
+pub use error::{Error, Result};
+pub use exporter::ExporterMemory;
 pub use fence::{FenceAccess, SyncFile};
+pub use format::FrameLayoutError;
 pub use heap::{CMA_ALIAS, DEFAULT_CMA_NAMES, HeapKind, HeapName, HeapProperties};
 pub use inventory::{CmaAlignment, CmaArea, CmaUsage, HeapInfo, Inventory, SysPaths, UdmabufInfo};
 pub use policy::{Policy, PolicyEnv, PolicyError, Usage};

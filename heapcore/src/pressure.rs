@@ -43,6 +43,22 @@ impl PressureLevel {
     }
 }
 
+impl std::str::FromStr for PressureLevel {
+    type Err = String;
+
+    /// `normal`, `elevated` or `critical` (as `DMAHEAP_PRESSURE` spells them).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "normal" => Ok(Self::Normal),
+            "elevated" => Ok(Self::Elevated),
+            "critical" => Ok(Self::Critical),
+            other => Err(format!(
+                "{other:?} is not a pressure level: use watch, normal, elevated or critical"
+            )),
+        }
+    }
+}
+
 /// Thresholds: stall time per window that raises the level, and the averages below which it
 /// falls again.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 
 use serde::Serialize;
 
-use crate::size::ByteSize;
+use crate::bytes::ByteSize;
 
 /// Where the kernel tells memory totals.
 pub(crate) const MEMINFO: &str = "/proc/meminfo";

@@ -55,7 +55,7 @@ fn main() {
         )
         .test(
             "udmabuf_limit_is_enforced",
-            &[Need::Udmabuf],
+            &[Need::Udmabuf, Need::Root],
             udmabuf_limit_is_enforced,
         )
         .test(
@@ -304,8 +304,28 @@ fn udmabuf_buffer_works() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Puts a udmabuf `size_limit_mb` back as it was when dropped.
+struct UdmabufLimit(String);
+
+const UDMABUF_LIMIT: &str = "/sys/module/udmabuf/parameters/size_limit_mb";
+
+impl Drop for UdmabufLimit {
+    fn drop(&mut self) {
+        let _ = std::fs::write(UDMABUF_LIMIT, &self.0);
+    }
+}
+
 fn udmabuf_limit_is_enforced() -> Result<(), Failed> {
-    let alloc = Allocator::new();
+    let mut alloc = Allocator::new();
+    let mut _restore = None;
+    if alloc.inventory().udmabuf.size_limit.is_none() {
+        // Linux 6.17+ has no limit by default (INT_MAX MiB): set one, as a distribution may.
+        let was = std::fs::read_to_string(UDMABUF_LIMIT)
+            .map_err(|e| format!("size_limit_mb is not readable: {e}"))?;
+        std::fs::write(UDMABUF_LIMIT, "64").map_err(|e| format!("setting size_limit_mb: {e}"))?;
+        _restore = Some(UdmabufLimit(was));
+        alloc = Allocator::new();
+    }
     let limit = alloc
         .inventory()
         .udmabuf

@@ -74,7 +74,7 @@ impl Need {
             Self::CmaHeap => cma_heap().is_some(),
             Self::Udmabuf => Path::new("/dev/udmabuf").exists(),
             Self::Root => effective_uid() == 0,
-            Self::Kms => Path::new("/dev/dri/card0").exists(),
+            Self::Kms => drm_card("vkms").is_some(),
             Self::V4l2(name) => v4l2_device(name).is_some(),
             Self::MemoryCgroup => CgroupFlavour::usable().is_some(),
             Self::SwSync => Path::new(SW_SYNC).exists(),
@@ -489,6 +489,22 @@ impl Suite {
         self
     }
 
+    /// Adds a benchmark: like [`Suite::test`], but always marked ignored, so it runs only when
+    /// asked for (`--ignored` or `--include-ignored`, with a filter) and never slows the
+    /// suite down. Where a need is missing, running it fails with "skipped: needs …".
+    pub fn bench(
+        &mut self,
+        name: &str,
+        needs: &[Need],
+        body: impl FnOnce() -> Result<(), Failed> + Send + 'static,
+    ) -> &mut Self {
+        self.test(name, needs, body);
+        if let Some(trial) = self.trials.pop() {
+            self.trials.push(trial.with_ignored_flag(true));
+        }
+        self
+    }
+
     /// Runs the suite with the command line's arguments and exits.
     pub fn run(self) -> ! {
         let mut args = Arguments::from_args();
@@ -612,5 +628,14 @@ mod tests {
         let mut plain = Suite::new();
         plain.test("real_heap_x", &[], || Ok(()));
         assert_eq!(plain.trials[0].name(), "real_heap_x");
+    }
+
+    #[test]
+    fn benchmarks_are_ignored_unless_asked_for() {
+        let mut suite = Suite::new();
+        suite
+            .bench("bench_met", &[], || Ok(()))
+            .bench("bench_unmet", &[NEVER], || Ok(()));
+        assert!(suite.trials.iter().all(Trial::has_ignored_flag));
     }
 }

@@ -1,9 +1,17 @@
-//! Memory pressure for the benchmark: a child process (`dmaheap bench-hog`) that takes memory
-//! until little is left and then keeps churning part of it, so that the kernel must reclaim
-//! for every allocation while it runs. Bounded: it always leaves `--leave` MiB available and
-//! marks itself the OOM killer's first choice.
+//! Memory pressure for the benchmark, made by a child process (`dmaheap bench-hog`):
+//!
+//! - `swap`: takes more memory than there is RAM (with swap: a tenth more than RAM; without,
+//!   all but `--leave` MiB of what is available) and keeps rewriting it, so the kernel must
+//!   reclaim and swap for every allocation while it runs. For the test VM (zram swap), never
+//!   for a shared machine: it takes everyone's memory. Bounded: it always leaves `--leave` MiB
+//!   available and marks itself the OOM killer's first choice.
+//! - `refault`: pushes the pages of a file of its own out of memory (`MADV_PAGEOUT`) and
+//!   faults them back in, in a loop: real reclaim and refaults, which PSI counts as memory
+//!   stalls, without taking memory from anyone (it holds at most the file's pages). For
+//!   machines without swap or shared with others.
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,15 +19,57 @@ use heapcore::sysinfo::MemInfo;
 
 const CHUNK: usize = 16 << 20;
 
+/// What makes the pressure.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub(crate) enum HogKind {
+    /// `swap` inside the test VM when it has swap, else `refault`.
+    Auto,
+    Swap,
+    Refault,
+}
+
+impl HogKind {
+    pub(super) fn resolve(self, in_test_vm: bool, swap_total: u64) -> HogKind {
+        match self {
+            Self::Auto if in_test_vm && swap_total > 0 => Self::Swap,
+            Self::Auto => Self::Refault,
+            k => k,
+        }
+    }
+
+    pub(super) fn describe(self) -> &'static str {
+        match self {
+            Self::Swap | Self::Auto => {
+                "a child takes 110% of RAM (zram swap) and keeps rewriting it: the kernel reclaims \
+                 and swaps continuously"
+            }
+            Self::Refault => {
+                "a child pushes the pages of a 256 MiB file of its own out (MADV_PAGEOUT) and \
+                 faults them back in, in a loop: real reclaim and refault stalls counted by PSI, \
+                 contained (no swap here, and the machine is shared)"
+            }
+        }
+    }
+}
+
 #[derive(clap::Args)]
 pub(crate) struct HogArgs {
     /// MiB of MemAvailable to leave when there is no swap.
     #[arg(long, default_value_t = 96, value_parser = clap::value_parser!(u64).range(0..=1 << 30))]
     leave: u64,
+    /// What to do.
+    #[arg(long, value_enum, default_value = "swap")]
+    kind: HogKind,
+    /// The file `refault` churns (made, and removed at the end).
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Its size in MiB.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..=4096))]
+    file_mib: u64,
 }
 
-/// How much the hog takes: with swap, a tenth more than RAM (the kernel must swap some out);
-/// without, all but `leave` of what is available.
+/// How much the swap hog takes: with swap, a tenth more than RAM (the kernel must swap some
+/// out); without, all but `leave` of what is available.
 fn target_bytes(leave: u64) -> u64 {
     let info = MemInfo::read();
     let total = info.get("MemTotal").unwrap_or(0);
@@ -45,20 +95,9 @@ fn fill(chunk: &mut [u8], seed: &mut u64) {
     }
 }
 
-/// Runs in the child: takes memory, says "ready", churns until stdin closes.
+/// Runs in the child: makes the pressure, says "ready", goes on until stdin closes.
 pub(crate) fn hog(args: HogArgs) -> Result<(), Box<dyn std::error::Error>> {
     let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
-    let target = target_bytes(args.leave << 20);
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let mut chunks: Vec<Vec<u8>> = Vec::new();
-    while ((chunks.len() + 1) * CHUNK) as u64 <= target {
-        let mut c = vec![0u8; CHUNK];
-        fill(&mut c, &mut seed);
-        chunks.push(c);
-    }
-    println!("ready {}", chunks.len() * CHUNK);
-    std::io::stdout().flush()?;
-    // Churn: rewrite a chunk at a time, so reclaim (and swap) never rests.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
         let stop = stop.clone();
@@ -68,16 +107,121 @@ pub(crate) fn hog(args: HogArgs) -> Result<(), Box<dyn std::error::Error>> {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         })
     };
-    let mut i = 0;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        if !chunks.is_empty() {
-            let n = i % chunks.len();
-            fill(&mut chunks[n], &mut seed);
-            i += 1;
+    let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
+    match args.kind {
+        HogKind::Refault => {
+            let path = args
+                .file
+                .ok_or("the refault hog needs --file (a path on a disk, not tmpfs)")?;
+            refault(&path, args.file_mib << 20, &stopped)?;
         }
-        std::thread::sleep(Duration::from_millis(2));
+        HogKind::Swap | HogKind::Auto => {
+            let target = target_bytes(args.leave << 20);
+            let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+            let mut chunks: Vec<Vec<u8>> = Vec::new();
+            while ((chunks.len() + 1) * CHUNK) as u64 <= target {
+                let mut c = vec![0u8; CHUNK];
+                fill(&mut c, &mut seed);
+                chunks.push(c);
+            }
+            println!("ready {}", chunks.len() * CHUNK);
+            std::io::stdout().flush()?;
+            // Churn: rewrite a chunk at a time, so reclaim (and swap) never rests.
+            let mut i = 0;
+            while !stopped() {
+                if !chunks.is_empty() {
+                    let n = i % chunks.len();
+                    fill(&mut chunks[n], &mut seed);
+                    i += 1;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
     }
     let _ = watcher.join();
+    Ok(())
+}
+
+/// The refault churn: a file of `len` bytes, mapped; each 16 MiB stretch is read twice (so
+/// its pages are on the active list, the working set), pushed out with `MADV_PAGEOUT`, and
+/// read again, which faults them back in from the disk.
+fn refault(
+    path: &std::path::Path,
+    len: u64,
+    stopped: &dyn Fn() -> bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::mm::{Advice, MapFlags, ProtFlags};
+    if let Ok(fs) = rustix::fs::statfs(path.parent().unwrap_or(std::path::Path::new("/"))) {
+        // TMPFS_MAGIC: its pages are shmem, which only swap could reclaim.
+        if fs.f_type as u64 == 0x0102_1994 {
+            return Err(format!(
+                "{} is on tmpfs: the refault hog needs a disk",
+                path.display()
+            )
+            .into());
+        }
+    }
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let _ = std::fs::remove_file(path);
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut chunk = vec![0u8; CHUNK];
+    let mut written = 0u64;
+    let file = std::fs::File::from(fd);
+    {
+        let mut w = std::io::BufWriter::new(&file);
+        while written < len {
+            fill(&mut chunk, &mut seed);
+            w.write_all(&chunk)?;
+            written += CHUNK as u64;
+        }
+        w.flush()?;
+    }
+    file.sync_all()?;
+    let len = written as usize;
+    // SAFETY: a new shared read-only mapping of our own file, unmapped below; nothing else
+    // maps it and the file is not truncated while mapped (it is unlinked and ours alone).
+    let base = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ,
+            MapFlags::SHARED,
+            &file,
+            0,
+        )
+    }?;
+    println!("ready {len}");
+    std::io::stdout().flush()?;
+    let page = heapcore::sysinfo::page_size() as usize;
+    let mut sink = 0u8;
+    let mut at = 0usize;
+    while !stopped() {
+        let stretch = CHUNK.min(len - at);
+        // `at + stretch <= len`: inside the mapping.
+        let start = base.cast::<u8>().wrapping_add(at);
+        for _ in 0..2 {
+            for off in (0..stretch).step_by(page) {
+                let byte = start.wrapping_add(off);
+                // SAFETY: `off < stretch`: a readable byte of the mapping.
+                sink ^= unsafe { byte.read_volatile() };
+            }
+        }
+        // SAFETY: the range is inside our mapping; MADV_PAGEOUT only drops clean pages, which
+        // the next access reads back from the file.
+        let _ = unsafe { rustix::mm::madvise(start.cast(), stretch, Advice::LinuxPageOut) };
+        at = (at + stretch) % len;
+        // At most 16 MiB per 25 ms (640 MB/s) read back: steady reclaim, not a flood of I/O
+        // on a shared disk.
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    std::hint::black_box(sink);
+    // SAFETY: the mapping made above, no longer used.
+    unsafe { rustix::mm::munmap(base, len) }?;
     Ok(())
 }
 
@@ -85,16 +229,37 @@ pub(crate) fn hog(args: HogArgs) -> Result<(), Box<dyn std::error::Error>> {
 pub(super) struct Hog {
     child: Child,
     _stdout: BufReader<ChildStdout>,
+    pub(super) held: u64,
+    pub(super) took: Duration,
 }
 
 impl Hog {
-    pub(super) fn start(leave_mib: u64) -> Result<Self, Box<dyn std::error::Error>> {
+    pub(super) fn start(kind: HogKind) -> Result<Self, Box<dyn std::error::Error>> {
         let exe = std::env::current_exe()?;
-        let mut child = Command::new(exe)
-            .args(["bench-hog", "--leave", &leave_mib.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
+        let mut cmd = Command::new(exe);
+        match kind {
+            HogKind::Refault => {
+                let dir = std::env::var_os("DMAHEAP_HOG_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+                let file = dir.join(format!("dmaheap-bench-hog-{}", std::process::id()));
+                cmd.args(["bench-hog", "--kind", "refault", "--file"])
+                    .arg(file);
+            }
+            _ => {
+                cmd.args(["bench-hog", "--kind", "swap", "--leave", "96"]);
+            }
+        }
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+        // On the last CPU, away from the first, where one-thread cases run: the pressure is
+        // on memory, not on the measured thread's CPU (with one CPU, it shares it).
+        let cpus = super::measure::allowed_cpus();
+        if let (Some(&last), true) = (cpus.last(), cpus.len() > 1) {
+            let mut set = rustix::thread::CpuSet::new();
+            set.set(last);
+            let pid = rustix::process::Pid::from_child(&child);
+            let _ = rustix::thread::sched_setaffinity(Some(pid), &set);
+        }
         let mut stdout = BufReader::new(child.stdout.take().ok_or("no hog stdout")?);
         let mut line = String::new();
         let start = Instant::now();
@@ -103,14 +268,11 @@ impl Hog {
             .strip_prefix("ready ")
             .and_then(|n| n.trim().parse().ok())
             .ok_or_else(|| format!("the memory hog did not start: {line:?}"))?;
-        eprintln!(
-            "  memory hog holds {} MiB (took {:.1} s)",
-            held >> 20,
-            start.elapsed().as_secs_f64()
-        );
         Ok(Self {
             child,
             _stdout: stdout,
+            held,
+            took: start.elapsed(),
         })
     }
 }
@@ -118,7 +280,7 @@ impl Hog {
 impl Drop for Hog {
     fn drop(&mut self) {
         drop(self.child.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;

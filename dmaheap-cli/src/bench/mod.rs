@@ -1,30 +1,52 @@
-//! `dmaheap bench`: pools against direct allocation, measured side by side in one run on
-//! whatever heap this machine has, with the ratios the targets are stated in.
+//! `dmaheap bench`: heapcore's pools against their peers, measured side by side in one run,
+//! interleaved over repetitions, with every ratio given a confidence interval and every target
+//! of issue 13 judged on it; `--report` turns archived runs into docs/performance.md.
+//!
+//! Parts: the pool's operations against the `Mutex<Vec>` floor (`pool-ops`, `sizes`), the
+//! ways to make a buffer instead (`alloc`), frame-paced producers (`paced`), pools attached to
+//! a pressure-watching registry under real pressure (`pressure`), memory held and time to
+//! first frame (`memory`), and GStreamer and PipeWire through the companion binary
+//! `dmaheap-bench-peers` (`peers`), whose JSON is merged.
 
-mod burst;
+mod alloc_peers;
+mod env;
 mod hog;
-mod latency;
-mod timeline;
+mod memory;
+mod paced;
+mod peers;
+mod pressure;
+mod primitives;
+mod report;
+mod schema;
 
 use std::sync::Arc;
 
 use heapcore::format::{FrameLayout, VideoFormat};
-use heapcore::size::ByteSize;
-use heapcore::{Allocator, Constraints, Policy, QosClass, Source, Usage, solve};
-use serde::Serialize;
+use heapcore::{Allocator, Constraints, Policy, Source, Usage, solve};
 
 pub(crate) use hog::{HogArgs, hog};
-use latency::{Limits, Method};
-
-use crate::stats::ns;
-use crate::table::Table;
+use schema::counters::{self, PerOp};
+use schema::measure::{self, Goal, Stat, TimerCost};
+use schema::{Case, Ratio, Report, Target};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum PressureMode {
-    /// Inside the test VM only (a memory hog on a shared machine hurts everyone else).
+    /// In the test VM a memory hog with swap; elsewhere a contained reclaim churn (see
+    /// `--hog`).
     Auto,
     On,
     Off,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum Part {
+    PoolOps,
+    Sizes,
+    Alloc,
+    Paced,
+    Pressure,
+    Memory,
+    Peers,
 }
 
 #[derive(clap::Args)]
@@ -34,39 +56,58 @@ pub(crate) struct Args {
     /// usage.
     #[arg(long, default_value = "")]
     heap: String,
-    /// Print JSON (one object per case) instead of tables.
+    /// Print the JSON report (what docs/bench archives) instead of tables.
     #[arg(long)]
     json: bool,
-    /// Acquires per thread for the pool and recycle cases (1 to 1,000,000).
-    #[arg(long, default_value_t = 20_000, value_parser = count(1_000_000))]
-    iterations: usize,
-    /// Upper bound of direct allocations per thread and case (1 to 1,000,000).
-    #[arg(long, default_value_t = 500, value_parser = count(1_000_000))]
-    direct_iterations: usize,
-    /// Seconds a direct-allocation case may run (more than 0, at most 3600; at least 20
-    /// samples are taken).
-    #[arg(long, default_value_t = 2.0, value_parser = seconds, allow_negative_numbers = true)]
-    direct_seconds: f64,
-    /// Frames of the animation burst (1 to 1,000,000).
-    #[arg(long, default_value_t = 600, value_parser = count(1_000_000))]
-    frames: usize,
-    /// Frame rate of the animation burst (1 to 1000).
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    fps: u32,
-    /// Run the memory-pressure cases (a bounded memory hog).
-    #[arg(long, value_enum, default_value = "auto")]
-    pressure: PressureMode,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Write docs/performance.md from archived JSON reports instead of measuring.
+    #[arg(long, num_args = 1.., value_name = "JSON")]
+    report: Vec<std::path::PathBuf>,
+    /// With --report: replace the generated part of this file (keeping its other sections)
+    /// instead of printing.
+    #[arg(long, requires = "report")]
+    write: Option<std::path::PathBuf>,
+    /// Repetitions of every case, interleaved (at least 5 for a target to count).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+    reps: u64,
+    /// Scales every fixed sample count (0.05 to 10); the counts used are in the report.
+    #[arg(long, default_value_t = 1.0, value_parser = scale, allow_negative_numbers = true)]
+    scale: f64,
     /// Which parts to run.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "latency,burst,timeline"
+        default_value = "pool-ops,sizes,alloc,paced,pressure,memory,peers"
     )]
-    cases: Vec<Part>,
+    parts: Vec<Part>,
+    /// Memory pressure cases.
+    #[arg(long, value_enum, default_value = "auto")]
+    pressure: PressureMode,
+    /// What makes the pressure: `swap` (a hog beyond RAM, for machines with swap, such as the
+    /// test VM's zram), `refault` (pages of a file pushed out and faulted back in a loop:
+    /// real reclaim and PSI stalls, contained, for shared machines), `auto` (swap where there
+    /// is swap inside the test VM, else refault).
+    #[arg(long, value_enum, default_value = "auto")]
+    hog: hog::HogKind,
+    /// The companion binary for GStreamer and PipeWire (default: `dmaheap-bench-peers` next to
+    /// this one, else on PATH; `none` skips it).
+    #[arg(long)]
+    peers: Option<String>,
+    /// Thread counts for the scaling cases (each 1 to 256).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16", value_parser = count(256))]
+    threads: Vec<usize>,
+    /// A name for this run in the report (e.g. "host", "VM full").
+    #[arg(long, default_value = "")]
+    label: String,
+    /// The commit measured (default: DMAHEAP_BENCH_COMMIT, else `git rev-parse`).
+    #[arg(long)]
+    commit: Option<String>,
 }
 
-/// A count from 1 to `max`: samples are kept per iteration, so the count sizes memory.
+/// A count from 1 to `max`.
 fn count(max: u64) -> impl clap::builder::TypedValueParser<Value = usize> {
     use clap::builder::TypedValueParser;
     clap::value_parser!(u64)
@@ -74,70 +115,77 @@ fn count(max: u64) -> impl clap::builder::TypedValueParser<Value = usize> {
         .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
 }
 
-/// A duration in seconds: a finite number above 0, at most an hour.
-fn seconds(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !(v.is_finite() && v > 0.0 && v <= 3600.0) {
-        return Err(format!(
-            "{s} is not a duration: give seconds above 0 and at most 3600"
-        ));
+fn scale(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(0.05..=10.0).contains(&v) {
+        return Err(format!("--scale {v} is outside 0.05 to 10"));
     }
     Ok(v)
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Part {
-    Latency,
-    Burst,
-    Timeline,
+/// The buffer sizes of the size sweep: powers of two and the frames people use.
+pub(crate) const SIZES: [(u64, &str); 10] = [
+    (64 << 10, "64 KiB"),
+    (256 << 10, "256 KiB"),
+    (1 << 20, "1 MiB"),
+    (3_110_400, "1080p NV12"),
+    (4 << 20, "4 MiB"),
+    (8_294_400, "1080p RGBA"),
+    (12_441_600, "4K NV12"),
+    (16 << 20, "16 MiB"),
+    (33_177_600, "4K RGBA"),
+    (64 << 20, "64 MiB"),
+];
+
+pub(crate) fn size_label(size: u64) -> String {
+    SIZES
+        .iter()
+        .find(|(s, _)| *s == size)
+        .map(|(_, l)| (*l).to_owned())
+        .unwrap_or_else(|| heapcore::size::ByteSize(size).to_string())
 }
 
-#[derive(Serialize)]
-struct Case {
-    case: String,
-    frame: String,
-    size: u64,
-    method: Method,
-    threads: usize,
-    pressure: bool,
-    samples: usize,
-    p50_ns: u64,
-    p99_ns: u64,
-    p999_ns: u64,
-    max_ns: u64,
-    hot_path_allocs: u64,
+/// The frame every fixed-size case uses.
+pub(crate) fn hd_nv12() -> FrameLayout {
+    FrameLayout::packed(VideoFormat::Nv12, 1920, 1080).expect("valid frame")
 }
 
-#[derive(Serialize)]
-struct Ratio {
-    name: String,
-    value: f64,
-    target: Option<String>,
-    met: Option<bool>,
+/// What every part gets.
+pub(crate) struct Ctx {
+    pub alloc: Arc<Allocator>,
+    pub sources: Vec<Source>,
+    pub reps: usize,
+    pub scale: f64,
+    pub timer: TimerCost,
+    pub say: bool,
 }
 
-#[derive(Serialize)]
-struct Report {
-    source: String,
-    kernel: String,
-    in_vm: bool,
-    cases: Vec<Case>,
-    ratios: Vec<Ratio>,
-    bursts: Vec<burst::BurstResult>,
-    timeline: Option<timeline::Timeline>,
-}
+impl Ctx {
+    /// A fixed sample count, scaled (never below `floor`).
+    pub(crate) fn count(&self, base: usize, floor: usize) -> usize {
+        ((base as f64 * self.scale).round() as usize).max(floor)
+    }
 
-fn frames() -> [(String, FrameLayout); 2] {
-    let frame = |w, h| {
-        let l = FrameLayout::packed(VideoFormat::Nv12, w, h).expect("valid frame");
-        (format!("{w}x{h} NV12"), l)
-    };
-    [frame(1920, 1080), frame(3840, 2160)]
+    pub(crate) fn say(&self, s: impl AsRef<str>) {
+        if self.say {
+            eprintln!("{}", s.as_ref());
+        }
+    }
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if !args.report.is_empty() {
+        let generated = report::markdown(&args.report)?;
+        match &args.write {
+            Some(path) => {
+                let existing = std::fs::read_to_string(path).unwrap_or_default();
+                std::fs::write(path, report::splice(&existing, &generated))
+                    .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            }
+            None => print!("{generated}"),
+        }
+        return Ok(());
+    }
     let alloc = Arc::new(Allocator::new());
     let listed = Source::parse_list(&args.heap, alloc.inventory())?;
     let sources: Vec<Source> = if listed.is_empty() {
@@ -156,349 +204,403 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .allocate_first(&sources, 1 << 20, "bench-probe")?
         .origin()
         .to_string();
-    let in_vm = std::env::var_os("DMAHEAP_VM").is_some();
-    let pressure = match args.pressure {
+    let mut env = env::record(&alloc, &args.label, args.commit.as_deref());
+    env.buffers_from = served.clone();
+    let timer = TimerCost::calibrate();
+    env.timer = Some(timer);
+    env.counting = counters::method();
+    env.reps = args.reps as usize;
+    env.scale = args.scale;
+    env.command = std::env::args().collect::<Vec<_>>().join(" ");
+    let cpus = measure::allowed_cpus();
+    env.pinning = format!(
+        "thread i pinned to allowed CPU i mod {} (sched_setaffinity); a barrier starts the \
+         timed loops together; {} warm-up operations discarded",
+        cpus.len(),
+        measure::WARMUP_OPS
+    );
+    let ctx = Ctx {
+        alloc,
+        sources,
+        reps: args.reps as usize,
+        scale: args.scale,
+        timer,
+        say: true,
+    };
+    ctx.say(format!(
+        "dmaheap bench: buffers from {served}, kernel {}, {} ({}), clock {} (a reading costs \
+         {} ns at p50), {} repetitions",
+        env.kernel, env.cpu_model, env.machine, env.clocksource, timer.p50_ns, ctx.reps
+    ));
+
+    let mut report = Report {
+        schema: schema::SCHEMA.to_owned(),
+        ..Report::default()
+    };
+    let parts = &args.parts;
+    if parts.contains(&Part::PoolOps) || parts.contains(&Part::Sizes) {
+        run_primitives(&ctx, parts, &args.threads, &mut report)?;
+    }
+    if parts.contains(&Part::Alloc) {
+        alloc_peers::run(&ctx, &mut report)?;
+    }
+    if parts.contains(&Part::Paced) {
+        paced::run(&ctx, &mut report)?;
+    }
+    let pressure_on = match args.pressure {
         PressureMode::On => true,
         PressureMode::Off => false,
-        PressureMode::Auto => in_vm,
+        PressureMode::Auto => true,
     };
-    let kernel = heapcore::sysinfo::kernel_release();
-    let say = |s: String| {
-        if !args.json {
-            eprintln!("{s}");
-        }
-    };
-    say(format!(
-        "dmaheap bench: buffers from {served}, kernel {kernel}{}",
-        if in_vm {
-            " (test VM, emulated CPU)"
-        } else {
-            ""
-        }
-    ));
-    let limits = Limits {
-        recycle_iterations: args.iterations,
-        direct_iterations: args.direct_iterations,
-        direct_seconds: args.direct_seconds,
-    };
-
-    let mut cases = Vec::new();
-    let phases: &[bool] = if pressure { &[false, true] } else { &[false] };
-    let latency_phases: &[bool] = if args.cases.contains(&Part::Latency) {
-        phases
-    } else {
-        &[]
-    };
-    for &under_pressure in latency_phases {
-        let _hog = if under_pressure {
-            say("under memory pressure: starting a bounded memory hog".into());
-            Some(hog::Hog::start(96)?)
-        } else {
-            None
-        };
-        for (frame, layout) in frames() {
-            for threads in [1, 4] {
-                for method in Method::ALL {
-                    say(format!(
-                        "  {frame}, {threads} thread(s), {}{}",
-                        method.label(),
-                        if under_pressure { ", pressure" } else { "" }
-                    ));
-                    let m =
-                        latency::measure(method, &alloc, &sources, layout.size, threads, limits)?;
-                    cases.push(Case {
-                        case: format!(
-                            "{frame} / {} / {threads} thread(s){}",
-                            method.label(),
-                            if under_pressure { " / pressure" } else { "" }
-                        ),
-                        frame: frame.clone(),
-                        size: layout.size,
-                        method,
-                        threads,
-                        pressure: under_pressure,
-                        samples: m.samples.len(),
-                        p50_ns: m.quantile(0.5),
-                        p99_ns: m.quantile(0.99),
-                        p999_ns: m.quantile(0.999),
-                        max_ns: *m.samples.last().unwrap_or(&0),
-                        hot_path_allocs: m.hot_path_allocs,
-                    });
+    if parts.contains(&Part::Pressure) && pressure_on {
+        let kind = args.hog.resolve(env.in_test_vm, env.swap_total);
+        pressure::run(&ctx, kind, &mut report)?;
+    }
+    if parts.contains(&Part::Memory) {
+        memory::run(&ctx, &mut report)?;
+    }
+    if parts.contains(&Part::Peers) && args.peers.as_deref() != Some("none") {
+        match peers::run(&ctx, args.peers.as_deref(), &served) {
+            Ok(p) => {
+                if !p.gstreamer.is_empty() {
+                    env.gstreamer = p.gstreamer.clone();
                 }
+                if !p.pipewire.is_empty() {
+                    env.pipewire = p.pipewire.clone();
+                }
+                report.cases.extend(p.cases);
+                report.ratios.extend(p.ratios);
+                report.targets.extend(p.targets);
+                report.throughput.extend(p.throughput);
+                report.notes.extend(p.notes);
             }
+            Err(e) => report
+                .notes
+                .push(format!("GStreamer and PipeWire peers not run: {e}")),
         }
     }
+    report.env = env;
+    report.targets.sort_by_key(|t| target_order(&t.name));
 
-    let (_, hd) = &frames()[0];
-    let mut bursts = Vec::new();
-    let burst_phases: &[bool] = if args.cases.contains(&Part::Burst) {
-        phases
-    } else {
-        &[]
-    };
-    for &under_pressure in burst_phases {
-        let _hog = under_pressure.then(|| hog::Hog::start(96)).transpose()?;
-        for qos in [QosClass::Realtime, QosClass::Normal] {
-            say(format!(
-                "  animation burst: {} frames at {} fps, {qos} pool{}",
-                args.frames,
-                args.fps,
-                if under_pressure { ", pressure" } else { "" }
-            ));
-            bursts.push(burst::run(
-                &alloc,
-                &sources,
-                hd.size,
-                args.frames,
-                args.fps,
-                qos,
-                under_pressure,
-            )?);
-        }
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.out {
+        std::fs::write(path, &json).map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
-    let timeline = if args.cases.contains(&Part::Timeline) {
-        say("  pool memory over time while pressure comes and goes".into());
-        Some(timeline::run(&alloc, &sources, hd.size, pressure)?)
-    } else {
-        None
-    };
-
-    let ratios = ratios(&cases);
-    let report = Report {
-        source: served,
-        kernel,
-        in_vm,
-        cases,
-        ratios,
-        bursts,
-        timeline,
-    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{json}");
     } else {
-        print_report(&report);
+        print!("{}", report::single(&report));
     }
     Ok(())
 }
 
-fn find<'a>(
-    cases: &'a [Case],
-    frame: &str,
-    method: Method,
-    threads: usize,
-    pressure: bool,
-) -> Option<&'a Case> {
-    cases.iter().find(|c| {
-        c.frame == frame && c.method == method && c.threads == threads && c.pressure == pressure
-    })
+/// Targets in the order issue 13 lists them.
+fn target_order(name: &str) -> usize {
+    const ORDER: [&str; 5] = [
+        "heapcore pool round trip",
+        "GstDmaHeapBufferPool",
+        "dmaheapupload passthrough",
+        "hot-path acquire",
+        "realtime pool p99 under",
+    ];
+    ORDER
+        .iter()
+        .position(|p| name.starts_with(p))
+        .unwrap_or(ORDER.len())
 }
 
-fn ratios(cases: &[Case]) -> Vec<Ratio> {
-    let mut out = Vec::new();
-    let mut push = |name: String, value: f64, target: Option<(&str, bool)>| {
-        out.push(Ratio {
-            name,
-            value,
-            target: target.map(|t| t.0.to_owned()),
-            met: target.map(|t| t.1),
+fn run_primitives(
+    ctx: &Ctx,
+    parts: &[Part],
+    thread_counts: &[usize],
+    report: &mut Report,
+) -> Result<(), String> {
+    use primitives::{Cases, Method, Spec};
+    let hd = hd_nv12().size;
+    let cpus = measure::allowed_cpus().len();
+    let mut specs = Vec::new();
+    if parts.contains(&Part::PoolOps) {
+        for &threads in thread_counts {
+            for per_thread in [false, true] {
+                if per_thread && threads == 1 {
+                    continue;
+                }
+                let mut methods = vec![Method::RealtimePool, Method::FreeList];
+                if !per_thread && (threads == 1 || threads == 4) {
+                    methods.push(Method::NormalPool);
+                }
+                specs.push(Spec {
+                    group: "pool-ops",
+                    size: hd,
+                    threads,
+                    per_thread,
+                    methods,
+                });
+            }
+        }
+    }
+    if parts.contains(&Part::Sizes) {
+        for (size, _) in SIZES {
+            specs.push(Spec {
+                group: "sizes",
+                size,
+                threads: 1,
+                per_thread: false,
+                methods: vec![Method::RealtimePool, Method::FreeList],
+            });
+        }
+    }
+    let mut cases: Vec<Vec<Cases>> = specs
+        .iter()
+        .map(|s| {
+            s.methods
+                .iter()
+                .map(|&m| Cases::new(s, m, s.threads > cpus))
+                .collect()
         })
-    };
-    let div = |a: u64, b: u64| a as f64 / b.max(1) as f64;
-    for (frame, _) in frames() {
-        let is_4k = frame.starts_with("3840");
-        for threads in [1, 4] {
-            let (Some(pool), Some(direct), Some(ready), Some(recycle)) = (
-                find(cases, &frame, Method::RealtimePool, threads, false),
-                find(cases, &frame, Method::DirectAlloc, threads, false),
-                find(cases, &frame, Method::DirectAllocReady, threads, false),
-                find(cases, &frame, Method::FreeListRecycle, threads, false),
-            ) else {
-                continue;
-            };
-            // The target compares like with like: a pool hands out a buffer that is allocated,
-            // mapped and backed by pages, so the direct path must make one too (a memfd's
-            // ftruncate alone allocates nothing).
-            let speedup = div(ready.p99_ns, pool.p99_ns);
-            let target = (is_4k && threads == 1).then_some((">= 200", speedup >= 200.0));
-            push(
-                format!(
-                    "{frame}, {threads} thread(s): direct ready buffer p99 / realtime pool p99"
-                ),
-                speedup,
-                target,
-            );
-            push(
-                format!(
-                    "{frame}, {threads} thread(s): direct allocation (ioctl only) p99 / realtime pool p99"
-                ),
-                div(direct.p99_ns, pool.p99_ns),
-                None,
-            );
-            push(
-                format!(
-                    "{frame}, {threads} thread(s): direct allocation (ioctl only) p50 / realtime pool p50"
-                ),
-                div(direct.p50_ns, pool.p50_ns),
-                None,
-            );
-            push(
-                format!("{frame}, {threads} thread(s): realtime pool p99 / free-list recycle p99"),
-                div(pool.p99_ns, recycle.p99_ns),
-                None,
-            );
-            if threads == 1 {
-                let met = pool.p99_ns <= 2_000;
-                push(
-                    format!("{frame}, 1 thread: realtime pool p99 in µs"),
-                    pool.p99_ns as f64 / 1e3,
-                    Some(("<= 2", met)),
-                );
-            }
-            if let (Some(pp), Some(dp)) = (
-                find(cases, &frame, Method::RealtimePool, threads, true),
-                find(cases, &frame, Method::DirectAlloc, threads, true),
-            ) {
-                let pool_ratio = div(pp.p99_ns, pool.p99_ns);
-                push(
-                    format!(
-                        "{frame}, {threads} thread(s): realtime pool p99 under pressure / without"
-                    ),
-                    pool_ratio,
-                    Some(("<= 1.5", pool_ratio <= 1.5)),
-                );
-                push(
-                    format!(
-                        "{frame}, {threads} thread(s): direct allocation p99 under pressure / without"
-                    ),
-                    div(dp.p99_ns, direct.p99_ns),
-                    None,
-                );
+        .collect();
+    for rep in 0..ctx.reps {
+        ctx.say(format!(
+            "pool operations, repetition {}/{}: {} cases",
+            rep + 1,
+            ctx.reps,
+            specs.len()
+        ));
+        let order = measure::interleaved(rep, specs.len());
+        for i in order {
+            // Fewer operations per thread as threads grow: the same work per case.
+            let n = ctx.count(200_000 / specs[i].threads.min(4), 1_000);
+            let runs =
+                primitives::run(&specs[i], &ctx.alloc, &ctx.sources, n, ctx.timer, rep == 0)?;
+            for (c, run) in cases[i].iter_mut().zip(runs) {
+                c.add(run);
             }
         }
     }
-    out
+    for c in cases.into_iter().flatten() {
+        report.cases.extend(c.finish());
+    }
+    primitive_ratios(report, thread_counts);
+    Ok(())
 }
 
-fn print_report(r: &Report) {
-    println!(
-        "Buffers from {} on kernel {}{}",
-        r.source,
-        r.kernel,
-        if r.in_vm {
-            " (test VM: the CPU is emulated, so absolute times are slow; ratios still compare like with like)"
-        } else {
-            ""
-        }
-    );
-    println!();
-    let mut t = Table::new(&[
-        "CASE",
-        "SAMPLES",
-        "P50",
-        "P99",
-        "P99.9",
-        "MAX",
-        "HOT-PATH ALLOCS",
-    ]);
-    for c in &r.cases {
-        t.row(vec![
-            c.case.clone(),
-            c.samples.to_string(),
-            ns(c.p50_ns),
-            ns(c.p99_ns),
-            ns(c.p999_ns),
-            ns(c.max_ns),
-            c.hot_path_allocs.to_string(),
-        ]);
-    }
-    t.print();
-    println!();
-    let mut t = Table::new(&["RATIO (same run)", "VALUE", "TARGET", "MET"]);
-    for ratio in &r.ratios {
-        t.row(vec![
-            ratio.name.clone(),
-            format!("{:.2}", ratio.value),
-            ratio.target.clone().unwrap_or_default(),
-            ratio.met.map_or(
-                String::new(),
-                |m| if m { "yes".into() } else { "NO".into() },
-            ),
-        ]);
-    }
-    t.print();
-    println!();
-    let mut t = Table::new(&[
-        "ANIMATION BURST",
-        "FRAMES",
-        "FPS",
-        "PRESSURE",
-        "HOT-PATH ALLOCS",
-        "REFILLS",
-        "ACQUIRE P50",
-        "P99",
-        "MAX",
-    ]);
-    for b in &r.bursts {
-        t.row(vec![
-            b.pool.clone(),
-            b.frames.to_string(),
-            b.fps.to_string(),
-            if b.pressure { "yes" } else { "no" }.into(),
-            b.hot_path_allocs.to_string(),
-            b.refills.to_string(),
-            ns(b.acquire_p50_ns),
-            ns(b.acquire_p99_ns),
-            ns(b.acquire_max_ns),
-        ]);
-    }
-    t.print();
-    println!();
-    let Some(tl) = &r.timeline else { return };
-    println!(
-        "Pool memory over time, pressure {}, global budget {} (highest total {}: {})",
-        tl.pressure_mode,
-        ByteSize(tl.budget),
-        ByteSize(tl.max_total),
-        if tl.max_total <= tl.budget {
-            "within budget"
-        } else {
-            "OVER BUDGET"
-        }
-    );
-    println!("(every 250 ms; rows shown when something changed, and every 2 s)");
-    let mut t = Table::new(&[
-        "T",
-        "PRESSURE",
-        "REALTIME",
-        "(FREE)",
-        "NORMAL",
-        "BACKGROUND",
-        "TOTAL",
-    ]);
-    let key = |s: &timeline::Sample| {
-        (
-            s.pressure.clone(),
-            s.realtime_bytes,
-            s.realtime_free,
-            s.normal_bytes,
-            s.background_bytes,
-        )
+/// Per-repetition ratio of a statistic of two cases (the p99 where both have one in every
+/// repetition, else the statistic asked for as fallback).
+pub(crate) fn ratio_of(
+    group: &str,
+    name: String,
+    a: &Case,
+    b: &Case,
+    stat: Stat,
+    fallback: Stat,
+) -> Ratio {
+    let pick = |s: Stat| -> Option<Vec<f64>> {
+        a.runs
+            .iter()
+            .zip(&b.runs)
+            .map(|(x, y)| Some(x.get(s)? / y.get(s)?))
+            .collect()
     };
-    let mut last = None;
-    for s in &tl.samples {
-        if last.as_ref() == Some(&key(s)) && s.t_ms % 2000 != 0 {
-            continue;
+    let (label, values) = match pick(stat) {
+        Some(v) => (stat.label().to_owned(), v),
+        None => {
+            let n = a.runs.iter().chain(&b.runs).map(|s| s.n).min().unwrap_or(0);
+            (
+                format!(
+                    "{} (n = {n}: too few samples for {})",
+                    fallback.label(),
+                    stat.label()
+                ),
+                pick(fallback).unwrap_or_default(),
+            )
         }
-        last = Some(key(s));
-        t.row(vec![
-            format!("{:.2} s", s.t_ms as f64 / 1e3),
-            s.pressure.clone(),
-            ByteSize(s.realtime_bytes).to_string(),
-            s.realtime_free.to_string(),
-            ByteSize(s.normal_bytes).to_string(),
-            ByteSize(s.background_bytes).to_string(),
-            ByteSize(s.total_bytes).to_string(),
-        ]);
+    };
+    Ratio::new(group, name, label, values)
+}
+
+pub(crate) fn find<'a>(
+    cases: &'a [Case],
+    group: &str,
+    method: &str,
+    op: &str,
+    size: u64,
+    threads: usize,
+    layout: &str,
+) -> Option<&'a Case> {
+    let key = schema::case_key(group, method, op, size, threads, layout);
+    cases.iter().find(|c| c.key() == key)
+}
+
+fn primitive_ratios(report: &mut Report, thread_counts: &[usize]) {
+    use primitives::Method;
+    let hd = hd_nv12().size;
+    let rt = Method::RealtimePool.label();
+    let normal = Method::NormalPool.label();
+    let floor = Method::FreeList.label();
+    let mut ratios = Vec::new();
+    let mut targets = Vec::new();
+    for &threads in thread_counts {
+        for layout in ["shared pool", "pool per thread"] {
+            if threads == 1 && layout == "pool per thread" {
+                continue;
+            }
+            for op in ["acquire", "release", "round trip"] {
+                let (Some(a), Some(b)) = (
+                    find(&report.cases, "pool-ops", rt, op, hd, threads, layout),
+                    find(&report.cases, "pool-ops", floor, op, hd, threads, layout),
+                ) else {
+                    continue;
+                };
+                let mut r = ratio_of(
+                    "pool-ops",
+                    format!("{threads} thread(s), {layout}: realtime pool {op} / free list {op}"),
+                    a,
+                    b,
+                    Stat::P99,
+                    Stat::Max,
+                );
+                if op == "round trip" && (threads == 1 || threads == 4) {
+                    r = r.with_target(Goal::AtMost(1.5));
+                    targets.push(Target::of_ratio(
+                        &format!(
+                            "heapcore pool round trip p99 / free-list floor, {threads} thread(s), {layout}"
+                        ),
+                        &r,
+                    ));
+                }
+                ratios.push(r);
+                let p50 = ratio_of(
+                    "pool-ops",
+                    format!("{threads} thread(s), {layout}: realtime pool {op} / free list {op}"),
+                    a,
+                    b,
+                    Stat::P50,
+                    Stat::P50,
+                );
+                ratios.push(p50);
+            }
+            if layout == "shared pool" {
+                if let (Some(a), Some(b)) = (
+                    find(
+                        &report.cases,
+                        "pool-ops",
+                        rt,
+                        "round trip",
+                        hd,
+                        threads,
+                        layout,
+                    ),
+                    find(
+                        &report.cases,
+                        "pool-ops",
+                        normal,
+                        "round trip",
+                        hd,
+                        threads,
+                        layout,
+                    ),
+                ) {
+                    ratios.push(ratio_of(
+                        "pool-ops",
+                        format!(
+                            "{threads} thread(s): realtime pool round trip / normal pool (same prewarm)"
+                        ),
+                        a,
+                        b,
+                        Stat::P99,
+                        Stat::Max,
+                    ));
+                }
+            }
+        }
+        // Scaling efficiency: aggregate round trips per second against N times one thread's.
     }
-    t.print();
+    for (size, label) in SIZES {
+        if let (Some(a), Some(b)) = (
+            find(
+                &report.cases,
+                "sizes",
+                rt,
+                "round trip",
+                size,
+                1,
+                "shared pool",
+            ),
+            find(
+                &report.cases,
+                "sizes",
+                floor,
+                "round trip",
+                size,
+                1,
+                "shared pool",
+            ),
+        ) {
+            ratios.push(ratio_of(
+                "sizes",
+                format!("{label}: realtime pool round trip / free list round trip"),
+                a,
+                b,
+                Stat::P99,
+                Stat::Max,
+            ));
+        }
+    }
+    // Kernel entries on the hot path: one thread, no contention, nothing missing.
+    for method in [rt, normal, floor] {
+        let Some(c) = find(
+            &report.cases,
+            "pool-ops",
+            method,
+            "acquire",
+            hd,
+            1,
+            "shared pool",
+        ) else {
+            continue;
+        };
+        let Some(k) = c.kernel else { continue };
+        let name = format!("hot-path acquire: system calls and page faults per acquire, {method}");
+        let t = kernel_target(&name, &k);
+        if method != floor {
+            targets.push(t);
+        } else {
+            report.notes.push(format!(
+                "{name}: {} system calls, {} page faults per acquire (the floor, for comparison)",
+                k.syscalls
+                    .map_or("not counted".into(), |s| format!("{s:.4}")),
+                k.page_faults
+            ));
+        }
+    }
+    report.ratios.extend(ratios);
+    report.targets.extend(targets);
+}
+
+/// "0 system calls and 0 page faults per acquire", judged on counted entries.
+pub(crate) fn kernel_target(name: &str, k: &PerOp) -> Target {
+    let (met, reason) = match k.syscalls {
+        None => (
+            None,
+            "system calls could not be counted here (perf_event_open with a tracepoint needs \
+             root or CAP_PERFMON)"
+                .to_owned(),
+        ),
+        Some(s) => (
+            Some(s == 0.0 && k.page_faults == 0.0),
+            format!(
+                "{s} system calls and {} page faults per acquire over {} acquires",
+                k.page_faults, k.ops
+            ),
+        ),
+    };
+    Target {
+        name: name.to_owned(),
+        value: k.syscalls.map(|s| s + k.page_faults),
+        ci_low: None,
+        ci_high: None,
+        target: "= 0".into(),
+        met,
+        reason,
+    }
 }

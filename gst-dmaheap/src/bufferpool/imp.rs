@@ -1,21 +1,20 @@
-use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_video::prelude::*;
 
-use super::OnExhaustion;
+use super::fences::{self, BusyBuffers};
 use crate::allocator::DmaHeapAllocator;
 use crate::error::Error;
 use crate::heapchoice::DmaHeapQos;
 use crate::memory;
-use crate::props::{self, DEFAULT_ON_EXHAUSTION, DEFAULT_PREWARM, DEFAULT_QOS};
+use crate::props::{self, DEFAULT_ON_EXHAUSTION, DEFAULT_PREWARM, DEFAULT_QOS, OnExhaustion};
 use crate::stats::Stats;
 
-static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "dmaheappool",
         gst::DebugColorFlags::empty(),
@@ -24,11 +23,6 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 });
 
 const DEFAULT_BUFFER_LIMIT: u32 = 0;
-
-thread_local! {
-    /// Set by `alloc_buffer` so `acquire_buffer` can tell a hit from a miss.
-    static ALLOCATED: Cell<bool> = const { Cell::new(false) };
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Settings {
@@ -76,11 +70,26 @@ pub struct DmaHeapBufferPool {
     starting: AtomicBool,
     /// Buffers allocated and not yet freed.
     alive: AtomicI64,
-    /// Buffers acquired and not yet released.
-    outstanding: AtomicI64,
+    /// Buffers acquired (shared with the statistics, which count hits from it) and released:
+    /// the difference is the buffers out. One atomic add each on acquire and on release.
+    acquired: Arc<AtomicU64>,
+    released: AtomicU64,
+    /// Whether this pool has allocated a dma-buf: only those carry fences, so until then
+    /// (memfd memory) release asks no fence and makes no system call.
+    dmabufs: AtomicBool,
     /// The heapcore pool buffers come from while active: counted against the process's global
     /// budget, told the memory pressure, listed by `dmaheap stats`.
     heap_pool: Mutex<Option<heapcore::Pool>>,
+    /// Released buffers a device still uses, held out of the free queue until their fences
+    /// signal.
+    busy: BusyBuffers<super::DmaHeapBufferPool>,
+    /// What acquire and release read of the settings on every buffer (`qos`, `on-exhaustion`),
+    /// kept beside them by `set_property` so the hot path takes no lock. `hot_qos` is the
+    /// class + 1, 0 while never set (the default).
+    hot_qos: AtomicU8,
+    hot_error_on_exhaustion: AtomicBool,
+    /// The process's pool registry, looked up once (its lookup asks the kernel for the pid).
+    registry: OnceLock<heapcore::PoolRegistry>,
 }
 
 impl DmaHeapBufferPool {
@@ -89,11 +98,22 @@ impl DmaHeapBufferPool {
     }
 
     pub(super) fn set_stats(&self, stats: Arc<Stats>) {
+        stats.count_acquires(&self.acquired);
         *self.stats.lock().unwrap() = stats;
     }
 
     fn stats(&self) -> Arc<Stats> {
         Arc::clone(&self.stats.lock().unwrap())
+    }
+
+    /// The `qos` setting, read without the settings lock.
+    fn hot_qos(&self) -> DmaHeapQos {
+        match self.hot_qos.load(Ordering::Relaxed).checked_sub(1) {
+            None => DEFAULT_QOS,
+            Some(v) if v == DmaHeapQos::Realtime as u8 => DmaHeapQos::Realtime,
+            Some(v) if v == DmaHeapQos::Background as u8 => DmaHeapQos::Background,
+            Some(_) => DmaHeapQos::Normal,
+        }
     }
 
     /// Says `err` on the owning element's bus (the element that upstream's error would
@@ -117,6 +137,50 @@ impl DmaHeapBufferPool {
         }
     }
 
+    /// Puts a buffer whose fences have signalled in the free queue.
+    pub(super) fn release_idle(&self, buffer: gst::Buffer) {
+        self.parent_release_buffer(buffer);
+    }
+
+    /// Whether `buffer` goes to the free queue now (true) or was held back because a device
+    /// still uses it.
+    fn hold_if_busy(&self, buffer: gst::Buffer) -> Option<gst::Buffer> {
+        let fence = match fences::busy_fence(&buffer) {
+            Ok(Some(fence)) => fence,
+            Ok(None) => return Some(buffer),
+            Err(e) => {
+                gst::warning!(CAT, imp = self, "{e}: reusing the buffer without waiting");
+                return Some(buffer);
+            }
+        };
+        let to = || fences::Pool {
+            pool: self.obj().downgrade(),
+            release: |pool: &super::DmaHeapBufferPool, buffer| pool.imp().release_idle(buffer),
+            cat: *CAT,
+        };
+        match self.busy.park(buffer, fence, to) {
+            Ok(()) => {
+                Stats::bump(&self.stats().held_busy);
+                gst::log!(
+                    CAT,
+                    imp = self,
+                    "a device still uses a returned buffer: held back until its fence \
+                     signals ({} held)",
+                    self.busy.len()
+                );
+                None
+            }
+            Err((e, buffer)) => {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "cannot wait for fences ({e}): reusing a buffer a device still uses"
+                );
+                Some(buffer)
+            }
+        }
+    }
+
     fn default_allocator(&self) -> DmaHeapAllocator {
         self.default_allocator
             .lock()
@@ -133,8 +197,7 @@ impl DmaHeapBufferPool {
             .params()
             .ok_or_else(|| "the configuration has no parameters".to_owned())?;
         let caps = caps.ok_or_else(|| "the configuration has no caps".to_owned())?;
-        let mut info = gst_video::VideoInfo::from_caps(&caps)
-            .map_err(|_| format!("{caps} is not raw video"))?;
+        let mut info = crate::caps::video_info(&caps)?;
         let mut adjusted = false;
 
         // The allocator decides where memory comes from (the element's heap choice): a
@@ -276,6 +339,12 @@ impl ObjectImpl for DmaHeapBufferPool {
             "buffer-limit" => settings.buffer_limit = value.get().expect("type checked upstream"),
             _ => unimplemented!(),
         }
+        self.hot_qos
+            .store(settings.qos as u8 + 1, Ordering::Relaxed);
+        self.hot_error_on_exhaustion.store(
+            settings.on_exhaustion == OnExhaustion::Error,
+            Ordering::Relaxed,
+        );
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
@@ -363,6 +432,7 @@ impl BufferPoolImpl for DmaHeapBufferPool {
             None => {}
         }
         let stats = self.stats();
+        stats.count_acquires(&self.acquired);
         let before = stats.prewarmed.load(Ordering::Relaxed);
         self.starting.store(true, Ordering::SeqCst);
         let ok = self.parent_start();
@@ -379,6 +449,11 @@ impl BufferPoolImpl for DmaHeapBufferPool {
     }
 
     fn stop(&self) -> bool {
+        // Buffers held back for their fences go to the free queue, which stopping frees.
+        let held = self.busy.close(|buffer| self.parent_release_buffer(buffer));
+        if held > 0 {
+            gst::debug!(CAT, imp = self, "freeing {held} buffers devices still used");
+        }
         let ok = self.parent_stop();
         // Buffers still out return to the closed heapcore pool and are freed then.
         if let Some(pool) = self.heap_pool.lock().unwrap().take() {
@@ -430,6 +505,9 @@ impl BufferPoolImpl for DmaHeapBufferPool {
         // Held until the memory is freed, even if a buffer leaves the pool without it.
         heap.track(Arc::clone(&stats));
         let info = memory::heap_memory_info(&mem).expect("heap memory carries its buffer");
+        if info.is_dmabuf {
+            self.dmabufs.store(true, Ordering::Relaxed);
+        }
         {
             // Map once now: with KEEP_MAPPED the mapping stays for the memory's life, so no
             // frame pays for mmap on the streaming thread.
@@ -469,7 +547,6 @@ impl BufferPoolImpl for DmaHeapBufferPool {
         if self.starting.load(Ordering::SeqCst) {
             Stats::bump(&stats.prewarmed);
         } else {
-            ALLOCATED.with(|a| a.set(true));
             Stats::bump(&stats.pool_misses);
             if self.settings.lock().unwrap().qos == DmaHeapQos::Realtime {
                 gst::warning!(
@@ -510,11 +587,10 @@ impl BufferPoolImpl for DmaHeapBufferPool {
         &self,
         params: Option<&gst::BufferPoolAcquireParams>,
     ) -> Result<gst::Buffer, gst::FlowError> {
-        let on_exhaustion = self.settings.lock().unwrap().on_exhaustion;
+        let error_on_exhaustion = self.hot_error_on_exhaustion.load(Ordering::Relaxed);
         let caller_wont_wait =
             params.is_some_and(|p| p.flags().contains(gst::BufferPoolAcquireFlags::DONTWAIT));
-        ALLOCATED.with(|a| a.set(false));
-        let result = if on_exhaustion == OnExhaustion::Error && !caller_wont_wait {
+        let result = if error_on_exhaustion && !caller_wont_wait {
             let flags = params.map_or(gst::BufferPoolAcquireFlags::empty(), |p| p.flags())
                 | gst::BufferPoolAcquireFlags::DONTWAIT;
             let dontwait = gst::BufferPoolAcquireParams::with_flags(flags);
@@ -531,41 +607,63 @@ impl BufferPoolImpl for DmaHeapBufferPool {
         } else {
             self.parent_acquire_buffer(params)
         };
+        // The one atomic add of an acquire: buffers out and pool hits both follow from it (a
+        // miss is counted where it allocates).
         if result.is_ok() {
-            self.outstanding.fetch_add(1, Ordering::SeqCst);
-            if !ALLOCATED.with(Cell::get) {
-                Stats::bump(&self.stats().pool_hits);
-            }
+            self.acquired.fetch_add(1, Ordering::Relaxed);
         }
         result
     }
 
     fn release_buffer(&self, mut buffer: gst::Buffer) {
+        // Buffers made by start() are fresh: no device has seen them.
         if !self.starting.load(Ordering::SeqCst) {
-            let outstanding = self.outstanding.fetch_sub(1, Ordering::SeqCst) - 1;
-            let settings = *self.settings.lock().unwrap();
+            let released = self.released.fetch_add(1, Ordering::Relaxed) + 1;
+            let outstanding = self.acquired.load(Ordering::Relaxed) as i64 - released as i64;
+            let qos = self.hot_qos();
             // Background pools stay lean; under critical memory pressure normal pools give
             // idle buffers back too (realtime pools never do).
-            let pressure = crate::heapchoice::registry().pressure();
-            let lean = match settings.qos {
+            let pressure = || {
+                self.registry
+                    .get_or_init(crate::heapchoice::registry)
+                    .pressure()
+            };
+            let lean = match qos {
                 DmaHeapQos::Background => true,
-                DmaHeapQos::Normal => pressure == heapcore::PressureLevel::Critical,
+                DmaHeapQos::Normal => pressure() == heapcore::PressureLevel::Critical,
                 DmaHeapQos::Realtime => false,
             };
             if lean {
                 let min = self.config.lock().unwrap().as_ref().map_or(0, |c| c.min);
+                // A normal pool keeps at least the one buffer a stream takes for its next
+                // frame (heapcore's rule): freeing it would only make the pool allocate again
+                // at once, churning the memory pressure asks it to save.
+                let keep = match qos {
+                    DmaHeapQos::Normal => min.max(1),
+                    _ => min,
+                };
                 // Idle buffers once this one is back.
                 let idle = self.alive.load(Ordering::SeqCst) - outstanding;
-                if idle > i64::from(min) {
+                if idle > i64::from(keep) {
                     // GstBufferPool frees a returning buffer whose memory is tagged.
                     buffer.make_mut().set_flags(gst::BufferFlags::TAG_MEMORY);
                     Stats::bump(&self.stats().trimmed);
                     gst::log!(
                         CAT,
                         imp = self,
-                        "{:?} pool ({pressure:?} memory pressure): freeing an idle buffer",
-                        settings.qos
+                        "{qos:?} pool ({:?} memory pressure): freeing an idle buffer",
+                        pressure()
                     );
+                }
+            }
+            // A buffer about to be freed need not wait; one going back to the free queue
+            // must not be handed out while a device still reads or writes it.
+            if self.dmabufs.load(Ordering::Relaxed)
+                && !buffer.flags().contains(gst::BufferFlags::TAG_MEMORY)
+            {
+                match self.hold_if_busy(buffer) {
+                    Some(idle) => buffer = idle,
+                    None => return,
                 }
             }
         }

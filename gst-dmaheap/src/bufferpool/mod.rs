@@ -8,21 +8,8 @@ use gst::subclass::prelude::*;
 
 use crate::stats::Stats;
 
+mod fences;
 mod imp;
-
-/// What an acquire does when a `max-buffers` pool has no free buffer.
-#[derive(Debug, Default, Eq, PartialEq, Hash, Clone, Copy, glib::Enum)]
-#[repr(u32)]
-#[enum_type(name = "GstDmaHeapOnExhaustion")]
-pub enum OnExhaustion {
-    /// Wait until a buffer comes back (GstBufferPool's behaviour).
-    #[default]
-    #[enum_value(name = "Block until a buffer is released", nick = "block")]
-    Block,
-    /// Fail the acquire with an error that says the pool is exhausted.
-    #[enum_value(name = "Fail with an error", nick = "error")]
-    Error,
-}
 
 glib::wrapper! {
     /// A video buffer pool on [`crate::DmaHeapAllocator`]: honours `GstVideoAlignment`, adds

@@ -1,22 +1,20 @@
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
-use gst_video::prelude::*;
 
+use super::devices::{self, Devices};
+use super::foreign;
+use super::state::{DEFAULT_MAX_BUFFERS, DEFAULT_MIN_BUFFERS, Downstream, Settings, State};
 use crate::allocator::DmaHeapAllocator;
-use crate::bufferpool::{DmaHeapBufferPool, OnExhaustion};
-use crate::heapchoice::{DmaHeapQos, HeapChoice};
-use crate::memory;
-use crate::props::{
-    self, DEFAULT_HEAP, DEFAULT_ON_EXHAUSTION, DEFAULT_PREWARM, DEFAULT_QOS, DEFAULT_USAGE,
-};
+use crate::caps;
+use crate::heapchoice::HeapChoice;
+use crate::props::{self, DEFAULT_USAGE};
 use crate::stats::Stats;
 
-static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "dmaheapupload",
         gst::DebugColorFlags::empty(),
@@ -24,348 +22,96 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_MIN_BUFFERS: u32 = 0;
-const DEFAULT_MAX_BUFFERS: u32 = 0;
-
 const STATS_NAME: &str = "dmaheapupload-stats";
-
-#[derive(Debug, Clone)]
-struct Settings {
-    heap: String,
-    usage: String,
-    qos: DmaHeapQos,
-    prewarm: u32,
-    min_buffers: u32,
-    max_buffers: u32,
-    on_exhaustion: OnExhaustion,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            heap: DEFAULT_HEAP.into(),
-            usage: DEFAULT_USAGE.into(),
-            qos: DEFAULT_QOS,
-            prewarm: DEFAULT_PREWARM,
-            min_buffers: DEFAULT_MIN_BUFFERS,
-            max_buffers: DEFAULT_MAX_BUFFERS,
-            on_exhaustion: DEFAULT_ON_EXHAUSTION,
-        }
-    }
-}
-
-/// What downstream said in its ALLOCATION answer.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Downstream {
-    size: u32,
-    min: u32,
-    params: gst::AllocationParams,
-    video_meta: bool,
-    alignment: Option<gst_video::VideoAlignment>,
-}
-
-/// A heap pool made for one set of caps.
-#[derive(Debug, Clone)]
-struct PoolSlot {
-    pool: DmaHeapBufferPool,
-    /// The allocator it was configured with (a new one when the heap choice changes).
-    allocator: DmaHeapAllocator,
-    caps: gst::Caps,
-    downstream: Downstream,
-    size: u32,
-    min: u32,
-    max: u32,
-}
-
-impl PoolSlot {
-    fn fits(&self, caps: &gst::Caps, allocator: &DmaHeapAllocator, down: &Downstream) -> bool {
-        self.caps == *caps && self.allocator == *allocator && self.downstream == *down
-    }
-}
-
-// One per element, replaced only on state changes: the size of `Started` does not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Default)]
-enum State {
-    #[default]
-    Stopped,
-    Started {
-        /// The allocator for the negotiated caps (dma-buf sources only for memory:DMABuf).
-        allocator: DmaHeapAllocator,
-        in_caps: Option<gst::Caps>,
-        in_info: Option<gst_video::VideoInfo>,
-        out_dmabuf: bool,
-        downstream: Downstream,
-        /// The pool offered upstream: upstream configures, activates and writes into it.
-        offered: Option<PoolSlot>,
-        /// The pool this element copies into, configured and activated here for the caps'
-        /// layout (downstream's alignment only where it reads the video meta).
-        copies: Option<PoolSlot>,
-        told_about_copies: bool,
-    },
-}
 
 #[derive(Default)]
 pub struct DmaHeapUpload {
-    settings: Mutex<Settings>,
-    state: Mutex<State>,
+    pub(super) settings: Mutex<Settings>,
+    pub(super) state: Mutex<State>,
     stats: Mutex<Arc<Stats>>,
-}
-
-/// The frame size of fixed raw video caps, if they are fixed.
-fn frame_size(s: &gst::StructureRef) -> Option<u64> {
-    let caps = gst::Caps::builder_full().structure(s.to_owned()).build();
-    if !caps.is_fixed() {
-        return None;
-    }
-    gst_video::VideoInfo::from_caps(&caps)
-        .ok()
-        .map(|info| info.size() as u64)
+    /// The devices the buffers pass through (from `devices` or the neighbours), found at
+    /// start, and what heapcore knows each accepts.
+    devices: Mutex<Arc<Devices>>,
+    /// What was found of the foreign dma-bufs seen since the caps were set.
+    pub(super) foreign: foreign::Verdicts,
 }
 
 impl DmaHeapUpload {
-    fn stats(&self) -> Arc<Stats> {
+    pub(super) fn devices(&self) -> Arc<Devices> {
+        Arc::clone(&self.devices.lock().unwrap())
+    }
+
+    pub(super) fn stats(&self) -> Arc<Stats> {
         Arc::clone(&self.stats.lock().unwrap())
+    }
+
+    /// Where buffers of `size` bytes (0: not known yet) come from with the current settings
+    /// and the devices found at start. Devices narrow the choice; if they leave nothing (no
+    /// heap here suits them all), the choice is made without them and the reason logged:
+    /// the pipeline then fails or copies where it did before devices were looked at.
+    pub(super) fn choice(&self, size: u64) -> Result<HeapChoice, crate::Error> {
+        let settings = self.settings.lock().unwrap().clone();
+        let devices = Arc::clone(&self.devices.lock().unwrap());
+        if devices.reports.is_empty() {
+            return HeapChoice::resolve(&settings.heap, &settings.usage, size);
+        }
+        HeapChoice::resolve_for(&settings.heap, &settings.usage, size, &devices.reports).or_else(
+            |e| {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "no source suits every device ({e}); choosing without them"
+                );
+                HeapChoice::resolve(&settings.heap, &settings.usage, size)
+            },
+        )
     }
 
     /// Whether memory:DMABuf can be offered downstream for frames of `size` bytes (0: not
     /// known yet) with the current settings: the solver rules sources out by size (udmabuf's
     /// limit, the CMA area), so a fixed frame size is asked about as it is.
-    fn dmabuf_possible(&self, size: u64) -> bool {
-        let settings = self.settings.lock().unwrap().clone();
-        HeapChoice::resolve(&settings.heap, &settings.usage, size)
-            .and_then(|c| c.dmabuf_only())
-            .is_ok()
+    pub(super) fn dmabuf_possible(&self, size: u64) -> bool {
+        self.choice(size).and_then(|c| c.dmabuf_only()).is_ok()
     }
 
-    /// A heap pool for `caps`, configured for what downstream needs (not activated: that
-    /// allocates, and happens without the state lock).
-    fn new_pool(
-        &self,
-        caps: &gst::Caps,
-        allocator: &DmaHeapAllocator,
-        downstream: &Downstream,
-        for_copies: bool,
-    ) -> Result<PoolSlot, gst::ErrorMessage> {
-        let settings = self.settings.lock().unwrap().clone();
-        let info = gst_video::VideoInfo::from_caps(caps).map_err(|_| {
-            gst::error_msg!(gst::CoreError::Negotiation, ("{caps} is not raw video"))
-        })?;
-        let size = u32::try_from(info.size())
-            .unwrap_or(u32::MAX)
-            .max(downstream.size);
-        let min = settings.min_buffers.max(downstream.min);
-        let mut max = settings.max_buffers;
-        if max > 0 && max < min {
-            gst::warning!(
-                CAT,
-                imp = self,
-                "max-buffers={max} is below the {min} buffers downstream needs: allowing {min}"
-            );
-            max = min;
-        }
-        let pool = DmaHeapBufferPool::new();
-        pool.set_owner(&*self.obj());
-        pool.set_stats(self.stats());
-        pool.set_property("qos", settings.qos);
-        pool.set_property("prewarm", settings.prewarm);
-        pool.set_property("on-exhaustion", settings.on_exhaustion);
-        pool.set_property("buffer-limit", max);
-        let mut config = pool.config();
-        config.set_params(Some(caps), size, min, max);
-        config.set_allocator(
-            Some(allocator.upcast_ref::<gst::Allocator>()),
-            Some(&downstream.params),
-        );
-        // Strides can be padded only for a downstream that reads them from the video meta.
-        if for_copies && downstream.video_meta {
-            config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META);
-            if let Some(align) = &downstream.alignment {
-                config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_ALIGNMENT);
-                config.set_video_alignment(align);
-            }
-        }
-        if pool.set_config(config).is_err() {
-            // The pool said what it can do instead (more buffers for prewarm, a bigger size):
-            // take that.
-            let adjusted = pool.config();
-            pool.set_config(adjusted).map_err(|_| {
-                gst::error_msg!(
+    /// The statistics, with the devices the heap choice follows.
+    fn stats_structure(&self) -> gst::Structure {
+        let mut stats = self.stats().to_structure(STATS_NAME);
+        let devices = Arc::clone(&self.devices.lock().unwrap());
+        let found: Vec<String> = devices.found.iter().map(ToString::to_string).collect();
+        stats.set("devices", found.join("; "));
+        stats
+    }
+
+    /// Finds the devices the buffers pass through and asks heapcore what each accepts (a
+    /// probe runs once per device and kernel; later starts read the cache).
+    fn find_devices(&self, property: &str) {
+        let found = devices::find(self.obj().upcast_ref(), property);
+        let (reports, problems) = devices::device_reports(&found);
+        for problem in problems {
+            if property.is_empty() {
+                gst::info!(CAT, imp = self, "not choosing heaps for {problem}");
+            } else {
+                gst::element_imp_warning!(
+                    self,
                     gst::ResourceError::Settings,
-                    ("the heap pool refused a configuration for {caps}")
-                )
-            })?;
-        }
-        Stats::bump(&self.stats().pools);
-        gst::info!(
-            CAT,
-            imp = self,
-            "new heap pool {} {} for {caps}: {size} byte buffers, {min}..{} of them, from {}",
-            pool.name(),
-            if for_copies {
-                "to copy into"
-            } else {
-                "offered upstream"
-            },
-            if max == 0 {
-                "unlimited".to_owned()
-            } else {
-                max.to_string()
-            },
-            allocator
-                .choice()
-                .map(|c| c.describe())
-                .unwrap_or_else(|e| e.to_string())
-        );
-        Ok(PoolSlot {
-            pool,
-            allocator: allocator.clone(),
-            caps: caps.clone(),
-            downstream: downstream.clone(),
-            size,
-            min,
-            max,
-        })
-    }
-
-    /// The pool to copy into, activated. Made (and the old one let go) without the state
-    /// lock held: activation allocates, and may post errors that a bus handler answers by
-    /// calling back into this element.
-    fn copy_pool(&self) -> Result<DmaHeapBufferPool, gst::FlowError> {
-        let (caps, allocator, downstream) = match &*self.state.lock().unwrap() {
-            State::Started {
-                in_caps: Some(caps),
-                allocator,
-                downstream,
-                copies,
-                ..
-            } => {
-                if let Some(slot) = copies
-                    && slot.fits(caps, allocator, downstream)
-                {
-                    return Ok(slot.pool.clone());
-                }
-                (caps.clone(), allocator.clone(), downstream.clone())
-            }
-            _ => return Err(gst::FlowError::NotNegotiated),
-        };
-        let slot = self
-            .new_pool(&caps, &allocator, &downstream, true)
-            .map_err(|e| {
-                self.post_error_message(e);
-                gst::FlowError::Error
-            })?;
-        slot.pool.set_active(true).map_err(|_| {
-            gst::element_imp_error!(
-                self,
-                gst::ResourceError::NoSpaceLeft,
-                ("could not activate the heap buffer pool"),
-                ["pool {}", slot.pool.name()]
-            );
-            gst::FlowError::Error
-        })?;
-        let pool = slot.pool.clone();
-        let old = match &mut *self.state.lock().unwrap() {
-            State::Started { copies, .. } => copies.replace(slot),
-            State::Stopped => Some(slot),
-        };
-        if let Some(old) = old {
-            let _ = old.pool.set_active(false);
-        }
-        Ok(pool)
-    }
-
-    /// Whether `buf` can go downstream as it is as far as its layout goes: downstream reads
-    /// strides and offsets from the video meta, or the buffer has the caps' default layout
-    /// (what a sink that ignores video meta assumes).
-    fn layout_fits(buf: &gst::BufferRef, info: &gst_video::VideoInfo, video_meta: bool) -> bool {
-        if video_meta {
-            return true;
-        }
-        let n = info.n_planes() as usize;
-        buf.size() >= info.size()
-            && buf.meta::<gst_video::VideoMeta>().is_none_or(|meta| {
-                meta.offset()[..n] == info.offset()[..n] && meta.stride()[..n] == info.stride()[..n]
-            })
-    }
-
-    /// Whether every memory of `buf` is heap memory from a source `choice` allows (so
-    /// `heap=`, the usage's policy and, for memory:DMABuf, dma-buf-only hold for what passes
-    /// through, whichever pool or allocator in the process made it).
-    fn is_chosen_heap_memory(buf: &gst::BufferRef, choice: &HeapChoice) -> bool {
-        buf.n_memory() > 0
-            && buf.iter_memories().all(|m| {
-                memory::heap_buffer(m)
-                    .and_then(|b| b.source())
-                    .is_some_and(|source| choice.sources().contains(&source))
-            })
-    }
-
-    /// Why a buffer was copied, for the log.
-    fn copy_reason(buf: &gst::BufferRef, choice: &HeapChoice) -> String {
-        let Some(mem) = buf.iter_memories().next() else {
-            return "it has no memory".into();
-        };
-        if let Some(info) = memory::heap_memory_info(mem) {
-            if !Self::is_chosen_heap_memory(buf, choice) {
-                return format!(
-                    "it is {} memory, which {} does not allow",
-                    info.origin,
-                    choice.describe()
+                    ("devices: {}", problem)
                 );
             }
-            return "it is heap memory laid out with strides or offsets of its own, which \
-                    downstream would not read (it takes no video meta)"
-                .into();
         }
-        if mem.is_memory_type::<gst_allocators::DmaBufMemory>() {
-            return "it is a dma-buf from another exporter".into();
+        for report in &reports {
+            gst::info!(CAT, imp = self, "choosing heaps for {report}");
         }
-        match mem.allocator() {
-            Some(a) => format!("its memory comes from allocator {}", a.name()),
-            None => "its memory has no allocator".into(),
-        }
-    }
-
-    fn copy_frame(
-        &self,
-        info: &gst_video::VideoInfo,
-        inbuf: &gst::Buffer,
-        outbuf: gst::Buffer,
-    ) -> Result<gst::Buffer, gst::FlowError> {
-        let in_frame =
-            gst_video::VideoFrame::from_buffer_readable(inbuf.clone(), info).map_err(|_| {
-                gst::element_imp_error!(
-                    self,
-                    gst::StreamError::Failed,
-                    ("cannot map an input frame for reading")
-                );
-                gst::FlowError::Error
-            })?;
-        let mut out_frame =
-            gst_video::VideoFrame::from_buffer_writable(outbuf, info).map_err(|_| {
-                gst::element_imp_error!(
-                    self,
-                    gst::StreamError::Failed,
-                    ("cannot map a heap buffer for writing")
-                );
-                gst::FlowError::Error
-            })?;
-        in_frame.copy(&mut out_frame).map_err(|_| {
-            gst::element_imp_error!(self, gst::StreamError::Failed, ("frame copy failed"));
-            gst::FlowError::Error
-        })?;
-        let mut outbuf = out_frame.into_buffer();
-        self.parent_copy_metadata(
-            inbuf.as_ref(),
-            outbuf.get_mut().expect("a pool buffer has one owner"),
-        )
-        .map_err(|_| gst::FlowError::Error)?;
-        Ok(outbuf)
+        let upstream_v4l2 = devices::upstream_v4l2(self.obj().upcast_ref());
+        *self.devices.lock().unwrap() = Arc::new(Devices {
+            found,
+            reports,
+            upstream_v4l2,
+        });
     }
 
     fn post_stats(&self) {
-        let stats = self.stats().to_structure(STATS_NAME);
+        let stats = self.stats_structure();
         gst::info!(CAT, imp = self, "{stats}");
         let msg = gst::message::Element::builder(stats)
             .src(&*self.obj())
@@ -386,6 +132,16 @@ impl ObjectImpl for DmaHeapUpload {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             vec![
                 props::heap().mutable_ready().build(),
+                glib::ParamSpecString::builder("devices")
+                    .nick("Devices")
+                    .blurb(
+                        "Device nodes the buffers pass through, separated by commas or spaces \
+                         (/dev/video0, /dev/dri/card0): heaps a device cannot import are not \
+                         used. Empty: learned from the neighbours (an upstream V4L2 element's \
+                         device, kmssink downstream)",
+                    )
+                    .mutable_ready()
+                    .build(),
                 props::usage().mutable_ready().build(),
                 props::qos().mutable_ready().build(),
                 props::prewarm().mutable_ready().build(),
@@ -405,7 +161,9 @@ impl ObjectImpl for DmaHeapUpload {
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
-                        "passthrough and copies, pool hits and misses, prewarmed and trimmed \
+                        "passthrough (heap buffers; foreign-passthrough: other exporters' \
+                         dma-bufs that meet the devices' and downstream's needs), copies and \
+                         the last copy's reason, pool hits and misses, prewarmed and trimmed \
                          buffers, heap memory held (heap-used bytes, heap-origins)",
                     )
                     .read_only()
@@ -436,6 +194,12 @@ impl ObjectImpl for DmaHeapUpload {
                     gst::warning!(CAT, imp = self, "{e}");
                 }
             }
+            "devices" => {
+                settings.devices = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_default();
+            }
             "qos" => settings.qos = value.get().expect("type checked upstream"),
             "prewarm" => settings.prewarm = value.get().expect("type checked upstream"),
             "min-buffers" => settings.min_buffers = value.get().expect("type checked upstream"),
@@ -447,11 +211,12 @@ impl ObjectImpl for DmaHeapUpload {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         if pspec.name() == "stats" {
-            return self.stats().to_structure(STATS_NAME).to_value();
+            return self.stats_structure().to_value();
         }
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
             "heap" => settings.heap.to_value(),
+            "devices" => settings.devices.to_value(),
             "usage" => settings.usage.to_value(),
             "qos" => settings.qos.to_value(),
             "prewarm" => settings.prewarm.to_value(),
@@ -485,6 +250,14 @@ impl ElementImpl for DmaHeapUpload {
                 .features([gst_allocators::CAPS_FEATURE_MEMORY_DMABUF])
                 .build();
             caps.merge(gst_video::VideoCapsBuilder::new().build());
+            // GStreamer 1.24+: dma-buf memory as format=DMA_DRM (LINEAR drm-formats only).
+            #[cfg(feature = "v1_28")]
+            caps.merge(
+                gst_video::VideoCapsBuilder::new()
+                    .features([gst_allocators::CAPS_FEATURE_MEMORY_DMABUF])
+                    .format(gst_video::VideoFormat::DmaDrm)
+                    .build(),
+            );
             vec![
                 gst::PadTemplate::new(
                     "sink",
@@ -513,8 +286,10 @@ impl BaseTransformImpl for DmaHeapUpload {
     const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let settings = self.settings.lock().unwrap().clone();
-        let choice = HeapChoice::resolve(&settings.heap, &settings.usage, 0)
+        let devices = self.settings.lock().unwrap().devices.clone();
+        self.find_devices(&devices);
+        let choice = self
+            .choice(0)
             .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("{}", e)))?;
         for skipped in choice.skipped() {
             if choice.is_explicit() {
@@ -530,6 +305,7 @@ impl BaseTransformImpl for DmaHeapUpload {
         let choice = Arc::new(choice);
         gst::info!(CAT, imp = self, "allocating from {}", choice.describe());
         *self.stats.lock().unwrap() = Arc::new(Stats::default());
+        self.foreign.clear();
         *self.state.lock().unwrap() = State::Started {
             allocator: DmaHeapAllocator::with_choice(choice),
             in_caps: None,
@@ -538,7 +314,6 @@ impl BaseTransformImpl for DmaHeapUpload {
             downstream: Downstream::default(),
             offered: None,
             copies: None,
-            told_about_copies: false,
         };
         Ok(())
     }
@@ -553,12 +328,8 @@ impl BaseTransformImpl for DmaHeapUpload {
                 let _ = slot.pool.set_active(false);
             }
         }
-        gst::info!(
-            CAT,
-            imp = self,
-            "stopped: {}",
-            self.stats().to_structure(STATS_NAME)
-        );
+        gst::info!(CAT, imp = self, "stopped: {}", self.stats_structure());
+        *self.devices.lock().unwrap() = Arc::default();
         Ok(())
     }
 
@@ -579,28 +350,12 @@ impl BaseTransformImpl for DmaHeapUpload {
                 None => templ,
             });
         }
-        let dmabuf_features = gst::CapsFeatures::new([gst_allocators::CAPS_FEATURE_MEMORY_DMABUF]);
         // Size-less answers are shared by every structure whose frame size is not fixed.
         let mut unsized_dmabuf = None;
-        let mut out = gst::Caps::new_empty();
-        for s in caps.iter() {
-            let dmabuf = match frame_size(s) {
-                Some(size) => self.dmabuf_possible(size),
-                None => *unsized_dmabuf.get_or_insert_with(|| self.dmabuf_possible(0)),
-            };
-            let plain = (s.to_owned(), None);
-            let with_dmabuf = (s.to_owned(), Some(dmabuf_features.clone()));
-            // Downstream is offered dma-buf memory first (when a heap can give it for this
-            // frame size); upstream may send either.
-            let order = match direction {
-                gst::PadDirection::Sink if dmabuf => vec![with_dmabuf, plain],
-                gst::PadDirection::Sink => vec![plain],
-                _ => vec![plain, with_dmabuf],
-            };
-            for (s, features) in order {
-                out.merge_structure_full(s, features);
-            }
-        }
+        let out = caps::transform(caps, direction, |size| match size {
+            Some(size) => self.dmabuf_possible(size),
+            None => *unsized_dmabuf.get_or_insert_with(|| self.dmabuf_possible(0)),
+        });
         gst::trace!(CAT, imp = self, "{direction:?} {caps} -> {out}");
         Some(match filter {
             Some(f) => f.intersect_with_mode(&out, gst::CapsIntersectMode::First),
@@ -609,15 +364,14 @@ impl BaseTransformImpl for DmaHeapUpload {
     }
 
     fn set_caps(&self, incaps: &gst::Caps, outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
-        let info = gst_video::VideoInfo::from_caps(incaps)
-            .map_err(|_| gst::loggable_error!(CAT, "{incaps} is not raw video"))?;
+        let info = caps::video_info(incaps).map_err(|e| gst::loggable_error!(CAT, "{e}"))?;
         let out_dmabuf = outcaps
             .features(0)
             .is_some_and(|f| f.contains(gst_allocators::CAPS_FEATURE_MEMORY_DMABUF));
         // The choice again, now that the frame size is known (the solver checks sizes
         // against CMA and udmabuf), without memfd when downstream takes dma-bufs only.
-        let settings = self.settings.lock().unwrap().clone();
-        let wanted = HeapChoice::resolve(&settings.heap, &settings.usage, info.size() as u64)
+        let wanted = self
+            .choice(info.size() as u64)
             .and_then(|c| if out_dmabuf { c.dmabuf_only() } else { Ok(c) });
         let wanted = match wanted {
             Ok(c) => c,
@@ -644,6 +398,7 @@ impl BaseTransformImpl for DmaHeapUpload {
             gst::debug!(CAT, imp = self, "allocating from {}", wanted.describe());
             *allocator = DmaHeapAllocator::with_choice(Arc::new(wanted));
         }
+        self.foreign.clear();
         *in_caps = Some(incaps.clone());
         *in_info = Some(info);
         *state_out_dmabuf = out_dmabuf;
@@ -660,44 +415,7 @@ impl BaseTransformImpl for DmaHeapUpload {
         &self,
         query: &mut gst::query::Allocation,
     ) -> Result<(), gst::LoggableError> {
-        let mut down = Downstream {
-            video_meta: query
-                .find_allocation_meta::<gst_video::VideoMeta>()
-                .is_some(),
-            ..Downstream::default()
-        };
-        if let Some((pool, size, min, _max)) = query.allocation_pools().next() {
-            down.size = size;
-            down.min = min;
-            if let Some(pool) = pool {
-                let config = pool.config();
-                if config.has_option(gst_video::BUFFER_POOL_OPTION_VIDEO_ALIGNMENT) {
-                    down.alignment = config.video_alignment();
-                }
-            }
-        }
-        // Every proposed parameter set must hold for our buffers: take the largest of each.
-        let (mut align, mut prefix, mut padding) = (0, 0, 0);
-        for (_allocator, params) in query.allocation_params() {
-            align |= params.align();
-            prefix = prefix.max(params.prefix());
-            padding = padding.max(params.padding());
-        }
-        down.params = gst::AllocationParams::new(gst::MemoryFlags::empty(), align, prefix, padding);
-        // Downstream's own pool is not used: buffers come from the heap pools, which this
-        // element (not GstBaseTransform) activates and deactivates.
-        while query.allocation_pools().len() > 0 {
-            query.remove_nth_allocation_pool(0);
-        }
-        gst::debug!(CAT, imp = self, "downstream needs {down:?}");
-        match &mut *self.state.lock().unwrap() {
-            State::Started { downstream, .. } => {
-                // The copy pool follows on the next copy; the offered one stays with upstream.
-                *downstream = down;
-                Ok(())
-            }
-            State::Stopped => Err(gst::loggable_error!(CAT, "allocation before start")),
-        }
+        self.take_downstreams_answer(query)
     }
 
     fn propose_allocation(
@@ -705,72 +423,7 @@ impl BaseTransformImpl for DmaHeapUpload {
         decide_query: Option<&gst::query::Allocation>,
         query: &mut gst::query::Allocation,
     ) -> Result<(), gst::LoggableError> {
-        // With a decide query the parent copies downstream's metas (nothing else); without one
-        // it would forward the query downstream and return downstream's pool.
-        if decide_query.is_some() {
-            self.parent_propose_allocation(decide_query, query)?;
-        }
-        // Buffers of our pool go downstream untouched, so upstream may write strides and
-        // offsets of its own (a decoder's padding) only if downstream reads them from the
-        // video meta. Until downstream has answered, it is not offered.
-        let downstream_reads_video_meta = decide_query
-            .is_some_and(|q| q.find_allocation_meta::<gst_video::VideoMeta>().is_some());
-        if downstream_reads_video_meta
-            && query
-                .find_allocation_meta::<gst_video::VideoMeta>()
-                .is_none()
-        {
-            query.add_allocation_meta::<gst_video::VideoMeta>(None);
-        }
-        let Some(caps) = query.get_owned().0 else {
-            return Err(gst::loggable_error!(CAT, "allocation query without caps"));
-        };
-
-        // The same pool again for the same caps (upstream may be using it); a new one,
-        // configured without the state lock, otherwise.
-        let (allocator, downstream) = match &*self.state.lock().unwrap() {
-            State::Started {
-                offered: Some(slot),
-                allocator,
-                ..
-            } if slot.caps == caps && slot.allocator == *allocator => {
-                query.add_allocation_param(Some(allocator), slot.downstream.params);
-                query.add_allocation_pool(Some(&slot.pool), slot.size, slot.min, slot.max);
-                return Ok(());
-            }
-            State::Started {
-                allocator,
-                downstream,
-                ..
-            } => (allocator.clone(), downstream.clone()),
-            State::Stopped => return Err(gst::loggable_error!(CAT, "not started")),
-        };
-        let slot = self
-            .new_pool(&caps, &allocator, &downstream, false)
-            .map_err(|e| {
-                let msg = format!("{e:?}");
-                self.post_error_message(e);
-                gst::loggable_error!(CAT, "{msg}")
-            })?;
-        query.add_allocation_param(Some(&allocator), downstream.params);
-        query.add_allocation_pool(Some(&slot.pool), slot.size, slot.min, slot.max);
-        gst::debug!(
-            CAT,
-            imp = self,
-            "offering {} upstream: {} byte buffers, {}..{} of them",
-            slot.pool.name(),
-            slot.size,
-            slot.min,
-            slot.max
-        );
-        let old = match &mut *self.state.lock().unwrap() {
-            State::Started { offered, .. } => offered.replace(slot),
-            State::Stopped => Some(slot),
-        };
-        if let Some(old) = old {
-            let _ = old.pool.set_active(false);
-        }
-        Ok(())
+        self.offer_pool(decide_query, query)
     }
 
     fn sink_event(&self, event: gst::Event) -> bool {
@@ -809,57 +462,6 @@ impl BaseTransformImpl for DmaHeapUpload {
     fn generate_output(
         &self,
     ) -> Result<gst_base::subclass::base_transform::GenerateOutputSuccess, gst::FlowError> {
-        let Some(inbuf) = self.take_queued_buffer() else {
-            return Ok(gst_base::subclass::base_transform::GenerateOutputSuccess::NoOutput);
-        };
-        let (choice, info, video_meta) = match &*self.state.lock().unwrap() {
-            State::Started {
-                allocator,
-                in_info: Some(info),
-                downstream,
-                ..
-            } => (
-                allocator.choice().map_err(|e| {
-                    gst::element_imp_error!(self, gst::ResourceError::Settings, ("{}", e));
-                    gst::FlowError::Error
-                })?,
-                info.clone(),
-                downstream.video_meta,
-            ),
-            _ => return Err(gst::FlowError::NotNegotiated),
-        };
-        let stats = self.stats();
-        if Self::is_chosen_heap_memory(&inbuf, &choice)
-            && Self::layout_fits(&inbuf, &info, video_meta)
-        {
-            let n = stats.passthrough.fetch_add(1, Ordering::Relaxed) + 1;
-            gst::log!(
-                CAT,
-                imp = self,
-                "passthrough #{n}: {inbuf:?} is heap memory"
-            );
-            return Ok(gst_base::subclass::base_transform::GenerateOutputSuccess::Buffer(inbuf));
-        }
-
-        let pool = self.copy_pool()?;
-        let outbuf = pool.acquire_buffer(None)?;
-        let outbuf = self.copy_frame(&info, &inbuf, outbuf)?;
-        let n = stats.copies.fetch_add(1, Ordering::Relaxed) + 1;
-        let first = match &mut *self.state.lock().unwrap() {
-            State::Started {
-                told_about_copies, ..
-            } => !std::mem::replace(told_about_copies, true),
-            State::Stopped => false,
-        };
-        if first {
-            gst::info!(
-                CAT,
-                imp = self,
-                "copying into heap buffers: {}",
-                Self::copy_reason(&inbuf, &choice)
-            );
-        }
-        gst::debug!(CAT, imp = self, "copy #{n} into {outbuf:?}");
-        Ok(gst_base::subclass::base_transform::GenerateOutputSuccess::Buffer(outbuf))
+        self.pass_or_copy()
     }
 }

@@ -1,10 +1,16 @@
-//! `dmaheapupload`: offers a heap buffer pool upstream, passes heap buffers through and copies
-//! into heap buffers only when upstream did not use the pool.
+//! `dmaheapupload`: offers a heap buffer pool upstream, passes heap buffers through, and
+//! other exporters' dma-bufs when they meet what the devices and downstream need, and copies
+//! into heap buffers only otherwise.
 
 use gst::glib;
 use gst::prelude::*;
 
+mod copy;
+mod devices;
+mod foreign;
 mod imp;
+mod pools;
+mod state;
 
 glib::wrapper! {
     /// The `dmaheapupload` element.

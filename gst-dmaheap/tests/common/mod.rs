@@ -12,11 +12,15 @@ use gst_video::prelude::*;
 use gstdmaheap::{DmaHeapBufferPool, heap_memory_info};
 
 /// `gst::init()` and the plugin, registered statically, once per process.
-pub fn init() {
+pub(crate) fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         gst::init().expect("GStreamer initialises");
         gstdmaheap::plugin_register_static().expect("the dmaheap plugin registers");
+        // Memory stalls elsewhere on the host (a parallel build in CI) would make normal
+        // pools give buffers back mid-run and these tests count pool hits. What pressure
+        // does has tests of its own: heapcore's pool tests and the CLI's real PSI trigger.
+        heapcore::PoolRegistry::process().pin_pressure(heapcore::PressureLevel::Normal);
     });
 }
 
@@ -25,7 +29,12 @@ pub fn init() {
 /// test binary (`target/<profile>/deps/`) but does not copy it up to `target/<profile>/`,
 /// whose copy may be stale; and GStreamer would scan every other library in `deps/`. So the
 /// fresh one is copied into a private directory.
-pub fn plugin_dir() -> PathBuf {
+pub(crate) fn plugin_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(copy_plugin).clone()
+}
+
+fn copy_plugin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let deps = exe.parent().expect("target/<profile>/deps");
     let built = [
@@ -41,9 +50,30 @@ pub fn plugin_dir() -> PathBuf {
     dir
 }
 
+/// Runs a GStreamer tool (`gst-launch-1.0`, `gst-inspect-1.0`) in a child process that loads
+/// this build of the plugin from [`plugin_dir`], with `GST_DEBUG` unset unless `env` sets it.
+/// A process of its own also reads the machine afresh (heaps, udmabuf's limit).
+pub(crate) fn gst_tool(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::io::Result<std::process::Output> {
+    let dir = plugin_dir();
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .env("GST_PLUGIN_PATH", &dir)
+        .env("GST_REGISTRY", dir.join("registry.bin"))
+        .env("GST_DEBUG_NO_COLOR", "1")
+        .env_remove("GST_DEBUG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output()
+}
+
 /// What a pipeline run ended with.
 #[derive(Debug)]
-pub struct Run {
+pub(crate) struct Run {
     /// The `dmaheapupload-stats` element message posted at EOS by the element named `up` (or
     /// by the only dmaheapupload).
     pub stats: Option<gst::Structure>,
@@ -58,12 +88,22 @@ pub struct Run {
 }
 
 /// Runs `description` to EOS (or fails with the first error), at most `timeout`.
-pub fn run_pipeline(description: &str, timeout: Duration) -> Result<Run, String> {
+pub(crate) fn run_pipeline(description: &str, timeout: Duration) -> Result<Run, String> {
+    run_pipeline_with(description, timeout, |_| {})
+}
+
+/// [`run_pipeline`], with `setup` called on the pipeline before it starts (to add probes).
+pub(crate) fn run_pipeline_with(
+    description: &str,
+    timeout: Duration,
+    setup: impl FnOnce(&gst::Pipeline),
+) -> Result<Run, String> {
     init();
     let pipeline = gst::parse::launch(description)
         .map_err(|e| format!("{description}: {e}"))?
         .downcast::<gst::Pipeline>()
         .map_err(|_| "not a pipeline".to_owned())?;
+    setup(&pipeline);
     let bus = pipeline.bus().expect("pipeline bus");
     let start = Instant::now();
     pipeline
@@ -150,18 +190,18 @@ fn drain_errors(bus: &gst::Bus) -> String {
 }
 
 /// A `u64` field of a stats structure.
-pub fn stat(s: &gst::StructureRef, field: &str) -> u64 {
+pub(crate) fn stat(s: &gst::StructureRef, field: &str) -> u64 {
     s.get::<u64>(field)
         .unwrap_or_else(|e| panic!("stats field {field}: {e} in {s}"))
 }
 
 /// This process's open fds.
-pub fn open_fds() -> usize {
+pub(crate) fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
 /// This process's resident memory in bytes.
-pub fn rss() -> u64 {
+pub(crate) fn rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -175,14 +215,14 @@ pub fn rss() -> u64 {
 }
 
 /// Collects GStreamer log lines of some categories (to see what another element did).
-pub struct LogCapture {
+pub(crate) struct LogCapture {
     lines: Arc<Mutex<Vec<(String, gst::DebugLevel, String)>>>,
     function: Option<gst::log::DebugLogFunction>,
 }
 
 impl LogCapture {
     /// Captures `categories` at `level` and below.
-    pub fn start(categories: &[(&str, gst::DebugLevel)]) -> Self {
+    pub(crate) fn start(categories: &[(&str, gst::DebugLevel)]) -> Self {
         init();
         if std::env::var_os("GST_DEBUG").is_none() {
             // Keep the captured categories off stderr unless the user asked for logs.
@@ -213,7 +253,7 @@ impl LogCapture {
     }
 
     /// Lines of `category` that contain `needle`.
-    pub fn count(&self, category: &str, needle: &str) -> usize {
+    pub(crate) fn count(&self, category: &str, needle: &str) -> usize {
         self.lines
             .lock()
             .unwrap()
@@ -223,7 +263,7 @@ impl LogCapture {
     }
 
     /// The first lines of `category` containing `needle`, for messages.
-    pub fn sample(&self, category: &str, needle: &str, n: usize) -> Vec<String> {
+    pub(crate) fn sample(&self, category: &str, needle: &str, n: usize) -> Vec<String> {
         self.lines
             .lock()
             .unwrap()
@@ -246,7 +286,7 @@ impl Drop for LogCapture {
 // gst-check helpers shared by the per-object test files.
 
 /// A harness around one `dmaheapupload` with `props` set, playing, with `caps` on its input.
-pub fn harness(props: &[(&str, &str)], caps: &str) -> gst_check::Harness {
+pub(crate) fn harness(props: &[(&str, &str)], caps: &str) -> gst_check::Harness {
     init();
     let mut h = gst_check::Harness::new("dmaheapupload");
     let element = h.element().unwrap();
@@ -258,7 +298,10 @@ pub fn harness(props: &[(&str, &str)], caps: &str) -> gst_check::Harness {
     h
 }
 
-pub fn allocation_query(h: &gst_check::Harness, caps: &str) -> gst::query::Allocation<gst::Query> {
+pub(crate) fn allocation_query(
+    h: &gst_check::Harness,
+    caps: &str,
+) -> gst::query::Allocation<gst::Query> {
     let caps = gst::Caps::from_str(caps).unwrap();
     let mut q = gst::query::Allocation::new(Some(&caps), true);
     assert!(
@@ -268,14 +311,14 @@ pub fn allocation_query(h: &gst_check::Harness, caps: &str) -> gst::query::Alloc
     q
 }
 
-pub fn memory_fd(mem: &gst::MemoryRef) -> i32 {
+pub(crate) fn memory_fd(mem: &gst::MemoryRef) -> i32 {
     mem.downcast_memory_ref::<gst_allocators::FdMemory>()
         .expect("heap memory is fd memory")
         .fd()
 }
 
 /// Heap memory must say what it is: dma-buf memory exactly when the heap buffer is a dma-buf.
-pub fn assert_honest_heap_memory(mem: &gst::MemoryRef) {
+pub(crate) fn assert_honest_heap_memory(mem: &gst::MemoryRef) {
     let info = heap_memory_info(mem).expect("heap memory");
     assert!(mem.is_memory_type::<gst_allocators::FdMemory>());
     assert_eq!(
@@ -286,7 +329,7 @@ pub fn assert_honest_heap_memory(mem: &gst::MemoryRef) {
     );
 }
 
-pub fn pool_config(
+pub(crate) fn pool_config(
     pool: &DmaHeapBufferPool,
     caps: &str,
     min: u32,

@@ -19,7 +19,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
-use super::{EntryOrigin, Policy, Usage, UsagePolicy};
+use super::{DevicePolicy, EntryOrigin, Policy, Usage, UsagePolicy};
 use crate::pool::QosClass;
 use crate::source::Source;
 
@@ -143,7 +143,10 @@ impl Policy {
 
     /// Applies policy text (as if read from `path`). On error this policy is left as it was.
     pub fn apply_str(&mut self, text: &str, path: &Path) -> Result<(), PolicyError> {
-        let layer = parse_layer(text, path)?;
+        let Layer {
+            usages: layer,
+            devices,
+        } = parse_layer(text, path)?;
         // A usage the layers below do not know has no heaps to keep.
         if let Some((usage, entry)) = layer
             .iter()
@@ -190,6 +193,18 @@ impl Policy {
                 },
             );
         }
+        for (driver, entry) in devices {
+            self.devices.insert(
+                driver,
+                DevicePolicy {
+                    heaps: entry.heaps,
+                    origin: EntryOrigin::File {
+                        path: path.to_owned(),
+                        line: entry.line,
+                    },
+                },
+            );
+        }
         self.files.push(path.to_owned());
         Ok(())
     }
@@ -210,6 +225,27 @@ struct LayerEntry {
 struct FileFormat {
     #[serde(default)]
     usage: BTreeMap<toml::Spanned<String>, toml::Spanned<UsageFormat>>,
+    #[serde(default)]
+    device: BTreeMap<toml::Spanned<String>, toml::Spanned<DeviceFormat>>,
+}
+
+/// `[device.<driver>]`: the sources a device's driver takes, whatever its probe found.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceFormat {
+    heaps: Vec<toml::Spanned<String>>,
+}
+
+/// What one file says about one device driver.
+struct DeviceEntry {
+    heaps: Vec<String>,
+    line: usize,
+}
+
+/// What one file says.
+struct Layer {
+    usages: Vec<(Usage, LayerEntry)>,
+    devices: Vec<(String, DeviceEntry)>,
 }
 
 #[derive(Deserialize)]
@@ -221,7 +257,7 @@ struct UsageFormat {
     prewarm: Option<usize>,
 }
 
-fn parse_layer(text: &str, path: &Path) -> Result<Vec<(Usage, LayerEntry)>, PolicyError> {
+fn parse_layer(text: &str, path: &Path) -> Result<Layer, PolicyError> {
     let error_at = |offset: usize, message: String| {
         let (line, column) = line_column(text, offset);
         PolicyError {
@@ -276,7 +312,34 @@ fn parse_layer(text: &str, path: &Path) -> Result<Vec<(Usage, LayerEntry)>, Poli
             },
         ));
     }
-    Ok(layer)
+    let mut devices = Vec::new();
+    for (driver, entry) in file.device {
+        let entry_span = entry.span();
+        let listed = entry.into_inner().heaps;
+        if listed.is_empty() {
+            return Err(error_at(
+                entry_span.start,
+                format!("device {} lists no heaps", driver.get_ref()),
+            ));
+        }
+        let mut heaps = Vec::with_capacity(listed.len());
+        for heap in listed {
+            Source::from_str(heap.get_ref())
+                .map_err(|e| error_at(heap.span().start, e.to_string()))?;
+            heaps.push(heap.into_inner());
+        }
+        devices.push((
+            driver.into_inner(),
+            DeviceEntry {
+                heaps,
+                line: line_column(text, entry_span.start).0,
+            },
+        ));
+    }
+    Ok(Layer {
+        usages: layer,
+        devices,
+    })
 }
 
 /// 1-based line and column of a byte offset.

@@ -114,6 +114,17 @@ impl fmt::Display for EntryOrigin {
     }
 }
 
+/// What the policy says of one device driver's buffers (`[device.<driver>]`): it takes these
+/// sources, and only these, whatever its probe found (for a device a probe cannot ask, or
+/// judges wrong).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DevicePolicy {
+    /// The sources (heap names, `cma`, `udmabuf`) the driver's devices take.
+    pub heaps: Vec<String>,
+    /// Where it was said.
+    pub origin: EntryOrigin,
+}
+
 /// What the policy says for one usage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UsagePolicy {
@@ -133,6 +144,8 @@ pub struct UsagePolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Policy {
     usages: BTreeMap<Usage, UsagePolicy>,
+    /// Device drivers whose sources the policy states, overriding their probes.
+    devices: BTreeMap<String, DevicePolicy>,
     /// The files applied on top of the defaults, in order.
     files: Vec<PathBuf>,
 }
@@ -198,6 +211,7 @@ impl Policy {
                 .into_iter()
                 .map(|(name, policy)| (Usage(name.to_owned()), policy))
                 .collect(),
+            devices: BTreeMap::new(),
             files: Vec::new(),
         }
     }
@@ -222,6 +236,11 @@ impl Policy {
     /// Every usage the policy knows.
     pub fn usages(&self) -> impl Iterator<Item = (&Usage, &UsagePolicy)> {
         self.usages.iter()
+    }
+
+    /// What the policy says of devices driven by `driver`, if anything.
+    pub fn device(&self, driver: &str) -> Option<&DevicePolicy> {
+        self.devices.get(driver)
     }
 
     /// The files applied on top of the defaults.

@@ -21,7 +21,7 @@ use crate::fence::SyncFile;
 /// The busy buffers of a pool and how to wake its waiter.
 #[derive(Default)]
 pub(super) struct Busy {
-    pub(super) buffers: Vec<(DmaBuf, SyncFile)>,
+    pub(super) buffers: Vec<(Box<DmaBuf>, SyncFile)>,
     /// Busy buffers the waiter holds while it polls their fences.
     polled: usize,
     /// The waiter's wake-up eventfd, once the waiter runs.
@@ -43,7 +43,7 @@ impl Busy {
 
 impl Inner {
     /// Keeps `buf` aside until `fence` signals; starts the waiter on first use.
-    pub(super) fn park_busy(self: &std::sync::Arc<Self>, buf: DmaBuf, fence: SyncFile) {
+    pub(super) fn park_busy(self: &std::sync::Arc<Self>, buf: Box<DmaBuf>, fence: SyncFile) {
         let mut st = self.lock();
         if st.shutdown {
             self.unreserve(&mut st);

@@ -17,7 +17,7 @@ pub enum QosClass {
     /// pressure): acquire never allocates while buffers remain. Never trimmed; capped by its
     /// budget.
     Realtime,
-    /// Recycles on demand; trimmed to `min_buffers` under critical pressure.
+    /// Recycles on demand; trimmed to `min_buffers` (at least one) under critical pressure.
     Normal,
     /// Recycles on demand; the first trimmed, already under elevated pressure.
     Background,
@@ -29,7 +29,10 @@ impl QosClass {
     pub(super) fn keep_free(self, level: PressureLevel, min_buffers: usize) -> Option<usize> {
         match (self, level) {
             (_, PressureLevel::Normal) | (Self::Realtime, _) => None,
-            (Self::Background, _) | (Self::Normal, PressureLevel::Critical) => Some(min_buffers),
+            (Self::Background, _) => Some(min_buffers),
+            // One free buffer is the one a stream takes for its next frame: freeing it would
+            // only make the pool allocate again at once, churning the memory it means to save.
+            (Self::Normal, PressureLevel::Critical) => Some(min_buffers.max(1)),
             (Self::Normal, PressureLevel::Elevated) => None,
         }
     }

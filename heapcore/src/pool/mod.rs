@@ -16,6 +16,7 @@
 mod budget;
 mod busy;
 mod config;
+mod local;
 mod pooled;
 mod publish;
 mod refill;
@@ -24,7 +25,7 @@ mod stats;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
 pub use budget::Budget;
@@ -32,8 +33,8 @@ pub use config::{MAX_POOL_BUFFERS, PoolConfig, QosClass};
 pub use pooled::PooledBuf;
 pub use publish::{open_private_dir, process_start_time, stats_dir};
 pub use registry::{PoolKey, PoolRegistry, RegistryStats, size_class};
-use stats::Counters;
-pub use stats::{LatencySummary, PoolStats};
+use stats::{Counters, Timing};
+pub use stats::{LATENCY_SAMPLE_EVERY, LatencySummary, PoolStats};
 
 use crate::allocator::Allocator;
 use crate::dmabuf::DmaBuf;
@@ -49,30 +50,52 @@ enum Denied {
     Global { cap: u64, used: u64 },
 }
 
+/// A pool's buffers are boxed: the hot path moves them in and out of the free list, and a
+/// pointer moves cheaper than the buffer's hundred bytes.
+type Slot = Box<DmaBuf>;
+
+/// The pool's state behind its lock. What every acquire and release touches comes first (and
+/// the configuration and pressure level it reads are copied here), so that with the lock it
+/// fits one cache line: a producer that sleeps between frames finds its caches cold, and each
+/// line is a miss.
+#[repr(C)]
 struct State {
-    free: Vec<DmaBuf>,
+    free: Vec<Slot>,
+    /// Acquires served from the free list (counted here: the acquire holds the lock anyway).
+    hits: u64,
+    /// Acquirers waiting for a buffer to come back: a release signals only when there are
+    /// some (a condvar signal is a futex syscall even with nobody waiting).
+    waiters: usize,
+    /// `config.min_buffers`.
+    min_buffers: usize,
+    shutdown: bool,
+    /// The refill thread sleeps and needs a signal to look again.
+    refill_idle: bool,
+    /// `config.qos`.
+    qos: QosClass,
+    /// The pressure level last set (as `Inner::pressure`, which the refill thread reads
+    /// without the lock).
+    level: PressureLevel,
     /// Buffers alive or reserved: free, handed out, and being allocated.
     total: usize,
     /// Reservations whose allocation has not finished yet (counted in `total`, neither free
     /// nor out).
     allocating: usize,
-    shutdown: bool,
     serial: u64,
-    /// Acquirers waiting for a buffer to come back: a release signals only when there are
-    /// some (a condvar signal is a futex syscall even with nobody waiting).
-    waiters: usize,
-    /// The refill thread sleeps and needs a signal to look again.
-    refill_idle: bool,
     /// Returned buffers a device still uses (counted in `total`, neither free nor out).
     busy: busy::Busy,
 }
+
+/// Starts what it holds on a cache line of its own.
+#[repr(align(64))]
+struct LineAligned<T>(T);
 
 pub(crate) struct Inner {
     config: PoolConfig,
     len: u64,
     alloc: Arc<Allocator>,
     global: Option<Arc<Budget>>,
-    state: Mutex<State>,
+    state: LineAligned<Mutex<State>>,
     /// Signalled when a buffer is returned or capacity frees up.
     returned: Condvar,
     /// Wakes the refill thread.
@@ -93,6 +116,8 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Pool {
     handle: Arc<Handle>,
+    /// `handle.inner`, one pointer fewer to follow on the hot path.
+    inner: Arc<Inner>,
 }
 
 struct Handle {
@@ -131,16 +156,20 @@ impl Pool {
             len,
             alloc,
             global,
-            state: Mutex::new(State {
+            state: LineAligned(Mutex::new(State {
                 free: Vec::with_capacity(config.min_buffers),
+                hits: 0,
+                waiters: 0,
+                min_buffers: config.min_buffers,
+                shutdown: false,
+                refill_idle: false,
+                qos: config.qos,
+                level: PressureLevel::Normal,
                 total: 0,
                 allocating: 0,
-                shutdown: false,
                 serial: 0,
-                waiters: 0,
-                refill_idle: false,
                 busy: busy::Busy::default(),
-            }),
+            })),
             returned: Condvar::new(),
             refill: Condvar::new(),
             counters: Counters::default(),
@@ -152,6 +181,7 @@ impl Pool {
             handle: Arc::new(Handle {
                 inner: Arc::clone(&inner),
             }),
+            inner: Arc::clone(&inner),
         };
         inner.prewarm()?;
         if inner.config.qos == QosClass::Realtime {
@@ -160,8 +190,9 @@ impl Pool {
         Ok(pool)
     }
 
+    #[inline]
     fn inner(&self) -> &Arc<Inner> {
-        &self.handle.inner
+        &self.inner
     }
 
     /// A handle that does not keep the pool open.
@@ -185,6 +216,7 @@ impl Pool {
     }
 
     /// A buffer now, or an error saying why none can be had (never waits).
+    #[inline]
     pub fn try_acquire(&self) -> Result<PooledBuf> {
         self.inner().acquire(None)
     }
@@ -224,7 +256,7 @@ impl Pool {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn level(&self) -> PressureLevel {
@@ -318,8 +350,8 @@ impl Inner {
     }
 
     /// Allocates the buffer reserved as `serial`, undoing the reservation on failure.
-    fn grow(&self, serial: u64) -> Result<DmaBuf> {
-        let allocated = self.allocate_buffer(serial);
+    fn grow(&self, serial: u64) -> Result<Slot> {
+        let allocated = self.allocate_buffer(serial).map(Box::new);
         let mut st = self.lock();
         st.allocating -= 1;
         if allocated.is_err() {
@@ -356,13 +388,13 @@ impl Inner {
     /// Whether an acquire should wake the refill thread: only once the free list has fallen
     /// below half of `min_buffers` (a low watermark), so that a steady stream cycling a few
     /// buffers costs no wake-up per frame, and only if the thread sleeps.
+    #[inline]
     fn should_wake_refill(&self, st: &State) -> bool {
-        st.refill_idle
-            && st.free.len() < self.config.min_buffers.div_ceil(2)
-            && self.wants_refill(st)
+        st.refill_idle && st.free.len() < st.min_buffers.div_ceil(2) && self.wants_refill(st)
     }
 
     /// Unlocks, then signals one waiting acquirer if there is one.
+    #[inline]
     fn wake_waiter(&self, st: MutexGuard<'_, State>) {
         let waiting = st.waiters > 0;
         drop(st);
@@ -378,9 +410,76 @@ impl Inner {
         self.refill.notify_one();
     }
 
+    /// The hot path: one short lock, a pop, a hit counted under the lock. The clock is read
+    /// only for acquires that wait or miss, and for a sample of the rest (see `stats`); fences
+    /// are never looked at here (returned busy buffers are kept off the free list instead).
+    /// Everything else (a sampled, contended or missing acquire, a closed pool) takes
+    /// `acquire_slow`.
+    #[inline]
     fn acquire(self: &Arc<Self>, deadline: Option<Instant>) -> Result<PooledBuf> {
-        let start = Instant::now();
-        let mut st = self.lock();
+        let (n, spare) = local::begin(self);
+        let mut contended = false;
+        if !Timing::sampled(n) {
+            match self.state.0.try_lock() {
+                Ok(mut st) if !st.shutdown => {
+                    if let Some(buf) = st.free.pop() {
+                        st.hits += 1;
+                        if self.should_wake_refill(&st) {
+                            self.wake_refill(st);
+                        } else {
+                            drop(st);
+                        }
+                        return Ok(PooledBuf {
+                            buf: Some(buf),
+                            pool: Some(spare.unwrap_or_else(|| Arc::clone(self))),
+                        });
+                    }
+                }
+                Ok(_) => {}
+                Err(TryLockError::WouldBlock) => contended = true,
+                Err(TryLockError::Poisoned(_)) => {}
+            }
+        }
+        self.acquire_slow(deadline, n, contended, spare)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn acquire_slow(
+        self: &Arc<Self>,
+        deadline: Option<Instant>,
+        n: u64,
+        contended: bool,
+        spare: Option<Arc<Self>>,
+    ) -> Result<PooledBuf> {
+        let mut timing = Timing::begin(n);
+        if contended {
+            timing.slow();
+        }
+        let acquired = self.acquire_with(deadline, timing);
+        match acquired {
+            Ok(buf) => Ok(PooledBuf {
+                buf: Some(buf),
+                pool: Some(spare.unwrap_or_else(|| Arc::clone(self))),
+            }),
+            Err(e) => {
+                if let Some(spare) = spare {
+                    local::put_back(spare);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn acquire_with(&self, deadline: Option<Instant>, mut timing: Timing) -> Result<Slot> {
+        let mut st = match self.state.0.try_lock() {
+            Ok(st) => st,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                timing.slow();
+                self.lock()
+            }
+        };
         let mut missed = false;
         let mut denied_counted = false;
         loop {
@@ -388,18 +487,20 @@ impl Inner {
                 return Err(self.denied_error(Denied::ShutDown));
             }
             if let Some(buf) = st.free.pop() {
+                if !missed {
+                    st.hits += 1;
+                }
                 if self.should_wake_refill(&st) {
                     self.wake_refill(st);
                 } else {
                     drop(st);
                 }
-                if !missed {
-                    self.counters.hits.fetch_add(1, Relaxed);
-                }
-                return Ok(self.hand_out(buf, start));
+                timing.record(&self.counters.latency);
+                return Ok(buf);
             }
             if !missed {
                 missed = true;
+                timing.slow();
                 self.counters.misses.fetch_add(1, Relaxed);
             }
             match self.reserve(&mut st) {
@@ -407,7 +508,8 @@ impl Inner {
                     drop(st);
                     self.counters.hot_path_allocs.fetch_add(1, Relaxed);
                     let buf = self.grow(serial)?;
-                    return Ok(self.hand_out(buf, start));
+                    timing.record(&self.counters.latency);
+                    return Ok(buf);
                 }
                 Err(denied) => {
                     if !denied_counted
@@ -423,7 +525,7 @@ impl Inner {
                     if now >= deadline {
                         return Err(Error::PoolTimeout {
                             pool: self.config.name.clone(),
-                            waited: now - start,
+                            waited: timing.waited(now),
                             reason: self.denied_error(denied).to_string(),
                         });
                     }
@@ -439,31 +541,28 @@ impl Inner {
         }
     }
 
-    fn hand_out(self: &Arc<Self>, buf: DmaBuf, start: Instant) -> PooledBuf {
-        self.counters
-            .latency
-            .record(start.elapsed().as_nanos().min(u64::MAX as u128) as u64);
-        PooledBuf {
-            buf: Some(buf),
-            pool: Arc::clone(self),
-        }
-    }
-
     /// A buffer comes back: onto the free list, unless a device still uses it (then aside
     /// until its fence signals) or the pool keeps no more (then freed).
-    fn release(self: &Arc<Self>, buf: DmaBuf) {
-        match buf.busy() {
-            Ok(Some(fence)) => return self.park_busy(buf, fence),
-            Ok(None) => {}
-            // Not knowing is treated as idle, as before fences existed.
-            Err(e) => log::debug!("pool {}: {e}", self.config.name),
+    ///
+    /// Only a buffer whose fd was handed out (to a device, another process) can carry fences;
+    /// one that never left the pool goes back with no system call.
+    #[inline]
+    fn release(self: &Arc<Self>, buf: Slot) {
+        if buf.may_carry_fences() && !crate::fence::idle_now(&*buf) {
+            match buf.busy() {
+                Ok(Some(fence)) => return self.park_busy(buf, fence),
+                Ok(None) => {}
+                // Not knowing is treated as idle, as before fences existed.
+                Err(e) => log::debug!("pool {}: {e}", self.config.name),
+            }
         }
         self.release_idle(buf);
     }
 
     /// A buffer no device uses comes back: onto the free list, or freed if the pool keeps no
     /// more.
-    fn release_idle(&self, buf: DmaBuf) {
+    #[inline]
+    fn release_idle(&self, buf: Slot) {
         let mut st = self.lock();
         let freed = self.put_idle(&mut st, buf);
         self.wake_waiter(st);
@@ -472,11 +571,9 @@ impl Inner {
 
     /// Puts an idle buffer back under the lock: onto the free list, or, if the pool keeps no
     /// more, returns it to be dropped (freed) once the lock is let go.
-    fn put_idle(&self, st: &mut State, buf: DmaBuf) -> Option<DmaBuf> {
-        let keep = self
-            .config
-            .qos
-            .keep_free(self.level(), self.config.min_buffers);
+    #[inline]
+    fn put_idle(&self, st: &mut State, buf: Slot) -> Option<Slot> {
+        let keep = st.qos.keep_free(st.level, st.min_buffers);
         if st.shutdown || keep.is_some_and(|k| st.free.len() >= k) {
             if !st.shutdown {
                 self.counters.trims.fetch_add(1, Relaxed);
@@ -490,7 +587,7 @@ impl Inner {
     }
 
     fn trim(&self, keep_free: usize) -> usize {
-        let freed: Vec<DmaBuf> = {
+        let freed: Vec<Slot> = {
             let mut st = self.lock();
             let excess = st.free.len().saturating_sub(keep_free);
             let at = st.free.len() - excess;
@@ -515,6 +612,7 @@ impl Inner {
 
     fn set_pressure(&self, level: PressureLevel) {
         let previous = PressureLevel::from_u8(self.pressure.swap(level as u8, Relaxed));
+        self.lock().level = level;
         if let Some(keep) = self.config.qos.keep_free(level, self.config.min_buffers) {
             self.trim(keep);
         }
@@ -539,7 +637,7 @@ impl Inner {
                 .clone()
                 .unwrap_or_else(|| "-".into()),
             buffer_size: self.len,
-            hits: c.hits.load(Relaxed),
+            hits: st.hits,
             misses: c.misses.load(Relaxed),
             hot_path_allocs: c.hot_path_allocs.load(Relaxed),
             refills: c.refills.load(Relaxed),
@@ -586,7 +684,10 @@ pub(crate) struct WeakPool(Weak<Handle>);
 
 impl WeakPool {
     pub(crate) fn upgrade(&self) -> Option<Pool> {
-        self.0.upgrade().map(|handle| Pool { handle })
+        self.0.upgrade().map(|handle| Pool {
+            inner: Arc::clone(&handle.inner),
+            handle,
+        })
     }
 }
 

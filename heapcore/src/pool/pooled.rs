@@ -37,31 +37,39 @@ use crate::error::Result;
 /// # Ok::<(), heapcore::Error>(())
 /// ```
 pub struct PooledBuf {
-    pub(super) buf: Option<DmaBuf>,
-    pub(super) pool: Arc<Inner>,
+    pub(super) buf: Option<Box<DmaBuf>>,
+    /// The pool it goes back to (taken only in `drop`, to be left as the thread's spare).
+    pub(super) pool: Option<Arc<Inner>>,
 }
 
 impl PooledBuf {
     /// Takes the buffer out of the pool for good (it no longer counts against the pool).
     pub fn detach(mut self) -> DmaBuf {
-        let buf = self
+        let buf = *self
             .buf
             .take()
             .expect("a PooledBuf always holds its buffer");
-        let mut st = self.pool.lock();
-        self.pool.unreserve(&mut st);
-        self.pool.wake_waiter(st);
+        let pool = self.pool();
+        let mut st = pool.lock();
+        pool.unreserve(&mut st);
+        pool.wake_waiter(st);
         buf
+    }
+
+    pub(super) fn pool(&self) -> &Arc<Inner> {
+        self.pool
+            .as_ref()
+            .expect("a PooledBuf holds its pool until dropped")
     }
 
     /// The name of the pool it came from.
     pub fn pool_name(&self) -> &str {
-        &self.pool.config.name
+        &self.pool().config.name
     }
 
     fn buf_mut(&mut self) -> &mut DmaBuf {
         self.buf
-            .as_mut()
+            .as_deref_mut()
             .expect("a PooledBuf always holds its buffer")
     }
 
@@ -79,7 +87,7 @@ impl PooledBuf {
 impl fmt::Debug for PooledBuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PooledBuf")
-            .field("pool", &self.pool.config.name)
+            .field("pool", &self.pool().config.name)
             .field("buf", &self.buf)
             .finish()
     }
@@ -89,15 +97,19 @@ impl Deref for PooledBuf {
     type Target = DmaBuf;
     fn deref(&self) -> &DmaBuf {
         self.buf
-            .as_ref()
+            .as_deref()
             .expect("a PooledBuf always holds its buffer")
     }
 }
 
 impl Drop for PooledBuf {
+    #[inline]
     fn drop(&mut self) {
+        let Some(pool) = self.pool.take() else { return };
         if let Some(buf) = self.buf.take() {
-            self.pool.release(buf);
+            pool.release(buf);
         }
+        // The thread's next acquire from this pool takes the handle back (see `local`).
+        super::local::keep(pool);
     }
 }

@@ -126,6 +126,8 @@ struct Inner {
     budget_source: String,
     level: AtomicU8,
     monitor: Mutex<Option<PressureMonitor>>,
+    /// Set by `pin_pressure`: the level is held, not watched.
+    pinned: AtomicBool,
     publishing: AtomicBool,
 }
 
@@ -176,6 +178,7 @@ impl PoolRegistry {
                 budget_source,
                 level: AtomicU8::new(PressureLevel::Normal as u8),
                 monitor: Mutex::default(),
+                pinned: AtomicBool::new(false),
                 publishing: AtomicBool::new(false),
             }),
         }
@@ -183,7 +186,8 @@ impl PoolRegistry {
 
     /// The registry shared by everything in this process (GStreamer elements, PipeWire
     /// streams): made on first use with this machine's heaps and the loaded policy, watching
-    /// memory pressure (of the process's cgroup where it can). Its global budget is
+    /// memory pressure (of the process's cgroup where it can; `DMAHEAP_PRESSURE=normal`,
+    /// `elevated` or `critical` pins the level instead). Its global budget is
     /// `DMAHEAP_BUDGET` (e.g. `512MiB`), else a quarter of RAM or of the memory cgroup's limit,
     /// whichever is lower; with `DMAHEAP_STATS` set it publishes statistics for `dmaheap stats`.
     ///
@@ -231,8 +235,20 @@ impl PoolRegistry {
             Some(budget),
             source,
         );
-        if let Err(e) = registry.watch_pressure(PressureConfig::default()) {
-            log::warn!("memory pressure is not watched: {e}");
+        let pinned = match std::env::var("DMAHEAP_PRESSURE").ok().as_deref() {
+            None | Some("" | "watch") => None,
+            Some(level) => level
+                .parse::<PressureLevel>()
+                .inspect_err(|e| log::warn!("DMAHEAP_PRESSURE ignored: {e}"))
+                .ok(),
+        };
+        match pinned {
+            Some(level) => registry.pin_pressure(level),
+            None => {
+                if let Err(e) = registry.watch_pressure(PressureConfig::default()) {
+                    log::warn!("memory pressure is not watched: {e}");
+                }
+            }
         }
         if std::env::var_os("DMAHEAP_STATS").is_some() {
             match registry.publish_stats(Duration::from_secs(1)) {
@@ -382,8 +398,26 @@ impl PoolRegistry {
             }
         })?;
         let watch = monitor.watch().clone();
+        self.inner.pinned.store(false, Ordering::Relaxed);
         *self.inner.monitor.lock().unwrap_or_else(|p| p.into_inner()) = Some(monitor);
         Ok(watch)
+    }
+
+    /// Stops watching memory pressure and holds the pools at `level` from now on: for a
+    /// device whose memory is sized by hand, and for tests that measure steady state on a
+    /// machine whose other work stalls on memory (a parallel build would otherwise make
+    /// normal pools give buffers back mid-run).
+    pub fn pin_pressure(&self, level: PressureLevel) {
+        let monitor = self
+            .inner
+            .monitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        // Joined outside the lock: its last callback may be setting the level right now.
+        drop(monitor);
+        self.inner.pinned.store(true, Ordering::Relaxed);
+        self.inner.set_pressure(level);
     }
 
     /// Statistics of every pool.
@@ -401,6 +435,7 @@ impl PoolRegistry {
                 PressureWatch::PsiTriggers(p) => format!("PSI triggers on {}", p.display()),
                 PressureWatch::Timer { reason } => format!("MemAvailable timer ({reason})"),
             },
+            None if self.inner.pinned.load(Ordering::Relaxed) => "pinned".to_owned(),
             None => "not watched".to_owned(),
         };
         RegistryStats {

@@ -181,7 +181,7 @@ fn dropping_every_handle_shuts_the_pool_down() {
     let pool = Pool::new(alloc(), memfd_pool("dropped").min_buffers(1)).unwrap();
     let buf = pool.try_acquire().unwrap();
     drop(pool);
-    let inner = Arc::clone(&buf.pool);
+    let inner = Arc::clone(buf.pool());
     drop(buf);
     assert_eq!(inner.lock().total, 0);
 }
@@ -232,6 +232,54 @@ fn pressure_trims_background_then_normal_and_realtime_refills_after() {
     registry.set_pressure(PressureLevel::Normal);
     assert!(background.stats().trims >= 5 && normal.stats().trims >= 4);
     drop(taken);
+}
+
+#[test]
+fn a_pinned_pressure_level_outlasts_the_watch_it_replaced() {
+    let registry = PoolRegistry::new(alloc(), crate::policy::Policy::builtin(), None);
+    // No PSI file: the MemAvailable timer, told that any machine is critically short.
+    let config = crate::pressure::PressureConfig {
+        psi_path: "/nonexistent/memory.pressure".into(),
+        critical_available: 1.01,
+        ..Default::default()
+    };
+    registry.watch_pressure(config.clone()).unwrap();
+    eventually("the timer to report critical pressure", || {
+        registry.pressure() == PressureLevel::Critical
+    });
+    registry.pin_pressure(PressureLevel::Normal);
+    assert_eq!(registry.stats().pressure_source, "pinned");
+    // The timer looks once a second; a watch left running would raise the level again.
+    registry.watch_pressure(config).unwrap();
+    registry.pin_pressure(PressureLevel::Normal);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(registry.pressure(), PressureLevel::Normal);
+    assert_eq!(
+        "Critical".parse::<PressureLevel>(),
+        Ok(PressureLevel::Critical)
+    );
+    let err = "../high".parse::<PressureLevel>().unwrap_err();
+    assert!(
+        err.contains("use watch, normal, elevated or critical"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_normal_pool_under_critical_pressure_keeps_the_buffer_a_stream_reuses() {
+    let pool = Pool::new(alloc(), memfd_pool("churn-normal")).unwrap();
+    pool.set_pressure(PressureLevel::Critical);
+    for _ in 0..100 {
+        drop(pool.try_acquire().unwrap());
+    }
+    let s = pool.stats();
+    // One allocation for the first frame, none after: not an allocation per frame.
+    assert_eq!((s.misses, s.hits, s.trims), (1, 99, 0), "{s:?}");
+    // A burst's surplus is still given back.
+    let burst: Vec<_> = (0..4).map(|_| pool.try_acquire().unwrap()).collect();
+    drop(burst);
+    assert_eq!(pool.stats().buffers_free, 1);
+    assert_eq!(pool.stats().trims, 3);
 }
 
 #[test]

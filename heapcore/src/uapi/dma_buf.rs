@@ -239,27 +239,14 @@ mod tests {
 
     // The literals are asm-generic's encoding (_IOC_WRITE = 1, 14 size bits); powerpc, mips and
     // sparc encode differently, and rustix computes their opcodes from their own headers.
-    #[test]
-    #[cfg_attr(
-        not(any(
-            target_arch = "x86",
-            target_arch = "x86_64",
-            target_arch = "arm",
-            target_arch = "aarch64",
-            target_arch = "riscv64",
-            target_arch = "loongarch64",
-            target_arch = "s390x"
-        )),
-        ignore = "skipped: the literal opcodes are asm-generic's; this architecture encodes ioctls differently"
-    )]
-    fn opcodes_match_the_uapi_headers() {
+    opcode_test!(any, opcodes_match_the_uapi_headers, {
         assert_eq!(DMA_HEAP_IOCTL_ALLOC, 0xC018_4800);
         assert_eq!(DMA_BUF_IOCTL_SYNC, 0x4008_6200);
         assert_eq!(DMA_BUF_SET_NAME, 0x4008_6201);
         assert_eq!(UDMABUF_CREATE, 0x4018_7542);
         assert_eq!(DMA_BUF_IOCTL_EXPORT_SYNC_FILE, 0xC008_6202);
         assert_eq!(DMA_BUF_IOCTL_IMPORT_SYNC_FILE, 0x4008_6203);
-    }
+    });
 
     #[test]
     fn sync_flags_match_the_uapi_header() {

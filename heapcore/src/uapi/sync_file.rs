@@ -72,19 +72,10 @@ pub(crate) fn sw_sync_inc(timeline: impl AsFd, count: u32) -> rustix::io::Result
 mod tests {
     use super::*;
 
-    #[test]
-    #[cfg_attr(
-        not(any(
-            target_arch = "x86_64",
-            target_arch = "aarch64",
-            target_arch = "riscv64"
-        )),
-        ignore = "skipped: the literal opcodes are asm-generic's on 64-bit architectures"
-    )]
-    fn opcodes_match_the_kernel() {
+    opcode_test!(64, opcodes_match_the_kernel, {
         assert_eq!(SW_SYNC_IOC_CREATE_FENCE, 0xC028_5700);
         assert_eq!(SW_SYNC_IOC_INC, 0x4004_5701);
-    }
+    });
 
     #[test]
     fn waiting_on_something_that_is_no_fence_fails_or_says_not_ready() {

@@ -228,16 +228,7 @@ pub(crate) fn syncobj_timeline_wait(
 mod tests {
     use super::*;
 
-    #[test]
-    #[cfg_attr(
-        not(any(
-            target_arch = "x86_64",
-            target_arch = "aarch64",
-            target_arch = "riscv64"
-        )),
-        ignore = "skipped: the literal opcodes are asm-generic's on 64-bit architectures"
-    )]
-    fn opcodes_match_the_kernel() {
+    opcode_test!(64, opcodes_match_the_kernel, {
         // drm.h: DRM_IOWR(nr, type) = _IOWR('d', nr, type).
         assert_eq!(DRM_IOCTL_GET_CAP, 0xc010_640c);
         assert_eq!(DRM_IOCTL_SYNCOBJ_CREATE, 0xc008_64bf);
@@ -247,7 +238,7 @@ mod tests {
         assert_eq!(DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT, 0xc028_64ca);
         assert_eq!(DRM_IOCTL_SYNCOBJ_QUERY, 0xc018_64cb);
         assert_eq!(DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL, 0xc018_64cd);
-    }
+    });
 
     #[test]
     fn a_file_that_is_no_drm_device_has_no_syncobjs() {

@@ -83,6 +83,10 @@ impl fmt::Display for Candidates {
         if c.require_dmabuf {
             needs.push("dma-buf only".into());
         }
+        if !c.devices.is_empty() {
+            let devices: Vec<String> = c.devices.iter().map(|d| d.device.to_string()).collect();
+            needs.push(format!("used by {}", devices.join(", ")));
+        }
         writeln!(f, "needs {}", needs.join(", "))?;
         let mut rank = 0;
         for entry in &self.entries {
@@ -127,7 +131,7 @@ pub fn solve(policy: &Policy, constraints: &Constraints, inventory: &Inventory) 
     let (entry, usage_fell_back) = policy.entry(&constraints.usage);
     let mut constraints = constraints.clone();
     constraints.contiguous |= entry.contiguous;
-    let mut candidates = judge_all(&entry.heaps, constraints, inventory);
+    let mut candidates = judge_all(&entry.heaps, constraints, inventory, Some(policy));
     candidates.usage_fell_back = usage_fell_back;
     candidates.policy_origin = entry.origin.clone();
     candidates
@@ -142,13 +146,18 @@ pub fn solve_explicit(
     inventory: &Inventory,
 ) -> Candidates {
     let names: Vec<String> = sources.iter().map(Source::name).collect();
-    judge_all(&names, constraints.clone(), inventory)
+    judge_all(&names, constraints.clone(), inventory, None)
 }
 
-fn judge_all(names: &[String], constraints: Constraints, inventory: &Inventory) -> Candidates {
+fn judge_all(
+    names: &[String],
+    constraints: Constraints,
+    inventory: &Inventory,
+    policy: Option<&Policy>,
+) -> Candidates {
     let mut entries: Vec<Candidate> = Vec::with_capacity(names.len());
     for name in names {
-        let (source, verdict) = judge(name, &constraints, inventory);
+        let (source, verdict) = judge(name, &constraints, inventory, policy);
         let duplicate = source
             .as_ref()
             .is_some_and(|s| entries.iter().any(|e| e.source.as_ref() == Some(s)));
@@ -175,7 +184,12 @@ fn judge_all(names: &[String], constraints: Constraints, inventory: &Inventory) 
     }
 }
 
-fn judge(name: &str, c: &Constraints, inv: &Inventory) -> (Option<Source>, Verdict) {
+fn judge(
+    name: &str,
+    c: &Constraints,
+    inv: &Inventory,
+    policy: Option<&Policy>,
+) -> (Option<Source>, Verdict) {
     let out = |why: String| Verdict::Out(why);
     let (source, props, access, kind) = match name.parse::<Source>() {
         Err(e) => return (None, out(e.to_string())),
@@ -209,7 +223,7 @@ fn judge(name: &str, c: &Constraints, inv: &Inventory) -> (Option<Source>, Verdi
     let verdict = match access {
         Access::Missing => out("not on this machine".into()),
         Access::Denied { fix } => out(format!("no permission ({fix})")),
-        Access::Allowed => judge_properties(&source, props, kind, c, inv),
+        Access::Allowed => judge_properties(&source, props, kind, c, inv, policy),
     };
     (Some(source), verdict)
 }
@@ -220,6 +234,7 @@ fn judge_properties(
     kind: Option<HeapKind>,
     c: &Constraints,
     inv: &Inventory,
+    policy: Option<&Policy>,
 ) -> Verdict {
     let mut notes = Vec::new();
     if props.protected == Some(true) && c.cpu_access != CpuAccess::None {
@@ -227,6 +242,9 @@ fn judge_properties(
     }
     if c.require_dmabuf && *source == Source::Memfd {
         return Verdict::Out("not a dma-buf, and the consumer needs one".into());
+    }
+    if let Some(out) = judge_devices(source, props, c, inv, policy, &mut notes) {
+        return out;
     }
     match (c.contiguous, props.contiguous) {
         (true, Some(false)) => return Verdict::Out("not physically contiguous".into()),
@@ -302,6 +320,69 @@ fn judge_properties(
     Verdict::In(notes)
 }
 
+/// What the devices the buffer passes through say of `source`: what the policy file says of
+/// the device's driver, else its probe (refused), else, for a device that could not be asked
+/// and has no IOMMU, not contiguous.
+fn judge_devices(
+    source: &Source,
+    props: HeapProperties,
+    c: &Constraints,
+    inv: &Inventory,
+    policy: Option<&Policy>,
+    notes: &mut Vec<String>,
+) -> Option<Verdict> {
+    use crate::device::{Acceptance, Subsystem};
+    for report in &c.devices {
+        let device = &report.device;
+        if *source == Source::Memfd {
+            return Some(Verdict::Out(format!(
+                "{device} imports dma-bufs only, and a memfd is not one"
+            )));
+        }
+        let stated = device
+            .driver
+            .as_deref()
+            .and_then(|driver| policy?.device(driver));
+        if let Some(stated) = stated {
+            let listed = stated
+                .heaps
+                .iter()
+                .any(|name| match name.parse::<Source>() {
+                    Ok(Source::Heap(_)) => inv
+                        .find(name)
+                        .is_ok_and(|h| Source::Heap(h.name.clone()) == *source),
+                    Ok(other) => other == *source,
+                    Err(_) => false,
+                });
+            if listed {
+                notes.push(format!("{device} takes it ({} says)", stated.origin));
+                continue;
+            }
+            return Some(Verdict::Out(format!(
+                "{} says {device} takes only {}",
+                stated.origin,
+                stated.heaps.join(", ")
+            )));
+        }
+        match report.acceptance(&source.name()) {
+            Some(Acceptance::Refused(why)) => {
+                return Some(Verdict::Out(format!("refused by {device}: {why}")));
+            }
+            Some(Acceptance::Accepted) => notes.push(format!("{device} takes it")),
+            Some(Acceptance::Unknown(_)) | None => {
+                let user = matches!(device.subsystem, Subsystem::Video4Linux | Subsystem::Drm);
+                if user && device.iommu == Some(false) && props.contiguous != Some(true) {
+                    return Some(Verdict::Out(format!(
+                        "{device} has no IOMMU and could not be asked: it needs physically \
+                         contiguous memory"
+                    )));
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Moves CPU-cached candidates ahead of uncached ones, keeping the policy order otherwise.
 fn prefer_cached(entries: &mut [Candidate], inv: &Inventory) {
     let rank = |c: &Candidate| {
@@ -323,260 +404,4 @@ fn prefer_cached(entries: &mut [Candidate], inv: &Inventory) {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-    use crate::inventory::FakeMachine;
-
-    /// A machine with the given heap nodes, udmabuf (64 MiB limit) and 128 MiB of CMA, 100 free.
-    fn machine(heaps: &[&str]) -> FakeMachine {
-        FakeMachine::new(heaps, &[])
-            .with_udmabuf(64)
-            .with_meminfo("CmaTotal: 131072 kB\nCmaFree: 102400 kB\n")
-    }
-
-    fn usage(name: &str) -> Usage {
-        name.parse().unwrap()
-    }
-
-    const MIB: u64 = 1 << 20;
-
-    #[test]
-    fn scanout_prefers_cma_and_falls_back_in_policy_order() {
-        let m = machine(&["system", "reserved"]);
-        let c = solve(
-            &Policy::builtin(),
-            &Constraints::new(8 * MIB).usage(usage("scanout")),
-            &m.inventory(),
-        );
-        let names: Vec<String> = c.sources().iter().map(ToString::to_string).collect();
-        assert_eq!(names, ["heap reserved", "heap system", "udmabuf", "memfd"]);
-    }
-
-    #[test]
-    fn contiguous_requests_keep_only_contiguous_heaps() {
-        let m = machine(&["system", "reserved"]);
-        let c = solve(
-            &Policy::builtin(),
-            &Constraints::new(8 * MIB)
-                .usage(usage("scanout"))
-                .contiguous(true),
-            &m.inventory(),
-        );
-        assert_eq!(c.sources(), [Source::heap("reserved").unwrap()]);
-        let text = c.to_string();
-        assert!(
-            text.contains("system: out, not physically contiguous"),
-            "{text}"
-        );
-        assert!(text.contains("1. cma (heap reserved)"), "{text}");
-    }
-
-    #[test]
-    fn sizes_beyond_limits_rule_out_udmabuf_and_cma() {
-        let m = machine(&["system", "reserved"]);
-        let c = solve(
-            &Policy::builtin(),
-            &Constraints::new(200 * MIB),
-            &m.inventory(),
-        );
-        assert_eq!(
-            c.sources(),
-            [Source::heap("system").unwrap(), Source::Memfd]
-        );
-        let text = c.to_string();
-        assert!(text.contains("larger than all CMA memory"), "{text}");
-        assert!(text.contains("over udmabuf's limit of 64.0 MiB"), "{text}");
-        let c = solve(
-            &Policy::builtin(),
-            &Constraints::new(110 * MIB).usage(usage("scanout")),
-            &m.inventory(),
-        );
-        assert!(
-            c.to_string().contains("only 100.0 MiB of CMA free now"),
-            "{c}"
-        );
-    }
-
-    #[test]
-    fn dmabuf_consumers_never_get_memfd() {
-        let m = machine(&[]);
-        let c = solve(
-            &Policy::builtin(),
-            &Constraints::new(MIB).require_dmabuf(true),
-            &m.inventory(),
-        );
-        assert_eq!(c.sources(), [Source::Udmabuf]);
-        assert!(c.to_string().contains("memfd: out, not a dma-buf"), "{c}");
-    }
-
-    #[test]
-    fn absent_heaps_are_out_and_aliases_are_not_listed_twice() {
-        let m = machine(&["system", "reserved"]);
-        let mut policy = Policy::builtin();
-        policy
-            .apply_str(
-                "[usage.display]\nheaps = [\"cma-ecc\", \"linux,cma\", \"cma\", \"system\"]\n",
-                Path::new("p.toml"),
-            )
-            .unwrap();
-        let c = solve(
-            &policy,
-            &Constraints::new(MIB).usage(usage("display")),
-            &m.inventory(),
-        );
-        assert_eq!(
-            c.sources(),
-            [
-                Source::heap("reserved").unwrap(),
-                Source::heap("system").unwrap()
-            ]
-        );
-        let text = c.to_string();
-        assert!(text.contains("cma-ecc: out, not on this machine"), "{text}");
-        assert!(
-            text.contains("cma (heap reserved): out, already listed"),
-            "{text}"
-        );
-        assert!(text.contains("policy from p.toml:1"), "{text}");
-    }
-
-    #[test]
-    fn cpu_access_moves_cached_heaps_first() {
-        let m = machine(&["system-uncached", "system"]);
-        let mut policy = Policy::builtin();
-        policy
-            .apply_str(
-                "[usage.ui]\nheaps = [\"system-uncached\", \"system\"]\n",
-                Path::new("p.toml"),
-            )
-            .unwrap();
-        let plain = solve(
-            &policy,
-            &Constraints::new(MIB).usage(usage("ui")),
-            &m.inventory(),
-        );
-        assert_eq!(plain.sources()[0], Source::heap("system-uncached").unwrap());
-        let cpu = solve(
-            &policy,
-            &Constraints::new(MIB)
-                .usage(usage("ui"))
-                .cpu_access(CpuAccess::Write),
-            &m.inventory(),
-        );
-        assert_eq!(cpu.sources()[0], Source::heap("system").unwrap());
-    }
-
-    #[test]
-    fn protected_heaps_are_out_for_cpu_access_and_large_alignment_needs_contiguity() {
-        let m = machine(&["protected,secure-video", "system", "reserved"]);
-        let mut policy = Policy::builtin();
-        policy
-            .apply_str(
-                "[usage.drm]\nheaps = [\"protected,secure-video\", \"system\", \"cma\"]\n",
-                Path::new("p.toml"),
-            )
-            .unwrap();
-        let c = solve(
-            &policy,
-            &Constraints::new(MIB)
-                .usage(usage("drm"))
-                .cpu_access(CpuAccess::Read),
-            &m.inventory(),
-        );
-        assert!(
-            c.to_string().contains("protected: the CPU may not map it"),
-            "{c}"
-        );
-        let c = solve(
-            &policy,
-            &Constraints::new(MIB).usage(usage("drm")).alignment(1 << 20),
-            &m.inventory(),
-        );
-        // Only CMA can promise physical alignment; the protected heap does not say.
-        assert_eq!(c.sources(), [Source::heap("reserved").unwrap()]);
-    }
-
-    #[test]
-    fn cma_is_in_for_an_alignment_only_where_the_size_brings_it() {
-        let m = machine(&["system", "reserved"]);
-        let scanout = |size: u64| {
-            solve(
-                &Policy::builtin(),
-                &Constraints::new(size)
-                    .usage(usage("scanout"))
-                    .alignment(MIB),
-                &m.inventory(),
-            )
-        };
-        // 64 KiB is 16 pages: CMA aligns it to 64 KiB, not 1 MiB.
-        let small = scanout(64 * 1024);
-        assert!(small.sources().is_empty(), "{small}");
-        let text = small.to_string();
-        assert!(
-            text.contains(
-                "cma (heap reserved): out, CMA aligns a 64.0 KiB buffer to 64.0 KiB at most \
-                 (CONFIG_CMA_ALIGNMENT=8 assumed: no readable kernel configuration), not 1.0 MiB"
-            ),
-            "{text}"
-        );
-        let big = scanout(4 * MIB);
-        assert_eq!(big.sources(), [Source::heap("reserved").unwrap()], "{big}");
-        assert!(
-            big.to_string().contains("CMA aligns it to 1.0 MiB"),
-            "{big}"
-        );
-        // A kernel built with a smaller CONFIG_CMA_ALIGNMENT caps it.
-        let m = machine(&["reserved"]).with_kernel_config("CONFIG_CMA_ALIGNMENT=4\n", true);
-        let c = solve(
-            &Policy::builtin(),
-            &Constraints::new(4 * MIB)
-                .usage(usage("scanout"))
-                .alignment(MIB),
-            &m.inventory(),
-        );
-        assert!(c.sources().is_empty(), "{c}");
-        assert!(
-            c.to_string()
-                .contains("to 64.0 KiB at most (CONFIG_CMA_ALIGNMENT=4 in"),
-            "{c}"
-        );
-    }
-
-    #[test]
-    fn unknown_usages_are_explained() {
-        let m = machine(&["system"]);
-        let c = solve(
-            &Policy::builtin(),
-            &Constraints::new(MIB).usage(usage("hologram")),
-            &m.inventory(),
-        );
-        assert!(c.usage_fell_back);
-        assert!(
-            c.to_string().contains("not in the policy: using generic"),
-            "{c}"
-        );
-    }
-
-    #[test]
-    fn explicit_lists_keep_their_order_and_get_the_same_judgement() {
-        let m = machine(&["system", "reserved"]);
-        let list =
-            Source::parse_list("udmabuf missing-heap reserved memfd", &m.inventory()).unwrap();
-        let c = solve_explicit(&list, &Constraints::new(200 * MIB), &m.inventory());
-        let names: Vec<String> = c.sources().iter().map(ToString::to_string).collect();
-        assert_eq!(names, ["memfd"], "{c}");
-        let text = c.to_string();
-        assert!(text.contains("over udmabuf's limit"), "{text}");
-        assert!(
-            text.contains("missing-heap: out, not on this machine"),
-            "{text}"
-        );
-        assert!(text.contains("larger than all CMA memory"), "{text}");
-        assert_eq!(c.policy_origin, EntryOrigin::Explicit);
-        let small = solve_explicit(&list, &Constraints::new(MIB), &m.inventory());
-        let names: Vec<String> = small.sources().iter().map(ToString::to_string).collect();
-        assert_eq!(names, ["udmabuf", "heap reserved", "memfd"]);
-    }
-}
+mod tests;

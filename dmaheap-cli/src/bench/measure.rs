@@ -1,0 +1,632 @@
+//! How every timed case is measured, shared by `dmaheap bench` and its GStreamer/PipeWire
+//! companion (`dmaheap-bench-peers`, which includes this file): the timer's own cost, threads
+//! pinned to CPUs behind a start barrier, per-operation samples summarised only as far as
+//! their count allows, and ratios with a confidence interval over repetitions.
+
+// Each of the two binaries uses a different part.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::counters::{Tally, ThreadCounters};
+
+/// Samples a p99 needs: below this the summary gives the maximum, labelled so.
+pub(crate) const P99_MIN_SAMPLES: usize = 1_000;
+/// Samples a p99.9 needs.
+pub(crate) const P999_MIN_SAMPLES: usize = 10_000;
+
+/// Operations run, untimed, before a timed loop (caches, branch predictors, lazy mappings).
+pub(crate) const WARMUP_OPS: usize = 1_000;
+
+pub(crate) fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u64::MAX as u128) as u64
+}
+
+/// What reading the clock costs: an empty timed region (two `Instant::now()` back to back).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct TimerCost {
+    pub samples: usize,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    /// Subtracted from every per-operation sample (its median).
+    pub subtracted_ns: u64,
+}
+
+impl TimerCost {
+    pub(crate) fn calibrate() -> Self {
+        const N: usize = 100_000;
+        let mut samples = Vec::with_capacity(N);
+        for _ in 0..WARMUP_OPS {
+            std::hint::black_box(Instant::now());
+        }
+        for _ in 0..N {
+            let t0 = Instant::now();
+            let t1 = Instant::now();
+            samples.push(nanos(t1 - t0));
+        }
+        samples.sort_unstable();
+        let p50 = quantile(&samples, 0.5);
+        Self {
+            samples: N,
+            p50_ns: p50,
+            p99_ns: quantile(&samples, 0.99),
+            subtracted_ns: p50,
+        }
+    }
+
+    /// A sample taken between two clock reads, without the clock's median cost.
+    pub(crate) fn net(&self, raw: Duration) -> u64 {
+        nanos(raw).saturating_sub(self.subtracted_ns)
+    }
+}
+
+/// The nearest-rank `q` quantile of sorted samples.
+/// The order `n` cases run in on repetition `rep`: forwards, then backwards, so no case always
+/// runs first or last (and so on a warmer or colder machine than the others).
+pub(crate) fn interleaved(rep: usize, n: usize) -> Vec<usize> {
+    if rep % 2 == 0 {
+        (0..n).collect()
+    } else {
+        (0..n).rev().collect()
+    }
+}
+
+pub(crate) fn quantile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((sorted.len() as f64) * q).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+/// One run of one case: its samples, summarised only as far as their number allows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Summary {
+    pub n: usize,
+    pub p50_ns: u64,
+    /// Only with at least [`P99_MIN_SAMPLES`] samples.
+    pub p99_ns: Option<u64>,
+    /// Only with at least [`P999_MIN_SAMPLES`] samples.
+    pub p999_ns: Option<u64>,
+    pub max_ns: u64,
+    pub mean_ns: f64,
+}
+
+impl Summary {
+    pub(crate) fn of(mut samples: Vec<u64>) -> Self {
+        samples.sort_unstable();
+        Self::of_sorted(&samples)
+    }
+
+    pub(crate) fn of_sorted(sorted: &[u64]) -> Self {
+        let n = sorted.len();
+        Self {
+            n,
+            p50_ns: quantile(sorted, 0.5),
+            p99_ns: (n >= P99_MIN_SAMPLES).then(|| quantile(sorted, 0.99)),
+            p999_ns: (n >= P999_MIN_SAMPLES).then(|| quantile(sorted, 0.999)),
+            max_ns: sorted.last().copied().unwrap_or(0),
+            mean_ns: if n == 0 {
+                0.0
+            } else {
+                sorted.iter().map(|&v| v as f64).sum::<f64>() / n as f64
+            },
+        }
+    }
+
+    /// The tail statistic this run supports: p99, or the maximum when it has too few samples.
+    pub(crate) fn tail(&self) -> (u64, Tail) {
+        match self.p99_ns {
+            Some(p) => (p, Tail::P99),
+            None => (self.max_ns, Tail::MaxOf(self.n)),
+        }
+    }
+
+    pub(crate) fn get(&self, stat: Stat) -> Option<f64> {
+        match stat {
+            Stat::P50 => Some(self.p50_ns as f64),
+            Stat::P99 => self.p99_ns.map(|v| v as f64),
+            Stat::P999 => self.p999_ns.map(|v| v as f64),
+            Stat::Max => Some(self.max_ns as f64),
+            Stat::Mean => Some(self.mean_ns),
+        }
+    }
+}
+
+/// What a tail figure is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tail {
+    P99,
+    MaxOf(usize),
+}
+
+impl std::fmt::Display for Tail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::P99 => f.write_str("p99"),
+            Self::MaxOf(n) => write!(f, "max of {n}"),
+        }
+    }
+}
+
+/// A statistic of a [`Summary`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Stat {
+    P50,
+    P99,
+    P999,
+    Max,
+    Mean,
+}
+
+impl Stat {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::P50 => "p50",
+            Self::P99 => "p99",
+            Self::P999 => "p99.9",
+            Self::Max => "max",
+            Self::Mean => "mean",
+        }
+    }
+}
+
+/// A value over repetitions: the geometric mean and a 95% confidence interval (Student's t on
+/// the logarithms, which suits ratios and times, both positive and skewed).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Estimate {
+    pub value: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    /// Repetitions it comes from.
+    pub reps: usize,
+}
+
+impl Estimate {
+    /// `None` when a value is not positive and finite (a ratio with a zero side).
+    pub(crate) fn of(values: &[f64]) -> Option<Self> {
+        if values.is_empty() || values.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+            return None;
+        }
+        let logs: Vec<f64> = values.iter().map(|v| v.ln()).collect();
+        let n = logs.len() as f64;
+        let mean = logs.iter().sum::<f64>() / n;
+        let half = if logs.len() < 2 {
+            f64::INFINITY
+        } else {
+            let var = logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n - 1.0);
+            t_975(logs.len() - 1) * (var / n).sqrt()
+        };
+        Some(Self {
+            value: mean.exp(),
+            ci_low: (mean - half).exp(),
+            ci_high: (mean + half).exp(),
+            reps: values.len(),
+        })
+    }
+}
+
+/// The 97.5% quantile of Student's t with `df` degrees of freedom.
+fn t_975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        1..=30 => T[df - 1],
+        _ => 1.96,
+    }
+}
+
+/// How a target is judged: the whole confidence interval must be on the right side.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Goal {
+    AtMost(f64),
+    AtLeast(f64),
+}
+
+impl Goal {
+    pub(crate) fn met(self, e: &Estimate) -> bool {
+        match self {
+            Self::AtMost(t) => e.ci_high <= t,
+            Self::AtLeast(t) => e.ci_low >= t,
+        }
+    }
+}
+
+impl std::fmt::Display for Goal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::AtMost(t) => write!(f, "<= {t}"),
+            Self::AtLeast(t) => write!(f, ">= {t}"),
+        }
+    }
+}
+
+/// The CPUs this process may run on.
+pub(crate) fn allowed_cpus() -> Vec<usize> {
+    match rustix::thread::sched_getaffinity(None) {
+        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|&c| set.is_set(c))
+            .collect(),
+        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
+
+/// Pins the calling thread to one CPU; whether it worked.
+pub(crate) fn pin_to(cpu: usize) -> bool {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    rustix::thread::sched_setaffinity(None, &set).is_ok()
+}
+
+/// Runs `body(index, barrier)` on `threads` threads, thread `i` pinned to the `i`-th allowed
+/// CPU (round robin). Each thread waits on the barrier right before its timed section, so all
+/// start together; the results come back in thread order.
+pub(crate) fn on_pinned_threads<T: Send + 'static>(
+    threads: usize,
+    body: impl Fn(usize, &Barrier) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let cpus = allowed_cpus();
+    let body = Arc::new(body);
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let body = Arc::clone(&body);
+            let barrier = Arc::clone(&barrier);
+            let cpu = cpus[i % cpus.len().max(1)];
+            std::thread::Builder::new()
+                .name(format!("bench-{i}"))
+                .spawn(move || {
+                    pin_to(cpu);
+                    body(i, &barrier)
+                })
+                .expect("spawning a benchmark thread")
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("a benchmark thread panicked"))
+        .collect()
+}
+
+/// A histogram of nanoseconds fine enough to stand for the samples: exact below 1,024 ns,
+/// 64 sub-buckets per power of two above (within 1.6%), with the exact maximum and sum. It
+/// keeps millions of samples in a few dozen KiB, so counts can be large without the
+/// memory (and cache) of a sample vector.
+#[derive(Debug, Clone)]
+pub(crate) struct Hist {
+    counts: Vec<u64>,
+    n: u64,
+    max: u64,
+    sum: u128,
+}
+
+const LINEAR: u64 = 1_024;
+const SUB_BITS: u32 = 6;
+
+impl Default for Hist {
+    fn default() -> Self {
+        Self {
+            counts: vec![0; Self::bucket(u64::MAX) + 1],
+            n: 0,
+            max: 0,
+            sum: 0,
+        }
+    }
+}
+
+impl Hist {
+    fn bucket(v: u64) -> usize {
+        if v < LINEAR {
+            return v as usize;
+        }
+        let exp = 63 - v.leading_zeros(); // >= 10
+        let sub = (v >> (exp - SUB_BITS)) & ((1 << SUB_BITS) - 1);
+        LINEAR as usize + ((exp - 10) as usize) * (1 << SUB_BITS) + sub as usize
+    }
+
+    /// The largest value of bucket `i`.
+    fn upper(i: usize) -> u64 {
+        if (i as u64) < LINEAR {
+            return i as u64;
+        }
+        let k = i - LINEAR as usize;
+        let exp = (k >> SUB_BITS) as u32 + 10;
+        let sub = (k & ((1 << SUB_BITS) - 1)) as u64;
+        let width = 1u64 << (exp - SUB_BITS);
+        ((1u64 << exp) | (sub << (exp - SUB_BITS))).saturating_add(width - 1)
+    }
+
+    #[inline]
+    pub(crate) fn record(&mut self, v: u64) {
+        self.counts[Self::bucket(v)] += 1;
+        self.n += 1;
+        self.max = self.max.max(v);
+        self.sum += u128::from(v);
+    }
+
+    pub(crate) fn merge(&mut self, other: &Hist) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.n += other.n;
+        self.max = self.max.max(other.max);
+        self.sum += other.sum;
+    }
+
+    fn quantile(&self, q: f64) -> u64 {
+        if self.n == 0 {
+            return 0;
+        }
+        let rank = ((self.n as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Self::upper(i).min(self.max);
+            }
+        }
+        self.max
+    }
+
+    pub(crate) fn summary(&self) -> Summary {
+        let n = self.n as usize;
+        Summary {
+            n,
+            p50_ns: self.quantile(0.5),
+            p99_ns: (n >= P99_MIN_SAMPLES).then(|| self.quantile(0.99)),
+            p999_ns: (n >= P999_MIN_SAMPLES).then(|| self.quantile(0.999)),
+            max_ns: self.max,
+            mean_ns: if n == 0 {
+                0.0
+            } else {
+                self.sum as f64 / n as f64
+            },
+        }
+    }
+}
+
+/// Something that lends buffers: the pools under test and their peers.
+pub(crate) trait Recycler: Send + Sync {
+    type Buf;
+    fn acquire(&self) -> Self::Buf;
+    fn release(&self, buf: Self::Buf);
+}
+
+/// Per-operation samples of one thread.
+#[derive(Debug, Default)]
+pub(crate) struct OpSamples {
+    pub acquire: Hist,
+    pub release: Hist,
+    pub round_trip: Hist,
+    /// When the untimed round-trip loop (for throughput) started and ended.
+    pub batch: Option<(Instant, Instant)>,
+    pub batch_ops: usize,
+}
+
+impl OpSamples {
+    /// Merges threads' samples; the throughput is all threads' round trips over the time
+    /// from the first start to the last end.
+    pub(crate) fn merge(all: Vec<OpSamples>) -> (OpSamples, f64) {
+        let mut out = OpSamples::default();
+        let (mut first, mut last): (Option<Instant>, Option<Instant>) = (None, None);
+        for s in all {
+            out.acquire.merge(&s.acquire);
+            out.release.merge(&s.release);
+            out.round_trip.merge(&s.round_trip);
+            out.batch_ops += s.batch_ops;
+            if let Some((a, b)) = s.batch {
+                first = Some(first.map_or(a, |f| f.min(a)));
+                last = Some(last.map_or(b, |l| l.max(b)));
+            }
+        }
+        let secs = first.zip(last).map_or(0.0, |(a, b)| (b - a).as_secs_f64());
+        let ops_per_sec = out.batch_ops as f64 / secs.max(1e-9);
+        (out, ops_per_sec)
+    }
+}
+
+/// A recycler as the timing loops see it (the loops are generic; one virtual call per
+/// chunk of operations).
+pub(crate) trait Timed: Send + Sync {
+    fn warm_up(&self);
+    /// Times `n` acquires and `n` releases apart, one buffer held at a time.
+    fn time_split(&self, n: usize, timer: &TimerCost, s: &mut OpSamples);
+    /// Times `n` round trips (acquire and release together).
+    fn time_round_trips(&self, n: usize, timer: &TimerCost, s: &mut OpSamples);
+    /// `n` untimed round trips.
+    fn untimed(&self, n: usize);
+    /// Kernel entries of `n` acquires and of `n` releases, counted apart.
+    fn count(&self, n: u64) -> (Tally, Tally);
+}
+
+impl<R: Recycler> Timed for R {
+    fn warm_up(&self) {
+        for _ in 0..WARMUP_OPS {
+            self.release(std::hint::black_box(self.acquire()));
+        }
+    }
+
+    fn time_split(&self, n: usize, timer: &TimerCost, s: &mut OpSamples) {
+        for _ in 0..n {
+            let t0 = Instant::now();
+            let b = self.acquire();
+            let t1 = Instant::now();
+            self.release(std::hint::black_box(b));
+            let t2 = Instant::now();
+            s.acquire.record(timer.net(t1 - t0));
+            s.release.record(timer.net(t2 - t1));
+        }
+    }
+
+    fn time_round_trips(&self, n: usize, timer: &TimerCost, s: &mut OpSamples) {
+        for _ in 0..n {
+            let t0 = Instant::now();
+            self.release(std::hint::black_box(self.acquire()));
+            s.round_trip.record(timer.net(t0.elapsed()));
+        }
+    }
+
+    fn untimed(&self, n: usize) {
+        for _ in 0..n {
+            self.release(std::hint::black_box(self.acquire()));
+        }
+    }
+
+    fn count(&self, n: u64) -> (Tally, Tally) {
+        let counters = ThreadCounters::open();
+        let (mut acquire, mut release) = (Tally::default(), Tally::default());
+        for _ in 0..n {
+            let r0 = counters.read();
+            let b = self.acquire();
+            let r1 = counters.read();
+            self.release(std::hint::black_box(b));
+            let r2 = counters.read();
+            acquire.add(1, counters.delta(r0, r1));
+            release.add(1, counters.delta(r1, r2));
+        }
+        (acquire, release)
+    }
+}
+
+/// Chunks each timed loop is cut into, so that the methods compared take turns.
+pub(crate) const CHUNKS: usize = 20;
+
+/// Times every method of `methods` on this thread, in turns: each loop (acquire and release
+/// apart, then round trips) is cut into [`CHUNKS`] chunks and the methods run chunk by chunk,
+/// the order rotating, so that whatever else happens on the machine (another process, the
+/// scheduler's choices) falls on all of them alike. Then each method's throughput loop, all
+/// threads starting it together. `barrier` is waited on after the warm-up and before each
+/// throughput loop.
+pub(crate) fn time_in_turns(
+    methods: &[&dyn Timed],
+    n: usize,
+    timer: &TimerCost,
+    barrier: &Barrier,
+) -> Vec<OpSamples> {
+    let mut out: Vec<OpSamples> = methods.iter().map(|_| OpSamples::default()).collect();
+    for m in methods {
+        m.warm_up();
+    }
+    barrier.wait();
+    let chunk = n.div_ceil(CHUNKS);
+    for phase in 0..2 {
+        for c in 0..CHUNKS {
+            for k in 0..methods.len() {
+                let i = (k + c) % methods.len();
+                let todo = chunk.min(n - (c * chunk).min(n));
+                if phase == 0 {
+                    methods[i].time_split(todo, timer, &mut out[i]);
+                } else {
+                    methods[i].time_round_trips(todo, timer, &mut out[i]);
+                }
+            }
+        }
+    }
+    for (m, s) in methods.iter().zip(&mut out) {
+        barrier.wait();
+        let t0 = Instant::now();
+        m.untimed(n);
+        s.batch = Some((t0, Instant::now()));
+        s.batch_ops = n;
+    }
+    out
+}
+
+/// A small deterministic generator (xorshift64*), so runs are repeatable.
+#[derive(Debug, Clone)]
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n`.
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_give_only_what_their_count_supports() {
+        let s = Summary::of((1..=999).collect());
+        assert_eq!((s.p99_ns, s.p999_ns, s.max_ns), (None, None, 999));
+        assert_eq!(s.tail(), (999, Tail::MaxOf(999)));
+        let s = Summary::of((1..=1000).collect());
+        assert_eq!((s.p99_ns, s.p999_ns), (Some(990), None));
+        assert_eq!(s.tail(), (990, Tail::P99));
+        let s = Summary::of((1..=10_000).collect());
+        assert_eq!(s.p999_ns, Some(9990));
+    }
+
+    #[test]
+    fn histograms_are_exact_below_a_microsecond_and_close_above() {
+        let mut h = Hist::default();
+        for v in 1..=1000u64 {
+            h.record(v);
+        }
+        assert_eq!(h.summary(), Summary::of((1..=1000).collect()));
+        let mut h = Hist::default();
+        let values: Vec<u64> = (0..20_000u64).map(|i| 1_000 + i * 997).collect();
+        for &v in &values {
+            h.record(v);
+        }
+        let exact = Summary::of(values);
+        let got = h.summary();
+        assert_eq!((got.n, got.max_ns), (exact.n, exact.max_ns));
+        for (a, b) in [
+            (got.p50_ns, exact.p50_ns),
+            (got.p99_ns.unwrap(), exact.p99_ns.unwrap()),
+        ] {
+            assert!(a >= b && (a - b) as f64 <= b as f64 * 0.016, "{a} vs {b}");
+        }
+        for v in [0, 1, 1023, 1024, 1025, 4096, 123_456_789, u64::MAX / 3] {
+            let i = Hist::bucket(v);
+            assert!(Hist::upper(i) >= v, "{v}");
+            if i > 0 {
+                assert!(Hist::upper(i - 1) < v, "{v}");
+            }
+        }
+    }
+
+    #[test]
+    fn estimates_cover_their_values_and_judge_by_the_whole_interval() {
+        let e = Estimate::of(&[1.0, 1.1, 0.9, 1.05, 0.95]).unwrap();
+        assert!(e.ci_low < 1.0 && 1.0 < e.ci_high, "{e:?}");
+        assert!((e.value - 0.998).abs() < 0.01, "{e:?}");
+        assert!(Goal::AtMost(1.2).met(&e));
+        assert!(
+            !Goal::AtMost(1.05).met(&e),
+            "the interval reaches above 1.05"
+        );
+        assert!(Goal::AtLeast(0.8).met(&e));
+        assert!(Estimate::of(&[1.0, 0.0]).is_none());
+        let one = Estimate::of(&[2.0]).unwrap();
+        assert!(
+            !Goal::AtMost(100.0).met(&one),
+            "one repetition proves nothing"
+        );
+    }
+}
