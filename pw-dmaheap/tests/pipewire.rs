@@ -3,7 +3,10 @@
 //! On a machine without DMA-BUF heaps the producer offers MemFd only; where heaps exist the
 //! same tests see DmaBuf (the `real_heap_pw` suite checks that path in a VM).
 
+use std::process::Command;
+use std::rc::Rc;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use dmaheap_testkit::pipewire::consumer::Accept;
 use dmaheap_testkit::pipewire::scenarios::{self, Rig};
@@ -158,6 +161,65 @@ fn a_stock_producer_whose_buffers_pipewire_allocates_is_read_right() {
     );
     assert!(seen.checked >= 60);
     assert!(seen.errors.is_empty(), "{:?}", seen.errors);
+}
+
+/// A driving stream's cycles queue calls for the main loop that point at the stream
+/// (PipeWire 0.3.65: `trigger_done` after each cycle, `process` without RT processing). A
+/// producer dropped before the loop ran them must not leave them to run on freed memory,
+/// which crashed this suite 1 run in 17. The scenario runs in a child process in which
+/// glibc fills freed memory (`MALLOC_PERTURB_`), so such a call crashes it every time
+/// instead of reading stale bytes that still look right.
+#[test]
+fn a_dropped_producer_leaves_no_queued_call_behind() {
+    const CHILD: &str = "DMAHEAP_TEST_DROPPED_PRODUCER";
+    const NAME: &str = "a_dropped_producer_leaves_no_queued_call_behind";
+    if std::env::var_os(CHILD).is_some() {
+        return drop_producers_with_calls_queued();
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let out = Command::new(std::env::current_exe().expect("this test binary"))
+        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .env("MALLOC_PERTURB_", "165")
+        .output()
+        .expect("running this test in a child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "the child ended with {}:\n{stdout}\n{stderr}",
+        out.status
+    );
+}
+
+fn drop_producers_with_calls_queued() {
+    let (_g, rig) = rig();
+    for round in 0..10 {
+        let cfg = scenarios::config(&format!("dropped-{round}"), 160, 120, VideoFormat::Bgrx);
+        let name = cfg.node_name.clone();
+        let producer = rig.producer(cfg).unwrap();
+        let consumer = rig
+            .consumer(&name, VideoFormat::Bgrx, Accept::DmaBufOrMemFd)
+            .unwrap();
+        scenarios::with_frames(&rig, &producer, Duration::from_millis(4), || {
+            rig.session.run_until(
+                "5 checked frames",
+                dmaheap_testkit::pipewire::patience(),
+                || Ok(consumer.seen().checked >= 5),
+            )
+        })
+        .unwrap();
+        // The consumer leaves and the producer pauses. A frame asked for now still goes
+        // through PipeWire's data thread, which queues `trigger_done` for this thread's loop:
+        // without the fix, round 0 crashed every time.
+        drop(consumer);
+        rig.session.run_for(Duration::from_millis(50));
+        producer.trigger_frame().unwrap();
+        assert_eq!(Rc::strong_count(&producer), 1);
+        drop(producer);
+        rig.session.run_for(Duration::from_millis(100));
+        println!("round {round}: producer dropped with calls queued, loop ran on");
+    }
 }
 
 #[test]

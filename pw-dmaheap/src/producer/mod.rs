@@ -472,6 +472,10 @@ impl Drop for Producer {
             log::debug!("disconnecting on drop: {e}");
         }
         let listener = self.listener.borrow_mut().take();
+        if !self.dequeues.any() {
+            // Nothing of ours runs under us: let queued calls reach the stream while it lives.
+            raw::settle_queued_calls(&self.stream);
+        }
         if self.dequeues.any() {
             // Dropped from inside its own render callback: the process callback that called
             // it, and PipeWire's code around that, still use the listener's closures and the

@@ -1,7 +1,7 @@
 //! The only `unsafe` code of this crate: reading and filling
 //! the `pw_buffer`/`spa_buffer`/`spa_data` structures PipeWire hands to stream callbacks,
 //! dequeuing, parking and queuing raw buffers, their metadata, and borrowing the fd of a
-//! received `spa_data`.
+//! received `spa_data`; and letting the calls PipeWire queued for a stream run before it goes.
 //!
 //! Everything else sees safe types: [`StreamBuffer`] exists only for the duration of an
 //! `add_buffer`/`remove_buffer` callback, [`Dequeued`] only between dequeue and queue (it
@@ -10,6 +10,7 @@
 
 mod dequeue;
 mod meta;
+mod queued_calls;
 mod stream_buffer;
 
 use std::ffi::CString;
@@ -25,6 +26,7 @@ use pipewire::sys as pw_sys;
 
 pub(crate) use dequeue::{DequeueFailed, Dequeued, Dequeues, try_dequeue};
 pub(crate) use meta::{SyncPoints, spa_abi};
+pub(crate) use queued_calls::settle_queued_calls;
 pub(crate) use stream_buffer::{StreamBuffer, buffer_callback, remove_buffer_callback};
 
 use crate::error::{Error, NegotiationError, Result};
