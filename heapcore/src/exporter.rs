@@ -186,7 +186,12 @@ mod tests {
     use super::*;
 
     fn inventory() -> Inventory {
-        let dir = std::env::temp_dir().join(format!("heapcore-exporter-{}", std::process::id()));
+        // One directory per call: tests run in parallel, and one's clean-up must not take
+        // another's heaps away before it has read them.
+        static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("heapcore-exporter-{}-{call}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let heaps = dir.join("dma_heap");
         std::fs::create_dir_all(&heaps).unwrap();
