@@ -107,6 +107,8 @@ impl Daemons {
             "PIPEWIRE_DEBUG",
             "WIREPLUMBER_DEBUG",
             "GST_DEBUG",
+            "GST_PLUGIN_PATH",
+            "LD_LIBRARY_PATH",
             "DMAHEAP_VM",
         ] {
             if let Some(v) = std::env::var_os(pass) {

@@ -1,200 +1,29 @@
 //! PipeWire: `dmaheap-screencast` against a stock producer (`videotestsrc ! pipewiresink`),
 //! each streaming into `pipewiresrc ! fakesink`, against a private daemon set (dbus-daemon,
-//! pipewire, wireplumber in a directory of their own, as pw-dmaheap's tests run them; the
-//! user's PipeWire is never touched). Steady state: from the consumer's first frame report
+//! pipewire, wireplumber in a directory of their own: the test kit's, which pw-dmaheap's tests
+//! run; the user's PipeWire is never touched). Steady state: from the consumer's first frame report
 //! (fpsdisplaysink) to its end, frames per second at the consumer and CPU time per frame on
 //! each side (/proc/<pid>/task/*/schedstat, and wait4 for the consumer's end).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
+
+use dmaheap_testkit::pipewire::{ChildGuard, Daemons, patience};
 
 use crate::Ctx;
 use crate::schema::{PeersReport, Ratio, Throughput};
 
-fn patience() -> Duration {
-    if std::env::var_os("DMAHEAP_VM").is_some() {
-        Duration::from_secs(180)
-    } else {
-        Duration::from_secs(30)
-    }
-}
-
-/// A child killed (SIGTERM, then SIGKILL) by its pid when dropped.
-struct Kid(Option<Child>, &'static str);
-
-impl Kid {
-    fn child(&mut self) -> &mut Child {
-        self.0.as_mut().expect("the child is still owned")
-    }
-
-    fn pid(&self) -> i32 {
-        self.0.as_ref().map_or(0, |c| c.id() as i32)
-    }
-}
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let Some(mut c) = self.0.take() else { return };
-        if let Ok(Some(_)) = c.try_wait() {
-            return;
-        }
-        let pid = rustix::process::Pid::from_child(&c);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
-
-/// The private daemon set.
-struct Daemons {
-    dir: PathBuf,
-    bus: String,
-    kids: Vec<Kid>,
-}
-
-impl Daemons {
-    fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-            )
-            .env("HOME", &self.dir)
-            .env("LANG", "C.UTF-8")
-            .env("XDG_RUNTIME_DIR", &self.dir)
-            .env("PIPEWIRE_RUNTIME_DIR", &self.dir)
-            .env("XDG_CONFIG_HOME", self.dir.join("config"))
-            .env("XDG_STATE_HOME", self.dir.join("state"))
-            .env("XDG_CACHE_HOME", self.dir.join("cache"))
-            .env("DBUS_SESSION_BUS_ADDRESS", &self.bus)
-            .current_dir(&self.dir);
-        for pass in [
-            "GST_PLUGIN_PATH",
-            "GST_REGISTRY",
-            "DMAHEAP_VM",
-            "LD_LIBRARY_PATH",
-        ] {
-            if let Some(v) = std::env::var_os(pass) {
-                cmd.env(pass, v);
-            }
-        }
-        cmd
-    }
-
-    fn spawn(&mut self, name: &'static str, args: &[&str]) -> Result<(), String> {
-        let log = std::fs::File::create(self.dir.join(format!("{name}.log")))
-            .map_err(|e| e.to_string())?;
-        let err = log.try_clone().map_err(|e| e.to_string())?;
-        let child = self
-            .command(name)
-            .args(args)
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("starting {name}: {e}"))?;
-        self.kids.push(Kid(Some(child), name));
-        Ok(())
-    }
-
-    fn start() -> Result<Self, String> {
-        let dir = std::env::temp_dir().join(format!("dmaheap-bench-pw-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let mut set = Self {
-            dir,
-            bus: String::new(),
-            kids: Vec::new(),
-        };
-        let address = format!("--address=unix:path={}", set.dir.join("bus").display());
-        let mut bus = set
-            .command("dbus-daemon")
-            .args([
-                "--session",
-                "--nofork",
-                "--nopidfile",
-                "--print-address=1",
-                &address,
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting dbus-daemon: {e}"))?;
-        let mut line = String::new();
-        if let Some(out) = bus.stdout.take() {
-            let _ = BufReader::new(out).read_line(&mut line);
-        }
-        set.kids.push(Kid(Some(bus), "dbus-daemon"));
-        set.bus = line.trim().to_owned();
-        if set.bus.is_empty() {
-            return Err("dbus-daemon printed no address".into());
-        }
-        set.spawn("pipewire", &[])?;
-        let socket = set.dir.join("pipewire-0");
-        set.wait("the pipewire socket", |_| Ok(socket.exists()))?;
-        set.spawn("wireplumber", &[])?;
-        // WirePlumber makes the `default` metadata once its policy is loaded.
-        set.wait("WirePlumber", |s| {
-            Ok(s.pw_cli(&["ls", "Metadata"])?.contains("\"default\""))
-        })?;
-        Ok(set)
-    }
-
-    fn pw_cli(&self, args: &[&str]) -> Result<String, String> {
-        let out = self
-            .command("pw-cli")
-            .args(args)
-            .stderr(Stdio::null())
-            .output()
-            .map_err(|e| format!("pw-cli: {e}"))?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn wait(
-        &mut self,
-        what: &str,
-        mut done: impl FnMut(&Self) -> Result<bool, String>,
-    ) -> Result<(), String> {
-        let deadline = Instant::now() + patience();
-        while !done(self)? {
-            for k in &mut self.kids {
-                if let Ok(Some(status)) = k.child().try_wait() {
-                    let log = std::fs::read_to_string(self.dir.join(format!("{}.log", k.1)))
-                        .unwrap_or_default();
-                    return Err(format!("{} exited ({status}): {}", k.1, log.trim()));
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(format!("timed out waiting for {what}"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
-    }
-
-    fn has_node(&self, name: &str) -> Result<bool, String> {
-        Ok(self
-            .pw_cli(&["ls", "Node"])?
-            .contains(&format!("node.name = \"{name}\"")))
-    }
-}
-
-impl Drop for Daemons {
-    fn drop(&mut self) {
-        while let Some(k) = self.kids.pop() {
-            drop(k);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// Whether the daemons' registry lists a node named `name` (as `pw-cli ls Node` prints it).
+fn has_node(d: &Daemons, name: &str) -> Result<bool, String> {
+    let out = d
+        .command("pw-cli")
+        .args(["ls", "Node"])
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("pw-cli: {e}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains(&format!("node.name = \"{name}\"")))
 }
 
 /// CPU time of every thread of `pid` so far, in nanoseconds (/proc/<pid>/task/*/schedstat).
@@ -266,24 +95,22 @@ fn rendered(line: &str) -> Option<u64> {
 /// report (fpsdisplaysink, every 250 ms) to its end. Gives (frames/s at the consumer, producer
 /// CPU ns/frame, consumer CPU ns/frame).
 fn run_once(d: &Daemons, p: &Producer, frames: u64) -> Result<(f64, f64, f64), String> {
-    let log =
-        std::fs::File::create(d.dir.join(format!("{}.log", p.node))).map_err(|e| e.to_string())?;
-    let mut producer = Kid(
-        Some(
-            d.command(&p.program)
-                .args(&p.args)
-                .stdout(log.try_clone().map_err(|e| e.to_string())?)
-                .stderr(log)
-                .spawn()
-                .map_err(|e| format!("starting {}: {e}", p.program))?,
-        ),
-        "producer",
-    );
+    let log = std::fs::File::create(d.dir().join(format!("{}.log", p.node)))
+        .map_err(|e| e.to_string())?;
+    let mut producer = ChildGuard(Some(
+        d.command(&p.program)
+            .args(&p.args)
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", p.program))?,
+    ));
+    let producer_pid = producer.child().id() as i32;
     let deadline = Instant::now() + patience();
-    while !d.has_node(p.node)? {
+    while !has_node(d, p.node)? {
         if let Ok(Some(status)) = producer.child().try_wait() {
-            let text =
-                std::fs::read_to_string(d.dir.join(format!("{}.log", p.node))).unwrap_or_default();
+            let text = std::fs::read_to_string(d.dir().join(format!("{}.log", p.node)))
+                .unwrap_or_default();
             return Err(format!("{} exited ({status}): {}", p.name, text.trim()));
         }
         if Instant::now() > deadline {
@@ -308,7 +135,7 @@ fn run_once(d: &Daemons, p: &Producer, frames: u64) -> Result<(f64, f64, f64), S
             "fps-update-interval=250",
         ])
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(d.dir.join("consumer.log")).map_err(|e| e.to_string())?)
+        .stderr(std::fs::File::create(d.dir().join("consumer.log")).map_err(|e| e.to_string())?)
         .spawn()
         .map_err(|e| format!("starting gst-launch-1.0: {e}"))?;
     let (tx, rx) = std::sync::mpsc::channel::<u64>();
@@ -334,7 +161,7 @@ fn run_once(d: &Daemons, p: &Producer, frames: u64) -> Result<(f64, f64, f64), S
                     Instant::now(),
                     n,
                     task_cpu_ns(consumer.id() as i32),
-                    task_cpu_ns(producer.pid()),
+                    task_cpu_ns(producer_pid),
                 ));
             }
         }
@@ -352,9 +179,9 @@ fn run_once(d: &Daemons, p: &Producer, frames: u64) -> Result<(f64, f64, f64), S
         std::thread::sleep(Duration::from_millis(2));
     };
     let end = Instant::now();
-    let producer_end = task_cpu_ns(producer.pid());
+    let producer_end = task_cpu_ns(producer_pid);
     if !ok {
-        let log = std::fs::read_to_string(d.dir.join("consumer.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(d.dir().join("consumer.log")).unwrap_or_default();
         return Err(format!("{}: the consumer failed: {}", p.name, log.trim()));
     }
     let (t0, n0, c0, p0) = first.ok_or_else(|| {
