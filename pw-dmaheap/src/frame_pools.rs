@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use heapcore::device::DeviceReport;
 use heapcore::{
     Allocator, Candidates, Constraints, CpuAccess, Origin, Policy, Pool, PoolConfig, PoolRegistry,
     PooledBuf, Source, Usage,
@@ -40,6 +41,9 @@ pub(crate) struct FramePools {
     usage: Usage,
     explicit: Option<Vec<Source>>,
     contiguous: bool,
+    /// What the devices the consumers named take (PipeWire 1.6's device ids): a source one
+    /// of them refused is ruled out.
+    devices: Vec<DeviceReport>,
     /// Names the pools, so fdinfo says which stream a buffer serves.
     pool_name: String,
     pools: Vec<FormatPool>,
@@ -61,11 +65,23 @@ impl FramePools {
             usage: Usage::new(&config.usage).unwrap_or_else(|_| Usage::generic()),
             explicit: config.heaps.clone(),
             contiguous: config.contiguous,
+            devices: Vec::new(),
             pool_name: pool_name(&config.usage),
             pools: Vec::new(),
             handed_out: 0,
             recycled: 0,
         }
+    }
+
+    /// The allocator the pools and the device probes use.
+    pub(crate) fn allocator(&self) -> &Allocator {
+        &self.alloc
+    }
+
+    /// The devices the buffers will pass through, from now on: the next heap choice (the next
+    /// format's pools) rules out what one of them refused.
+    pub(crate) fn set_devices(&mut self, devices: Vec<DeviceReport>) {
+        self.devices = devices;
     }
 
     /// The dma-buf sources that may serve `size`-byte, `contiguous` buffers the CPU writes,
@@ -89,7 +105,8 @@ impl FramePools {
             .usage(self.usage.clone())
             .contiguous(contiguous)
             .cpu_access(CpuAccess::Write)
-            .require_dmabuf(true);
+            .require_dmabuf(true)
+            .devices(self.devices.clone());
         let inventory = self.alloc.inventory();
         match &self.explicit {
             Some(list) => heapcore::solve_explicit(list, &constraints, inventory),

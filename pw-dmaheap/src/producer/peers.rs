@@ -4,8 +4,9 @@
 //!
 //! - A consumer that does device-id negotiation names the DRM devices it can use in
 //!   `pipewire.device-ids` (`{"available-devices": ["<hex of a dev_t>", ...]}`). The producer
-//!   logs them, explains them with its heap choice, and reports them
-//!   ([`Event::PeerDevices`](super::Event)).
+//!   resolves them with heapcore's device model, probes what each takes (cached), and the heap
+//!   choice rules out what one refused; it logs them, explains them with its heap choice, and
+//!   reports them ([`Event::PeerDevices`](super::Event)).
 //! - The list of linked ports tells a consumer leaving (its port is gone) from one pausing
 //!   (its stream stops, its link stays). Without it (PipeWire before 1.6) the producer seals
 //!   its buffers whenever the stream stops streaming, and renegotiates when it streams again
@@ -15,7 +16,8 @@
 //!   new set that the producer is drawing into.
 
 use std::fmt;
-use std::path::PathBuf;
+
+use heapcore::device::{Device, DeviceReport};
 
 use pipewire::spa::pod::deserialize::PodDeserializer;
 use pipewire::spa::pod::{Pod, Value};
@@ -35,46 +37,19 @@ pub const CAPABILITY_DEVICE_ID_NEGOTIATION: &str = "pipewire.device-id-negotiati
 pub struct PeerDevice {
     /// The `dev_t` the consumer sent.
     pub devnum: u64,
-    /// Its node (`/dev/dri/renderD128`), if this machine has it.
-    pub node: Option<PathBuf>,
-    /// Its driver (`amdgpu`, `vgem`), if sysfs says.
-    pub driver: Option<String>,
+    /// The device behind it, as sysfs describes it (heapcore's device model), if this
+    /// machine has it.
+    pub device: Option<Device>,
 }
 
 impl PeerDevice {
-    /// The device `devnum` with its node and driver looked up in sysfs.
+    /// The device `devnum`, looked up in sysfs.
     pub fn from_devnum(devnum: u64) -> Self {
-        let sys = PathBuf::from(format!(
-            "/sys/dev/char/{}:{}",
-            rustix::fs::major(devnum),
-            rustix::fs::minor(devnum)
-        ));
-        let node = std::fs::read_to_string(sys.join("uevent"))
-            .ok()
-            .and_then(|u| {
-                u.lines()
-                    .find_map(|l| l.strip_prefix("DEVNAME="))
-                    .map(|n| PathBuf::from("/dev").join(n))
-            });
-        let driver = driver_of(&sys.join("device"));
         Self {
             devnum,
-            node,
-            driver,
+            device: Device::from_devnum(devnum).ok(),
         }
     }
-}
-
-/// The driver of a sysfs device: Linux 6.19+ binds virtual devices (vgem, vkms) to the
-/// generic `faux_driver`, and their own name is the device's.
-fn driver_of(device: &std::path::Path) -> Option<String> {
-    let bound = std::fs::read_link(device.join("driver")).ok()?;
-    let name = bound.file_name()?.to_str()?;
-    if name != "faux_driver" {
-        return Some(name.to_owned());
-    }
-    let canonical = std::fs::canonicalize(device).ok()?;
-    Some(canonical.file_name()?.to_str()?.to_owned())
 }
 
 impl fmt::Display for PeerDevice {
@@ -86,10 +61,9 @@ impl fmt::Display for PeerDevice {
             rustix::fs::major(self.devnum),
             rustix::fs::minor(self.devnum)
         )?;
-        match (&self.node, &self.driver) {
-            (Some(node), Some(driver)) => write!(f, " {} ({driver})", node.display()),
-            (Some(node), None) => write!(f, " {}", node.display()),
-            (None, _) => f.write_str(" (not on this machine)"),
+        match &self.device {
+            Some(device) => write!(f, " {device}"),
+            None => f.write_str(" (not on this machine)"),
         }
     }
 }
@@ -230,10 +204,27 @@ pub(super) fn on_peer_capability(inner: &mut Inner, param: Option<&Pod>) -> bool
         );
     }
     if devices != inner.peer_devices {
+        let reports = device_reports(&devices, inner.pools.allocator());
+        inner.pools.set_devices(reports);
         inner.peer_devices = devices.clone();
         inner.events.push(Event::PeerDevices(devices));
     }
     last_gone
+}
+
+/// What each named device takes (heapcore's probe, cached per device): the heap choice for
+/// buffers allocated from now on rules out what a device refused. A device this machine
+/// lacks, or cannot probe, is left out and said so.
+fn device_reports(devices: &[PeerDevice], alloc: &heapcore::Allocator) -> Vec<DeviceReport> {
+    devices
+        .iter()
+        .filter_map(|peer| {
+            let device = peer.device.as_ref()?;
+            DeviceReport::for_device(device, alloc)
+                .inspect_err(|e| log::warn!("cannot probe {peer}, the heap choice ignores it: {e}"))
+                .ok()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -321,8 +312,8 @@ mod tests {
         // /dev/null is 1:3 everywhere.
         let null = PeerDevice::from_devnum(rustix::fs::makedev(1, 3));
         assert_eq!(
-            null.node.as_deref(),
-            Some(std::path::Path::new("/dev/null"))
+            null.device.map(|d| d.node),
+            Some(std::path::PathBuf::from("/dev/null"))
         );
     }
 }

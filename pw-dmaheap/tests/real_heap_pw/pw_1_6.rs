@@ -39,8 +39,22 @@ pub(super) fn add(suite: &mut Suite) {
             "real_heap_pw_the_consumers_devices_are_logged_and_explained",
             &[Need::SystemHeap, Need::Vgem, Need::PipeWire(1, 6)],
             consumer_devices_are_explained,
+        )
+        .test(
+            "real_heap_pw_a_consumer_naming_a_dma_contig_device_gets_cma_buffers",
+            &[
+                Need::SystemHeap,
+                Need::CmaHeap,
+                Need::PipeWire(1, 6),
+                CONTIG_VIVID,
+            ],
+            contig_device_gets_cma,
         );
 }
+
+/// The vivid instance the VM boots with its dma-contig allocator: it takes only physically
+/// contiguous dma-bufs, as a camera or display without an IOMMU.
+const CONTIG_VIVID: Need = Need::V4l2("vivid-001-vid-cap");
 
 /// pipewiresrc followed by DMA_DRM caps (GStreamer 1.24) announces the LINEAR modifier: it
 /// gets the heap's dma-bufs with no opt-in flag, negotiated the way PipeWire's dma-buf
@@ -209,13 +223,66 @@ fn consumer_devices_are_explained() -> Result<(), Failed> {
     ensure!(
         devices.len() == 1
             && devices[0].devnum == devnum
-            && devices[0].node.as_deref() == Some(std::path::Path::new(&card))
-            && devices[0].driver.as_deref() == Some("vgem"),
+            && devices[0].device.as_ref().map(|d| d.node.as_path())
+                == Some(std::path::Path::new(&card))
+            && devices[0].device.as_ref().and_then(|d| d.driver.as_deref()) == Some("vgem"),
         "devices {devices:?}"
     );
     ensure!(
         explained.contains("consumer devices (pipewire.device-ids)") && explained.contains(&card),
         "{explained}"
     );
+    Ok(())
+}
+
+/// issue 12 on PipeWire: a consumer that names a device needing contiguous memory (its
+/// `pipewire.device-ids`) gets buffers from the CMA heap, with no heap list and no
+/// `contiguous` in the producer's configuration: heapcore's probe of that device (it refuses
+/// system-heap buffers) rules the system heap out. The consumer's fds name the CMA heap as
+/// their exporter.
+fn contig_device_gets_cma() -> Result<(), Failed> {
+    let rig = rig()?;
+    let heap = dmaheap_testkit::cma_heap().ok_or("no CMA heap")?;
+    let vivid = dmaheap_testkit::v4l2_device("vivid-001-vid-cap").ok_or("no dma-contig vivid")?;
+    let devnum = rustix::fs::stat(vivid.as_str())?.st_rdev;
+    let cfg = scenarios::config("contig-device", 320, 240, VideoFormat::Bgrx);
+    let name = cfg.node_name.clone();
+    let producer = rig.producer(cfg)?;
+    let extras = Extras {
+        device_ids: vec![devnum],
+        ..Extras::default()
+    };
+    let consumer = rig.consumer_with(&name, VideoFormat::Bgrx, Accept::DmaBufOrMemFd, extras)?;
+    scenarios::with_frames(&rig, &producer, Duration::from_millis(5), || {
+        rig.session.run_until("10 checked frames", patience(), || {
+            let seen = consumer.seen();
+            if let Some(e) = seen.errors.first() {
+                return Err(e.clone());
+            }
+            Ok(seen.checked >= 10)
+        })
+    })?;
+    let negotiated = producer
+        .negotiated()
+        .ok_or("the producer reports no negotiation")?;
+    let seen = consumer.seen();
+    let explained = producer.explain_heap_choice();
+    println!("the consumer named {vivid} ({devnum:#x}); the producer says:\n{explained}");
+    println!("producer: {negotiated}");
+    println!(
+        "consumer: types {:?}, exporters {:?}",
+        seen.data_types, seen.exporters
+    );
+    ensure!(
+        negotiated.origin == Origin::Heap(heap.parse()?),
+        "buffers from {}, expected the CMA heap {heap}",
+        negotiated.origin
+    );
+    ensure!(
+        seen.exporters.iter().eq([&heap]),
+        "exporters {:?}, expected {heap}",
+        seen.exporters
+    );
+    ensure!(explained.contains(&vivid), "{explained}");
     Ok(())
 }
