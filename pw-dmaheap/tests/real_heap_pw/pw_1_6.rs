@@ -2,15 +2,16 @@
 //! the forky VM): dma-buf modifiers negotiated with pipewiresrc's DMA_DRM caps, explicit sync
 //! with timeline syncobjs, and the consumers' device ids.
 
+use std::rc::Rc;
 use std::time::Duration;
 
-use dmaheap_testkit::pipewire::consumer::{Accept, Extras};
+use dmaheap_testkit::pipewire::consumer::{Accept, Consumer, Extras};
 use dmaheap_testkit::pipewire::patience;
-use dmaheap_testkit::pipewire::scenarios::{self, SrcCaps};
+use dmaheap_testkit::pipewire::scenarios::{self, Rig, SrcCaps};
 use dmaheap_testkit::{Failed, Need, Suite, ensure};
 use pw_dmaheap::heapcore::Origin;
 use pw_dmaheap::heapcore::format::VideoFormat;
-use pw_dmaheap::{DRM_FORMAT_MOD_LINEAR, SyncDevice};
+use pw_dmaheap::{DRM_FORMAT_MOD_LINEAR, Producer, SyncDevice};
 
 use super::rig;
 
@@ -194,21 +195,22 @@ fn explicit_sync_waits_for_release() -> Result<(), Failed> {
     Ok(())
 }
 
-/// A PipeWire 1.6 consumer names its DRM device in `pipewire.device-ids`: the producer
-/// resolves it to this machine's node and driver and explains it with its heap choice.
-fn consumer_devices_are_explained() -> Result<(), Failed> {
-    let rig = rig()?;
-    let card = dmaheap_testkit::drm_card("vgem").ok_or("no vgem card")?;
-    let devnum = rustix::fs::stat(card.as_str())?.st_rdev;
-    let cfg = scenarios::config("devices", 320, 240, VideoFormat::Bgrx);
-    let name = cfg.node_name.clone();
+/// A producer streaming BGRx to a consumer that names `devnum` in `pipewire.device-ids`,
+/// once the consumer checked 10 frames and the producer heard of the device.
+fn stream_to_a_consumer_naming<'r>(
+    rig: &'r Rig,
+    name: &str,
+    devnum: u64,
+) -> Result<(Rc<Producer>, Consumer<'r>), Failed> {
+    let cfg = scenarios::config(name, 320, 240, VideoFormat::Bgrx);
+    let node = cfg.node_name.clone();
     let producer = rig.producer(cfg)?;
     let extras = Extras {
         device_ids: vec![devnum],
         ..Extras::default()
     };
-    let consumer = rig.consumer_with(&name, VideoFormat::Bgrx, Accept::DmaBufOrMemFd, extras)?;
-    scenarios::with_frames(&rig, &producer, Duration::from_millis(5), || {
+    let consumer = rig.consumer_with(&node, VideoFormat::Bgrx, Accept::DmaBufOrMemFd, extras)?;
+    scenarios::with_frames(rig, &producer, Duration::from_millis(5), || {
         rig.session.run_until("10 checked frames", patience(), || {
             let seen = consumer.seen();
             if let Some(e) = seen.errors.first() {
@@ -217,6 +219,16 @@ fn consumer_devices_are_explained() -> Result<(), Failed> {
             Ok(seen.checked >= 10 && !producer.peer_devices().is_empty())
         })
     })?;
+    Ok((producer, consumer))
+}
+
+/// A PipeWire 1.6 consumer names its DRM device in `pipewire.device-ids`: the producer
+/// resolves it to this machine's node and driver and explains it with its heap choice.
+fn consumer_devices_are_explained() -> Result<(), Failed> {
+    let rig = rig()?;
+    let card = dmaheap_testkit::drm_card("vgem").ok_or("no vgem card")?;
+    let devnum = rustix::fs::stat(card.as_str())?.st_rdev;
+    let (producer, _consumer) = stream_to_a_consumer_naming(&rig, "devices", devnum)?;
     let devices = producer.peer_devices();
     let explained = producer.explain_heap_choice();
     println!("the consumer named {card} ({devnum:#x}); the producer says:\n{explained}");
@@ -245,23 +257,7 @@ fn contig_device_gets_cma() -> Result<(), Failed> {
     let heap = dmaheap_testkit::cma_heap().ok_or("no CMA heap")?;
     let vivid = dmaheap_testkit::v4l2_device("vivid-001-vid-cap").ok_or("no dma-contig vivid")?;
     let devnum = rustix::fs::stat(vivid.as_str())?.st_rdev;
-    let cfg = scenarios::config("contig-device", 320, 240, VideoFormat::Bgrx);
-    let name = cfg.node_name.clone();
-    let producer = rig.producer(cfg)?;
-    let extras = Extras {
-        device_ids: vec![devnum],
-        ..Extras::default()
-    };
-    let consumer = rig.consumer_with(&name, VideoFormat::Bgrx, Accept::DmaBufOrMemFd, extras)?;
-    scenarios::with_frames(&rig, &producer, Duration::from_millis(5), || {
-        rig.session.run_until("10 checked frames", patience(), || {
-            let seen = consumer.seen();
-            if let Some(e) = seen.errors.first() {
-                return Err(e.clone());
-            }
-            Ok(seen.checked >= 10)
-        })
-    })?;
+    let (producer, consumer) = stream_to_a_consumer_naming(&rig, "contig-device", devnum)?;
     let negotiated = producer
         .negotiated()
         .ok_or("the producer reports no negotiation")?;
