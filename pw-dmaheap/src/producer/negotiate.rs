@@ -3,7 +3,8 @@
 //!
 //! The decisions are pure functions of what was offered and what the consumer chose
 //! ([`enum_formats`], [`plan_buffers`], [`decide_kind`]), tested without a daemon below;
-//! [`on_format`] applies them to the producer's state.
+//! [`on_format`] applies them to the producer's state. Half of this file's length is those
+//! tests, kept beside the decisions they pin down.
 
 use heapcore::Origin;
 use heapcore::format::VideoFormat;
