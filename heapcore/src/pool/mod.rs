@@ -8,7 +8,8 @@
 //! `background` pools first, then `normal` ones, down to their `min_buffers`; a realtime
 //! pool pauses its refill while pressure is critical and resumes when it eases.
 //!
-//! This file is the pool's state machine (free list, reservations, prewarm, trimming). What a
+//! This file (about 700 lines) is the pool's state machine (free list, reservations, prewarm,
+//! trimming), kept whole so that its invariants are read in one place. What a
 //! pool is asked to be (`config`), its refill thread (`refill`), the buffer it lends
 //! (`pooled`), budgets, statistics, the registry and the publishing of its statistics have
 //! files of their own.

@@ -210,37 +210,16 @@ impl Daemons {
     /// WirePlumber creates the `default` metadata once its policy is loaded.
     fn wait_for_session_manager(&mut self) -> Result<(), String> {
         let session = Session::connect(&self.remote())?;
-        let found = Rc::new(Cell::new(false));
-        let registry = session
-            .core
-            .get_registry_rc()
-            .map_err(|e| format!("getting the registry: {e}"))?;
-        let _listener = registry
-            .add_listener_local()
-            .global({
-                let found = Rc::clone(&found);
-                move |global| {
-                    let is_default = global.type_ == pw::types::ObjectType::Metadata
-                        && global.props.as_ref().and_then(|p| p.get("metadata.name"))
-                            == Some("default");
-                    if is_default {
-                        found.set(true);
-                    }
-                }
-            })
-            .register();
-        let deadline = Instant::now() + patience();
-        while !found.get() {
-            self.check_alive()?;
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "timed out waiting for WirePlumber: {}",
-                    self.log_tail("wireplumber")
-                ));
-            }
-            session.iterate(Duration::from_millis(50));
-        }
-        Ok(())
+        let waited = session.wait_for_global(
+            "WirePlumber's default metadata",
+            pw::types::ObjectType::Metadata,
+            ("metadata.name", "default"),
+            patience(),
+            || self.check_alive(),
+        );
+        waited
+            .map(|_| ())
+            .map_err(|e| format!("{e}: {}", self.log_tail("wireplumber")))
     }
 
     /// A daemon's whole log.
@@ -377,6 +356,26 @@ impl Session {
         &self,
         name: &str,
         timeout: Duration,
+        alive: impl FnMut() -> Result<(), String>,
+    ) -> Result<u32, String> {
+        self.wait_for_global(
+            &format!("node {name:?} in the registry"),
+            pw::types::ObjectType::Node,
+            ("node.name", name),
+            timeout,
+            alive,
+        )
+    }
+
+    /// Runs the loop until the registry (on the session's own watching connection) lists a
+    /// global of type `kind` whose property `prop.0` is `prop.1`, and returns its id. `alive`
+    /// is asked on every turn and may fail early.
+    pub fn wait_for_global(
+        &self,
+        what: &str,
+        kind: pw::types::ObjectType,
+        prop: (&str, &str),
+        timeout: Duration,
         mut alive: impl FnMut() -> Result<(), String>,
     ) -> Result<u32, String> {
         let found = Rc::new(Cell::new(None));
@@ -388,22 +387,21 @@ impl Session {
             .add_listener_local()
             .global({
                 let found = Rc::clone(&found);
-                let name = name.to_owned();
+                let (key, value) = (prop.0.to_owned(), prop.1.to_owned());
                 move |global| {
-                    let named = global.type_ == pw::types::ObjectType::Node
-                        && global.props.as_ref().and_then(|p| p.get("node.name"))
-                            == Some(name.as_str());
-                    if named {
+                    let matches = global.type_ == kind
+                        && global.props.as_ref().and_then(|p| p.get(&key)) == Some(value.as_str());
+                    if matches {
                         found.set(Some(global.id));
                     }
                 }
             })
             .register();
-        self.run_until(&format!("node {name:?} in the registry"), timeout, || {
+        self.run_until(what, timeout, || {
             alive()?;
             Ok(found.get().is_some())
         })?;
-        Ok(found.get().expect("found"))
+        found.get().ok_or_else(|| format!("{what}: not found"))
     }
 
     /// Runs the loop for `time` whatever happens.
