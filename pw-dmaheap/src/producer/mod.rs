@@ -49,10 +49,8 @@ use pw::core::CoreRc;
 use pw::stream::{Stream, StreamFlags, StreamListener, StreamRc, StreamState};
 
 pub use frame::{Frame, frame_interval};
-pub use peers::{
-    CAPABILITY_DEVICE_ID_NEGOTIATION, CAPABILITY_DEVICE_IDS, PeerDevice, encode_dev_t,
-};
-pub use report::{Event, Negotiated, Stats};
+pub use peers::{CAPABILITY_DEVICE_ID_NEGOTIATION, CAPABILITY_DEVICE_IDS, encode_dev_t};
+pub use report::{Event, Negotiated, PeerDevice, Stats};
 
 use crate::config::ProducerConfig;
 use crate::constraints::FrameConstraints;

@@ -390,6 +390,17 @@ fn buffer_params(
     Ok(pods)
 }
 
+impl Inner {
+    /// The EnumFormat objects to announce now (at connect, resize or renegotiation).
+    pub(super) fn enum_formats(&self) -> Result<Vec<PodBytes>> {
+        let offer = Offer::of(self);
+        enum_formats(&offer, &self.config, self.width, self.height)?
+            .into_iter()
+            .map(|o| PodBytes::new("EnumFormat", o.object()))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use heapcore::format::VideoFormat;

@@ -15,14 +15,12 @@
 //!   resumed (pipewiresrc does so while it starts) could be handed the id of a buffer of the
 //!   new set that the producer is drawing into.
 
-use std::fmt;
-
-use heapcore::device::{Device, DeviceReport};
+use heapcore::device::DeviceReport;
 
 use pipewire::spa::pod::deserialize::PodDeserializer;
 use pipewire::spa::pod::{Pod, Value};
 
-use super::report::Event;
+use super::report::{Event, PeerDevice};
 use super::session;
 use super::state::Inner;
 use crate::raw::spa_abi;
@@ -31,42 +29,6 @@ use crate::raw::spa_abi;
 pub const CAPABILITY_DEVICE_IDS: &str = "pipewire.device-ids";
 /// `PW_CAPABILITY_DEVICE_ID_NEGOTIATION`.
 pub const CAPABILITY_DEVICE_ID_NEGOTIATION: &str = "pipewire.device-id-negotiation";
-
-/// A device a consumer named, as this machine knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerDevice {
-    /// The `dev_t` the consumer sent.
-    pub devnum: u64,
-    /// The device behind it, as sysfs describes it (heapcore's device model), if this
-    /// machine has it.
-    pub device: Option<Device>,
-}
-
-impl PeerDevice {
-    /// The device `devnum`, looked up in sysfs.
-    pub fn from_devnum(devnum: u64) -> Self {
-        Self {
-            devnum,
-            device: Device::from_devnum(devnum).ok(),
-        }
-    }
-}
-
-impl fmt::Display for PeerDevice {
-    /// `226:128 /dev/dri/renderD128 (vgem)`, or `226:7 (not on this machine)`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}",
-            rustix::fs::major(self.devnum),
-            rustix::fs::minor(self.devnum)
-        )?;
-        match &self.device {
-            Some(device) => write!(f, " {device}"),
-            None => f.write_str(" (not on this machine)"),
-        }
-    }
-}
 
 /// The ports a `SPA_PARAM_PeerCapability` pod lists (one property per linked peer port).
 pub(crate) fn peer_ports(pod: &Pod) -> Vec<u32> {

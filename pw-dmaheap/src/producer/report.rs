@@ -1,9 +1,10 @@
 //! What a producer tells its user: what was negotiated ([`Negotiated`]), counters
-//! ([`Stats`]) and events ([`Event`]).
+//! ([`Stats`]), events ([`Event`]) and the devices its consumers named ([`PeerDevice`]).
 
 use std::fmt;
 
 use heapcore::Origin;
+use heapcore::device::Device;
 use heapcore::format::FrameLayout;
 
 use crate::data_types::DataKind;
@@ -88,5 +89,41 @@ pub enum Event {
     Error(String),
     /// The linked consumers named the devices they use (PipeWire 1.6's
     /// `SPA_PARAM_PeerCapability`, `pipewire.device-ids`); empty when they stopped naming any.
-    PeerDevices(Vec<super::PeerDevice>),
+    PeerDevices(Vec<PeerDevice>),
+}
+
+/// A device a consumer named, as this machine knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerDevice {
+    /// The `dev_t` the consumer sent.
+    pub devnum: u64,
+    /// The device behind it, as sysfs describes it (heapcore's device model), if this
+    /// machine has it.
+    pub device: Option<Device>,
+}
+
+impl PeerDevice {
+    /// The device `devnum`, looked up in sysfs.
+    pub fn from_devnum(devnum: u64) -> Self {
+        Self {
+            devnum,
+            device: Device::from_devnum(devnum).ok(),
+        }
+    }
+}
+
+impl fmt::Display for PeerDevice {
+    /// `226:128 /dev/dri/renderD128 (vgem)`, or `226:7 (not on this machine)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}",
+            rustix::fs::major(self.devnum),
+            rustix::fs::minor(self.devnum)
+        )?;
+        match &self.device {
+            Some(device) => write!(f, " {device}"),
+            None => f.write_str(" (not on this machine)"),
+        }
+    }
 }

@@ -11,12 +11,11 @@ use heapcore::{Origin, PooledBuf};
 use pipewire::stream::Stream;
 use rustix::io::Errno;
 
-use super::negotiate;
-use super::report::{Event, Negotiated, Stats};
+use super::report::{Event, Negotiated, PeerDevice, Stats};
 use crate::config::ProducerConfig;
 use crate::constraints::FrameConstraints;
 use crate::data_types::{DataKind, DataTypes};
-use crate::error::{DmabufUnavailable, NegotiationError, Result};
+use crate::error::{DmabufUnavailable, NegotiationError};
 use crate::frame_pools::FramePools;
 use crate::params::{self, PodBytes, VideoParams};
 use crate::raw::{self, BufferKey};
@@ -80,7 +79,7 @@ pub(super) struct Inner {
     /// `None` until one arrives (older PipeWire never sends it).
     pub(super) peer_ports: Option<Vec<u32>>,
     /// The devices the linked consumers named (`SPA_PARAM_PeerCapability`), if any.
-    pub(super) peer_devices: Vec<super::peers::PeerDevice>,
+    pub(super) peer_devices: Vec<PeerDevice>,
     pub(super) width: u32,
     pub(super) height: u32,
     pub(super) active: Option<Active>,
@@ -96,15 +95,6 @@ pub(super) struct Inner {
 }
 
 impl Inner {
-    /// The EnumFormat objects to announce now (at connect, resize or renegotiation).
-    pub(super) fn enum_formats(&self) -> Result<Vec<PodBytes>> {
-        let offer = negotiate::Offer::of(self);
-        negotiate::enum_formats(&offer, &self.config, self.width, self.height)?
-            .into_iter()
-            .map(|o| PodBytes::new("EnumFormat", o.object()))
-            .collect()
-    }
-
     pub(super) fn negotiated(&self) -> Option<Negotiated> {
         let active = self.active.as_ref()?;
         let first = self.slots.values().next()?;
