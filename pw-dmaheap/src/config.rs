@@ -1,52 +1,14 @@
 //! The producer's configuration: what it offers PipeWire and where its buffers may come from.
 
-use std::fmt;
-
 use heapcore::format::VideoFormat;
 use heapcore::{Inventory, Policy, Source, Usage};
 
-use crate::constraints::FrameConstraints;
+use crate::constraints::{FrameConstraints, FrameRules, check_size};
 use crate::error::{ConfigError, Result};
+use crate::video::{Framerate, MAX_BUFFERS};
 
 /// The usage a producer allocates for unless told otherwise.
 pub const DEFAULT_USAGE: &str = Usage::SCREENCAST;
-
-/// The largest width or height offered (the limit of most display engines and GPUs).
-pub const MAX_DIMENSION: u32 = 16384;
-
-/// The most buffers a producer asks PipeWire for (`pw_stream` handles up to 64).
-pub const MAX_BUFFERS: u32 = 32;
-
-/// A frame rate as a fraction (`30/1`, `30000/1001`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Framerate {
-    /// Frames (the numerator).
-    pub num: u32,
-    /// Seconds they take (the denominator).
-    pub denom: u32,
-}
-
-impl Framerate {
-    /// `num/denom` frames per second.
-    pub const fn new(num: u32, denom: u32) -> Self {
-        Self { num, denom }
-    }
-
-    /// The time between frames, if the rate is not zero.
-    pub fn interval(self) -> Option<std::time::Duration> {
-        (self.num > 0 && self.denom > 0).then(|| {
-            std::time::Duration::from_nanos(
-                (u64::from(self.denom) * 1_000_000_000) / u64::from(self.num),
-            )
-        })
-    }
-}
-
-impl fmt::Display for Framerate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.num, self.denom)
-    }
-}
 
 /// What a [`Producer`](crate::Producer) offers and how it allocates.
 ///
@@ -218,6 +180,16 @@ impl ProducerConfig {
         Ok(sources)
     }
 
+    /// What this configuration asks of every frame's buffers (alignment, contiguity, usage),
+    /// for [`FrameConstraints`].
+    pub fn frame_rules(&self) -> FrameRules<'_> {
+        FrameRules {
+            stride_align: self.stride_align,
+            contiguous: self.contiguous,
+            usage: &self.usage,
+        }
+    }
+
     /// Checks everything that can be checked before PipeWire is involved, against this
     /// machine's `inventory` (explicit heaps must exist here).
     pub fn validate(&self, inventory: &Inventory) -> Result<()> {
@@ -251,9 +223,14 @@ impl ProducerConfig {
             }
         }
         for format in &self.formats {
-            FrameConstraints::for_frame(*format, self.width, self.height, self)?;
+            FrameConstraints::for_frame(*format, self.width, self.height, self.frame_rules())?;
             if one_block {
-                FrameConstraints::for_single_block(*format, self.width, self.height, self)?;
+                FrameConstraints::for_single_block(
+                    *format,
+                    self.width,
+                    self.height,
+                    self.frame_rules(),
+                )?;
             }
         }
         if let Some(heaps) = &self.heaps {
@@ -277,17 +254,10 @@ impl ProducerConfig {
     }
 }
 
-/// Refuses sizes no consumer could take.
-pub(crate) fn check_size(width: u32, height: u32) -> Result<()> {
-    if width == 0 || height == 0 || width > MAX_DIMENSION || height > MAX_DIMENSION {
-        return Err(ConfigError::Size { width, height }.into());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::video::MAX_DIMENSION;
 
     fn no_heaps() -> Inventory {
         let dir = std::env::temp_dir().join(format!("pw-dmaheap-cfg-{}", std::process::id()));

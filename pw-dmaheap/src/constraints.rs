@@ -5,8 +5,20 @@
 use heapcore::FrameLayoutError;
 use heapcore::format::{FrameLayout, MAX_PLANES, VideoFormat};
 
-use crate::config::ProducerConfig;
-use crate::error::{Error, FrameError, Result};
+use crate::error::{ConfigError, Error, FrameError, Result};
+use crate::video::MAX_DIMENSION;
+
+/// What a producer's configuration asks of every frame's buffers, whatever the format
+/// (`ProducerConfig::frame_rules`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRules<'a> {
+    /// Row alignment in bytes (a power of two).
+    pub stride_align: u32,
+    /// Physically contiguous memory only.
+    pub contiguous: bool,
+    /// The usage the buffers serve (`screencast`).
+    pub usage: &'a str,
+}
 
 /// What a buffer for one negotiated format must satisfy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,47 +34,47 @@ pub struct FrameConstraints {
 }
 
 impl FrameConstraints {
-    /// The constraints of a `width`×`height` `format` frame under `config`'s alignment,
+    /// The constraints of a `width`×`height` `format` frame under `rules`' alignment,
     /// contiguity and usage, sent as one block per plane (each with its chunk offset and
     /// stride: dma-bufs with a modifier).
     pub fn for_frame(
         format: VideoFormat,
         width: u32,
         height: u32,
-        config: &ProducerConfig,
+        rules: FrameRules<'_>,
     ) -> Result<Self> {
-        crate::config::check_size(width, height)?;
-        let layout = FrameLayout::aligned(format, width, height, config.stride_align, 1)
+        check_size(width, height)?;
+        let layout = FrameLayout::aligned(format, width, height, rules.stride_align, 1)
             .map_err(|e| Error::frame(format, width, height)(e.into()))?;
-        Self::with_layout(layout, config)
+        Self::with_layout(layout, rules)
     }
 
     /// The constraints of a frame sent as one block with one stride (MemFd, or dma-bufs
     /// without a modifier). A consumer of such a frame (pipewiresrc) learns only the first
     /// plane's stride and takes every other plane where GStreamer's default `GstVideoInfo`
     /// puts it, so multi-plane formats get exactly that layout (rows aligned to 4 bytes,
-    /// 4:2:0 chroma after `GST_ROUND_UP_2(height)` luma rows), and `config.stride_align` must
-    /// be 4 for them. Single-plane formats keep `config`'s alignment: the chunk carries
+    /// 4:2:0 chroma after `GST_ROUND_UP_2(height)` luma rows), and `rules.stride_align` must
+    /// be 4 for them. Single-plane formats keep `rules`' alignment: the chunk carries
     /// their stride.
     pub fn for_single_block(
         format: VideoFormat,
         width: u32,
         height: u32,
-        config: &ProducerConfig,
+        rules: FrameRules<'_>,
     ) -> Result<Self> {
         if format.plane_count() == 1 {
-            return Self::for_frame(format, width, height, config);
+            return Self::for_frame(format, width, height, rules);
         }
-        crate::config::check_size(width, height)?;
+        check_size(width, height)?;
         let error = Error::frame(format, width, height);
-        if config.stride_align != 4 {
-            return Err(error(FrameError::OneBlockStrideAlign(config.stride_align)));
+        if rules.stride_align != 4 {
+            return Err(error(FrameError::OneBlockStrideAlign(rules.stride_align)));
         }
         let layout = gstreamer_layout(format, width, height).map_err(|e| error(e.into()))?;
-        Self::with_layout(layout, config)
+        Self::with_layout(layout, rules)
     }
 
-    fn with_layout(layout: FrameLayout, config: &ProducerConfig) -> Result<Self> {
+    fn with_layout(layout: FrameLayout, rules: FrameRules<'_>) -> Result<Self> {
         // SPA_PARAM_Buffers carries sizes and strides as 32-bit signed ints.
         if layout.size > i32::MAX as u64 {
             return Err(Error::frame(layout.format, layout.width, layout.height)(
@@ -72,10 +84,18 @@ impl FrameConstraints {
         Ok(Self {
             size: layout.size,
             layout,
-            contiguous: config.contiguous,
-            usage: config.usage.clone(),
+            contiguous: rules.contiguous,
+            usage: rules.usage.to_owned(),
         })
     }
+}
+
+/// Refuses sizes no consumer could take.
+pub(crate) fn check_size(width: u32, height: u32) -> Result<()> {
+    if width == 0 || height == 0 || width > MAX_DIMENSION || height > MAX_DIMENSION {
+        return Err(ConfigError::Size { width, height }.into());
+    }
+    Ok(())
 }
 
 /// GStreamer's default layout of a `width`×`height` `format` frame: what `GstVideoInfo`
@@ -159,15 +179,18 @@ pub(crate) fn gstreamer_layout(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ProducerConfig;
 
     #[test]
     fn constraints_follow_the_layout() {
         let cfg = ProducerConfig::new(1921, 1080).with_stride_align(64);
-        let c = FrameConstraints::for_frame(VideoFormat::Nv12, 1921, 1080, &cfg).unwrap();
+        let c =
+            FrameConstraints::for_frame(VideoFormat::Nv12, 1921, 1080, cfg.frame_rules()).unwrap();
         assert_eq!(c.layout.strides[0], 1984);
         assert_eq!(c.size, c.layout.size);
         assert_eq!(c.usage, "screencast");
-        let err = FrameConstraints::for_frame(VideoFormat::Rgba, 0, 1, &cfg).unwrap_err();
+        let err =
+            FrameConstraints::for_frame(VideoFormat::Rgba, 0, 1, cfg.frame_rules()).unwrap_err();
         assert!(err.to_string().contains("1 to 16384"), "{err}");
     }
 
@@ -210,14 +233,17 @@ mod tests {
     #[test]
     fn one_block_multi_plane_frames_need_4_byte_rows() {
         let cfg = ProducerConfig::new(321, 241).with_stride_align(64);
-        let c = FrameConstraints::for_single_block(VideoFormat::Bgrx, 321, 241, &cfg).unwrap();
+        let c = FrameConstraints::for_single_block(VideoFormat::Bgrx, 321, 241, cfg.frame_rules())
+            .unwrap();
         assert_eq!(c.layout.strides[0], 1344);
-        let err = FrameConstraints::for_single_block(VideoFormat::Nv12, 321, 241, &cfg)
-            .unwrap_err()
-            .to_string();
+        let err =
+            FrameConstraints::for_single_block(VideoFormat::Nv12, 321, 241, cfg.frame_rules())
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("stride alignment 64 cannot"), "{err}");
         let cfg = ProducerConfig::new(321, 241);
-        let c = FrameConstraints::for_single_block(VideoFormat::Nv12, 321, 241, &cfg).unwrap();
+        let c = FrameConstraints::for_single_block(VideoFormat::Nv12, 321, 241, cfg.frame_rules())
+            .unwrap();
         assert_eq!(c.layout.offsets[1], 324 * 242);
     }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use heapcore::Origin;
 use heapcore::format::VideoFormat;
 
-use crate::config::{Framerate, MAX_BUFFERS, MAX_DIMENSION};
 use crate::data_types::DataTypes;
+use crate::video::{Framerate, MAX_BUFFERS, MAX_DIMENSION};
 
 /// Everything pw-dmaheap can fail with.
 #[derive(Debug, thiserror::Error)]

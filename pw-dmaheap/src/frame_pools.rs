@@ -232,7 +232,7 @@ mod tests {
     fn memfd_buffers_are_mapped_and_sized() {
         let cfg = ProducerConfig::new(64, 48);
         let mut pools = FramePools::new(registry(), &cfg);
-        let c = FrameConstraints::for_frame(VideoFormat::Bgrx, 64, 48, &cfg).unwrap();
+        let c = FrameConstraints::for_frame(VideoFormat::Bgrx, 64, 48, cfg.frame_rules()).unwrap();
         let buf = pools.allocate(DataKind::MemFd, &c).unwrap();
         assert!(buf.is_mapped());
         assert!(buf.len() >= 64 * 48 * 4);
@@ -244,7 +244,8 @@ mod tests {
     fn buffers_of_the_same_format_are_recycled() {
         let cfg = ProducerConfig::new(64, 48);
         let mut pools = FramePools::new(registry(), &cfg);
-        let small = FrameConstraints::for_frame(VideoFormat::Bgrx, 64, 48, &cfg).unwrap();
+        let small =
+            FrameConstraints::for_frame(VideoFormat::Bgrx, 64, 48, cfg.frame_rules()).unwrap();
         let first: Vec<_> = (0..3)
             .map(|_| pools.allocate(DataKind::MemFd, &small).unwrap())
             .collect();
@@ -257,7 +258,8 @@ mod tests {
         assert!(again.iter().all(|b| inodes.contains(&ino(b))));
         assert_eq!(pools.handed_out(), (6, 3));
         // Another size: a new pool; the old one is shut down and frees what comes back.
-        let big = FrameConstraints::for_frame(VideoFormat::Bgrx, 128, 96, &cfg).unwrap();
+        let big =
+            FrameConstraints::for_frame(VideoFormat::Bgrx, 128, 96, cfg.frame_rules()).unwrap();
         let resized = pools.allocate(DataKind::MemFd, &big).unwrap();
         assert!(resized.len() >= 128 * 96 * 4);
         drop(again);

@@ -12,9 +12,10 @@ pub mod pattern;
 mod producer;
 #[allow(unsafe_code)] // the one module that touches PipeWire's raw structures
 mod raw;
+mod video;
 
-pub use config::{DEFAULT_USAGE, Framerate, MAX_BUFFERS, MAX_DIMENSION, ProducerConfig};
-pub use constraints::FrameConstraints;
+pub use config::{DEFAULT_USAGE, ProducerConfig};
+pub use constraints::{FrameConstraints, FrameRules};
 pub use data_types::{DataKind, DataTypes};
 pub use error::{
     ConfigError, DmabufUnavailable, Error, FormatError, FrameError, NegotiationError, Result,
@@ -30,6 +31,7 @@ pub use producer::{
     Producer, Stats, encode_dev_t, frame_interval,
 };
 pub use raw::{EnteredLoop, import_data};
+pub use video::{Framerate, MAX_BUFFERS, MAX_DIMENSION};
 
 /// Re-exported so users name the same versions this crate was built with.
 pub use heapcore;

@@ -16,10 +16,10 @@ use spa::pod::{ChoiceValue, Object, Pod, Property, PropertyFlags, Value};
 use spa::sys;
 use spa::utils::{Choice, ChoiceEnum, ChoiceFlags, Fraction, Id, Rectangle};
 
-use crate::config::Framerate;
 use crate::data_types::DataTypes;
 use crate::error::{Error, FormatError, Result};
 use crate::raw::spa_abi;
+use crate::video::Framerate;
 
 /// `DRM_FORMAT_MOD_LINEAR`: rows one after the other, no tiling or compression. Heap buffers
 /// are always linear.

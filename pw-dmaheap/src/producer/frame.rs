@@ -18,10 +18,10 @@ use pipewire::stream::Stream;
 
 use super::report::{Event, Negotiated};
 use super::state::{Inner, Slot, with_inner};
-use crate::config::Framerate;
 use crate::data_types::DataKind;
 use crate::pattern::{self, PlaneMut};
 use crate::raw::{self, ChunkFill, DequeueFailed, Dequeued, Dequeues, SyncPoints};
+use crate::video::Framerate;
 
 /// One frame to draw, handed to the render callback.
 pub struct Frame<'a> {

@@ -363,7 +363,7 @@ impl Producer {
         let pods = {
             let mut inner = self.inner.borrow_mut();
             for format in &inner.config.formats {
-                FrameConstraints::for_frame(*format, width, height, &inner.config)?;
+                FrameConstraints::for_frame(*format, width, height, inner.config.frame_rules())?;
             }
             inner.width = width;
             inner.height = height;
@@ -401,7 +401,7 @@ impl Producer {
             inner.config.formats[0],
             inner.width,
             inner.height,
-            &inner.config,
+            inner.config.frame_rules(),
         )
         .map_or(0, |c| c.size);
         let mut text = inner.pools.explain(size);

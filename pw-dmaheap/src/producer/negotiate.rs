@@ -12,7 +12,7 @@ use pipewire::spa::pod::Pod;
 
 use super::report::Event;
 use super::state::{Active, EINVAL, ENOMEM, Inner, Outcome, fail};
-use crate::config::{MAX_BUFFERS, ProducerConfig};
+use crate::config::ProducerConfig;
 use crate::constraints::FrameConstraints;
 use crate::data_types::{DataKind, DataTypes};
 use crate::error::{ConfigError, DmabufUnavailable, Error, NegotiationError, Result};
@@ -20,6 +20,7 @@ use crate::params::{
     self, BuffersOffer, DRM_FORMAT_MOD_LINEAR, FormatOffer, ModifierOffer, PodBytes, VideoParams,
 };
 use crate::raw::spa_abi;
+use crate::video::MAX_BUFFERS;
 
 /// The modifiers this producer allocates: heap buffers are linear.
 const MODIFIERS: [u64; 1] = [DRM_FORMAT_MOD_LINEAR];
@@ -352,7 +353,12 @@ fn constraints_for(fixed: &VideoParams, config: &ProducerConfig) -> Result<Frame
     } else {
         FrameConstraints::for_single_block
     };
-    for_layout(fixed.format, fixed.width, fixed.height, config)
+    for_layout(
+        fixed.format,
+        fixed.width,
+        fixed.height,
+        config.frame_rules(),
+    )
 }
 
 /// The Buffers params for a plan (with explicit sync: first a layout that requires
@@ -410,7 +416,7 @@ mod tests {
     use pipewire::spa::utils::{Choice, ChoiceEnum};
 
     use super::*;
-    use crate::config::Framerate;
+    use crate::video::Framerate;
 
     /// The formats and modifier of each offer.
     fn formats_of(offers: &[FormatOffer]) -> Vec<(Vec<VideoFormat>, ModifierOffer)> {
@@ -684,7 +690,8 @@ mod tests {
     #[test]
     fn the_buffers_param_carries_the_plan() {
         let config = ProducerConfig::new(64, 48).with_buffers(6);
-        let constraints = FrameConstraints::for_frame(VideoFormat::Nv12, 64, 48, &config).unwrap();
+        let constraints =
+            FrameConstraints::for_frame(VideoFormat::Nv12, 64, 48, config.frame_rules()).unwrap();
         let pods = buffer_params(&plan(2, false), &constraints, &config).unwrap();
         assert_eq!(pods.len(), 2);
         let buffers = object(&pods[0]);
@@ -731,7 +738,7 @@ mod tests {
     #[test]
     fn explicit_sync_adds_a_layout_with_two_syncobj_blocks_that_requires_the_meta() {
         let config = ProducerConfig::new(64, 48);
-        let constraints = FrameConstraints::for_frame(BGRX, 64, 48, &config).unwrap();
+        let constraints = FrameConstraints::for_frame(BGRX, 64, 48, config.frame_rules()).unwrap();
         let pods = buffer_params(&plan(1, true), &constraints, &config).unwrap();
         assert_eq!(
             pods.len(),
