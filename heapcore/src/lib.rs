@@ -45,3 +45,4 @@ pub use pool::{Pool, PoolConfig, PoolRegistry, PoolStats, PooledBuf, QosClass};
 pub use pressure::PressureLevel;
 pub use solver::{Candidate, Candidates, Verdict, solve, solve_explicit};
 pub use source::Source;
+pub use uapi::dma_buf::dma_heap_alloc;

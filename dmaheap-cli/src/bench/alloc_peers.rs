@@ -5,44 +5,14 @@
 //! pool's round trip of the same size from the same run (which any pool wins: a sanity check,
 //! not a target).
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
-use rustix::ioctl::{self, Opcode, opcode};
 use rustix::mm::{Advice, MapFlags, ProtFlags};
 
-use super::measure::Stat;
-use super::measure::Summary;
-use super::schema::{Case, Report};
-use super::{Ctx, SIZES, find, ratio_of};
-
-/// `struct dma_heap_allocation_data` (include/uapi/linux/dma-heap.h), for the raw peer that
-/// bypasses heapcore on purpose.
-#[repr(C)]
-#[derive(Debug, Default)]
-struct DmaHeapAllocationData {
-    len: u64,
-    fd: u32,
-    fd_flags: u32,
-    heap_flags: u64,
-}
-
-const DMA_HEAP_IOCTL_ALLOC: Opcode = opcode::read_write::<DmaHeapAllocationData>(b'H', 0);
-
-fn heap_alloc(heap: &OwnedFd, len: u64) -> rustix::io::Result<OwnedFd> {
-    let mut data = DmaHeapAllocationData {
-        len,
-        fd_flags: (rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC).bits(),
-        ..DmaHeapAllocationData::default()
-    };
-    // SAFETY: the opcode is _IOWR('H', 0, struct dma_heap_allocation_data) and `data` is that
-    // struct, laid out as the UAPI header.
-    let alloc = unsafe { ioctl::Updater::<DMA_HEAP_IOCTL_ALLOC, _>::new(&mut data) };
-    // SAFETY: `alloc` pairs the opcode with its struct; the kernel writes only `data`.
-    unsafe { ioctl::ioctl(heap, alloc) }?;
-    // SAFETY: on success the kernel installed a new fd in `data.fd` that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(data.fd as i32) })
-}
+use super::{Ctx, SIZES, find, ratio_of, size_round_trip};
+use dmaheap_benchkit::measure::{Stat, Summary};
+use dmaheap_benchkit::schema::{Case, Report};
 
 /// A shared read-write mapping of `fd`, unmapped when dropped.
 struct Map {
@@ -150,7 +120,7 @@ fn measure(
             }
             Method::HeapIoctl | Method::HeapIoctlReady => {
                 let heap = heap.ok_or("no heap")?;
-                let fd = heap_alloc(heap, len).map_err(err)?;
+                let fd = heapcore::dma_heap_alloc(heap, len).map_err(err)?;
                 let map = if method == Method::HeapIoctlReady {
                     let map = Map::new(&fd, len as usize).map_err(err)?;
                     map.touch(page);
@@ -234,7 +204,7 @@ pub(super) fn run(ctx: &Ctx, report: &mut Report) -> Result<(), String> {
             ctx.reps,
             specs.len()
         ));
-        let order = super::measure::interleaved(rep, specs.len());
+        let order = dmaheap_benchkit::measure::interleaved(rep, specs.len());
         for i in order {
             let (size, method) = specs[i];
             let got = measure(ctx, method, heap.as_ref(), size, samples_for(ctx, size))?;
@@ -269,26 +239,10 @@ pub(super) fn run(ctx: &Ctx, report: &mut Report) -> Result<(), String> {
     let rt = super::primitives::Method::RealtimePool.label();
     let floor = super::primitives::Method::FreeList.label();
     for (size, label) in SIZES {
-        let Some(pool) = find(
-            &report.cases,
-            "sizes",
-            rt,
-            "round trip",
-            size,
-            1,
-            "shared pool",
-        ) else {
+        let Some(pool) = size_round_trip(&report.cases, rt, size) else {
             continue;
         };
-        let floor_case = find(
-            &report.cases,
-            "sizes",
-            floor,
-            "round trip",
-            size,
-            1,
-            "shared pool",
-        );
+        let floor_case = size_round_trip(&report.cases, floor, size);
         let mut new = Vec::new();
         for method in &methods {
             let name = method.label(&heap_label);

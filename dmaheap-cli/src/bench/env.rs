@@ -7,7 +7,7 @@ use std::process::Command;
 use heapcore::Allocator;
 use heapcore::sysinfo::MemInfo;
 
-use super::schema::Environment;
+use dmaheap_benchkit::schema::Environment;
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(path)
@@ -104,7 +104,7 @@ pub(super) fn record(alloc: &Allocator, label: &str, commit_given: Option<&str>)
         os: os_name(),
         cpu_model: cpuinfo_field(&cpuinfo, "model name").unwrap_or_default(),
         cpus_online: online,
-        cpus_allowed: super::measure::allowed_cpus().len(),
+        cpus_allowed: dmaheap_benchkit::measure::allowed_cpus().len(),
         threads_per_core: (siblings / cores.max(1)).max(1),
         machine: machine(&cpuinfo),
         in_test_vm: std::env::var_os("DMAHEAP_VM").is_some(),

@@ -253,7 +253,7 @@ impl Hog {
         let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
         // On the last CPU, away from the first, where one-thread cases run: the pressure is
         // on memory, not on the measured thread's CPU (with one CPU, it shares it).
-        let cpus = super::measure::allowed_cpus();
+        let cpus = dmaheap_benchkit::measure::allowed_cpus();
         if let (Some(&last), true) = (cpus.last(), cpus.len() > 1) {
             let mut set = rustix::thread::CpuSet::new();
             set.set(last);

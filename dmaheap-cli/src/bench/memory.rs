@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use heapcore::{Pool, PoolConfig, QosClass};
 
-use super::schema::{FirstFrame, Report};
 use super::{Ctx, hd_nv12};
+use dmaheap_benchkit::schema::{FirstFrame, Report};
 
 fn first_frame(ctx: &Ctx, size: u64, prewarm: Option<usize>) -> Result<(f64, u64), String> {
     let err = |e: heapcore::Error| e.to_string();

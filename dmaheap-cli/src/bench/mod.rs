@@ -17,17 +17,16 @@ mod peers;
 mod pressure;
 mod primitives;
 mod report;
-mod schema;
 
 use std::sync::Arc;
 
 use heapcore::format::{FrameLayout, VideoFormat};
 use heapcore::{Allocator, Constraints, Policy, Source, Usage, solve};
 
+use dmaheap_benchkit::counters::{self, PerOp};
+use dmaheap_benchkit::measure::{self, Goal, Stat, TimerCost};
+use dmaheap_benchkit::schema::{self, Case, Ratio, Report, Target};
 pub(crate) use hog::{HogArgs, hog};
-use schema::counters::{self, PerOp};
-use schema::measure::{self, Goal, Stat, TimerCost};
-use schema::{Case, Ratio, Report, Target};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum PressureMode {
@@ -431,6 +430,12 @@ pub(crate) fn find<'a>(
     cases.iter().find(|c| c.key() == key)
 }
 
+/// The one-thread, shared-pool round trip of `method` at `size` (the "sizes" group), which the
+/// allocation and size ratios divide by.
+pub(crate) fn size_round_trip<'a>(cases: &'a [Case], method: &str, size: u64) -> Option<&'a Case> {
+    find(cases, "sizes", method, "round trip", size, 1, "shared pool")
+}
+
 fn primitive_ratios(report: &mut Report, thread_counts: &[usize]) {
     use primitives::Method;
     let hd = hd_nv12().size;
@@ -517,24 +522,8 @@ fn primitive_ratios(report: &mut Report, thread_counts: &[usize]) {
     }
     for (size, label) in SIZES {
         if let (Some(a), Some(b)) = (
-            find(
-                &report.cases,
-                "sizes",
-                rt,
-                "round trip",
-                size,
-                1,
-                "shared pool",
-            ),
-            find(
-                &report.cases,
-                "sizes",
-                floor,
-                "round trip",
-                size,
-                1,
-                "shared pool",
-            ),
+            size_round_trip(&report.cases, rt, size),
+            size_round_trip(&report.cases, floor, size),
         ) {
             ratios.push(ratio_of(
                 "sizes",

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use heapcore::{CpuWrite, DmaBuf, Policy, PoolConfig, PoolRegistry, PooledBuf, QosClass};
 
-use super::measure::{Rng, Summary};
 use super::primitives::FreeList;
-use super::schema::{Overhead, Paced, Ratio, Report};
 use super::{Ctx, hd_nv12};
+use dmaheap_benchkit::measure::{Rng, Summary};
+use dmaheap_benchkit::schema::{Overhead, Paced, Ratio, Report};
 
 /// A buffer a frame is written into.
 pub(super) trait FrameBuf {
@@ -209,7 +209,9 @@ pub(super) fn produce<F: Frames>(
         out.overhead.push(acquire + sync_ns + release);
         if let Some(late) = end.checked_duration_since(due + period) {
             out.missed += 1;
-            out.worst_lateness_ns = out.worst_lateness_ns.max(super::measure::nanos(late));
+            out.worst_lateness_ns = out
+                .worst_lateness_ns
+                .max(dmaheap_benchkit::measure::nanos(late));
         }
         if i % 10 == 0 {
             out.bytes_held_max = out.bytes_held_max.max(src.bytes_held());

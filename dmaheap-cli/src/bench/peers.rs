@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::Ctx;
-use super::schema::PeersReport;
+use dmaheap_benchkit::schema::PeersReport;
 
 const NAME: &str = "dmaheap-bench-peers";
 
@@ -65,12 +65,12 @@ pub(super) fn run(ctx: &Ctx, given: Option<&str>, served: &str) -> Result<PeersR
     }
     let report: PeersReport = serde_json::from_slice(&output.stdout)
         .map_err(|e| format!("reading the JSON of {}: {e}", exe.display()))?;
-    if report.schema != super::schema::SCHEMA {
+    if report.schema != dmaheap_benchkit::schema::SCHEMA {
         return Err(format!(
             "{} speaks {}, this binary {}: build both from one checkout",
             exe.display(),
             report.schema,
-            super::schema::SCHEMA
+            dmaheap_benchkit::schema::SCHEMA
         ));
     }
     Ok(report)

@@ -14,11 +14,11 @@ use heapcore::pressure::{PressureConfig, PressureWatch};
 use heapcore::{Policy, Pool, PoolConfig, PoolRegistry, PressureLevel, QosClass};
 
 use super::hog::{Hog, HogKind};
-use super::measure::{Goal, Recycler, Stat, Summary, TimerCost, on_pinned_threads};
 use super::paced::{PacedCase, PoolFrames, produce};
 use super::primitives::{FreeList, HeapPool};
-use super::schema::{Case, PressureEvidence, PressureRuns, Ratio, Report, Target};
 use super::{Ctx, hd_nv12};
+use dmaheap_benchkit::measure::{Goal, Recycler, Stat, Summary, TimerCost, on_pinned_threads};
+use dmaheap_benchkit::schema::{Case, PressureEvidence, PressureRuns, Ratio, Report, Target};
 
 fn psi_totals(path: &std::path::Path) -> (Option<u64>, Option<u64>) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -141,7 +141,7 @@ fn bursts<A: Recycler, B: Recycler>(
     timer: &TimerCost,
     barrier: &Barrier,
 ) -> (Vec<u64>, Vec<u64>) {
-    for _ in 0..super::measure::WARMUP_OPS {
+    for _ in 0..dmaheap_benchkit::measure::WARMUP_OPS {
         a.release(std::hint::black_box(a.acquire()));
         b.release(std::hint::black_box(b.acquire()));
     }
@@ -239,7 +239,7 @@ pub(super) fn run(ctx: &Ctx, kind: HogKind, report: &mut Report) -> Result<(), S
                     pooled: Summary::default(),
                     kernel: None,
                     ops_per_sec: Vec::new(),
-                    oversubscribed: t > super::measure::allowed_cpus().len(),
+                    oversubscribed: t > dmaheap_benchkit::measure::allowed_cpus().len(),
                     note: String::new(),
                 };
                 cases.insert((t, p, m), (case, Vec::new()));

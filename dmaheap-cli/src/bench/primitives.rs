@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use heapcore::{Allocator, DmaBuf, Pool, PoolConfig, PooledBuf, QosClass, Source};
 
-use super::counters::Tally;
-use super::measure::{
+use dmaheap_benchkit::counters::Tally;
+use dmaheap_benchkit::measure::{
     Hist, OpSamples, Recycler, Summary, Timed, TimerCost, on_pinned_threads, time_in_turns,
 };
-use super::schema::Case;
+use dmaheap_benchkit::schema::Case;
 
 /// A heapcore pool as a recycler.
 pub(super) struct HeapPool(pub Pool);

@@ -73,8 +73,12 @@ bitflags::bitflags! {
 /// The longest name `DMA_BUF_SET_NAME` accepts, without its NUL (`DMA_BUF_NAME_LEN` - 1).
 pub(crate) const DMA_BUF_NAME_MAX: usize = 31;
 
-/// Allocates `len` bytes (page-aligned by the caller) from an open heap device.
-pub(crate) fn dma_heap_alloc(heap: impl AsFd, len: u64) -> rustix::io::Result<OwnedFd> {
+/// Allocates `len` bytes (page-aligned by the caller) from an open heap device: the
+/// `DMA_HEAP_IOCTL_ALLOC` ioctl alone, with no accounting, name, fallback or mapping.
+///
+/// Public for measuring what the kernel itself costs (`dmaheap bench`'s raw peer); everything
+/// else allocates through [`Allocator`](crate::Allocator).
+pub fn dma_heap_alloc(heap: impl AsFd, len: u64) -> rustix::io::Result<OwnedFd> {
     let heap = heap.as_fd();
     let mut data = DmaHeapAllocationData {
         len,

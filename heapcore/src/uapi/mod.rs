@@ -41,7 +41,7 @@ macro_rules! opcode_test {
     };
 }
 
-mod dma_buf;
+pub(crate) mod dma_buf;
 pub(crate) mod drm;
 mod sync_file;
 mod syncobj;

@@ -20,15 +20,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-#[path = "../../../../dmaheap-cli/src/bench/schema.rs"]
-mod schema;
-
 mod pipelines;
 mod pipewire;
 mod pools;
 
-use schema::PeersReport;
-use schema::measure::TimerCost;
+use dmaheap_benchkit::measure::TimerCost;
+use dmaheap_benchkit::schema::{self, PeersReport};
 
 /// The GStreamer and PipeWire peers of `dmaheap bench` (JSON on stdout).
 #[derive(Debug, Parser)]

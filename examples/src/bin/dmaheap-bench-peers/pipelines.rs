@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 
 use crate::Ctx;
-use crate::schema::measure::Goal;
-use crate::schema::{PeersReport, Ratio, Target, Throughput};
+use dmaheap_benchkit::measure::Goal;
+use dmaheap_benchkit::schema::{PeersReport, Ratio, Target, Throughput};
 
 /// Process CPU time (user + system) in nanoseconds, and page faults (minor + major).
 pub(crate) fn cpu_ns() -> (f64, f64) {
@@ -316,7 +316,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
             ctx.reps,
             specs.len()
         ));
-        let order = crate::schema::measure::interleaved(rep, specs.len());
+        let order = dmaheap_benchkit::measure::interleaved(rep, specs.len());
         for i in order {
             if results[i].skipped.is_some() {
                 continue;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use dmaheap_testkit::pipewire::{ChildGuard, Daemons, patience};
 
 use crate::Ctx;
-use crate::schema::{PeersReport, Ratio, Throughput};
+use dmaheap_benchkit::schema::{PeersReport, Ratio, Throughput};
 
 /// Whether the daemons' registry lists a node named `name` (as `pw-cli ls Node` prints it).
 fn has_node(d: &Daemons, name: &str) -> Result<bool, String> {

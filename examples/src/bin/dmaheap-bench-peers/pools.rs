@@ -6,11 +6,11 @@ use gst::prelude::*;
 use gst_video::prelude::*;
 
 use crate::Ctx;
-use crate::schema::counters::Tally;
-use crate::schema::measure::{
+use dmaheap_benchkit::counters::Tally;
+use dmaheap_benchkit::measure::{
     Goal, Hist, OpSamples, Recycler, Stat, Summary, Timed, on_pinned_threads, time_in_turns,
 };
-use crate::schema::{Case, PeersReport, Ratio, Target};
+use dmaheap_benchkit::schema::{Case, PeersReport, Ratio, Target};
 
 /// A configured, active GStreamer pool.
 pub(crate) struct GstPool(pub gst::BufferPool);

@@ -1,29 +1,20 @@
 //! The JSON both benchmark binaries print (`dmaheap bench --json`, `dmaheap-bench-peers`), what
 //! `docs/bench/*.json` archives and what `dmaheap bench --report` turns into
-//! docs/performance.md. Shared with `dmaheap-bench-peers`, which includes this file.
-
-// Each of the two binaries uses a different part.
-#![allow(dead_code)]
+//! docs/performance.md.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-#[path = "measure.rs"]
-pub(crate) mod measure;
-
-#[path = "counters.rs"]
-pub(crate) mod counters;
-
-use counters::PerOp;
-use measure::{Estimate, Goal, Stat, Summary};
+use crate::counters::PerOp;
+use crate::measure::{Estimate, Goal, Stat, Summary};
 
 /// Bumped when a field changes meaning.
-pub(crate) const SCHEMA: &str = "dmaheap-bench/2";
+pub const SCHEMA: &str = "dmaheap-bench/2";
 
 /// One measured thing, every repetition of it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Case {
+pub struct Case {
     /// "pool-ops", "sizes", "scaling", "alloc", "gst-pools", ...
     pub group: String,
     /// What is measured ("heapcore realtime pool", "free list (Mutex<Vec>)", ...).
@@ -32,6 +23,7 @@ pub(crate) struct Case {
     pub op: String,
     /// Bytes per buffer.
     pub size: u64,
+    /// Threads running the operation at once.
     pub threads: usize,
     /// "shared pool", "pool per thread", or "" where it does not apply.
     #[serde(default)]
@@ -49,13 +41,14 @@ pub(crate) struct Case {
     /// More than one thread per CPU.
     #[serde(default)]
     pub oversubscribed: bool,
+    /// A remark on the case; left out when empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub note: String,
 }
 
 impl Case {
     /// The key ratios use to find a case.
-    pub(crate) fn key(&self) -> String {
+    pub fn key(&self) -> String {
         case_key(
             &self.group,
             &self.method,
@@ -68,13 +61,14 @@ impl Case {
 
     /// A statistic over the repetitions (`None` if a repetition lacks it, e.g. a p99 of too
     /// few samples).
-    pub(crate) fn estimate(&self, stat: Stat) -> Option<Estimate> {
+    pub fn estimate(&self, stat: Stat) -> Option<Estimate> {
         let values: Option<Vec<f64>> = self.runs.iter().map(|s| s.get(stat)).collect();
         Estimate::of(&values?)
     }
 }
 
-pub(crate) fn case_key(
+/// The key [`Case::key`] gives a case with these fields: `group|method|op|size|threads|layout`.
+pub fn case_key(
     group: &str,
     method: &str,
     op: &str,
@@ -87,8 +81,10 @@ pub(crate) fn case_key(
 
 /// A same-run ratio, repetition by repetition.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Ratio {
+pub struct Ratio {
+    /// The group it belongs to, as a case's ("pool-ops", "paced", "pipelines", ...).
     pub group: String,
+    /// What is divided by what ("dmaheap-screencast / stock producer: consumer CPU per frame").
     pub name: String,
     /// The statistic compared ("p99", "p50", "max of 20", "frames/s", ...).
     pub stat: String,
@@ -96,17 +92,20 @@ pub(crate) struct Ratio {
     pub per_rep: Vec<f64>,
     /// `None` when a side was zero or missing.
     pub estimate: Option<Estimate>,
+    /// The goal the estimate is judged against, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Goal>,
     /// Whether the whole confidence interval meets the target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub met: Option<bool>,
+    /// A caveat, or why there is no estimate; left out when empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub note: String,
 }
 
 impl Ratio {
-    pub(crate) fn new(group: &str, name: String, stat: String, per_rep: Vec<f64>) -> Self {
+    /// A ratio from its per-repetition values, with their estimate and no target.
+    pub fn new(group: &str, name: String, stat: String, per_rep: Vec<f64>) -> Self {
         Self {
             group: group.to_owned(),
             name,
@@ -119,13 +118,15 @@ impl Ratio {
         }
     }
 
-    pub(crate) fn with_target(mut self, goal: Goal) -> Self {
+    /// Sets the goal and judges the estimate against it (not met without an estimate).
+    pub fn with_target(mut self, goal: Goal) -> Self {
         self.met = Some(self.estimate.as_ref().is_some_and(|e| goal.met(e)));
         self.target = Some(goal);
         self
     }
 
-    pub(crate) fn with_note(mut self, note: impl Into<String>) -> Self {
+    /// Sets the note.
+    pub fn with_note(mut self, note: impl Into<String>) -> Self {
         self.note = note.into();
         self
     }
@@ -133,23 +134,29 @@ impl Ratio {
 
 /// A target of issue 13, as the bench judged it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Target {
+pub struct Target {
+    /// The target in words ("realtime pool p99 under pressure / calm, 4 thread(s), ...").
     pub name: String,
     /// The measured value (a ratio's estimate, a count per operation).
     pub value: Option<f64>,
+    /// Lower end of the value's 95% confidence interval, where it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ci_low: Option<f64>,
+    /// Upper end of the value's 95% confidence interval, where it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ci_high: Option<f64>,
+    /// The goal, as text ("<= 1.2", "= 0").
     pub target: String,
     /// `None`: could not be judged here (the reason says why).
     pub met: Option<bool>,
+    /// How it was judged, or why it could not be; left out when empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
 }
 
 impl Target {
-    pub(crate) fn of_ratio(name: &str, r: &Ratio) -> Self {
+    /// The target that ratio `r` stands for, named `name`, judged as the ratio was.
+    pub fn of_ratio(name: &str, r: &Ratio) -> Self {
         Self {
             name: name.to_owned(),
             value: r.estimate.map(|e| e.value),
@@ -168,17 +175,21 @@ impl Target {
 
 /// One pipeline (or PipeWire link) run several times.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct Throughput {
+pub struct Throughput {
+    /// "pipelines" or "pipewire".
     pub group: String,
+    /// The case's name.
     pub name: String,
     /// The pipeline description or the command lines.
     pub description: String,
+    /// Frames each repetition runs for.
     pub frames: u64,
     /// Per repetition.
     pub fps: Vec<f64>,
     /// CPU time (user + system) per frame, per repetition, in nanoseconds: the whole process
     /// for pipelines, each side for PipeWire.
     pub cpu_ns_per_frame: Vec<f64>,
+    /// The PipeWire consumer's CPU time per frame, per repetition, in ns (the producer's: above).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub consumer_cpu_ns_per_frame: Vec<f64>,
     /// Page faults (minor + major) of the process per frame, per repetition.
@@ -197,19 +208,27 @@ pub(crate) struct Throughput {
 
 /// A frame-paced run: one producer at a fixed rate writing whole frames.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Paced {
+pub struct Paced {
+    /// The frame source ("realtime pool (registry, prewarm 4)", "direct allocation per frame").
     pub variant: String,
+    /// Frames per second the producer is paced at.
     pub fps: u32,
+    /// Bytes per frame buffer.
     pub size: u64,
+    /// Frames produced per repetition.
     pub frames_per_rep: usize,
     /// Under memory pressure (see `pressure`).
     #[serde(default)]
     pub pressure: bool,
+    /// Acquire time per frame (ns), one summary per repetition.
     pub acquire: Vec<Summary>,
+    /// Time writing the whole frame with the CPU, sync excluded (ns), one summary per repetition.
     pub write: Vec<Summary>,
+    /// Time releasing the frames the consumer let go, per frame (ns), one summary per repetition.
     pub release: Vec<Summary>,
     /// acquire + DMA_BUF_IOCTL_SYNC start and end + release: what the pool costs a frame.
     pub overhead: Vec<Summary>,
+    /// The frame overhead of all repetitions' frames together (ns).
     pub overhead_pooled: Summary,
     /// Frames that ended after their deadline, per repetition.
     pub missed: Vec<u64>,
@@ -219,16 +238,20 @@ pub(crate) struct Paced {
     pub bytes_held_max: Vec<u64>,
     /// Frames held at most by the consumer plus the one being written.
     pub peak_outstanding: usize,
+    /// Buffers allocated inside an acquire, per repetition (one a frame for direct allocation).
     pub hot_path_allocs: Vec<u64>,
+    /// Buffers allocated by the pool's background refill, per repetition.
     pub refills: Vec<u64>,
 }
 
 /// PSI and /proc/vmstat over one timed case.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct PressureEvidence {
+pub struct PressureEvidence {
+    /// Wall time of the case, in seconds.
     pub seconds: f64,
-    /// `some` and `full` stall (µs) during the case, from the PSI file watched.
+    /// `some` stall (µs) during the case, from the PSI file watched.
     pub psi_some_us: Option<u64>,
+    /// `full` stall (µs) during the case, from the PSI file watched.
     pub psi_full_us: Option<u64>,
     /// Counter changes: pgscan_*, pgsteal_*, allocstall_*, pswpin, pswpout,
     /// workingset_refault_*, pgmajfault.
@@ -242,10 +265,12 @@ pub(crate) struct PressureEvidence {
 
 /// Pressure runs: calm and under pressure, interleaved, with the evidence per run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct PressureRuns {
+pub struct PressureRuns {
     /// What made the pressure.
     pub source: String,
+    /// The PSI file read for the evidence and given to the registry's watch.
     pub psi_path: String,
+    /// How the registry watched pressure ("PSI triggers on ...", "MemAvailable timer (...)", ...).
     pub watch: String,
     /// Run order, e.g. "calm, pressure, pressure, calm, ...".
     pub order: Vec<String>,
@@ -255,9 +280,12 @@ pub(crate) struct PressureRuns {
 
 /// Time to first frame.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct FirstFrame {
+pub struct FirstFrame {
+    /// The frame source ("realtime pool, prewarm 4", "direct allocation").
     pub what: String,
+    /// Bytes per buffer.
     pub size: u64,
+    /// Buffers prewarmed before the first frame (0 for direct allocation).
     pub prewarm: usize,
     /// Per repetition, ns.
     pub ns: Vec<f64>,
@@ -267,75 +295,125 @@ pub(crate) struct FirstFrame {
 
 /// Memory held against memory needed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Overhead {
+pub struct Overhead {
+    /// The paced variant and its rate ("free list (5 buffers, the floor) at 60 fps").
     pub scenario: String,
+    /// Bytes per buffer (as requested, before page rounding).
     pub size: u64,
+    /// Bytes held at most, over all repetitions.
     pub bytes_held_max: u64,
+    /// Bytes the frames in flight need at most: peak outstanding frames × page-rounded size.
     pub bytes_needed: u64,
+    /// `bytes_held_max` / `bytes_needed`.
     pub factor: f64,
+    /// How the factor is computed; left out when empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub note: String,
 }
 
 /// Where and how the run happened.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct Environment {
+pub struct Environment {
+    /// The run's name (`--label`).
     pub label: String,
+    /// The day of the run (UTC), YYYY-MM-DD.
     pub date: String,
+    /// The commit measured (`--commit`, `DMAHEAP_BENCH_COMMIT` or git, "-dirty" if modified).
     pub commit: String,
+    /// The kernel release.
     pub kernel: String,
+    /// `PRETTY_NAME` of /etc/os-release.
     pub os: String,
+    /// `model name` of /proc/cpuinfo.
     pub cpu_model: String,
+    /// Processors listed in /proc/cpuinfo.
     pub cpus_online: usize,
+    /// CPUs this process may run on (its affinity mask).
     pub cpus_allowed: usize,
+    /// Hardware threads per core (`siblings` / `cpu cores`).
     pub threads_per_core: usize,
     /// "bare metal", "VM (hypervisor flag)", "qemu TCG (emulated CPU)".
     pub machine: String,
+    /// Whether it ran in the project's test VM (`DMAHEAP_VM` set).
     pub in_test_vm: bool,
+    /// The kernel's current clock source.
     pub clocksource: String,
+    /// CPU 0's cpufreq governor, or "none (no cpufreq)".
     pub governor: String,
+    /// `MemTotal`, in bytes.
     pub memory_total: u64,
+    /// `SwapTotal`, in bytes.
     pub swap_total: u64,
+    /// Whether /proc/pressure/memory exists.
     pub psi: bool,
+    /// The DMA-BUF heaps found in /dev/dma_heap.
     pub heaps: Vec<String>,
+    /// Whether /dev/udmabuf exists.
     pub udmabuf: bool,
     /// The source that served the benchmark's buffers.
     pub buffers_from: String,
+    /// The GStreamer version (`gst-inspect-1.0 --version`), empty if not found.
     pub gstreamer: String,
+    /// The PipeWire library version (`pipewire --version`), empty if not found.
     pub pipewire: String,
-    pub timer: Option<measure::TimerCost>,
+    /// What reading the clock cost, as calibrated for the run.
+    pub timer: Option<crate::measure::TimerCost>,
+    /// How kernel entries were counted ([`crate::counters::method`]).
     pub counting: String,
+    /// How the threads were pinned, started and warmed up.
     pub pinning: String,
+    /// Repetitions of every case.
     pub reps: usize,
+    /// The factor on every sample count (`--scale`).
     pub scale: f64,
+    /// The command line of the run.
     pub command: String,
 }
 
 /// What `dmaheap-bench-peers` reports.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct PeersReport {
+pub struct PeersReport {
+    /// [`SCHEMA`] as the binary that wrote it knew it.
     pub schema: String,
+    /// The version of the GStreamer library it ran with.
     pub gstreamer: String,
+    /// The PipeWire library version (`pipewire --version`), empty if not found.
     pub pipewire: String,
+    /// The GStreamer buffer-pool cases.
     pub cases: Vec<Case>,
+    /// Same-run ratios of the cases and the throughput runs.
     pub ratios: Vec<Ratio>,
+    /// The targets judged.
     pub targets: Vec<Target>,
+    /// The pipelines and PipeWire runs.
     pub throughput: Vec<Throughput>,
+    /// The peers measured (the plugin found), and the parts not measured and why.
     pub notes: Vec<String>,
 }
 
 /// The whole report.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct Report {
+pub struct Report {
+    /// [`SCHEMA`] as the binary that wrote it knew it.
     pub schema: String,
+    /// Where and how it ran.
     pub env: Environment,
+    /// The targets judged.
     pub targets: Vec<Target>,
+    /// Same-run ratios.
     pub ratios: Vec<Ratio>,
+    /// Every timed case.
     pub cases: Vec<Case>,
+    /// The frame-paced runs.
     pub paced: Vec<Paced>,
+    /// The runs under memory pressure, if they ran.
     pub pressure: Option<PressureRuns>,
+    /// The time-to-first-frame runs.
     pub first_frame: Vec<FirstFrame>,
+    /// Memory held against memory needed, per paced variant.
     pub overhead: Vec<Overhead>,
+    /// The pipelines and PipeWire runs (from `dmaheap-bench-peers`).
     pub throughput: Vec<Throughput>,
+    /// Remarks on the run: parts not run and why, figures given only for comparison.
     pub notes: Vec<String>,
 }

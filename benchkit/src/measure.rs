@@ -1,42 +1,44 @@
 //! How every timed case is measured, shared by `dmaheap bench` and its GStreamer/PipeWire
-//! companion (`dmaheap-bench-peers`, which includes this file): the timer's own cost, threads
+//! companion (`dmaheap-bench-peers`): the timer's own cost, threads
 //! pinned to CPUs behind a start barrier, per-operation samples summarised only as far as
 //! their count allows, and ratios with a confidence interval over repetitions.
-
-// Each of the two binaries uses a different part.
-#![allow(dead_code)]
 
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::counters::{Tally, ThreadCounters};
+use crate::counters::{Tally, ThreadCounters};
 
 /// Samples a p99 needs: below this the summary gives the maximum, labelled so.
-pub(crate) const P99_MIN_SAMPLES: usize = 1_000;
+pub const P99_MIN_SAMPLES: usize = 1_000;
 /// Samples a p99.9 needs.
-pub(crate) const P999_MIN_SAMPLES: usize = 10_000;
+pub const P999_MIN_SAMPLES: usize = 10_000;
 
 /// Operations run, untimed, before a timed loop (caches, branch predictors, lazy mappings).
-pub(crate) const WARMUP_OPS: usize = 1_000;
+pub const WARMUP_OPS: usize = 1_000;
 
-pub(crate) fn nanos(d: Duration) -> u64 {
+/// `d` in whole nanoseconds, saturating at `u64::MAX`.
+pub fn nanos(d: Duration) -> u64 {
     d.as_nanos().min(u64::MAX as u128) as u64
 }
 
 /// What reading the clock costs: an empty timed region (two `Instant::now()` back to back).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub(crate) struct TimerCost {
+pub struct TimerCost {
+    /// Empty timed regions measured.
     pub samples: usize,
+    /// Median cost of an empty timed region, in nanoseconds.
     pub p50_ns: u64,
+    /// 99th percentile cost of an empty timed region, in nanoseconds.
     pub p99_ns: u64,
     /// Subtracted from every per-operation sample (its median).
     pub subtracted_ns: u64,
 }
 
 impl TimerCost {
-    pub(crate) fn calibrate() -> Self {
+    /// Measures the cost over 100,000 empty timed regions, after [`WARMUP_OPS`] untimed reads.
+    pub fn calibrate() -> Self {
         const N: usize = 100_000;
         let mut samples = Vec::with_capacity(N);
         for _ in 0..WARMUP_OPS {
@@ -58,15 +60,14 @@ impl TimerCost {
     }
 
     /// A sample taken between two clock reads, without the clock's median cost.
-    pub(crate) fn net(&self, raw: Duration) -> u64 {
+    pub fn net(&self, raw: Duration) -> u64 {
         nanos(raw).saturating_sub(self.subtracted_ns)
     }
 }
 
-/// The nearest-rank `q` quantile of sorted samples.
 /// The order `n` cases run in on repetition `rep`: forwards, then backwards, so no case always
 /// runs first or last (and so on a warmer or colder machine than the others).
-pub(crate) fn interleaved(rep: usize, n: usize) -> Vec<usize> {
+pub fn interleaved(rep: usize, n: usize) -> Vec<usize> {
     if rep % 2 == 0 {
         (0..n).collect()
     } else {
@@ -74,7 +75,8 @@ pub(crate) fn interleaved(rep: usize, n: usize) -> Vec<usize> {
     }
 }
 
-pub(crate) fn quantile(sorted: &[u64], q: f64) -> u64 {
+/// The nearest-rank `q` quantile of sorted samples.
+pub fn quantile(sorted: &[u64], q: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -84,24 +86,30 @@ pub(crate) fn quantile(sorted: &[u64], q: f64) -> u64 {
 
 /// One run of one case: its samples, summarised only as far as their number allows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Summary {
+pub struct Summary {
+    /// Samples in the run.
     pub n: usize,
+    /// Median, in nanoseconds.
     pub p50_ns: u64,
     /// Only with at least [`P99_MIN_SAMPLES`] samples.
     pub p99_ns: Option<u64>,
     /// Only with at least [`P999_MIN_SAMPLES`] samples.
     pub p999_ns: Option<u64>,
+    /// Largest sample, in nanoseconds.
     pub max_ns: u64,
+    /// Arithmetic mean, in nanoseconds.
     pub mean_ns: f64,
 }
 
 impl Summary {
-    pub(crate) fn of(mut samples: Vec<u64>) -> Self {
+    /// Summarises samples in nanoseconds, in any order.
+    pub fn of(mut samples: Vec<u64>) -> Self {
         samples.sort_unstable();
         Self::of_sorted(&samples)
     }
 
-    pub(crate) fn of_sorted(sorted: &[u64]) -> Self {
+    /// Summarises samples in nanoseconds, sorted ascending.
+    pub fn of_sorted(sorted: &[u64]) -> Self {
         let n = sorted.len();
         Self {
             n,
@@ -118,14 +126,15 @@ impl Summary {
     }
 
     /// The tail statistic this run supports: p99, or the maximum when it has too few samples.
-    pub(crate) fn tail(&self) -> (u64, Tail) {
+    pub fn tail(&self) -> (u64, Tail) {
         match self.p99_ns {
             Some(p) => (p, Tail::P99),
             None => (self.max_ns, Tail::MaxOf(self.n)),
         }
     }
 
-    pub(crate) fn get(&self, stat: Stat) -> Option<f64> {
+    /// The statistic `stat` in nanoseconds; `None` if the run has too few samples for it.
+    pub fn get(&self, stat: Stat) -> Option<f64> {
         match stat {
             Stat::P50 => Some(self.p50_ns as f64),
             Stat::P99 => self.p99_ns.map(|v| v as f64),
@@ -138,8 +147,10 @@ impl Summary {
 
 /// What a tail figure is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Tail {
+pub enum Tail {
+    /// The 99th percentile.
     P99,
+    /// The maximum of this many samples (too few for a p99).
     MaxOf(usize),
 }
 
@@ -155,16 +166,22 @@ impl std::fmt::Display for Tail {
 /// A statistic of a [`Summary`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub(crate) enum Stat {
+pub enum Stat {
+    /// The median.
     P50,
+    /// The 99th percentile.
     P99,
+    /// The 99.9th percentile.
     P999,
+    /// The largest sample.
     Max,
+    /// The arithmetic mean.
     Mean,
 }
 
 impl Stat {
-    pub(crate) fn label(self) -> &'static str {
+    /// The statistic's name in the report ("p50", "p99.9", ...).
+    pub fn label(self) -> &'static str {
         match self {
             Self::P50 => "p50",
             Self::P99 => "p99",
@@ -178,9 +195,12 @@ impl Stat {
 /// A value over repetitions: the geometric mean and a 95% confidence interval (Student's t on
 /// the logarithms, which suits ratios and times, both positive and skewed).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Estimate {
+pub struct Estimate {
+    /// The geometric mean of the repetitions' values.
     pub value: f64,
+    /// Lower end of the 95% confidence interval (0 with one repetition).
     pub ci_low: f64,
+    /// Upper end of the 95% confidence interval (infinite with one repetition).
     pub ci_high: f64,
     /// Repetitions it comes from.
     pub reps: usize,
@@ -188,7 +208,7 @@ pub(crate) struct Estimate {
 
 impl Estimate {
     /// `None` when a value is not positive and finite (a ratio with a zero side).
-    pub(crate) fn of(values: &[f64]) -> Option<Self> {
+    pub fn of(values: &[f64]) -> Option<Self> {
         if values.is_empty() || values.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
             return None;
         }
@@ -227,13 +247,16 @@ fn t_975(df: usize) -> f64 {
 /// How a target is judged: the whole confidence interval must be on the right side.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub(crate) enum Goal {
+pub enum Goal {
+    /// Met when the confidence interval's upper end is at most this.
     AtMost(f64),
+    /// Met when the confidence interval's lower end is at least this.
     AtLeast(f64),
 }
 
 impl Goal {
-    pub(crate) fn met(self, e: &Estimate) -> bool {
+    /// Whether the whole 95% confidence interval of `e` is on the right side of the goal.
+    pub fn met(self, e: &Estimate) -> bool {
         match self {
             Self::AtMost(t) => e.ci_high <= t,
             Self::AtLeast(t) => e.ci_low >= t,
@@ -251,7 +274,7 @@ impl std::fmt::Display for Goal {
 }
 
 /// The CPUs this process may run on.
-pub(crate) fn allowed_cpus() -> Vec<usize> {
+pub fn allowed_cpus() -> Vec<usize> {
     match rustix::thread::sched_getaffinity(None) {
         Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU)
             .filter(|&c| set.is_set(c))
@@ -261,7 +284,7 @@ pub(crate) fn allowed_cpus() -> Vec<usize> {
 }
 
 /// Pins the calling thread to one CPU; whether it worked.
-pub(crate) fn pin_to(cpu: usize) -> bool {
+pub fn pin_to(cpu: usize) -> bool {
     let mut set = rustix::thread::CpuSet::new();
     set.set(cpu);
     rustix::thread::sched_setaffinity(None, &set).is_ok()
@@ -270,7 +293,7 @@ pub(crate) fn pin_to(cpu: usize) -> bool {
 /// Runs `body(index, barrier)` on `threads` threads, thread `i` pinned to the `i`-th allowed
 /// CPU (round robin). Each thread waits on the barrier right before its timed section, so all
 /// start together; the results come back in thread order.
-pub(crate) fn on_pinned_threads<T: Send + 'static>(
+pub fn on_pinned_threads<T: Send + 'static>(
     threads: usize,
     body: impl Fn(usize, &Barrier) -> T + Send + Sync + 'static,
 ) -> Vec<T> {
@@ -302,7 +325,7 @@ pub(crate) fn on_pinned_threads<T: Send + 'static>(
 /// keeps millions of samples in a few dozen KiB, so counts can be large without the
 /// memory (and cache) of a sample vector.
 #[derive(Debug, Clone)]
-pub(crate) struct Hist {
+pub struct Hist {
     counts: Vec<u64>,
     n: u64,
     max: u64,
@@ -346,14 +369,16 @@ impl Hist {
     }
 
     #[inline]
-    pub(crate) fn record(&mut self, v: u64) {
+    /// Adds one sample, in nanoseconds.
+    pub fn record(&mut self, v: u64) {
         self.counts[Self::bucket(v)] += 1;
         self.n += 1;
         self.max = self.max.max(v);
         self.sum += u128::from(v);
     }
 
-    pub(crate) fn merge(&mut self, other: &Hist) {
+    /// Adds another histogram's samples (another thread's, another run's).
+    pub fn merge(&mut self, other: &Hist) {
         for (a, b) in self.counts.iter_mut().zip(&other.counts) {
             *a += b;
         }
@@ -377,7 +402,8 @@ impl Hist {
         self.max
     }
 
-    pub(crate) fn summary(&self) -> Summary {
+    /// The samples' summary: quantiles as their bucket's upper end, maximum and mean exact.
+    pub fn summary(&self) -> Summary {
         let n = self.n as usize;
         Summary {
             n,
@@ -395,27 +421,34 @@ impl Hist {
 }
 
 /// Something that lends buffers: the pools under test and their peers.
-pub(crate) trait Recycler: Send + Sync {
+pub trait Recycler: Send + Sync {
+    /// The buffer lent.
     type Buf;
+    /// Takes a buffer.
     fn acquire(&self) -> Self::Buf;
+    /// Gives a buffer back.
     fn release(&self, buf: Self::Buf);
 }
 
 /// Per-operation samples of one thread.
 #[derive(Debug, Default)]
-pub(crate) struct OpSamples {
+pub struct OpSamples {
+    /// Acquire times, in nanoseconds without the timer's cost.
     pub acquire: Hist,
+    /// Release times, in nanoseconds without the timer's cost.
     pub release: Hist,
+    /// Round-trip (acquire and release together) times, in nanoseconds without the timer's cost.
     pub round_trip: Hist,
     /// When the untimed round-trip loop (for throughput) started and ended.
     pub batch: Option<(Instant, Instant)>,
+    /// Round trips in the untimed loop (for throughput).
     pub batch_ops: usize,
 }
 
 impl OpSamples {
     /// Merges threads' samples; the throughput is all threads' round trips over the time
     /// from the first start to the last end.
-    pub(crate) fn merge(all: Vec<OpSamples>) -> (OpSamples, f64) {
+    pub fn merge(all: Vec<OpSamples>) -> (OpSamples, f64) {
         let mut out = OpSamples::default();
         let (mut first, mut last): (Option<Instant>, Option<Instant>) = (None, None);
         for s in all {
@@ -436,7 +469,8 @@ impl OpSamples {
 
 /// A recycler as the timing loops see it (the loops are generic; one virtual call per
 /// chunk of operations).
-pub(crate) trait Timed: Send + Sync {
+pub trait Timed: Send + Sync {
+    /// Runs [`WARMUP_OPS`] untimed round trips.
     fn warm_up(&self);
     /// Times `n` acquires and `n` releases apart, one buffer held at a time.
     fn time_split(&self, n: usize, timer: &TimerCost, s: &mut OpSamples);
@@ -498,7 +532,7 @@ impl<R: Recycler> Timed for R {
 }
 
 /// Chunks each timed loop is cut into, so that the methods compared take turns.
-pub(crate) const CHUNKS: usize = 20;
+pub const CHUNKS: usize = 20;
 
 /// Times every method of `methods` on this thread, in turns: each loop (acquire and release
 /// apart, then round trips) is cut into [`CHUNKS`] chunks and the methods run chunk by chunk,
@@ -506,7 +540,7 @@ pub(crate) const CHUNKS: usize = 20;
 /// scheduler's choices) falls on all of them alike. Then each method's throughput loop, all
 /// threads starting it together. `barrier` is waited on after the warm-up and before each
 /// throughput loop.
-pub(crate) fn time_in_turns(
+pub fn time_in_turns(
     methods: &[&dyn Timed],
     n: usize,
     timer: &TimerCost,
@@ -543,14 +577,16 @@ pub(crate) fn time_in_turns(
 
 /// A small deterministic generator (xorshift64*), so runs are repeatable.
 #[derive(Debug, Clone)]
-pub(crate) struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
+    /// A generator seeded with `seed` (0 is taken as 1).
+    pub fn new(seed: u64) -> Self {
         Self(seed.max(1))
     }
 
-    pub(crate) fn next_u64(&mut self) -> u64 {
+    /// The next pseudo-random value.
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -560,7 +596,7 @@ impl Rng {
     }
 
     /// Uniform in `0..n`.
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
     }
 }

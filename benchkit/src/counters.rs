@@ -4,9 +4,6 @@
 //! cannot be had, page faults come from `getrusage(RUSAGE_THREAD)` and system calls are not
 //! counted (`None`), never guessed. Shared with `dmaheap-bench-peers`.
 
-// Each of the two binaries uses a different part.
-#![allow(dead_code)]
-
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
@@ -99,7 +96,7 @@ fn thread_rusage() -> (u64, u64, u64) {
 }
 
 /// How the counts were taken, for the report.
-pub(crate) fn method() -> String {
+pub fn method() -> String {
     let probe = ThreadCounters::open();
     format!(
         "system calls: {}; page faults: {}",
@@ -117,7 +114,7 @@ pub(crate) fn method() -> String {
 }
 
 /// Counters on the calling thread.
-pub(crate) struct ThreadCounters {
+pub struct ThreadCounters {
     syscalls: Option<OwnedFd>,
     faults: Option<OwnedFd>,
     switches: Option<OwnedFd>,
@@ -127,7 +124,7 @@ pub(crate) struct ThreadCounters {
 
 /// A reading.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Reading {
+pub struct Reading {
     syscalls: Option<u64>,
     faults: u64,
     switches: u64,
@@ -135,16 +132,20 @@ pub(crate) struct Reading {
 
 /// Kernel entries per operation over a counted stretch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub(crate) struct PerOp {
+pub struct PerOp {
+    /// Operations counted.
     pub ops: u64,
     /// `None`: system calls could not be counted here.
     pub syscalls: Option<f64>,
+    /// Page faults (minor + major) per operation.
     pub page_faults: f64,
+    /// Context switches (voluntary + involuntary) per operation.
     pub context_switches: f64,
 }
 
 impl ThreadCounters {
-    pub(crate) fn open() -> Self {
+    /// Opens the counters on the calling thread and measures the system calls a reading costs.
+    pub fn open() -> Self {
         let syscalls =
             syscall_tracepoint_id().and_then(|id| perf_open(PERF_TYPE_TRACEPOINT, id, 0));
         let faults = perf_open(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_PAGE_FAULTS, 0).or_else(|| {
@@ -174,7 +175,8 @@ impl ThreadCounters {
         c
     }
 
-    pub(crate) fn read(&self) -> Reading {
+    /// The thread's running counts now; only a [`delta`](Self::delta) of two means anything.
+    pub fn read(&self) -> Reading {
         let (minflt, majflt, switches) = if self.faults.is_none() || self.switches.is_none() {
             thread_rusage()
         } else {
@@ -189,7 +191,7 @@ impl ThreadCounters {
 
     /// Entries between `before` and `after` (two readings with `ops` operations between them),
     /// without what the readings themselves cost.
-    pub(crate) fn delta(&self, before: Reading, after: Reading) -> Reading {
+    pub fn delta(&self, before: Reading, after: Reading) -> Reading {
         Reading {
             syscalls: before
                 .syscalls
@@ -200,7 +202,8 @@ impl ThreadCounters {
         }
     }
 
-    pub(crate) fn fd_count(&self) -> usize {
+    /// How many of the three counts (system calls, faults, switches) come from perf event fds.
+    pub fn fd_count(&self) -> usize {
         [&self.syscalls, &self.faults, &self.switches]
             .iter()
             .filter(|f| f.as_ref().is_some_and(|f| f.as_raw_fd() >= 0))
@@ -210,7 +213,7 @@ impl ThreadCounters {
 
 /// Sums readings and turns them into per-operation figures.
 #[derive(Debug, Default)]
-pub(crate) struct Tally {
+pub struct Tally {
     ops: u64,
     syscalls: Option<u64>,
     faults: u64,
@@ -219,7 +222,8 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    pub(crate) fn add(&mut self, ops: u64, d: Reading) {
+    /// Adds `ops` operations and their entries `d`; system calls count only if every `d` had them.
+    pub fn add(&mut self, ops: u64, d: Reading) {
         if self.ops == 0 {
             self.counted_syscalls = d.syscalls.is_some();
         }
@@ -233,7 +237,7 @@ impl Tally {
     }
 
     /// Adds another tally (another thread's, another run's).
-    pub(crate) fn merge(&mut self, other: Tally) {
+    pub fn merge(&mut self, other: Tally) {
         if other.ops == 0 {
             return;
         }
@@ -247,11 +251,13 @@ impl Tally {
         self.switches += other.switches;
     }
 
-    pub(crate) fn ops(&self) -> u64 {
+    /// Operations tallied.
+    pub fn ops(&self) -> u64 {
         self.ops
     }
 
-    pub(crate) fn per_op(&self) -> PerOp {
+    /// The sums divided by the operations (by 1 if there were none).
+    pub fn per_op(&self) -> PerOp {
         let per = |v: u64| v as f64 / self.ops.max(1) as f64;
         PerOp {
             ops: self.ops,

@@ -1,0 +1,7 @@
+//! The benchmark kit shared by `dmaheap bench` (dmaheap-cli) and `dmaheap-bench-peers`
+//! (examples): one measuring method, so that their figures compare, and one JSON schema, so
+//! that `dmaheap bench --report` reads what either printed.
+
+pub mod counters;
+pub mod measure;
+pub mod schema;
