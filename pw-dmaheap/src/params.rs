@@ -243,6 +243,17 @@ pub(crate) struct FormatOffer {
     pub modifier: ModifierOffer,
 }
 
+/// The properties every raw video format object starts with: media type video, subtype raw,
+/// and the video format (one `Id`, or a choice of them).
+fn raw_video(format: Value) -> Vec<Property> {
+    let id = |v: u32| Value::Id(Id(v));
+    vec![
+        Property::new(sys::SPA_FORMAT_mediaType, id(sys::SPA_MEDIA_TYPE_video)),
+        Property::new(sys::SPA_FORMAT_mediaSubtype, id(sys::SPA_MEDIA_SUBTYPE_raw)),
+        Property::new(sys::SPA_FORMAT_VIDEO_format, format),
+    ]
+}
+
 impl FormatOffer {
     pub(crate) fn object(&self) -> Object {
         let id = |v: u32| Value::Id(Id(v));
@@ -259,11 +270,7 @@ impl FormatOffer {
                 },
             ))),
         };
-        let mut properties = vec![
-            Property::new(sys::SPA_FORMAT_mediaType, id(sys::SPA_MEDIA_TYPE_video)),
-            Property::new(sys::SPA_FORMAT_mediaSubtype, id(sys::SPA_MEDIA_SUBTYPE_raw)),
-            Property::new(sys::SPA_FORMAT_VIDEO_format, format),
-        ];
+        let mut properties = raw_video(format);
         match &self.modifier {
             ModifierOffer::None => {}
             ModifierOffer::ToFixate(modifiers) => properties.push(Property {
@@ -479,19 +486,8 @@ mod tests {
     }
 
     fn fixed_format(modifier: Option<Value>) -> Object {
-        let mut properties = vec![
-            Property::new(
-                sys::SPA_FORMAT_mediaType,
-                Value::Id(Id(sys::SPA_MEDIA_TYPE_video)),
-            ),
-            Property::new(
-                sys::SPA_FORMAT_mediaSubtype,
-                Value::Id(Id(sys::SPA_MEDIA_SUBTYPE_raw)),
-            ),
-            Property::new(
-                sys::SPA_FORMAT_VIDEO_format,
-                Value::Id(Id(SpaVideoFormat::NV12.as_raw())),
-            ),
+        let mut properties = raw_video(Value::Id(Id(SpaVideoFormat::NV12.as_raw())));
+        properties.extend([
             Property::new(
                 sys::SPA_FORMAT_VIDEO_size,
                 Value::Rectangle(Rectangle {
@@ -503,7 +499,7 @@ mod tests {
                 sys::SPA_FORMAT_VIDEO_framerate,
                 Value::Fraction(Fraction { num: 25, denom: 1 }),
             ),
-        ];
+        ]);
         if let Some(m) = modifier {
             properties.push(Property {
                 key: sys::SPA_FORMAT_VIDEO_modifier,

@@ -371,18 +371,18 @@ mod tests {
         }
     }
 
+    /// A packed `width`×`height` `format` frame with `counter` drawn into it.
+    fn drawn(format: VideoFormat, width: u32, height: u32, counter: u64) -> (FrameLayout, Vec<u8>) {
+        let layout = FrameLayout::packed(format, width, height).unwrap();
+        let mut buf = vec![0u8; layout.size as usize];
+        let mut planes = planes_in_mut(&mut buf, &layout).unwrap();
+        draw(&mut planes, format, width, height, counter).unwrap();
+        (layout, buf)
+    }
+
     #[test]
     fn a_changed_byte_is_found_and_located() {
-        let layout = FrameLayout::packed(VideoFormat::Nv12, 32, 16).unwrap();
-        let mut buf = vec![0u8; layout.size as usize];
-        draw(
-            &mut planes_in_mut(&mut buf, &layout).unwrap(),
-            VideoFormat::Nv12,
-            32,
-            16,
-            9,
-        )
-        .unwrap();
+        let (layout, mut buf) = drawn(VideoFormat::Nv12, 32, 16, 9);
         buf[layout.offsets[1] as usize + 32 + 5] ^= 1;
         let err = check(
             &planes_in(&buf, &layout).unwrap(),
@@ -399,40 +399,14 @@ mod tests {
 
     #[test]
     fn frames_differ_from_one_to_the_next() {
-        let layout = FrameLayout::packed(VideoFormat::Bgrx, 16, 4).unwrap();
-        let mut a = vec![0u8; layout.size as usize];
-        let mut b = a.clone();
-        draw(
-            &mut planes_in_mut(&mut a, &layout).unwrap(),
-            VideoFormat::Bgrx,
-            16,
-            4,
-            1,
-        )
-        .unwrap();
-        draw(
-            &mut planes_in_mut(&mut b, &layout).unwrap(),
-            VideoFormat::Bgrx,
-            16,
-            4,
-            2,
-        )
-        .unwrap();
+        let (_, a) = drawn(VideoFormat::Bgrx, 16, 4, 1);
+        let (_, b) = drawn(VideoFormat::Bgrx, 16, 4, 2);
         assert_ne!(a[8..], b[8..]);
     }
 
     #[test]
     fn short_rows_carry_the_low_counter_bytes() {
-        let layout = FrameLayout::packed(VideoFormat::Gray8, 3, 5).unwrap();
-        let mut buf = vec![0u8; layout.size as usize];
-        draw(
-            &mut planes_in_mut(&mut buf, &layout).unwrap(),
-            VideoFormat::Gray8,
-            3,
-            5,
-            0x0102_0304_0506,
-        )
-        .unwrap();
+        let (layout, buf) = drawn(VideoFormat::Gray8, 3, 5, 0x0102_0304_0506);
         assert_eq!(
             check(&planes_in(&buf, &layout).unwrap(), VideoFormat::Gray8, 3, 5),
             Ok(0x04_0506)

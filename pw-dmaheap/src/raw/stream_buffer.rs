@@ -122,13 +122,8 @@ pub(crate) fn remove_buffer_callback<F>(
 where
     F: FnMut(&Stream, &mut StreamBuffer<'_>) + 'static,
 {
-    move |stream, _, ptr| {
-        // SAFETY: pw_stream passes a pw_buffer it owns and keeps valid for the whole callback;
-        // this is the only reference made to it while the callback runs.
-        if let Some(raw) = unsafe { ptr.as_mut() } {
-            let mut buffer = StreamBuffer { raw };
-            dequeues.removing(buffer.key());
-            handler(stream, &mut buffer);
-        }
-    }
+    buffer_callback(move |stream, buffer| {
+        dequeues.removing(buffer.key());
+        handler(stream, buffer);
+    })
 }
