@@ -145,12 +145,15 @@ pub fn plane_extents(
     Ok(extents)
 }
 
-/// Checks that `planes` (bytes and stride of each) hold every visible row of the frame.
-fn check_fit(
+/// The extents of a `width`×`height` `format` frame, once `planes` (bytes and stride of each)
+/// are known to hold every visible row of it.
+fn fitting_extents(
     planes: impl ExactSizeIterator<Item = (usize, usize)>,
-    extents: &[(usize, usize)],
     format: VideoFormat,
-) -> Result<(), PatternError> {
+    width: u32,
+    height: u32,
+) -> Result<Vec<(usize, usize)>, PatternError> {
+    let extents = plane_extents(format, width, height)?;
     if planes.len() != extents.len() {
         return Err(PatternError::PlaneCount {
             got: planes.len(),
@@ -158,7 +161,7 @@ fn check_fit(
             expected: extents.len(),
         });
     }
-    for (plane, ((len, stride), &(row_bytes, rows))) in planes.zip(extents).enumerate() {
+    for (plane, ((len, stride), &(row_bytes, rows))) in planes.zip(&extents).enumerate() {
         if stride < row_bytes {
             return Err(PatternError::ShortStride {
                 plane,
@@ -180,7 +183,7 @@ fn check_fit(
             });
         }
     }
-    Ok(())
+    Ok(extents)
 }
 
 fn row_base(seq: u64, plane: usize, y: usize) -> u8 {
@@ -203,11 +206,11 @@ pub fn draw(
     height: u32,
     seq: u64,
 ) -> Result<(), PatternError> {
-    let extents = plane_extents(format, width, height)?;
-    check_fit(
+    let extents = fitting_extents(
         planes.iter().map(|p| (p.bytes.len(), p.stride)),
-        &extents,
         format,
+        width,
+        height,
     )?;
     let widest = extents.iter().map(|e| e.0).max().unwrap_or(0);
     let ramp = ramp(widest);
@@ -232,11 +235,11 @@ pub fn check(
     width: u32,
     height: u32,
 ) -> Result<u64, PatternError> {
-    let extents = plane_extents(format, width, height)?;
-    check_fit(
+    let extents = fitting_extents(
         planes.iter().map(|p| (p.bytes.len(), p.stride)),
-        &extents,
         format,
+        width,
+        height,
     )?;
     // Every format has a plane 0, and check_fit made sure it holds its first row.
     let counter_len = COUNTER_BYTES.min(extents[0].0);
