@@ -49,14 +49,16 @@ pub struct Case {
 impl Case {
     /// The key ratios use to find a case.
     pub fn key(&self) -> String {
-        case_key(
-            &self.group,
-            &self.method,
-            &self.op,
-            self.size,
-            self.threads,
-            &self.layout,
-        )
+        let Self {
+            group,
+            method,
+            op,
+            size,
+            threads,
+            layout,
+            ..
+        } = self;
+        format!("{group}|{method}|{op}|{size}|{threads}|{layout}")
     }
 
     /// A statistic over the repetitions (`None` if a repetition lacks it, e.g. a p99 of too
@@ -67,16 +69,20 @@ impl Case {
     }
 }
 
-/// The key [`Case::key`] gives a case with these fields: `group|method|op|size|threads|layout`.
-pub fn case_key(
+/// The case of `cases` with these identifying fields, if the run measured it.
+pub fn find_case<'a>(
+    cases: &'a [Case],
     group: &str,
     method: &str,
     op: &str,
     size: u64,
     threads: usize,
     layout: &str,
-) -> String {
-    format!("{group}|{method}|{op}|{size}|{threads}|{layout}")
+) -> Option<&'a Case> {
+    cases.iter().find(|c| {
+        (c.group.as_str(), c.method.as_str(), c.op.as_str()) == (group, method, op)
+            && (c.size, c.threads, c.layout.as_str()) == (size, threads, layout)
+    })
 }
 
 /// A same-run ratio, repetition by repetition.

@@ -10,9 +10,9 @@ use std::time::Instant;
 
 use rustix::mm::{Advice, MapFlags, ProtFlags};
 
-use super::{Ctx, SIZES, find, ratio_of, size_round_trip};
+use super::{Ctx, SIZES, ratio_of, size_round_trip};
 use dmaheap_benchkit::measure::{Stat, Summary};
-use dmaheap_benchkit::schema::{Case, Report};
+use dmaheap_benchkit::schema::{Case, Report, find_case};
 
 /// A shared read-write mapping of `fd`, unmapped when dropped.
 struct Map {
@@ -246,7 +246,8 @@ pub(super) fn run(ctx: &Ctx, report: &mut Report) -> Result<(), String> {
         let mut new = Vec::new();
         for method in &methods {
             let name = method.label(&heap_label);
-            let Some(a) = find(&report.cases, "alloc", &name, "alloc + free", size, 1, "") else {
+            let Some(a) = find_case(&report.cases, "alloc", &name, "alloc + free", size, 1, "")
+            else {
                 continue;
             };
             new.push(ratio_of(

@@ -25,7 +25,7 @@ use heapcore::{Allocator, Constraints, Policy, Source, Usage, solve};
 
 use dmaheap_benchkit::counters::{self, PerOp};
 use dmaheap_benchkit::measure::{self, Goal, Stat, TimerCost};
-use dmaheap_benchkit::schema::{self, Case, Ratio, Report, Target};
+use dmaheap_benchkit::schema::{self, Case, Ratio, Report, Target, find_case};
 pub(crate) use hog::{HogArgs, hog};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -417,23 +417,10 @@ pub(crate) fn ratio_of(
     Ratio::new(group, name, label, values)
 }
 
-pub(crate) fn find<'a>(
-    cases: &'a [Case],
-    group: &str,
-    method: &str,
-    op: &str,
-    size: u64,
-    threads: usize,
-    layout: &str,
-) -> Option<&'a Case> {
-    let key = schema::case_key(group, method, op, size, threads, layout);
-    cases.iter().find(|c| c.key() == key)
-}
-
 /// The one-thread, shared-pool round trip of `method` at `size` (the "sizes" group), which the
 /// allocation and size ratios divide by.
 pub(crate) fn size_round_trip<'a>(cases: &'a [Case], method: &str, size: u64) -> Option<&'a Case> {
-    find(cases, "sizes", method, "round trip", size, 1, "shared pool")
+    find_case(cases, "sizes", method, "round trip", size, 1, "shared pool")
 }
 
 fn primitive_ratios(report: &mut Report, thread_counts: &[usize]) {
@@ -451,8 +438,8 @@ fn primitive_ratios(report: &mut Report, thread_counts: &[usize]) {
             }
             for op in ["acquire", "release", "round trip"] {
                 let (Some(a), Some(b)) = (
-                    find(&report.cases, "pool-ops", rt, op, hd, threads, layout),
-                    find(&report.cases, "pool-ops", floor, op, hd, threads, layout),
+                    find_case(&report.cases, "pool-ops", rt, op, hd, threads, layout),
+                    find_case(&report.cases, "pool-ops", floor, op, hd, threads, layout),
                 ) else {
                     continue;
                 };
@@ -486,7 +473,7 @@ fn primitive_ratios(report: &mut Report, thread_counts: &[usize]) {
             }
             if layout == "shared pool" {
                 if let (Some(a), Some(b)) = (
-                    find(
+                    find_case(
                         &report.cases,
                         "pool-ops",
                         rt,
@@ -495,7 +482,7 @@ fn primitive_ratios(report: &mut Report, thread_counts: &[usize]) {
                         threads,
                         layout,
                     ),
-                    find(
+                    find_case(
                         &report.cases,
                         "pool-ops",
                         normal,
@@ -537,7 +524,7 @@ fn primitive_ratios(report: &mut Report, thread_counts: &[usize]) {
     }
     // Kernel entries on the hot path: one thread, no contention, nothing missing.
     for method in [rt, normal, floor] {
-        let Some(c) = find(
+        let Some(c) = find_case(
             &report.cases,
             "pool-ops",
             method,
