@@ -206,12 +206,8 @@ pub fn draw(
     height: u32,
     seq: u64,
 ) -> Result<(), PatternError> {
-    let extents = fitting_extents(
-        planes.iter().map(|p| (p.bytes.len(), p.stride)),
-        format,
-        width,
-        height,
-    )?;
+    let sizes = planes.iter().map(|p| (p.bytes.len(), p.stride));
+    let extents = fitting_extents(sizes, format, width, height)?;
     let widest = extents.iter().map(|e| e.0).max().unwrap_or(0);
     let ramp = ramp(widest);
     for (p, (plane, &(row_bytes, rows))) in planes.iter_mut().zip(&extents).enumerate() {
@@ -235,13 +231,9 @@ pub fn check(
     width: u32,
     height: u32,
 ) -> Result<u64, PatternError> {
-    let extents = fitting_extents(
-        planes.iter().map(|p| (p.bytes.len(), p.stride)),
-        format,
-        width,
-        height,
-    )?;
-    // Every format has a plane 0, and check_fit made sure it holds its first row.
+    let sizes = planes.iter().map(|p| (p.bytes.len(), p.stride));
+    let extents = fitting_extents(sizes, format, width, height)?;
+    // Every format has a plane 0, and fitting_extents made sure it holds its first row.
     let counter_len = COUNTER_BYTES.min(extents[0].0);
     let mut counter = [0u8; 8];
     counter[..counter_len].copy_from_slice(&planes[0].bytes[..counter_len]);
