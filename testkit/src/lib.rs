@@ -409,23 +409,37 @@ pub fn open_fds() -> usize {
 /// This process's fds and what each refers to (`/proc/self/fd`), to say which ones a leak
 /// check found.
 pub fn fd_targets() -> std::collections::BTreeMap<i32, String> {
+    // Not the directory this reads through, whose fd number changes from one call to the next.
+    let listing = format!("/proc/{}/fd", std::process::id());
     std::fs::read_dir("/proc/self/fd")
         .into_iter()
         .flatten()
         .filter_map(|e| {
             let e = e.ok()?;
             let fd = e.file_name().to_str()?.parse().ok()?;
-            let target = std::fs::read_link(e.path()).ok()?;
-            Some((fd, target.display().to_string()))
+            let target = std::fs::read_link(e.path()).ok()?.display().to_string();
+            (target != listing).then_some((fd, target))
         })
         .collect()
 }
 
-/// The fds open now that were not in `before` (from [`fd_targets`]), described.
+/// The fds open now that were not in `before` (from [`fd_targets`]), described: what a leak
+/// check reports. An fd that `before` had and that closed since is no leak (something of the
+/// set-up that finished closing late), so comparing fd counts is not the check.
 pub fn fds_opened_since(before: &std::collections::BTreeMap<i32, String>) -> Vec<String> {
     fd_targets()
         .into_iter()
         .filter(|(fd, target)| before.get(fd) != Some(target))
+        .map(|(fd, target)| format!("{fd} -> {target}"))
+        .collect()
+}
+
+/// The fds of `before` that are no longer open (or now refer to something else), described.
+pub fn fds_closed_since(before: &std::collections::BTreeMap<i32, String>) -> Vec<String> {
+    let now = fd_targets();
+    before
+        .iter()
+        .filter(|&(fd, target)| now.get(fd) != Some(target))
         .map(|(fd, target)| format!("{fd} -> {target}"))
         .collect()
 }

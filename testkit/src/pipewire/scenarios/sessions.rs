@@ -11,7 +11,7 @@ use pw_dmaheap::{Event, Negotiated, Producer, ProducerConfig, Stats};
 use super::super::consumer::{Accept, Consumer, HeldFrame};
 use super::super::patience;
 use super::{Rig, first_error, with_frames};
-use crate::open_fds;
+use crate::{fd_targets, fds_closed_since, fds_opened_since, open_fds};
 
 /// What a consumer that left kept, and what the next one got.
 #[derive(Debug)]
@@ -149,6 +149,10 @@ pub struct DisconnectInRender {
     pub fds_before: usize,
     /// ... and after it disconnected and the consumer left.
     pub fds_after: usize,
+    /// The fds opened since `fds_before` that were still open then: leaks.
+    pub fds_leaked: Vec<String>,
+    /// The fds open at `fds_before` that had closed by then (set-up finishing late).
+    pub fds_closed: Vec<String>,
     /// Frames the consumer after the reconnect checked.
     pub second_checked: u64,
     /// The producer's counters at the end.
@@ -208,7 +212,7 @@ pub fn disconnect_in_render(
     };
     with_frames(rig, &producer, Duration::from_millis(2), || {
         let fds_before = open_fds();
-        let fd_list_before = crate::fd_targets();
+        let fd_list_before = fd_targets();
         producer.connect().map_err(|e| e.to_string())?;
         let first = rig.consumer(&name, format, accept)?;
         rig.session.run_until("20 checked frames", patience(), || {
@@ -256,20 +260,16 @@ pub fn disconnect_in_render(
         let seen = first.seen();
         first_error(&seen)?;
         drop(first);
-        // Every fd of the producer's buffers (and the consumer's copies) is closed.
-        rig.session
-            .run_until("the fd count to come back", patience(), || {
-                Ok(open_fds() == fds_before)
-            })
-            .map_err(|e| {
-                format!(
-                    "{e}: {} fds before, {} now; opened since: {:?}",
-                    fds_before,
-                    open_fds(),
-                    crate::fds_opened_since(&fd_list_before)
-                )
-            })?;
+        // Every fd of the producer's buffers (and the consumer's copies) closes, as PipeWire's
+        // loops get to it; the caller fails the run on any still open after patience().
+        let _ = rig
+            .session
+            .run_until("the fds opened since to close", patience(), || {
+                Ok(fds_opened_since(&fd_list_before).is_empty())
+            });
         let fds_after = open_fds();
+        let fds_leaked = fds_opened_since(&fd_list_before);
+        let fds_closed = fds_closed_since(&fd_list_before);
         let stats = producer.stats();
         if stats.live != 0 || stats.allocated != stats.freed {
             return Err(format!("buffers left after the disconnect: {stats:?}"));
@@ -292,6 +292,8 @@ pub fn disconnect_in_render(
             first_checked: seen.checked,
             fds_before,
             fds_after,
+            fds_leaked,
+            fds_closed,
             second_checked: second.seen().checked,
             stats: producer.stats(),
         })
@@ -311,6 +313,10 @@ pub struct Soak {
     pub fds_per_phase: Vec<usize>,
     /// ... and at the end.
     pub fds_after: usize,
+    /// The fds opened since `fds_before` that were still open at the end: leaks.
+    pub fds_leaked: Vec<String>,
+    /// The fds open at `fds_before` that had closed by the end (set-up finishing late).
+    pub fds_closed: Vec<String>,
     /// The producer's counters at the end.
     pub stats: Stats,
     /// Every negotiation, as the producer described it.
@@ -348,6 +354,7 @@ pub fn soak(
     let _ = pw_dmaheap::heapcore::PoolRegistry::process();
     rig.warm_up()?;
     let fds_before = open_fds();
+    let fd_list_before = fd_targets();
     let mut fds_per_phase = Vec::new();
     let mut negotiated = Vec::new();
     let mut total = 0;
@@ -449,15 +456,16 @@ pub fn soak(
     })?;
     drop(producer);
     // PipeWire closes what a destroyed stream held as its loops get to it, which a loaded
-    // TCG guest can take longer than any fixed pause: wait (with patience) for the count to
-    // come back, and report it either way. A leaked fd never closes, so the caller's
-    // comparison still fails on one.
+    // TCG guest can take longer than any fixed pause: wait (with patience) for every fd
+    // opened since to close. A leaked one never does, and the caller fails the run on it.
     let _ = rig
         .session
-        .run_until("the fd count to come back", patience(), || {
-            Ok(open_fds() <= fds_before)
+        .run_until("the fds opened since to close", patience(), || {
+            Ok(fds_opened_since(&fd_list_before).is_empty())
         });
     let fds_after = open_fds();
+    let fds_leaked = fds_opened_since(&fd_list_before);
+    let fds_closed = fds_closed_since(&fd_list_before);
     if stats.live != 0 || stats.allocated != stats.freed {
         return Err(format!("buffers left after disconnecting: {stats:?}"));
     }
@@ -467,6 +475,8 @@ pub fn soak(
         fds_before,
         fds_per_phase,
         fds_after,
+        fds_leaked,
+        fds_closed,
         stats,
         negotiated,
         held_frame_after_reconnect,
