@@ -19,6 +19,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,24 @@ pub fn patience() -> Duration {
     } else {
         Duration::from_secs(30)
     }
+}
+
+/// The GStreamer registry of every child the rig starts: one file in the project's cache
+/// (`$XDG_CACHE_HOME/dmaheap`, never a shared directory such as /tmp), so that a plugin scan is
+/// paid once (see [`Daemons::make_gst_registry`]), not by every test's first `gst-launch-1.0`.
+/// GStreamer replaces it by rename, so processes may share it. `None` without a home, and
+/// each daemon set then keeps a registry of its own.
+fn gst_registry() -> Option<&'static Path> {
+    static PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?
+            .join("dmaheap");
+        std::fs::create_dir_all(&cache).ok()?;
+        Some(cache.join("test-gst-registry.bin"))
+    })
+    .as_deref()
 }
 
 /// A private dbus-daemon, pipewire and wireplumber.
@@ -72,7 +91,47 @@ impl Daemons {
         set.wait_for(&set.remote(), "the pipewire socket")?;
         set.spawn("wireplumber", &[])?;
         set.wait_for_session_manager()?;
+        static REGISTRY: OnceLock<()> = OnceLock::new();
+        REGISTRY.get_or_init(|| set.make_gst_registry());
         Ok(set)
+    }
+
+    /// Makes the GStreamer registry the children share ([`gst_registry`]) once per process,
+    /// before any test waits on a child. A first scan reads every plugin: in the test VM (9p,
+    /// TCG) the first `gst-launch-1.0 pipewiresrc` took 40 s of the 120 a test waits for it,
+    /// and all 120 while another VM shared the machine, when each daemon set had a registry
+    /// of its own. What goes wrong here is said, not fatal: the tests that need GStreamer
+    /// say it again in their terms.
+    fn make_gst_registry(&self) {
+        const BOUND: Duration = Duration::from_secs(600);
+        let Some(registry) = gst_registry() else {
+            return;
+        };
+        let start = Instant::now();
+        let child = self
+            .command("gst-inspect-1.0")
+            .arg("pipewiresrc")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let mut child = match child {
+            Ok(child) => ChildGuard(Some(child)),
+            Err(e) => return eprintln!("no GStreamer registry made: gst-inspect-1.0: {e}"),
+        };
+        while start.elapsed() < BOUND {
+            match child.child().try_wait() {
+                Ok(Some(_)) => {
+                    return eprintln!(
+                        "GStreamer registry for the rig's children: {} ({:.1} s)",
+                        registry.display(),
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => return eprintln!("no GStreamer registry made: {e}"),
+            }
+        }
+        eprintln!("gst-inspect-1.0 did not finish in {BOUND:?}: no GStreamer registry made");
     }
 
     /// The daemon's socket: clients in this process connect to it by this absolute path.
@@ -100,7 +159,10 @@ impl Daemons {
             .env("XDG_CONFIG_HOME", self.dir.join("config"))
             .env("XDG_STATE_HOME", self.dir.join("state"))
             .env("XDG_CACHE_HOME", self.dir.join("cache"))
-            .env("GST_REGISTRY", self.dir.join("gst-registry.bin"))
+            .env(
+                "GST_REGISTRY",
+                gst_registry().map_or_else(|| self.dir.join("gst-registry.bin"), Path::to_path_buf),
+            )
             .env("DBUS_SESSION_BUS_ADDRESS", &self.bus)
             .current_dir(&self.dir);
         for pass in [
