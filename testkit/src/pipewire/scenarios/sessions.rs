@@ -2,7 +2,7 @@
 //! a render callback that resizes and disconnects its own producer, and a long run with
 //! reconnects and a resize.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -260,16 +260,8 @@ pub fn disconnect_in_render(
         let seen = first.seen();
         first_error(&seen)?;
         drop(first);
-        // Every fd of the producer's buffers (and the consumer's copies) closes, as PipeWire's
-        // loops get to it; the caller fails the run on any still open after patience().
-        let _ = rig
-            .session
-            .run_until("the fds opened since to close", patience(), || {
-                Ok(fds_opened_since(&fd_list_before).is_empty())
-            });
-        let fds_after = open_fds();
-        let fds_leaked = fds_opened_since(&fd_list_before);
-        let fds_closed = fds_closed_since(&fd_list_before);
+        // Every fd of the producer's buffers (and the consumer's copies) closes.
+        let (fds_after, fds_leaked, fds_closed) = settled_fds(rig, &fd_list_before);
         let stats = producer.stats();
         if stats.live != 0 || stats.allocated != stats.freed {
             return Err(format!("buffers left after the disconnect: {stats:?}"));
@@ -298,6 +290,23 @@ pub fn disconnect_in_render(
             stats: producer.stats(),
         })
     })
+}
+
+/// The fds once those opened since `before` (from [`fd_targets`]) have closed, or patience ran
+/// out: the count, the ones still open (leaks: the caller fails on any) and those of `before`
+/// that closed (set-up finishing late). PipeWire closes what a destroyed stream held as its
+/// loops get to it, which a loaded TCG guest can take longer than any fixed pause.
+fn settled_fds(rig: &Rig, before: &BTreeMap<i32, String>) -> (usize, Vec<String>, Vec<String>) {
+    let _ = rig
+        .session
+        .run_until("the fds opened since to close", patience(), || {
+            Ok(fds_opened_since(before).is_empty())
+        });
+    (
+        open_fds(),
+        fds_opened_since(before),
+        fds_closed_since(before),
+    )
 }
 
 /// What the long run saw.
@@ -455,17 +464,7 @@ pub fn soak(
         Ok(producer.stats())
     })?;
     drop(producer);
-    // PipeWire closes what a destroyed stream held as its loops get to it, which a loaded
-    // TCG guest can take longer than any fixed pause: wait (with patience) for every fd
-    // opened since to close. A leaked one never does, and the caller fails the run on it.
-    let _ = rig
-        .session
-        .run_until("the fds opened since to close", patience(), || {
-            Ok(fds_opened_since(&fd_list_before).is_empty())
-        });
-    let fds_after = open_fds();
-    let fds_leaked = fds_opened_since(&fd_list_before);
-    let fds_closed = fds_closed_since(&fd_list_before);
+    let (fds_after, fds_leaked, fds_closed) = settled_fds(rig, &fd_list_before);
     if stats.live != 0 || stats.allocated != stats.freed {
         return Err(format!("buffers left after disconnecting: {stats:?}"));
     }
