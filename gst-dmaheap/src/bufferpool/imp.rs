@@ -23,6 +23,7 @@ pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 });
 
 const DEFAULT_BUFFER_LIMIT: u32 = 0;
+const DEFAULT_HOLD_BUSY: bool = true;
 
 #[derive(Debug, Clone, Copy)]
 struct Settings {
@@ -30,6 +31,7 @@ struct Settings {
     prewarm: u32,
     on_exhaustion: OnExhaustion,
     buffer_limit: u32,
+    hold_busy: bool,
 }
 
 impl Default for Settings {
@@ -39,6 +41,7 @@ impl Default for Settings {
             prewarm: DEFAULT_PREWARM,
             on_exhaustion: DEFAULT_ON_EXHAUSTION,
             buffer_limit: DEFAULT_BUFFER_LIMIT,
+            hold_busy: DEFAULT_HOLD_BUSY,
         }
     }
 }
@@ -88,6 +91,8 @@ pub struct DmaHeapBufferPool {
     /// class + 1, 0 while never set (the default).
     hot_qos: AtomicU8,
     hot_error_on_exhaustion: AtomicBool,
+    /// `hold-busy=false`, kept for release the same way (false, the default, holds back).
+    hot_skip_busy_check: AtomicBool,
     /// The process's pool registry, looked up once (its lookup asks the kernel for the pid).
     registry: OnceLock<heapcore::PoolRegistry>,
 }
@@ -320,6 +325,17 @@ impl ObjectImpl for DmaHeapBufferPool {
                     )
                     .default_value(DEFAULT_BUFFER_LIMIT)
                     .build(),
+                glib::ParamSpecBoolean::builder("hold-busy")
+                    .nick("Hold busy buffers")
+                    .blurb(
+                        "Hold a returned buffer back while a device still uses it (its dma-buf \
+                         has an unsignalled fence), so that no device writes into a frame still \
+                         read. Costs one system call per release. Turn it off only when every \
+                         writer maps the buffers to write them: mapping waits for the fences \
+                         itself (DMA_BUF_IOCTL_SYNC), so the check would be made twice",
+                    )
+                    .default_value(DEFAULT_HOLD_BUSY)
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("Pool hits and misses, prewarmed and trimmed buffers, heap used")
@@ -337,8 +353,11 @@ impl ObjectImpl for DmaHeapBufferPool {
             "prewarm" => settings.prewarm = value.get().expect("type checked upstream"),
             "on-exhaustion" => settings.on_exhaustion = value.get().expect("type checked upstream"),
             "buffer-limit" => settings.buffer_limit = value.get().expect("type checked upstream"),
+            "hold-busy" => settings.hold_busy = value.get().expect("type checked upstream"),
             _ => unimplemented!(),
         }
+        self.hot_skip_busy_check
+            .store(!settings.hold_busy, Ordering::Relaxed);
         self.hot_qos
             .store(settings.qos as u8 + 1, Ordering::Relaxed);
         self.hot_error_on_exhaustion.store(
@@ -354,6 +373,7 @@ impl ObjectImpl for DmaHeapBufferPool {
             "prewarm" => settings.prewarm.to_value(),
             "on-exhaustion" => settings.on_exhaustion.to_value(),
             "buffer-limit" => settings.buffer_limit.to_value(),
+            "hold-busy" => settings.hold_busy.to_value(),
             "stats" => self.stats().to_structure("dmaheap-pool-stats").to_value(),
             _ => unimplemented!(),
         }
@@ -657,8 +677,10 @@ impl BufferPoolImpl for DmaHeapBufferPool {
                 }
             }
             // A buffer about to be freed need not wait; one going back to the free queue
-            // must not be handed out while a device still reads or writes it.
+            // must not be handed out while a device still reads or writes it (unless every
+            // writer maps it, and so waits for the fences in DMA_BUF_IOCTL_SYNC).
             if self.dmabufs.load(Ordering::Relaxed)
+                && !self.hot_skip_busy_check.load(Ordering::Relaxed)
                 && !buffer.flags().contains(gst::BufferFlags::TAG_MEMORY)
             {
                 match self.hold_if_busy(buffer) {

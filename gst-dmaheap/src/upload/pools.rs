@@ -47,6 +47,11 @@ impl DmaHeapUpload {
         pool.set_property("prewarm", settings.prewarm);
         pool.set_property("on-exhaustion", settings.on_exhaustion);
         pool.set_property("buffer-limit", max);
+        // This element writes its copies through a CPU mapping, and mapping waits for the
+        // dma-buf's fences (DMA_BUF_IOCTL_SYNC): checking them again on release would only
+        // cost a system call per frame. Upstream, writing into the offered pool, may be a
+        // device that does not wait: that pool keeps the check.
+        pool.set_property("hold-busy", !for_copies);
         let mut config = pool.config();
         config.set_params(Some(caps), size, min, max);
         config.set_allocator(

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dmaheap_testkit::{Failed, Need, Suite, ensure};
 use gst::prelude::*;
@@ -22,6 +22,11 @@ pub(super) fn add(suite: &mut Suite) {
             "real_heap_gst_pool_holds_a_fenced_buffer_until_its_fence_signals",
             &[Need::SystemHeap, Need::SwSync],
             pool_holds_a_fenced_buffer,
+        )
+        .test(
+            "real_heap_gst_pool_without_hold_busy_makes_a_cpu_writer_wait_for_the_fence",
+            &[Need::SystemHeap, Need::SwSync],
+            cpu_writer_waits_without_hold_busy,
         )
         .test(
             "real_heap_gst_no_buffer_is_drawn_into_while_kmssink_shows_it",
@@ -125,6 +130,65 @@ fn pool_holds_a_fenced_buffer() -> Result<(), Failed> {
         "{} heap buffers left after the pool stopped, {live} before",
         gstdmaheap::live_heap_buffers()
     );
+    Ok(())
+}
+
+/// With `hold-busy=false` (dmaheapupload's copy pool) a fenced buffer goes straight back to
+/// the free queue, and what keeps the next writer out is the kernel: mapping it for writing
+/// (GstDmaBufAllocator's `DMA_BUF_IOCTL_SYNC`) does not return until the fence signals.
+fn cpu_writer_waits_without_hold_busy() -> Result<(), Failed> {
+    init();
+    let pool = active_pool(
+        "system",
+        "video/x-raw,format=NV12,width=320,height=240",
+        1,
+        1,
+    )?;
+    pool.set_property("hold-busy", false);
+    let buf = pool.acquire_buffer(None)?;
+    let fd = dmabuf_fd(buf.peek_memory(0))?;
+    let timeline = SwSyncTimeline::open()?;
+    let fence = timeline.fence_at(1)?;
+    dmabuf_of(buf.peek_memory(0))?.attach_fence(&fence, FenceAccess::Read)?;
+    drop(buf);
+    let dontwait = gst::BufferPoolAcquireParams::with_flags(gst::BufferPoolAcquireFlags::DONTWAIT);
+    let again = pool.acquire_buffer(Some(&dontwait))?;
+    ensure!(
+        dmabuf_fd(again.peek_memory(0))? == fd,
+        "the pool's one buffer was not handed out again"
+    );
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut again = again;
+        let mapped = again
+            .make_mut()
+            .map_writable()
+            .map(|mut m| m.as_mut_slice().fill(0x5a))
+            .is_ok();
+        let _ = tx.send((mapped, Instant::now()));
+    });
+    // A device (the sw_sync fence) still reads the buffer: the writer must not get in. Its
+    // map returning is timed against the signal, so a writer slow to start proves nothing.
+    std::thread::sleep(Duration::from_millis(500));
+    let signalled = Instant::now();
+    timeline.advance(1)?;
+    let (mapped, returned) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .map_err(|_| "the writer was still waiting 60 s after the fence signalled")?;
+    ensure!(mapped, "mapping the buffer for writing failed");
+    ensure!(
+        returned >= signalled,
+        "a CPU writer mapped a buffer a device still read: its map returned {:?} before the \
+         fence signalled",
+        signalled - returned
+    );
+    let stats = pool.stats();
+    ensure!(stat(&stats, "held-busy") == 0, "{stats}");
+    println!(
+        "hold-busy=false: fenced buffer fd {fd} handed out at once; its writer's map waited \
+         until the fence signalled (held-busy 0)"
+    );
+    pool.set_active(false)?;
     Ok(())
 }
 
