@@ -33,6 +33,9 @@ enum Offer {
     None,
     /// GStreamer 1.28's GstVideoDmabufPool with GstUdmabufAllocator.
     UpstreamDmabufUdmabuf,
+    /// A stock GstVideoBufferPool of system memory starting on page boundaries, as heap
+    /// buffers do: what the placement of the frames alone costs the producer.
+    PageAlignedSystem,
 }
 
 struct Spec {
@@ -84,6 +87,7 @@ fn run_once(spec: &Spec, frames: u64) -> Result<(f64, f64, f64, f64, String), St
     let offered = Arc::new(Mutex::new(0u32));
     if spec.offer != Offer::None {
         let offered = Arc::clone(&offered);
+        let spec_offer = spec.offer;
         pad.add_probe(gst::PadProbeType::QUERY_DOWNSTREAM, move |_, info| {
             let Some(gst::PadProbeData::Query(q)) = &mut info.data else {
                 return gst::PadProbeReturn::Ok;
@@ -91,7 +95,11 @@ fn run_once(spec: &Spec, frames: u64) -> Result<(f64, f64, f64, f64, String), St
             let gst::QueryViewMut::Allocation(a) = q.view_mut() else {
                 return gst::PadProbeReturn::Ok;
             };
-            match upstream_pool(a) {
+            let offer = match spec_offer {
+                Offer::PageAlignedSystem => page_aligned_pool(a),
+                _ => upstream_pool(a),
+            };
+            match offer {
                 Ok(()) => {
                     *offered.lock().unwrap_or_else(|p| p.into_inner()) += 1;
                     gst::PadProbeReturn::Handled
@@ -160,6 +168,24 @@ fn run_once(spec: &Spec, frames: u64) -> Result<(f64, f64, f64, f64, String), St
     ))
 }
 
+/// Answers the ALLOCATION query with a stock GstVideoBufferPool whose memory starts on a page
+/// boundary (`GstAllocationParams` align 4095).
+fn page_aligned_pool(a: &mut gst::query::Allocation) -> Result<(), String> {
+    let (caps, _) = a.get();
+    let caps = caps.ok_or("no caps")?.to_owned();
+    let info = gst_video::VideoInfo::from_caps(&caps).map_err(|e| e.to_string())?;
+    let size = u32::try_from(info.size()).map_err(|e| e.to_string())?;
+    let pool: gst::BufferPool = gst_video::VideoBufferPool::new().upcast();
+    let params = gst::AllocationParams::new(gst::MemoryFlags::empty(), 4095, 0, 0);
+    let mut config = pool.config();
+    config.set_params(Some(&caps), size, 2, 0);
+    config.set_allocator(None::<&gst::Allocator>, Some(&params));
+    pool.set_config(config).map_err(|e| e.to_string())?;
+    a.add_allocation_pool(Some(&pool), size, 2, 0);
+    a.add_allocation_param(None::<&gst::Allocator>, params);
+    Ok(())
+}
+
 #[cfg(feature = "v1_28")]
 fn upstream_pool(a: &mut gst::query::Allocation) -> Result<(), String> {
     use gst_video::prelude::*;
@@ -224,6 +250,18 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
         Spec {
             name: "videotestsrc ! fakesink (baseline)",
             launch: format!("{src} ! fakesink name=sink sync=false"),
+            offer: Offer::None,
+            skip: None,
+        },
+        Spec {
+            name: "videotestsrc ! fakesink, the sink offering page-aligned system memory (control)",
+            launch: format!("{src} ! fakesink name=sink sync=false"),
+            offer: Offer::PageAlignedSystem,
+            skip: None,
+        },
+        Spec {
+            name: "with identity (any one element more)",
+            launch: format!("{src} ! identity ! fakesink name=sink sync=false"),
             offer: Offer::None,
             skip: None,
         },
