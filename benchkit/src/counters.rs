@@ -29,6 +29,8 @@ const PERF_TYPE_SOFTWARE: u32 = 1;
 const PERF_TYPE_TRACEPOINT: u32 = 2;
 const PERF_COUNT_SW_PAGE_FAULTS: u64 = 2;
 const PERF_COUNT_SW_CONTEXT_SWITCHES: u64 = 3;
+const PERF_COUNT_SW_DUMMY: u64 = 9;
+const DISABLED: u64 = 1;
 const EXCLUDE_KERNEL: u64 = 1 << 5;
 const EXCLUDE_HV: u64 = 1 << 6;
 /// `PERF_FLAG_FD_CLOEXEC`.
@@ -59,6 +61,20 @@ fn perf_open(type_: u32, config: u64, flags: u64) -> Option<OwnedFd> {
     }
     // SAFETY: the kernel just returned this fd and nothing else owns it.
     Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Keeps perf's scheduler hooks switched on for the rest of the process: one disabled dummy
+/// event on the thread, opened once and never closed. The first task event the kernel has
+/// switches the hooks in `__schedule` on (a static key: kernel text patched through an int3),
+/// and a second after the last one closes they are switched off again, so every case that
+/// counts would patch the scheduler twice. Under qemu TCG another vCPU can run the code while
+/// it is patched: the test VM died of an int3 Oops in `__schedule` as the GStreamer pools began
+/// counting. A dummy event costs nothing else (nothing in the kernel fires it), unlike holding
+/// the counters' own events, which would put every system call and page fault of every case
+/// on the slow path.
+fn hold_scheduler_hooks() {
+    static HELD: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+    HELD.get_or_init(|| perf_open(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_DUMMY, DISABLED));
 }
 
 fn perf_read(fd: &OwnedFd) -> u64 {
@@ -146,6 +162,7 @@ pub struct PerOp {
 impl ThreadCounters {
     /// Opens the counters on the calling thread and measures the system calls a reading costs.
     pub fn open() -> Self {
+        hold_scheduler_hooks();
         let syscalls =
             syscall_tracepoint_id().and_then(|id| perf_open(PERF_TYPE_TRACEPOINT, id, 0));
         let faults = perf_open(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_PAGE_FAULTS, 0).or_else(|| {
