@@ -64,15 +64,16 @@ fn perf_open(type_: u32, config: u64, flags: u64) -> Option<OwnedFd> {
 }
 
 /// Keeps perf's scheduler hooks switched on for the rest of the process: one disabled dummy
-/// event on the thread, opened once and never closed. The first task event the kernel has
+/// event on the thread, opened once and never closed (call it early, while the process has
+/// one thread; [`ThreadCounters::open`] calls it too). The first task event the kernel has
 /// switches the hooks in `__schedule` on (a static key: kernel text patched through an int3),
 /// and a second after the last one closes they are switched off again, so every case that
-/// counts would patch the scheduler twice. Under qemu TCG another vCPU can run the code while
-/// it is patched: the test VM died of an int3 Oops in `__schedule` as the GStreamer pools began
-/// counting. A dummy event costs nothing else (nothing in the kernel fires it), unlike holding
-/// the counters' own events, which would put every system call and page fault of every case
-/// on the slow path.
-fn hold_scheduler_hooks() {
+/// counts would patch the scheduler twice, at moments no one chose. Under qemu TCG another
+/// vCPU can run the code while it is patched: the test VM died of an int3 Oops in
+/// `__schedule` as the GStreamer pools began counting. A dummy event costs nothing else
+/// (nothing in the kernel fires it), unlike holding the counters' own events, which would put
+/// every system call and page fault of every case on the slow path.
+pub fn hold_scheduler_hooks() {
     static HELD: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
     HELD.get_or_init(|| perf_open(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_DUMMY, DISABLED));
 }

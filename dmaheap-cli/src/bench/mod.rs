@@ -185,6 +185,10 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         return Ok(());
     }
+    // First, while this is the only thread: the one kernel text patch counting makes (see
+    // hold_scheduler_hooks) happens now, not in the middle of a case; dmaheap-bench-peers
+    // runs while this process holds the hooks on.
+    dmaheap_benchkit::counters::hold_scheduler_hooks();
     let alloc = Arc::new(Allocator::new());
     let listed = Source::parse_list(&args.heap, alloc.inventory())?;
     let sources: Vec<Source> = if listed.is_empty() {
