@@ -93,6 +93,14 @@ const STOCK: &str = "GstBufferPool (stock, system memory)";
 /// Upstream's pool that also checks fences on release, on the same allocator.
 const FENCE_AWARE_PEER: &str = "GstVideoDmabufPool + dmaheap allocator (1.28)";
 
+/// The GstDmaHeapBufferPool rows: qos, prewarm, hold-busy.
+const DMAHEAP_ROWS: [(&str, u32, bool); 4] = [
+    ("normal", 0, true),
+    ("realtime", 2, true),
+    ("normal", 0, false),
+    ("realtime", 2, false),
+];
+
 /// A GstDmaHeapBufferPool row's name. `hold-busy=false` is how a pool whose writers map the
 /// buffers runs (the map waits for fences): like the stock pool, its release asks no fence.
 fn dmaheap_name(qos: &str, prewarm: u32, hold_busy: bool) -> String {
@@ -157,12 +165,7 @@ fn makers() -> Vec<(String, Result<gst::BufferPool, String>)> {
             },
         ),
     ];
-    for (qos, prewarm, hold_busy) in [
-        ("normal", 0, true),
-        ("realtime", 2, true),
-        ("normal", 0, false),
-        ("realtime", 2, false),
-    ] {
+    for (qos, prewarm, hold_busy) in DMAHEAP_ROWS {
         out.push((
             dmaheap_name(qos, prewarm, hold_busy),
             dmaheap_pool(qos, prewarm, hold_busy)
@@ -305,9 +308,16 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
     };
     let mut ratios = Vec::new();
     let mut targets = Vec::new();
+    // Some(hold-busy) for a GstDmaHeapBufferPool row.
+    let dmaheap_row = |name: &str| {
+        DMAHEAP_ROWS
+            .iter()
+            .find(|&&(q, p, h)| dmaheap_name(q, p, h) == name)
+            .map(|&(_, _, h)| h)
+    };
     for name in names.iter().filter(|n| *n != STOCK) {
-        let dmaheap = name.starts_with("GstDmaHeapBufferPool");
-        let hold_busy = dmaheap && !name.contains("hold-busy=false");
+        let row = dmaheap_row(name);
+        let hold_busy = row == Some(true);
         for op in ["acquire", "release", "round trip"] {
             let Some(mut r) = p99_ratio(name, STOCK, "stock GstBufferPool", op) else {
                 continue;
@@ -315,7 +325,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
             // The target compares like with like: a release that asks no fence, as the stock
             // pool's. A pool that does ask (one system call) is set beside the pool upstream
             // made for the same job, GstVideoDmabufPool, below.
-            if op == "round trip" && dmaheap && !hold_busy {
+            if op == "round trip" && row == Some(false) {
                 r = r.with_target(Goal::AtMost(1.2));
                 targets.push(Target::of_ratio(
                     &format!("{name} acquire+release p99 / stock GstBufferPool"),
