@@ -81,6 +81,18 @@ pub(crate) fn dmaheap_pool(
     let ty = glib::Type::from_name("GstDmaHeapBufferPool")
         .ok_or("GstDmaHeapBufferPool is not registered: no dmaheap plugin")?;
     let obj = glib::Object::with_type(ty);
+    // A plugin from another build (GST_PLUGIN_PATH, an older install) may lack a property:
+    // say so rather than let set_property panic.
+    if let Some(p) = ["qos", "prewarm", "hold-busy"]
+        .into_iter()
+        .find(|p| obj.find_property(p).is_none())
+    {
+        return Err(format!(
+            "the GstDmaHeapBufferPool loaded has no `{p}` property: its dmaheap plugin is \
+             older than this benchmark (build both from one tree: cargo build --release \
+             --workspace)"
+        ));
+    }
     obj.set_property_from_str("qos", qos);
     obj.set_property("prewarm", prewarm);
     obj.set_property("hold-busy", hold_busy);
