@@ -264,6 +264,86 @@ impl Goal {
     }
 }
 
+/// What a target's confidence interval says about its goal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// The whole interval is on the goal's side.
+    Met,
+    /// The whole interval is on the wrong side.
+    Missed,
+    /// The interval spans the goal: these repetitions cannot tell.
+    Undecided {
+        /// Whether the estimate itself is on the goal's side.
+        leans_met: bool,
+        /// About how many repetitions would decide, at the noise measured and with the
+        /// estimate where it is (`None`: more than [`Verdict::MAX_REPS`]).
+        reps_to_decide: Option<usize>,
+    },
+}
+
+impl Verdict {
+    /// The most repetitions a verdict suggests running.
+    pub const MAX_REPS: usize = 1000;
+}
+
+impl Goal {
+    /// Met, missed or undecided: the last when the interval spans the goal.
+    pub fn verdict(self, e: &Estimate) -> Verdict {
+        let (goal, beyond, leans_met) = match self {
+            Self::AtMost(t) => (t, e.ci_low > t, e.value <= t),
+            Self::AtLeast(t) => (t, e.ci_high < t, e.value >= t),
+        };
+        if self.met(e) {
+            return Verdict::Met;
+        }
+        if beyond {
+            return Verdict::Missed;
+        }
+        // The interval is t(n-1)·s/√n wide on either side of the mean logarithm: find the n
+        // whose half-width is less than the distance to the goal, with s as measured.
+        let gap = (goal.ln() - e.value.ln()).abs();
+        let half = (e.ci_high / e.value).ln();
+        let reps_to_decide = if e.reps < 2 || !half.is_finite() || gap == 0.0 {
+            None
+        } else {
+            let sd = half * (e.reps as f64).sqrt() / t_975(e.reps - 1);
+            (2..=Verdict::MAX_REPS).find(|&n| t_975(n - 1) * sd / (n as f64).sqrt() < gap)
+        };
+        Verdict::Undecided {
+            leans_met,
+            reps_to_decide,
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Met => write!(f, "yes"),
+            Self::Missed => write!(f, "no"),
+            Self::Undecided {
+                leans_met,
+                reps_to_decide,
+            } => {
+                let lean = if *leans_met { "met" } else { "missed" };
+                match reps_to_decide {
+                    Some(n) => write!(
+                        f,
+                        "undecided, leaning {lean} (~{n} repetitions would decide at this noise)"
+                    ),
+                    None => write!(
+                        f,
+                        "undecided, leaning {lean} (too close to the goal: over {} repetitions \
+                         would be needed)",
+                        Self::MAX_REPS
+                    ),
+                }
+            }
+        }
+    }
+}
+
 impl std::fmt::Display for Goal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -664,5 +744,42 @@ mod tests {
             !Goal::AtMost(100.0).met(&one),
             "one repetition proves nothing"
         );
+        assert_eq!(
+            Goal::AtMost(100.0).verdict(&one),
+            Verdict::Undecided {
+                leans_met: true,
+                reps_to_decide: None
+            }
+        );
+    }
+
+    #[test]
+    fn verdicts_tell_a_miss_from_an_interval_that_spans_the_goal() {
+        let e = Estimate::of(&[1.0, 1.1, 0.9, 1.05, 0.95]).unwrap();
+        assert_eq!(Goal::AtMost(1.2).verdict(&e), Verdict::Met);
+        assert_eq!(Goal::AtMost(0.8).verdict(&e), Verdict::Missed);
+        assert_eq!(Goal::AtLeast(1.2).verdict(&e), Verdict::Missed);
+        let Verdict::Undecided {
+            leans_met: true,
+            reps_to_decide: Some(n),
+        } = Goal::AtMost(1.05).verdict(&e)
+        else {
+            panic!("an interval spanning 1.05, its estimate under it, is undecided, leaning met");
+        };
+        assert!(matches!(
+            Goal::AtLeast(1.0).verdict(&e),
+            Verdict::Undecided {
+                leans_met: false,
+                ..
+            }
+        ));
+        // The same spread over n repetitions gives an interval that stays under the goal, and
+        // over n - 1 one that does not.
+        let logs = [1.0f64, 1.1, 0.9, 1.05, 0.95].map(f64::ln);
+        let mean = logs.iter().sum::<f64>() / 5.0;
+        let sd = (logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / 4.0).sqrt();
+        let half = |n: usize| t_975(n - 1) * sd / (n as f64).sqrt();
+        assert!(half(n) < (1.05f64 / e.value).ln(), "n = {n}");
+        assert!(half(n - 1) >= (1.05f64 / e.value).ln(), "n = {n}");
     }
 }

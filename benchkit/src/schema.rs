@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::counters::PerOp;
-use crate::measure::{Estimate, Goal, Stat, Summary};
+use crate::measure::{Estimate, Goal, Stat, Summary, Verdict};
 
 /// Bumped when a field changes meaning.
 pub const SCHEMA: &str = "dmaheap-bench/2";
@@ -131,6 +131,11 @@ impl Ratio {
         self
     }
 
+    /// Met, missed or undecided, where the ratio has a target and an estimate.
+    pub fn verdict(&self) -> Option<Verdict> {
+        Some(self.target?.verdict(self.estimate.as_ref()?))
+    }
+
     /// Sets the note.
     pub fn with_note(mut self, note: impl Into<String>) -> Self {
         self.note = note.into();
@@ -155,6 +160,9 @@ pub struct Target {
     pub target: String,
     /// `None`: could not be judged here (the reason says why).
     pub met: Option<bool>,
+    /// Met, missed, or undecided (the interval spans the goal); left out where not judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
     /// How it was judged, or why it could not be; left out when empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
@@ -170,6 +178,7 @@ impl Target {
             ci_high: r.estimate.map(|e| e.ci_high),
             target: r.target.map(|g| g.to_string()).unwrap_or_default(),
             met: r.met,
+            verdict: r.verdict(),
             reason: if r.estimate.is_none() {
                 format!("no value: {}", r.note)
             } else {

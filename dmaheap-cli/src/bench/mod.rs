@@ -24,7 +24,7 @@ use heapcore::format::{FrameLayout, VideoFormat};
 use heapcore::{Allocator, Constraints, Policy, Source, Usage, solve};
 
 use dmaheap_benchkit::counters::{self, PerOp};
-use dmaheap_benchkit::measure::{self, Goal, Stat, TimerCost};
+use dmaheap_benchkit::measure::{self, Goal, Stat, TimerCost, Verdict};
 use dmaheap_benchkit::schema::{self, Case, Ratio, Report, Target, find_case};
 pub(crate) use hog::{HogArgs, hog};
 
@@ -581,6 +581,7 @@ pub(crate) fn kernel_target(name: &str, k: &PerOp) -> Target {
         ci_high: None,
         target: "= 0".into(),
         met,
+        verdict: met.map(|m| if m { Verdict::Met } else { Verdict::Missed }),
         reason,
     }
 }

@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use dmaheap_benchkit::measure::{Estimate, Stat, Summary};
+use dmaheap_benchkit::measure::{Estimate, Stat, Summary, Verdict};
 use dmaheap_benchkit::schema::{Case, Report};
 
 /// Marks the generated part of docs/performance.md.
@@ -46,11 +46,13 @@ fn ci(e: &Estimate, f: impl Fn(f64) -> String) -> String {
     }
 }
 
-fn met(m: Option<bool>) -> &'static str {
-    match m {
-        Some(true) => "yes",
-        Some(false) => "**no**",
-        None => "not judged",
+/// "yes", "**no**", "**no**: undecided (...)"; runs archived before verdicts say only yes or no.
+fn met(m: Option<bool>, verdict: Option<Verdict>) -> String {
+    match (m, verdict) {
+        (_, Some(Verdict::Met)) | (Some(true), None) => "yes".into(),
+        (_, Some(v @ Verdict::Undecided { .. })) => format!("**no**: {v}"),
+        (_, Some(Verdict::Missed)) | (Some(false), None) => "**no**".into(),
+        (None, None) => "not judged".into(),
     }
 }
 
@@ -170,7 +172,7 @@ fn targets_table(r: &Report) -> String {
             x.value.map_or("-".into(), num),
             ci,
             x.target.clone(),
-            met(x.met).into(),
+            met(x.met, x.verdict),
             x.reason.clone(),
         ]);
     }
@@ -201,7 +203,7 @@ fn ratio_table(r: &Report, group: &str) -> String {
             c,
             n,
             x.target.map_or(String::new(), |g| g.to_string()),
-            x.target.map_or(String::new(), |_| met(x.met).into()),
+            x.target.map_or(String::new(), |_| met(x.met, x.verdict())),
         ]);
     }
     if any { t.done() } else { String::new() }
@@ -631,7 +633,11 @@ pub(super) fn markdown(paths: &[PathBuf]) -> Result<String, String> {
                         }
                         _ => String::new(),
                     };
-                    format!("{}{ci}: {}", x.value.map_or("-".into(), num), met(x.met))
+                    format!(
+                        "{}{ci}: {}",
+                        x.value.map_or("-".into(), num),
+                        met(x.met, x.verdict)
+                    )
                 }
                 None => "not run".into(),
             });
