@@ -15,6 +15,11 @@ fn read(path: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The clocksource every timed reading goes through now.
+pub(super) fn clocksource() -> String {
+    read("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+}
+
 fn cpuinfo_field(text: &str, key: &str) -> Option<String> {
     text.lines()
         .find(|l| l.split(':').next().is_some_and(|k| k.trim() == key))
@@ -108,7 +113,7 @@ pub(super) fn record(alloc: &Allocator, label: &str, commit_given: Option<&str>)
         threads_per_core: (siblings / cores.max(1)).max(1),
         machine: machine(&cpuinfo),
         in_test_vm: std::env::var_os("DMAHEAP_VM").is_some(),
-        clocksource: read("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
+        clocksource: clocksource(),
         governor: {
             let g = read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor");
             if g.is_empty() {

@@ -284,6 +284,24 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     report.env = env;
     report.targets.sort_by_key(|t| target_order(&t.name));
+    // The kernel may change the clocksource mid-run (its watchdog marking the TSC unstable):
+    // every later reading then costs more than the timer cost subtracted, so the run's
+    // timings do not compare. Keep what was measured, say so, and fail.
+    let clock_now = env::clocksource();
+    let clock_changed = (clock_now != report.env.clocksource).then(|| {
+        let msg = format!(
+            "the kernel changed the clocksource from {} to {clock_now} during the run: readings \
+             after the change cost more than the {} ns subtracted, so this run's timings do \
+             not compare (in a VM, boot with tsc=reliable; tests/vm/run does)",
+            report.env.clocksource, timer.p50_ns
+        );
+        report.env.clocksource = format!(
+            "{} (changed to {clock_now} during the run)",
+            report.env.clocksource
+        );
+        report.notes.insert(0, msg.clone());
+        msg
+    });
 
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &args.out {
@@ -294,7 +312,10 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         print!("{}", report::single(&report));
     }
-    Ok(())
+    match clock_changed {
+        Some(msg) => Err(msg.into()),
+        None => Ok(()),
+    }
 }
 
 /// Targets in the order issue 13 lists them.
