@@ -531,11 +531,18 @@ pub(super) fn single(r: &Report) -> String {
 }
 
 fn label(r: &Report, path: &Path) -> String {
-    if r.env.label.is_empty() {
+    let name = if r.env.label.is_empty() {
         path.file_stem()
             .map_or("run".into(), |s| s.to_string_lossy().into_owned())
     } else {
         r.env.label.clone()
+    };
+    // A run whose clock changed under it (see the run's notes) is shown, never hidden, but
+    // every table that names it says its times do not compare.
+    if r.env.clocksource.contains("changed to") {
+        format!("{name} (clocksource changed mid-run: latencies not comparable)")
+    } else {
+        name
     }
 }
 
