@@ -385,6 +385,25 @@ pub struct Environment {
     pub command: String,
 }
 
+/// How a clocksource that changed during the run is written into [`Environment::clocksource`].
+const CLOCK_CHANGED: &str = "changed to";
+
+impl Environment {
+    /// Records that the clocksource was `now` at the end of the run, not what it was at the
+    /// start: every reading after the change cost more than the timer cost subtracted.
+    pub fn mark_clocksource_changed(&mut self, now: &str) {
+        self.clocksource = format!(
+            "{} ({CLOCK_CHANGED} {now} during the run)",
+            self.clocksource
+        );
+    }
+
+    /// Whether the clocksource changed during the run (its timings do not compare).
+    pub fn clocksource_changed(&self) -> bool {
+        self.clocksource.contains(CLOCK_CHANGED)
+    }
+}
+
 /// What `dmaheap-bench-peers` reports.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PeersReport {
@@ -431,4 +450,21 @@ pub struct Report {
     pub throughput: Vec<Throughput>,
     /// Remarks on the run: parts not run and why, figures given only for comparison.
     pub notes: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clocksource_change_is_recorded_and_recognised() {
+        let mut env = Environment {
+            clocksource: "tsc".into(),
+            ..Environment::default()
+        };
+        assert!(!env.clocksource_changed());
+        env.mark_clocksource_changed("hpet");
+        assert!(env.clocksource_changed(), "{}", env.clocksource);
+        assert!(env.clocksource.starts_with("tsc") && env.clocksource.contains("hpet"));
+    }
 }

@@ -295,10 +295,7 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
              not compare (in a VM, boot with tsc=reliable; tests/vm/run does)",
             report.env.clocksource, timer.p50_ns
         );
-        report.env.clocksource = format!(
-            "{} (changed to {clock_now} during the run)",
-            report.env.clocksource
-        );
+        report.env.mark_clocksource_changed(&clock_now);
         report.notes.insert(0, msg.clone());
         msg
     });

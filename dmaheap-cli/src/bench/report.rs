@@ -539,7 +539,7 @@ fn label(r: &Report, path: &Path) -> String {
     };
     // A run whose clock changed under it (see the run's notes) is shown, never hidden, but
     // every table that names it says its times do not compare.
-    if r.env.clocksource.contains("changed to") {
+    if r.env.clocksource_changed() {
         format!("{name} (clocksource changed mid-run: latencies not comparable)")
     } else {
         name
