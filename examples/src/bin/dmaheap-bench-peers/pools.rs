@@ -176,6 +176,17 @@ fn makers() -> Vec<(String, Result<gst::BufferPool, String>)> {
                 activate(&p, 2, None, true).map(|()| p)
             },
         ),
+        (
+            // The control that tells pool code from memory: stock code, dmaheap memory.
+            "GstBufferPool (stock) + dmaheap allocator".to_owned(),
+            {
+                let p = gst::BufferPool::new();
+                gst::Allocator::find(Some("dmaheap"))
+                    .ok_or_else(|| "no dmaheap allocator: no dmaheap plugin".to_owned())
+                    .and_then(|a| activate(&p, 2, Some(&a), false))
+                    .map(|()| p)
+            },
+        ),
     ];
     for (qos, prewarm, hold_busy) in DMAHEAP_ROWS {
         out.push((
