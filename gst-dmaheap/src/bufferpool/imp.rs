@@ -147,6 +147,74 @@ impl DmaHeapBufferPool {
         self.parent_release_buffer(buffer);
     }
 
+    /// acquire_buffer for `on-exhaustion=error`: never waits for a buffer to come back, and
+    /// says why the stream stops when none is left.
+    #[inline(never)]
+    fn acquire_or_fail(
+        &self,
+        params: Option<&gst::BufferPoolAcquireParams>,
+    ) -> Result<gst::Buffer, gst::FlowError> {
+        if params.is_some_and(|p| p.flags().contains(gst::BufferPoolAcquireFlags::DONTWAIT)) {
+            // The caller handles an empty pool itself.
+            return self.parent_acquire_buffer(params);
+        }
+        let flags = params.map_or(gst::BufferPoolAcquireFlags::empty(), |p| p.flags())
+            | gst::BufferPoolAcquireFlags::DONTWAIT;
+        let dontwait = gst::BufferPoolAcquireParams::with_flags(flags);
+        match self.parent_acquire_buffer(Some(&dontwait)) {
+            Err(gst::FlowError::Eos) => {
+                let max = self.config.lock().unwrap().as_ref().map_or(0, |c| c.max);
+                let err = Error::PoolExhausted { max };
+                gst::error!(CAT, imp = self, "{err}");
+                self.post_error(&err, gst::ResourceError::Busy);
+                Err(gst::FlowError::Error)
+            }
+            other => other,
+        }
+    }
+
+    /// Tags a returning `buffer` to be freed when its pool is lean (background pools always,
+    /// normal pools under critical memory pressure) and holds more idle buffers than it keeps.
+    /// `released`: buffers released so far, this one included.
+    #[inline(never)]
+    fn trim_if_lean(&self, qos: DmaHeapQos, released: u64, buffer: &mut gst::Buffer) {
+        let pressure = || {
+            self.registry
+                .get_or_init(crate::heapchoice::registry)
+                .pressure()
+        };
+        let lean = match qos {
+            DmaHeapQos::Background => true,
+            DmaHeapQos::Normal => pressure() == heapcore::PressureLevel::Critical,
+            DmaHeapQos::Realtime => false,
+        };
+        if !lean {
+            return;
+        }
+        let outstanding = self.acquired.load(Ordering::Relaxed) as i64 - released as i64;
+        let min = self.config.lock().unwrap().as_ref().map_or(0, |c| c.min);
+        // A normal pool keeps at least the one buffer a stream takes for its next frame
+        // (heapcore's rule): freeing it would only make the pool allocate again at once,
+        // churning the memory pressure asks it to save.
+        let keep = match qos {
+            DmaHeapQos::Normal => min.max(1),
+            _ => min,
+        };
+        // Idle buffers once this one is back.
+        let idle = self.alive.load(Ordering::SeqCst) - outstanding;
+        if idle > i64::from(keep) {
+            // GstBufferPool frees a returning buffer whose memory is tagged.
+            buffer.make_mut().set_flags(gst::BufferFlags::TAG_MEMORY);
+            Stats::bump(&self.stats().trimmed);
+            gst::log!(
+                CAT,
+                imp = self,
+                "{qos:?} pool ({:?} memory pressure): freeing an idle buffer",
+                pressure()
+            );
+        }
+    }
+
     /// Whether `buffer` goes to the free queue now (true) or was held back because a device
     /// still uses it.
     fn hold_if_busy(&self, buffer: gst::Buffer) -> Option<gst::Buffer> {
@@ -308,6 +376,18 @@ impl ObjectSubclass for DmaHeapBufferPool {
     const NAME: &'static str = "GstDmaHeapBufferPool";
     type Type = super::DmaHeapBufferPool;
     type ParentType = gst::BufferPool;
+
+    fn class_init(klass: &mut Self::Class) {
+        // GstBufferPool's own reset_buffer in place of the trampoline gstreamer-rs installs
+        // for it (this pool does not override it): one call fewer on every release.
+        let reset = klass
+            .parent()
+            .and_then(|p| p.upcast_ref::<gst::BufferPool>().as_ref().reset_buffer);
+        klass
+            .upcast_ref_mut::<gst::BufferPool>()
+            .as_mut()
+            .reset_buffer = reset;
+    }
 }
 
 impl ObjectImpl for DmaHeapBufferPool {
@@ -603,27 +683,17 @@ impl BufferPoolImpl for DmaHeapBufferPool {
         self.parent_free_buffer(buffer);
     }
 
+    // acquire_buffer and release_buffer run for every buffer: inlined into gstreamer-rs's
+    // trampolines, they cost no call of their own (under emulation, as in the VM tests, every
+    // call and return is an indirect jump and costs as much as the pool's own work). What
+    // only some pools or some moments need is out of line.
+    #[inline(always)]
     fn acquire_buffer(
         &self,
         params: Option<&gst::BufferPoolAcquireParams>,
     ) -> Result<gst::Buffer, gst::FlowError> {
-        let error_on_exhaustion = self.hot_error_on_exhaustion.load(Ordering::Relaxed);
-        let caller_wont_wait =
-            params.is_some_and(|p| p.flags().contains(gst::BufferPoolAcquireFlags::DONTWAIT));
-        let result = if error_on_exhaustion && !caller_wont_wait {
-            let flags = params.map_or(gst::BufferPoolAcquireFlags::empty(), |p| p.flags())
-                | gst::BufferPoolAcquireFlags::DONTWAIT;
-            let dontwait = gst::BufferPoolAcquireParams::with_flags(flags);
-            match self.parent_acquire_buffer(Some(&dontwait)) {
-                Err(gst::FlowError::Eos) => {
-                    let max = self.config.lock().unwrap().as_ref().map_or(0, |c| c.max);
-                    let err = Error::PoolExhausted { max };
-                    gst::error!(CAT, imp = self, "{err}");
-                    self.post_error(&err, gst::ResourceError::Busy);
-                    Err(gst::FlowError::Error)
-                }
-                other => other,
-            }
+        let result = if self.hot_error_on_exhaustion.load(Ordering::Relaxed) {
+            self.acquire_or_fail(params)
         } else {
             self.parent_acquire_buffer(params)
         };
@@ -635,46 +705,15 @@ impl BufferPoolImpl for DmaHeapBufferPool {
         result
     }
 
+    #[inline(always)]
     fn release_buffer(&self, mut buffer: gst::Buffer) {
         // Buffers made by start() are fresh: no device has seen them.
         if !self.starting.load(Ordering::SeqCst) {
             let released = self.released.fetch_add(1, Ordering::Relaxed) + 1;
-            let outstanding = self.acquired.load(Ordering::Relaxed) as i64 - released as i64;
+            // Realtime pools never give buffers back.
             let qos = self.hot_qos();
-            // Background pools stay lean; under critical memory pressure normal pools give
-            // idle buffers back too (realtime pools never do).
-            let pressure = || {
-                self.registry
-                    .get_or_init(crate::heapchoice::registry)
-                    .pressure()
-            };
-            let lean = match qos {
-                DmaHeapQos::Background => true,
-                DmaHeapQos::Normal => pressure() == heapcore::PressureLevel::Critical,
-                DmaHeapQos::Realtime => false,
-            };
-            if lean {
-                let min = self.config.lock().unwrap().as_ref().map_or(0, |c| c.min);
-                // A normal pool keeps at least the one buffer a stream takes for its next
-                // frame (heapcore's rule): freeing it would only make the pool allocate again
-                // at once, churning the memory pressure asks it to save.
-                let keep = match qos {
-                    DmaHeapQos::Normal => min.max(1),
-                    _ => min,
-                };
-                // Idle buffers once this one is back.
-                let idle = self.alive.load(Ordering::SeqCst) - outstanding;
-                if idle > i64::from(keep) {
-                    // GstBufferPool frees a returning buffer whose memory is tagged.
-                    buffer.make_mut().set_flags(gst::BufferFlags::TAG_MEMORY);
-                    Stats::bump(&self.stats().trimmed);
-                    gst::log!(
-                        CAT,
-                        imp = self,
-                        "{qos:?} pool ({:?} memory pressure): freeing an idle buffer",
-                        pressure()
-                    );
-                }
+            if qos != DmaHeapQos::Realtime {
+                self.trim_if_lean(qos, released, &mut buffer);
             }
             // A buffer about to be freed need not wait; one going back to the free queue
             // must not be handed out while a device still reads or writes it (unless every
