@@ -6,6 +6,7 @@ use gst::prelude::*;
 mod allocator;
 mod bufferpool;
 mod caps;
+mod counter;
 mod error;
 mod heapchoice;
 mod memory;

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::counter::ThreadCounter;
+
 /// What the element and its pools did. Cheap to update from any thread.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
@@ -16,9 +18,9 @@ pub(crate) struct Stats {
     pub copies: AtomicU64,
     /// Why the last copy was made (empty before the first).
     last_copy_reason: Mutex<String>,
-    /// Each pool's count of its acquires (one atomic add per acquire, the pool's only one):
-    /// acquires served from a pooled buffer (`pool-hits`) are their sum less the misses.
-    acquires: Mutex<Vec<Arc<AtomicU64>>>,
+    /// Each pool's count of its acquires: acquires served from a pooled buffer (`pool-hits`)
+    /// are their sum less the misses.
+    acquires: Mutex<Vec<Arc<ThreadCounter>>>,
     /// Acquires that had to allocate on the caller's thread.
     pub pool_misses: AtomicU64,
     /// Buffers allocated when a pool was activated (prewarm / min-buffers).
@@ -62,7 +64,7 @@ impl Stats {
     }
 
     /// Counts the acquires in `counter` (a pool's) among these statistics' pool hits.
-    pub(crate) fn count_acquires(&self, counter: &Arc<AtomicU64>) {
+    pub(crate) fn count_acquires(&self, counter: &Arc<ThreadCounter>) {
         let mut all = self.acquires.lock().unwrap_or_else(|p| p.into_inner());
         if !all.iter().any(|c| Arc::ptr_eq(c, counter)) {
             all.push(Arc::clone(counter));
@@ -76,7 +78,7 @@ impl Stats {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|c| c.load(Ordering::Relaxed))
+            .map(|c| c.sum())
             .sum();
         acquires.saturating_sub(self.pool_misses.load(Ordering::Relaxed))
     }

@@ -1,4 +1,4 @@
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use gst::glib;
@@ -8,6 +8,7 @@ use gst_video::prelude::*;
 
 use super::fences::{self, BusyBuffers};
 use crate::allocator::DmaHeapAllocator;
+use crate::counter::ThreadCounter;
 use crate::error::Error;
 use crate::heapchoice::DmaHeapQos;
 use crate::memory;
@@ -74,9 +75,9 @@ pub struct DmaHeapBufferPool {
     /// Buffers allocated and not yet freed.
     alive: AtomicI64,
     /// Buffers acquired (shared with the statistics, which count hits from it) and released:
-    /// the difference is the buffers out. One atomic add each on acquire and on release.
-    acquired: Arc<AtomicU64>,
-    released: AtomicU64,
+    /// the difference is the buffers out. Counted per thread: no locked instruction per buffer.
+    acquired: Arc<ThreadCounter>,
+    released: ThreadCounter,
     /// Whether this pool has allocated a dma-buf: only those carry fences, so until then
     /// (memfd memory) release asks no fence and makes no system call.
     dmabufs: AtomicBool,
@@ -175,9 +176,8 @@ impl DmaHeapBufferPool {
 
     /// Tags a returning `buffer` to be freed when its pool is lean (background pools always,
     /// normal pools under critical memory pressure) and holds more idle buffers than it keeps.
-    /// `released`: buffers released so far, this one included.
     #[inline(never)]
-    fn trim_if_lean(&self, qos: DmaHeapQos, released: u64, buffer: &mut gst::Buffer) {
+    fn trim_if_lean(&self, qos: DmaHeapQos, buffer: &mut gst::Buffer) {
         let pressure = || {
             self.registry
                 .get_or_init(crate::heapchoice::registry)
@@ -191,7 +191,7 @@ impl DmaHeapBufferPool {
         if !lean {
             return;
         }
-        let outstanding = self.acquired.load(Ordering::Relaxed) as i64 - released as i64;
+        let outstanding = self.acquired.sum() as i64 - self.released.sum() as i64;
         let min = self.config.lock().unwrap().as_ref().map_or(0, |c| c.min);
         // A normal pool keeps at least the one buffer a stream takes for its next frame
         // (heapcore's rule): freeing it would only make the pool allocate again at once,
@@ -697,10 +697,10 @@ impl BufferPoolImpl for DmaHeapBufferPool {
         } else {
             self.parent_acquire_buffer(params)
         };
-        // The one atomic add of an acquire: buffers out and pool hits both follow from it (a
-        // miss is counted where it allocates).
+        // Buffers out and pool hits both follow from this count (a miss is counted where it
+        // allocates).
         if result.is_ok() {
-            self.acquired.fetch_add(1, Ordering::Relaxed);
+            self.acquired.add_one();
         }
         result
     }
@@ -709,11 +709,11 @@ impl BufferPoolImpl for DmaHeapBufferPool {
     fn release_buffer(&self, mut buffer: gst::Buffer) {
         // Buffers made by start() are fresh: no device has seen them.
         if !self.starting.load(Ordering::SeqCst) {
-            let released = self.released.fetch_add(1, Ordering::Relaxed) + 1;
+            self.released.add_one();
             // Realtime pools never give buffers back.
             let qos = self.hot_qos();
             if qos != DmaHeapQos::Realtime {
-                self.trim_if_lean(qos, released, &mut buffer);
+                self.trim_if_lean(qos, &mut buffer);
             }
             // A buffer about to be freed need not wait; one going back to the free queue
             // must not be handed out while a device still reads or writes it (unless every
