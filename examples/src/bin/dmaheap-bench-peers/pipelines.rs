@@ -36,6 +36,9 @@ enum Offer {
     /// A stock GstVideoBufferPool of system memory starting on page boundaries, as heap
     /// buffers do: what the placement of the frames alone costs the producer.
     PageAlignedSystem,
+    /// The same stock pool on the dmaheap allocator: what writing into heap memory costs the
+    /// producer (for a dma-buf, DMA_BUF_IOCTL_SYNC around every map), whoever offers it.
+    StockPoolHeapMemory,
 }
 
 struct Spec {
@@ -96,7 +99,10 @@ fn run_once(spec: &Spec, frames: u64) -> Result<(f64, f64, f64, f64, String), St
                 return gst::PadProbeReturn::Ok;
             };
             let offer = match spec_offer {
-                Offer::PageAlignedSystem => page_aligned_pool(a),
+                Offer::PageAlignedSystem => page_aligned_pool(a, None),
+                Offer::StockPoolHeapMemory => gst::Allocator::find(Some("dmaheap"))
+                    .ok_or_else(|| "no dmaheap allocator".to_owned())
+                    .and_then(|heap| page_aligned_pool(a, Some(&heap))),
                 _ => upstream_pool(a),
             };
             match offer {
@@ -170,7 +176,11 @@ fn run_once(spec: &Spec, frames: u64) -> Result<(f64, f64, f64, f64, String), St
 
 /// Answers the ALLOCATION query with a stock GstVideoBufferPool whose memory starts on a page
 /// boundary (`GstAllocationParams` align 4095).
-fn page_aligned_pool(a: &mut gst::query::Allocation) -> Result<(), String> {
+/// A stock GstVideoBufferPool of page-aligned frames from `allocator` (system memory if none).
+fn page_aligned_pool(
+    a: &mut gst::query::Allocation,
+    allocator: Option<&gst::Allocator>,
+) -> Result<(), String> {
     let (caps, _) = a.get();
     let caps = caps.ok_or("no caps")?.to_owned();
     let info = gst_video::VideoInfo::from_caps(&caps).map_err(|e| e.to_string())?;
@@ -179,10 +189,10 @@ fn page_aligned_pool(a: &mut gst::query::Allocation) -> Result<(), String> {
     let params = gst::AllocationParams::new(gst::MemoryFlags::empty(), 4095, 0, 0);
     let mut config = pool.config();
     config.set_params(Some(&caps), size, 2, 0);
-    config.set_allocator(None::<&gst::Allocator>, Some(&params));
+    config.set_allocator(allocator, Some(&params));
     pool.set_config(config).map_err(|e| e.to_string())?;
     a.add_allocation_pool(Some(&pool), size, 2, 0);
-    a.add_allocation_param(None::<&gst::Allocator>, params);
+    a.add_allocation_param(allocator, params);
     Ok(())
 }
 
@@ -240,6 +250,9 @@ fn has(factory: &str) -> bool {
     gst::ElementFactory::find(factory).is_some()
 }
 
+const STOCK_POOL_HEAP_MEMORY: &str =
+    "videotestsrc ! fakesink, the sink offering a stock pool of dmaheap memory (control)";
+
 pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
     let frames = ctx.count(3_000, 100) as u64;
     let caps = "video/x-raw,format=NV12,width=1280,height=720,framerate=30/1";
@@ -258,6 +271,14 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
             launch: format!("{src} ! fakesink name=sink sync=false"),
             offer: Offer::PageAlignedSystem,
             skip: None,
+        },
+        Spec {
+            name: STOCK_POOL_HEAP_MEMORY,
+            launch: format!("{src} ! fakesink name=sink sync=false"),
+            offer: Offer::StockPoolHeapMemory,
+            skip: gst::Allocator::find(Some("dmaheap"))
+                .is_none()
+                .then(|| "no dmaheap allocator (no dmaheap plugin)".to_owned()),
         },
         Spec {
             name: "with identity (any one element more)",
@@ -420,6 +441,19 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
             ));
         }
         ratios.push(ratio);
+        // The same memory with no dmaheapupload: what the element itself costs.
+        if r.name == "with dmaheapupload, passing through"
+            && let Some(heap) = results
+                .iter()
+                .find(|x| x.name == STOCK_POOL_HEAP_MEMORY && x.fps.len() == ctx.reps)
+        {
+            ratios.push(Ratio::new(
+                "pipelines",
+                format!("{}: frames/s / {STOCK_POOL_HEAP_MEMORY}", r.name),
+                "frames/s".into(),
+                over(heap),
+            ));
+        }
         let cpu: Vec<f64> = r
             .cpu_ns_per_frame
             .iter()
