@@ -190,6 +190,9 @@ struct State {
     /// `mapoffset`s), dropped when PipeWire removes the buffers.
     imported: HashMap<BlockKey, ImportedData>,
     hold_next: bool,
+    /// Which buffer the last checked frame came from, and when: a frame that repeats or goes
+    /// back says whether it is the same buffer handed over twice or a second one.
+    last_from: String,
     expect: Expect,
     held: Option<HeldFrame>,
     /// The held frame's `pw_buffer`, still dequeued: the producer cannot reuse it until it is
@@ -295,6 +298,7 @@ impl<'l> Consumer<'l> {
             format: None,
             imported: HashMap::new(),
             hold_next: false,
+            last_from: String::new(),
             expect,
             held: None,
             held_buffer: None,

@@ -203,14 +203,26 @@ impl State {
                         let detail = self.describe(&blocks, header_seq);
                         self.seen.error(format!(
                             "frame {seq} after frame {last} (format {} of {}, {} empty buffers \
-                             so far) [{detail}]",
+                             so far) [{detail}; frame {last} came {}]",
                             self.seen.formats.len(),
                             params,
-                            self.seen.empty
+                            self.seen.empty,
+                            self.last_from
                         ));
                     }
                 }
                 self.seen.last_seq = Some(seq);
+                self.last_from = format!(
+                    "in fd {} region {}+{}, format {} of {}, as received frame {} (after {} \
+                     empty buffers)",
+                    blocks[0].0.0,
+                    blocks[0].0.1,
+                    blocks[0].0.2,
+                    self.seen.formats.len(),
+                    params,
+                    self.seen.frames,
+                    self.seen.empty
+                );
                 self.seen.first_seq.get_or_insert(seq);
                 self.last_frames.insert(
                     blocks[0].0,
