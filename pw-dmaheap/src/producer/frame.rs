@@ -170,50 +170,63 @@ pub(super) fn readiness(slot: &Slot, points: Option<SyncPoints>) -> Result<(), W
     }
 }
 
-/// The next buffer that may be drawn into: a parked one whose wait is over, else a free one
-/// from PipeWire; buffers that may not be drawn into yet are parked on the way.
+/// Takes every buffer PipeWire has free into the parked list (oldest first), so that every
+/// buffer the producer holds is known and one that PipeWire hands out twice is dropped (see
+/// [`DequeueFailed::Duplicate`]); returns how many such duplicates it met.
+fn take_free(stream: &Stream, inner: &Inner, dequeues: &Rc<Dequeues>) -> u64 {
+    let mut duplicates = 0;
+    // A busy buffer goes to the end of PipeWire's queue and a duplicate entry is used up:
+    // bounded, so that a queue of busy buffers cannot keep this looping.
+    for _ in 0..2 * inner.slots.len() + 2 {
+        match raw::try_dequeue(stream, dequeues) {
+            Ok(fresh) => fresh.park(),
+            Err(DequeueFailed::Busy) => continue,
+            Err(DequeueFailed::Duplicate) => duplicates += 1,
+            Err(DequeueFailed::Empty) => break,
+        }
+    }
+    duplicates
+}
+
+/// The next buffer that may be drawn into, the longest parked first; buffers that may not
+/// be drawn into yet stay parked.
 fn next_free<'s>(
     stream: &'s Stream,
     inner_rc: &Rc<RefCell<Inner>>,
     dequeues: &Rc<Dequeues>,
 ) -> Option<Dequeued<'s>> {
+    let duplicates = {
+        let inner = inner_rc.try_borrow().ok()?;
+        take_free(stream, &inner, dequeues)
+    };
+    if duplicates > 0 {
+        with_inner(inner_rc, |inner| {
+            log::debug!(
+                "{}: PipeWire handed out {duplicates} buffer(s) this producer holds already; \
+                 left alone",
+                inner.config.node_name
+            );
+            inner.stats.duplicates += duplicates;
+        });
+    }
     let inner = inner_rc.try_borrow().ok()?;
-    let ready = |d: &mut Dequeued<'_>| -> bool {
-        let Some(slot) = inner.slots.get(&d.key()) else {
-            return true; // not ours to judge: on_produce says so
+    for key in dequeues.parked() {
+        let Some(mut parked) = dequeues.unpark(stream, key) else {
+            continue;
         };
-        match readiness(slot, d.sync_points()) {
-            Ok(()) => true,
+        let Some(slot) = inner.slots.get(&key) else {
+            parked.park(); // not a buffer of ours: never drawn, never sent
+            continue;
+        };
+        match readiness(slot, parked.sync_points()) {
+            Ok(()) => return Some(parked),
             Err(wait) => {
                 log::trace!(
-                    "{}: buffer {:?} is not free yet: {wait:?}",
-                    inner.config.node_name,
-                    d.key()
+                    "{}: buffer {key:?} is not free yet: {wait:?}",
+                    inner.config.node_name
                 );
-                false
+                parked.park();
             }
-        }
-    };
-    for key in dequeues.parked() {
-        if let Some(mut parked) = dequeues.unpark(stream, key) {
-            if ready(&mut parked) {
-                return Some(parked);
-            }
-            parked.park();
-        }
-    }
-    // A busy buffer goes to the end of PipeWire's queue: try as many times as there are
-    // buffers before calling the stream starved.
-    for _ in 0..inner.slots.len().max(1) {
-        match raw::try_dequeue(stream, dequeues) {
-            Ok(mut fresh) => {
-                if ready(&mut fresh) {
-                    return Some(fresh);
-                }
-                fresh.park();
-            }
-            Err(DequeueFailed::Busy) => continue,
-            Err(DequeueFailed::Empty) => break,
         }
     }
     None
@@ -262,11 +275,15 @@ pub(super) fn on_produce(
             log::error!("process re-entered the producer; frame skipped");
             return;
         };
+        // A buffer that goes back undrawn is parked, not queued: queued, it would show the
+        // consumer whatever frame it held before.
         let Some(layout) = inner.active.as_ref().map(|a| a.constraints.layout) else {
+            dequeued.park();
             return;
         };
         let Some(slot) = inner.slots.remove(&key) else {
             log::warn!("{}: dequeued an unknown buffer", inner.config.node_name);
+            dequeued.park();
             return;
         };
         let origin = slot.buf.origin().clone();
@@ -316,8 +333,10 @@ pub(super) fn on_produce(
     if inner.generation != generation {
         // The format changed while the callback ran, yet PipeWire kept this buffer (it
         // removes every buffer before a new format, so this should not happen): it stays
-        // attached, and goes back untouched.
+        // attached and parked, its frame not sent.
         inner.slots.insert(key, slot);
+        drop(inner);
+        dequeued.park();
         return;
     }
     if let Err(e) = drawn {

@@ -73,6 +73,10 @@ pub struct Stats {
     pub live: usize,
     /// Formats fixed so far (1 + renegotiations).
     pub negotiations: u64,
+    /// Times PipeWire handed out a buffer this producer held already (PipeWire 1.6 can list
+    /// a buffer twice in a stream's free queue right after a renegotiation); each was left
+    /// alone rather than drawn into while a consumer reads it or sent twice.
+    pub duplicates: u64,
 }
 
 /// Something a UI or log may want to show.

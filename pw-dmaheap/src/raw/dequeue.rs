@@ -1,5 +1,6 @@
-//! Buffers dequeued from our output stream: queued back when dropped, parked while they may
-//! not be drawn into yet, and never touched again once PipeWire removed them.
+//! Buffers dequeued from our output stream: queued back when dropped, parked while they are
+//! free but not drawn into, never taken twice, and never touched again once PipeWire
+//! removed them.
 
 use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
@@ -20,10 +21,12 @@ use super::{BufferKey, ChunkFill};
 /// metas are freed or unmapped, and the `pw_buffer` no longer belongs to the stream: a
 /// [`Dequeued`] that was removed never touches it and is never queued.
 ///
-/// A buffer that may not be drawn into yet (its consumer has not signalled its release point,
-/// or a device still holds a fence on it) is *parked*: kept out of PipeWire's queue, neither
-/// queued back nor written, until the producer takes it again ([`Dequeues::unpark`]) or
-/// PipeWire removes it.
+/// A buffer the producer took from PipeWire but does not draw into now (it waits for its turn,
+/// its consumer has not signalled its release point, or a device still holds a fence on it)
+/// is *parked*: kept out of PipeWire's queues, neither queued back nor written, until the
+/// producer takes it again ([`Dequeues::unpark`]) or PipeWire removes it. Because every
+/// buffer the producer holds is listed here or in `held`, a buffer PipeWire hands out a
+/// second time is recognised ([`DequeueFailed::Duplicate`]).
 #[derive(Debug, Default)]
 pub(crate) struct Dequeues {
     held: RefCell<Vec<(BufferKey, Rc<Cell<bool>>)>>,
@@ -90,6 +93,16 @@ impl Dequeues {
     pub(crate) fn any(&self) -> bool {
         !self.held.borrow().is_empty()
     }
+
+    /// Whether the buffer `key` is dequeued or parked now.
+    fn holds(&self, key: BufferKey) -> bool {
+        self.held.borrow().iter().any(|(held, _)| *held == key)
+            || self
+                .parked
+                .borrow()
+                .iter()
+                .any(|raw| BufferKey(raw.as_ptr() as usize) == key)
+    }
 }
 
 /// A buffer dequeued from our output stream; queued back when dropped, unless PipeWire
@@ -113,6 +126,14 @@ pub(crate) enum DequeueFailed {
     /// The next one is still busy at the consumer (`SPA_META_Busy`): PipeWire moved it to the
     /// end of its queue, so another try may find a free one.
     Busy,
+    /// PipeWire handed out a buffer this producer holds already (dequeued or parked): its
+    /// free queue named it twice. PipeWire 1.6 puts back whatever id a link's io area names
+    /// when a cycle starts, with no check that the buffer is not free already, and the io
+    /// area can still name a buffer of the old set right after a renegotiation (its stream
+    /// resets the io only when it says `HAVE_DATA`). Taken again, that second entry would have
+    /// the buffer drawn into while the consumer reads it, or sent twice. It is left alone:
+    /// not wrapped, never queued, so the entry is gone.
+    Duplicate,
 }
 
 /// Takes the next free buffer of an output stream and registers it in `dequeues` until it is
@@ -125,6 +146,9 @@ pub(crate) fn try_dequeue<'s>(
     // buffer the stream owns (or NULL, with errno set) and hands it to us until we queue it.
     let raw = unsafe { stream.dequeue_raw_buffer() };
     match NonNull::new(raw) {
+        Some(raw) if dequeues.holds(BufferKey(raw.as_ptr() as usize)) => {
+            Err(DequeueFailed::Duplicate)
+        }
         Some(raw) => Ok(dequeues.hold(stream, raw)),
         None if std::io::Error::last_os_error().raw_os_error() == Some(libc_ebusy()) => {
             Err(DequeueFailed::Busy)
