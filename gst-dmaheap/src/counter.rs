@@ -8,21 +8,34 @@
 //! so a plain load and store add one without losing a count, and readers sum the slots. Later
 //! threads share one atomic slot (correct, only slower).
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// Threads with a slot of their own.
 const SLOTS: usize = 64;
 
+/// Slot indices handed out so far (the process's threads that added to a counter).
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
 /// This thread's slot index, handed out once per thread and never reused (a slot keeps the
 /// counts of a thread that has exited).
+#[inline]
 fn thread_slot() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    /// Not handed out yet.
+    const NONE: usize = usize::MAX;
+    // A constant initialiser and no destructor: the access is a plain thread-local load, with
+    // no lazy-initialisation state to check.
     thread_local! {
-        static SLOT: usize = NEXT.fetch_add(1, Relaxed);
+        static SLOT: Cell<usize> = const { Cell::new(NONE) };
     }
-    // usize has no destructor, so the key is never torn down: `try_with` cannot fail, but a
-    // failure would only mean the shared slot.
-    SLOT.try_with(|s| *s).unwrap_or(usize::MAX)
+    SLOT.with(|s| match s.get() {
+        NONE => {
+            let slot = NEXT.fetch_add(1, Relaxed);
+            s.set(slot);
+            slot
+        }
+        slot => slot,
+    })
 }
 
 /// One slot per cache line pair (adjacent-line prefetch pulls two 64-byte lines on x86).
@@ -60,7 +73,10 @@ impl ThreadCounter {
 
     /// The count so far. Adds made on other threads just before may not be in it yet.
     pub(crate) fn sum(&self) -> u64 {
-        self.owned
+        // Only slots handed out can hold a count: a lean pool sums on every release, and most
+        // processes have a few threads, not 64.
+        let used = NEXT.load(Relaxed).min(SLOTS);
+        self.owned[..used]
             .iter()
             .map(|Slot(s)| s.load(Relaxed))
             .fold(self.shared.load(Relaxed), u64::wrapping_add)
