@@ -263,6 +263,17 @@ fn reconnect_resize_and_10000_frames_leak_no_fd() {
     assert_eq!(soak.fds_leaked, Vec::<String>::new(), "fds leaked");
 }
 
+/// Forty renegotiations while streaming: no frame repeated, out of order or torn (see the
+/// real-heap version, which runs on PipeWire 1.6 too).
+#[test]
+fn forty_resizes_while_streaming_never_repeat_or_tear_a_frame() {
+    let (_g, rig) = rig();
+    let cfg = scenarios::config("resizes", 96, 64, VideoFormat::Bgrx);
+    let run = scenarios::resizes(&rig, cfg, Accept::DmaBufOrMemFd, 40, 20).unwrap();
+    println!("{run:#?}");
+    assert!(run.stats.negotiations > u64::from(run.resizes), "{run:?}");
+}
+
 #[test]
 fn bad_input_gets_clear_errors() {
     let (_g, rig) = rig();

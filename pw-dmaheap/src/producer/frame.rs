@@ -362,6 +362,7 @@ pub(super) fn on_produce(
         .as_mut()
         .is_some_and(|a| !std::mem::replace(&mut a.ready_reported, true));
     if report {
+        inner.resizing = false;
         if let Some(negotiated) = inner.negotiated() {
             log::info!("{}: streaming {negotiated}", inner.config.node_name);
             inner.events.push(Event::BuffersReady(negotiated));

@@ -176,6 +176,7 @@ impl Producer {
             exclusive: false,
             peer_devices: Vec::new(),
             peer_ports: None,
+            resizing: false,
             active: None,
             slots: HashMap::new(),
             spare: None,
@@ -230,7 +231,16 @@ impl Producer {
                         }
                     } else if ended {
                         // Unconnected or in error, the node is going away with its buffers.
-                        session::seal(inner, paused)
+                        // A pause during a resize is PipeWire renegotiating (0.3.65 pauses
+                        // the link): the buffers are sealed, as the consumer may have left
+                        // meanwhile, but the node is not suspended. Suspended then, 0.3.65
+                        // fails the new buffers' allocation ("invalid memory type", the node
+                        // in error); the renegotiation replaces them anyway, and a link that
+                        // resumes on sealed buffers renegotiates (`renegotiate_if_sealed`).
+                        // Only the first pause is excused: a consumer that leaves during it
+                        // leaves its buffers sealed until WirePlumber suspends the idle node.
+                        let renegotiating = paused && std::mem::take(&mut inner.resizing);
+                        session::seal(inner, paused && !renegotiating)
                     } else if started {
                         session::renegotiate_if_sealed(inner)
                     } else {
@@ -367,6 +377,7 @@ impl Producer {
             }
             inner.width = width;
             inner.height = height;
+            inner.resizing = true;
             // A new size may fit where the old one did not (or the other way round), and the
             // modifier is fixated again for it.
             inner.dmabuf = inner.pools.probe_dmabuf();

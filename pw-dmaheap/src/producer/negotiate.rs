@@ -239,6 +239,8 @@ pub(super) fn on_format(inner: &mut Inner, param: Option<&Pod>) -> Outcome {
     inner.generation += 1;
     inner.active = None;
     let Some(param) = param else {
+        // No link left to renegotiate with: PipeWire removed the buffers with the format.
+        inner.resizing = false;
         log::debug!("{}: format cleared", inner.config.node_name);
         return Outcome::Done;
     };

@@ -82,6 +82,9 @@ pub(super) struct Inner {
     pub(super) peer_devices: Vec<PeerDevice>,
     pub(super) width: u32,
     pub(super) height: u32,
+    /// A resize announced a new size and its buffers are not streaming yet. PipeWire 0.3.65
+    /// pauses the stream while it renegotiates; that pause is not a consumer leaving.
+    pub(super) resizing: bool,
     pub(super) active: Option<Active>,
     pub(super) slots: HashMap<BufferKey, Slot>,
     /// The buffer allocated when the format was fixed, given to the first `add_buffer`.

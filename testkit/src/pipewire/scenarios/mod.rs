@@ -7,7 +7,9 @@ mod gst;
 mod sessions;
 
 pub use gst::{GstRun, PipeWireMemFd, SrcCaps, pipewiresink, pipewiresrc, pipewiresrc_with_caps};
-pub use sessions::{DisconnectInRender, Privacy, Soak, disconnect_in_render, privacy, soak};
+pub use sessions::{
+    DisconnectInRender, Privacy, Resizes, Soak, disconnect_in_render, privacy, resizes, soak,
+};
 
 use std::rc::Rc;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Consumers that come and go: one that leaves holding a frame while the next one streams,
-//! a render callback that resizes and disconnects its own producer, and a long run with
-//! reconnects and a resize.
+//! a render callback that resizes and disconnects its own producer, a long run with
+//! reconnects and a resize, and a producer that resizes again and again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -482,5 +482,66 @@ pub fn soak(
         held_frame_after_resize,
         relinked,
         elapsed: start.elapsed(),
+    })
+}
+
+/// What a consumer saw while its producer changed size again and again.
+#[derive(Debug)]
+pub struct Resizes {
+    /// Renegotiations the consumer streamed through.
+    pub resizes: u32,
+    /// Frames it checked in all.
+    pub frames_checked: u64,
+    /// Buffers it was handed that held no frame (PipeWire's stale io id, see `receive`).
+    pub empty: u64,
+    /// The producer's counters at the end (`duplicates`: second free-queue entries dropped).
+    pub stats: Stats,
+}
+
+/// Streams frames as fast as a 1 ms timer asks while the producer resizes `resizes` times,
+/// each new size streaming `frames_each` checked frames. Every renegotiation is a chance for
+/// PipeWire to leave a stale buffer id in the link's io area; the consumer fails the run on a
+/// frame that repeats, goes back or is torn.
+pub fn resizes(
+    rig: &Rig,
+    config: ProducerConfig,
+    accept: Accept,
+    resizes: u32,
+    frames_each: u64,
+) -> Result<Resizes, String> {
+    let name = config.node_name.clone();
+    let format = config.formats[0];
+    let (w0, h0) = (config.width, config.height);
+    let producer = rig.producer(config)?;
+    let (checked, empty) = with_frames(rig, &producer, Duration::from_millis(1), || {
+        let consumer = rig.consumer(&name, format, accept)?;
+        for i in 0..=resizes {
+            let (w, h) = (w0 + 16 * i, h0 + 8 * i);
+            if i > 0 {
+                producer.resize(w, h).map_err(|e| e.to_string())?;
+            }
+            let target = consumer.seen().checked + frames_each;
+            rig.session.run_until(
+                &format!("resize {i}: {frames_each} frames of {w}x{h}"),
+                patience(),
+                || {
+                    let seen = consumer.seen();
+                    first_error(&seen)?;
+                    let sized = seen
+                        .formats
+                        .last()
+                        .is_some_and(|f| (f.width, f.height) == (w, h));
+                    Ok(sized && seen.checked >= target)
+                },
+            )?;
+        }
+        let seen = consumer.seen();
+        Ok((seen.checked, seen.empty))
+    })?;
+    Ok(Resizes {
+        resizes,
+        frames_checked: checked,
+        empty,
+        stats: producer.stats(),
     })
 }
