@@ -170,66 +170,67 @@ pub(super) fn readiness(slot: &Slot, points: Option<SyncPoints>) -> Result<(), W
     }
 }
 
-/// Takes every buffer PipeWire has free into the parked list (oldest first), so that every
-/// buffer the producer holds is known and one that PipeWire hands out twice is dropped (see
-/// [`DequeueFailed::Duplicate`]); returns how many such duplicates it met.
-fn take_free(stream: &Stream, inner: &Inner, dequeues: &Rc<Dequeues>) -> u64 {
-    let mut duplicates = 0;
-    // A busy buffer goes to the end of PipeWire's queue and a duplicate entry is used up:
-    // bounded, so that a queue of busy buffers cannot keep this looping.
-    for _ in 0..2 * inner.slots.len() + 2 {
-        match raw::try_dequeue(stream, dequeues) {
-            Ok(fresh) => fresh.park(),
-            Err(DequeueFailed::Busy) => continue,
-            Err(DequeueFailed::Duplicate) => duplicates += 1,
-            Err(DequeueFailed::Empty) => break,
-        }
-    }
-    duplicates
-}
-
-/// The next buffer that may be drawn into, the longest parked first; buffers that may not
-/// be drawn into yet stay parked.
+/// The next buffer that may be drawn into: a parked one whose wait is over, else a free one
+/// from PipeWire; buffers that may not be drawn into yet are parked on the way.
 fn next_free<'s>(
     stream: &'s Stream,
     inner_rc: &Rc<RefCell<Inner>>,
     dequeues: &Rc<Dequeues>,
 ) -> Option<Dequeued<'s>> {
-    let duplicates = {
-        let inner = inner_rc.try_borrow().ok()?;
-        take_free(stream, &inner, dequeues)
-    };
-    if duplicates > 0 {
-        with_inner(inner_rc, |inner| {
-            log::debug!(
-                "{}: PipeWire handed out {duplicates} buffer(s) this producer holds already; \
-                 left alone",
-                inner.config.node_name
-            );
-            inner.stats.duplicates += duplicates;
-        });
-    }
     let inner = inner_rc.try_borrow().ok()?;
-    for key in dequeues.parked() {
-        let Some(mut parked) = dequeues.unpark(stream, key) else {
-            continue;
+    let ready = |d: &mut Dequeued<'_>| -> bool {
+        let Some(slot) = inner.slots.get(&d.key()) else {
+            return false; // not a buffer of ours: never drawn, never sent
         };
-        let Some(slot) = inner.slots.get(&key) else {
-            parked.park(); // not a buffer of ours: never drawn, never sent
-            continue;
-        };
-        match readiness(slot, parked.sync_points()) {
-            Ok(()) => return Some(parked),
+        match readiness(slot, d.sync_points()) {
+            Ok(()) => true,
             Err(wait) => {
                 log::trace!(
-                    "{}: buffer {key:?} is not free yet: {wait:?}",
-                    inner.config.node_name
+                    "{}: buffer {:?} is not free yet: {wait:?}",
+                    inner.config.node_name,
+                    d.key()
                 );
-                parked.park();
+                false
             }
         }
+    };
+    for key in dequeues.parked() {
+        if let Some(mut parked) = dequeues.unpark(stream, key) {
+            if ready(&mut parked) {
+                return Some(parked);
+            }
+            parked.park();
+        }
     }
-    None
+    // A busy buffer goes to the end of PipeWire's queue, and a second entry of a buffer this
+    // producer holds is used up: try as many times as there are buffers (and one more) before
+    // calling the stream starved.
+    let mut duplicates = 0;
+    let mut found = None;
+    for _ in 0..=inner.slots.len() {
+        match raw::try_dequeue(stream, dequeues) {
+            Ok(mut fresh) => {
+                if ready(&mut fresh) {
+                    found = Some(fresh);
+                    break;
+                }
+                fresh.park();
+            }
+            Err(DequeueFailed::Busy) => continue,
+            Err(DequeueFailed::Duplicate) => duplicates += 1,
+            Err(DequeueFailed::Empty) => break,
+        }
+    }
+    if duplicates > 0 {
+        log::warn!(
+            "{}: PipeWire handed out {duplicates} buffer(s) this producer holds already; left \
+             alone",
+            inner.config.node_name
+        );
+        drop(inner);
+        with_inner(inner_rc, |inner| inner.stats.duplicates += duplicates);
+    }
+    found
 }
 
 fn monotonic_ns() -> i64 {
