@@ -130,9 +130,10 @@ pub(crate) enum DequeueFailed {
     /// free queue named it twice. PipeWire 1.6 puts back whatever id a link's io area names
     /// when a cycle starts, with no check that the buffer is not free already, and the io
     /// area can still name a buffer of the old set right after a renegotiation (its stream
-    /// resets the io only when it says `HAVE_DATA`). Taken again, that second entry would have
-    /// the buffer drawn into while the consumer reads it, or sent twice. It is left alone:
-    /// not wrapped, never queued, so the entry is gone.
+    /// resets the io only when it says `HAVE_DATA`): so its stream.c reads. Taken again, that
+    /// second entry would have the buffer drawn into while the consumer reads it, or sent
+    /// twice. It is left alone: not wrapped, never queued, so the entry is gone. (Not seen in
+    /// the tests so far: a guard, not the cure of pw-dmaheap's known issue.)
     Duplicate,
 }
 
