@@ -73,9 +73,9 @@ pub struct Stats {
     pub live: usize,
     /// Formats fixed so far (1 + renegotiations).
     pub negotiations: u64,
-    /// Times PipeWire handed out a buffer this producer held already (PipeWire 1.6 can list
-    /// a buffer twice in a stream's free queue right after a renegotiation); each was left
-    /// alone rather than drawn into while a consumer reads it or sent twice.
+    /// Times PipeWire handed out a buffer this producer held already (a guard: PipeWire 1.6's
+    /// stream no longer refuses a second free-queue entry); each was left alone rather than
+    /// drawn into while a consumer reads it or sent twice.
     pub duplicates: u64,
 }
 

@@ -1,6 +1,6 @@
-//! Buffers dequeued from our output stream: queued back when dropped, parked while they are
-//! free but not drawn into, never taken twice, and never touched again once PipeWire
-//! removed them.
+//! Buffers dequeued from our output stream: queued back when dropped, parked while they may
+//! not be drawn into yet, never taken twice, and never touched again once PipeWire removed
+//! them.
 
 use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
@@ -21,8 +21,8 @@ use super::{BufferKey, ChunkFill};
 /// metas are freed or unmapped, and the `pw_buffer` no longer belongs to the stream: a
 /// [`Dequeued`] that was removed never touches it and is never queued.
 ///
-/// A buffer the producer took from PipeWire but does not draw into now (it waits for its turn,
-/// its consumer has not signalled its release point, or a device still holds a fence on it)
+/// A buffer the producer took from PipeWire but does not draw into now (its consumer has not
+/// signalled its release point, a device still holds a fence on it, or it goes back undrawn)
 /// is *parked*: kept out of PipeWire's queues, neither queued back nor written, until the
 /// producer takes it again ([`Dequeues::unpark`]) or PipeWire removes it. Because every
 /// buffer the producer holds is listed here or in `held`, a buffer PipeWire hands out a

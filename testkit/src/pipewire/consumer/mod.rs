@@ -192,7 +192,7 @@ struct State {
     hold_next: bool,
     /// Which buffer the last checked frame came from, and when: a frame that repeats or goes
     /// back says whether it is the same buffer handed over twice or a second one.
-    last_from: String,
+    last_from: Option<LastFrom>,
     expect: Expect,
     held: Option<HeldFrame>,
     /// The held frame's `pw_buffer`, still dequeued: the producer cannot reuse it until it is
@@ -200,6 +200,28 @@ struct State {
     held_buffer: Option<NonNull<pw::sys::pw_buffer>>,
     explicit: ExplicitSync,
     fencing: Fencing,
+}
+
+/// Where and when the last checked frame came, kept as numbers (formatted only for an error).
+#[derive(Debug, Clone, Copy)]
+struct LastFrom {
+    block: BlockKey,
+    format: usize,
+    params: VideoParams,
+    received: u64,
+    empty: u64,
+}
+
+impl std::fmt::Display for LastFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (fd, offset, size) = self.block;
+        write!(
+            f,
+            "in fd {fd} region {offset}+{size}, format {} of {}, as received frame {} (after {} \
+             empty buffers)",
+            self.format, self.params, self.received, self.empty
+        )
+    }
 }
 
 /// The blocks and the header's frame number of a dequeued buffer.
@@ -298,7 +320,7 @@ impl<'l> Consumer<'l> {
             format: None,
             imported: HashMap::new(),
             hold_next: false,
-            last_from: String::new(),
+            last_from: None,
             expect,
             held: None,
             held_buffer: None,

@@ -10,7 +10,7 @@ use pw_dmaheap::{DataKind, VideoParams};
 
 use pw::spa::sys;
 
-use super::{Block, BlockKey, Expect, HeldFrame, Received, State};
+use super::{Block, BlockKey, Expect, HeldFrame, LastFrom, Received, State};
 
 /// Checks that every pixel of a single-plane 4-byte format starts with `color`.
 fn check_solid(planes: &[Plane<'_>], params: &VideoParams, color: [u8; 3]) -> Result<(), String> {
@@ -207,22 +207,18 @@ impl State {
                             self.seen.formats.len(),
                             params,
                             self.seen.empty,
-                            self.last_from
+                            self.last_from.map_or_else(String::new, |l| l.to_string())
                         ));
                     }
                 }
                 self.seen.last_seq = Some(seq);
-                self.last_from = format!(
-                    "in fd {} region {}+{}, format {} of {}, as received frame {} (after {} \
-                     empty buffers)",
-                    blocks[0].0.0,
-                    blocks[0].0.1,
-                    blocks[0].0.2,
-                    self.seen.formats.len(),
+                self.last_from = Some(LastFrom {
+                    block: blocks[0].0,
+                    format: self.seen.formats.len(),
                     params,
-                    self.seen.frames,
-                    self.seen.empty
-                );
+                    received: self.seen.frames,
+                    empty: self.seen.empty,
+                });
                 self.seen.first_seq.get_or_insert(seq);
                 self.last_frames.insert(
                     blocks[0].0,
