@@ -143,6 +143,47 @@ impl DmaHeapBufferPool {
         }
     }
 
+    // acquire and release run for every buffer: `vfuncs.rs` calls these, inlined, around
+    // GstBufferPool's own. What only some pools or some moments need is out of line.
+
+    /// `on-exhaustion=error`: acquire must not wait (see [`Self::acquire_or_fail`]).
+    #[inline(always)]
+    pub(super) fn fails_when_exhausted(&self) -> bool {
+        self.hot_error_on_exhaustion.load(Ordering::Relaxed)
+    }
+
+    /// Counts an acquired buffer: buffers out and pool hits both follow from this count (a
+    /// miss is counted where it allocates).
+    #[inline(always)]
+    pub(super) fn count_acquired(&self) {
+        self.acquired.add_one();
+    }
+
+    /// What release does before GstBufferPool takes `buffer` back: the buffer to give it, or
+    /// none when the pool holds it until a device is done with it.
+    #[inline(always)]
+    pub(super) fn before_release(&self, mut buffer: gst::Buffer) -> Option<gst::Buffer> {
+        // Buffers made by start() are fresh: no device has seen them.
+        if self.starting.load(Ordering::SeqCst) {
+            return Some(buffer);
+        }
+        self.released.add_one();
+        let qos = self.hot_qos();
+        if self.is_lean(qos) {
+            self.trim(qos, &mut buffer);
+        }
+        // A buffer about to be freed need not wait; one going back to the free queue must not
+        // be handed out while a device still reads or writes it (unless every writer maps it,
+        // and so waits for the fences in DMA_BUF_IOCTL_SYNC).
+        if self.dmabufs.load(Ordering::Relaxed)
+            && !self.hot_skip_busy_check.load(Ordering::Relaxed)
+            && !buffer.flags().contains(gst::BufferFlags::TAG_MEMORY)
+        {
+            return self.hold_if_busy(buffer);
+        }
+        Some(buffer)
+    }
+
     /// Puts a buffer whose fences have signalled in the free queue.
     pub(super) fn release_idle(&self, buffer: gst::Buffer) {
         self.parent_release_buffer(buffer);
@@ -151,7 +192,7 @@ impl DmaHeapBufferPool {
     /// acquire_buffer for `on-exhaustion=error`: never waits for a buffer to come back, and
     /// says why the stream stops when none is left.
     #[inline(never)]
-    fn acquire_or_fail(
+    pub(super) fn acquire_or_fail(
         &self,
         params: Option<&gst::BufferPoolAcquireParams>,
     ) -> Result<gst::Buffer, gst::FlowError> {
@@ -174,23 +215,29 @@ impl DmaHeapBufferPool {
         }
     }
 
-    /// Tags a returning `buffer` to be freed when its pool is lean (background pools always,
-    /// normal pools under critical memory pressure) and holds more idle buffers than it keeps.
-    #[inline(never)]
-    fn trim_if_lean(&self, qos: DmaHeapQos, buffer: &mut gst::Buffer) {
-        let pressure = || {
-            self.registry
-                .get_or_init(crate::heapchoice::registry)
-                .pressure()
-        };
-        let lean = match qos {
+    /// The process's memory pressure, as its pool registry was last told.
+    #[inline(always)]
+    fn pressure(&self) -> heapcore::PressureLevel {
+        self.registry
+            .get_or_init(crate::heapchoice::registry)
+            .pressure()
+    }
+
+    /// Whether a pool of class `qos` gives idle buffers back as they return: background pools
+    /// always, normal pools under critical memory pressure, realtime pools never.
+    #[inline(always)]
+    fn is_lean(&self, qos: DmaHeapQos) -> bool {
+        match qos {
             DmaHeapQos::Background => true,
-            DmaHeapQos::Normal => pressure() == heapcore::PressureLevel::Critical,
+            DmaHeapQos::Normal => self.pressure() == heapcore::PressureLevel::Critical,
             DmaHeapQos::Realtime => false,
-        };
-        if !lean {
-            return;
         }
+    }
+
+    /// Tags a returning `buffer` of a lean pool to be freed when the pool holds more idle
+    /// buffers than it keeps.
+    #[inline(never)]
+    fn trim(&self, qos: DmaHeapQos, buffer: &mut gst::Buffer) {
         let outstanding = self.acquired.sum() as i64 - self.released.sum() as i64;
         let min = self.config.lock().unwrap().as_ref().map_or(0, |c| c.min);
         // A normal pool keeps at least the one buffer a stream takes for its next frame
@@ -210,7 +257,7 @@ impl DmaHeapBufferPool {
                 CAT,
                 imp = self,
                 "{qos:?} pool ({:?} memory pressure): freeing an idle buffer",
-                pressure()
+                self.pressure()
             );
         }
     }
@@ -378,15 +425,17 @@ impl ObjectSubclass for DmaHeapBufferPool {
     type ParentType = gst::BufferPool;
 
     fn class_init(klass: &mut Self::Class) {
+        let Some(parent) = klass
+            .parent()
+            .map(|p| *p.upcast_ref::<gst::BufferPool>().as_ref())
+        else {
+            return;
+        };
+        let class = klass.upcast_ref_mut::<gst::BufferPool>().as_mut();
         // GstBufferPool's own reset_buffer in place of the trampoline gstreamer-rs installs
         // for it (this pool does not override it): one call fewer on every release.
-        let reset = klass
-            .parent()
-            .and_then(|p| p.upcast_ref::<gst::BufferPool>().as_ref().reset_buffer);
-        klass
-            .upcast_ref_mut::<gst::BufferPool>()
-            .as_mut()
-            .reset_buffer = reset;
+        class.reset_buffer = parent.reset_buffer;
+        super::vfuncs::install(class, &parent);
     }
 }
 
@@ -681,53 +730,5 @@ impl BufferPoolImpl for DmaHeapBufferPool {
         // The heap memory leaves the statistics when it is freed (see HeapBuffer::track).
         self.alive.fetch_sub(1, Ordering::SeqCst);
         self.parent_free_buffer(buffer);
-    }
-
-    // acquire_buffer and release_buffer run for every buffer: inlined into gstreamer-rs's
-    // trampolines, they cost no call of their own (under emulation, as in the VM tests, every
-    // call and return is an indirect jump and costs as much as the pool's own work). What
-    // only some pools or some moments need is out of line.
-    #[inline(always)]
-    fn acquire_buffer(
-        &self,
-        params: Option<&gst::BufferPoolAcquireParams>,
-    ) -> Result<gst::Buffer, gst::FlowError> {
-        let result = if self.hot_error_on_exhaustion.load(Ordering::Relaxed) {
-            self.acquire_or_fail(params)
-        } else {
-            self.parent_acquire_buffer(params)
-        };
-        // Buffers out and pool hits both follow from this count (a miss is counted where it
-        // allocates).
-        if result.is_ok() {
-            self.acquired.add_one();
-        }
-        result
-    }
-
-    #[inline(always)]
-    fn release_buffer(&self, mut buffer: gst::Buffer) {
-        // Buffers made by start() are fresh: no device has seen them.
-        if !self.starting.load(Ordering::SeqCst) {
-            self.released.add_one();
-            // Realtime pools never give buffers back.
-            let qos = self.hot_qos();
-            if qos != DmaHeapQos::Realtime {
-                self.trim_if_lean(qos, &mut buffer);
-            }
-            // A buffer about to be freed need not wait; one going back to the free queue
-            // must not be handed out while a device still reads or writes it (unless every
-            // writer maps it, and so waits for the fences in DMA_BUF_IOCTL_SYNC).
-            if self.dmabufs.load(Ordering::Relaxed)
-                && !self.hot_skip_busy_check.load(Ordering::Relaxed)
-                && !buffer.flags().contains(gst::BufferFlags::TAG_MEMORY)
-            {
-                match self.hold_if_busy(buffer) {
-                    Some(idle) => buffer = idle,
-                    None => return,
-                }
-            }
-        }
-        self.parent_release_buffer(buffer);
     }
 }

@@ -10,6 +10,7 @@ use crate::stats::Stats;
 
 mod fences;
 mod imp;
+mod vfuncs;
 
 glib::wrapper! {
     /// A video buffer pool on [`crate::DmaHeapAllocator`]: honours `GstVideoAlignment`, adds
