@@ -34,6 +34,7 @@ pub enum PressureLevel {
 }
 
 impl PressureLevel {
+    #[inline]
     pub(crate) fn from_u8(v: u8) -> Self {
         match v {
             0 => Self::Normal,
