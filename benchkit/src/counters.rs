@@ -1,8 +1,8 @@
 //! Kernel entries of the calling thread, counted: system calls with the `raw_syscalls:sys_enter`
 //! tracepoint and page faults with the software event, both through `perf_event_open` on this
-//! thread only (root or `CAP_PERFMON`: the tracepoint's id lives in tracefs). Where perf events
-//! cannot be had, page faults come from `getrusage(RUSAGE_THREAD)` and system calls are not
-//! counted (`None`), never guessed. Shared with `dmaheap-bench-peers`.
+//! thread only (root or `CAP_PERFMON`, and tracefs mounted: the tracepoint's id lives there).
+//! Where perf events cannot be had, page faults come from `getrusage(RUSAGE_THREAD)` and system
+//! calls are not counted (`None`), never guessed; [`syscalls_uncounted`] says why. Shared with `dmaheap-bench-peers`.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -86,13 +86,48 @@ fn perf_read(fd: &OwnedFd) -> u64 {
     }
 }
 
-fn syscall_tracepoint_id() -> Option<u64> {
-    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .find_map(|dir| {
-            std::fs::read_to_string(format!("{dir}/events/raw_syscalls/sys_enter/id")).ok()
-        })
-        .and_then(|s| s.trim().parse().ok())
+/// Where tracefs is mounted (the first) or was before kernel 4.1 (through debugfs).
+const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// The `raw_syscalls:sys_enter` tracepoint's id, or why it cannot be had.
+fn syscall_tracepoint_id() -> Result<u64, String> {
+    let mut refused = None;
+    for dir in TRACEFS {
+        match std::fs::read_to_string(format!("{dir}/events/raw_syscalls/sys_enter/id")) {
+            Ok(id) => {
+                return id
+                    .trim()
+                    .parse()
+                    .map_err(|e| format!("{dir}: the tracepoint id {id:?} is not a number: {e}"));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                refused = Some(format!("{dir} is readable by root only"));
+            }
+            Err(_) => {}
+        }
+    }
+    Err(refused.unwrap_or_else(|| {
+        format!(
+            "tracefs is not mounted (as root: mount -t tracefs tracefs {})",
+            TRACEFS[0]
+        )
+    }))
+}
+
+/// Why system calls cannot be counted on this machine, or `None` when they can.
+pub fn syscalls_uncounted() -> Option<String> {
+    let id = match syscall_tracepoint_id() {
+        Ok(id) => id,
+        Err(why) => return Some(why),
+    };
+    match perf_open(PERF_TYPE_TRACEPOINT, id, 0) {
+        Some(_) => None,
+        None => Some(format!(
+            "perf_event_open refused the raw_syscalls:sys_enter tracepoint: {} (needs root or \
+             CAP_PERFMON)",
+            std::io::Error::last_os_error()
+        )),
+    }
 }
 
 /// `getrusage(RUSAGE_THREAD)`: (minor faults, major faults, voluntary and involuntary
@@ -117,10 +152,13 @@ pub fn method() -> String {
     let probe = ThreadCounters::open();
     format!(
         "system calls: {}; page faults: {}",
-        if probe.syscalls.is_some() {
-            "perf_event_open tracepoint raw_syscalls:sys_enter on the thread"
-        } else {
-            "not counted (perf_event_open with a tracepoint needs root or CAP_PERFMON)"
+        match (&probe.syscalls, syscalls_uncounted()) {
+            (Some(_), _) =>
+                "perf_event_open tracepoint raw_syscalls:sys_enter on the thread".into(),
+            (None, why) => format!(
+                "not counted ({})",
+                why.unwrap_or_else(|| "perf_event_open failed on this thread".into())
+            ),
         },
         if probe.faults.is_some() {
             "perf_event_open software event page-faults on the thread"
@@ -164,8 +202,9 @@ impl ThreadCounters {
     /// Opens the counters on the calling thread and measures the system calls a reading costs.
     pub fn open() -> Self {
         hold_scheduler_hooks();
-        let syscalls =
-            syscall_tracepoint_id().and_then(|id| perf_open(PERF_TYPE_TRACEPOINT, id, 0));
+        let syscalls = syscall_tracepoint_id()
+            .ok()
+            .and_then(|id| perf_open(PERF_TYPE_TRACEPOINT, id, 0));
         let faults = perf_open(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_PAGE_FAULTS, 0).or_else(|| {
             perf_open(
                 PERF_TYPE_SOFTWARE,

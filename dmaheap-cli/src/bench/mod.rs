@@ -580,9 +580,11 @@ pub(crate) fn kernel_target(name: &str, k: &PerOp) -> Target {
     let (met, reason) = match k.syscalls {
         None => (
             None,
-            "system calls could not be counted here (perf_event_open with a tracepoint needs \
-             root or CAP_PERFMON)"
-                .to_owned(),
+            format!(
+                "system calls could not be counted here: {}",
+                counters::syscalls_uncounted()
+                    .unwrap_or_else(|| "perf_event_open failed on the measuring thread".into())
+            ),
         ),
         Some(s) => (
             Some(s == 0.0 && k.page_faults == 0.0),
