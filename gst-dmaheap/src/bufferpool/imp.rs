@@ -7,6 +7,7 @@ use gst::subclass::prelude::*;
 use gst_video::prelude::*;
 
 use super::fences::{self, BusyBuffers};
+use super::vfuncs::{self, PerBuffer};
 use crate::allocator::DmaHeapAllocator;
 use crate::counter::ThreadCounter;
 use crate::error::Error;
@@ -143,76 +144,9 @@ impl DmaHeapBufferPool {
         }
     }
 
-    // acquire and release run for every buffer: `vfuncs.rs` calls these, inlined, around
-    // GstBufferPool's own. What only some pools or some moments need is out of line.
-
-    /// `on-exhaustion=error`: acquire must not wait (see [`Self::acquire_or_fail`]).
-    #[inline(always)]
-    pub(super) fn fails_when_exhausted(&self) -> bool {
-        self.hot_error_on_exhaustion.load(Ordering::Relaxed)
-    }
-
-    /// Counts an acquired buffer: buffers out and pool hits both follow from this count (a
-    /// miss is counted where it allocates).
-    #[inline(always)]
-    pub(super) fn count_acquired(&self) {
-        self.acquired.add_one();
-    }
-
-    /// What release does before GstBufferPool takes `buffer` back: the buffer to give it, or
-    /// none when the pool holds it until a device is done with it.
-    #[inline(always)]
-    pub(super) fn before_release(&self, mut buffer: gst::Buffer) -> Option<gst::Buffer> {
-        // Buffers made by start() are fresh: no device has seen them.
-        if self.starting.load(Ordering::SeqCst) {
-            return Some(buffer);
-        }
-        self.released.add_one();
-        let qos = self.hot_qos();
-        if self.is_lean(qos) {
-            self.trim(qos, &mut buffer);
-        }
-        // A buffer about to be freed need not wait; one going back to the free queue must not
-        // be handed out while a device still reads or writes it (unless every writer maps it,
-        // and so waits for the fences in DMA_BUF_IOCTL_SYNC).
-        if self.dmabufs.load(Ordering::Relaxed)
-            && !self.hot_skip_busy_check.load(Ordering::Relaxed)
-            && !buffer.flags().contains(gst::BufferFlags::TAG_MEMORY)
-        {
-            return self.hold_if_busy(buffer);
-        }
-        Some(buffer)
-    }
-
     /// Puts a buffer whose fences have signalled in the free queue.
     pub(super) fn release_idle(&self, buffer: gst::Buffer) {
         self.parent_release_buffer(buffer);
-    }
-
-    /// acquire_buffer for `on-exhaustion=error`: never waits for a buffer to come back, and
-    /// says why the stream stops when none is left.
-    #[inline(never)]
-    pub(super) fn acquire_or_fail(
-        &self,
-        params: Option<&gst::BufferPoolAcquireParams>,
-    ) -> Result<gst::Buffer, gst::FlowError> {
-        if params.is_some_and(|p| p.flags().contains(gst::BufferPoolAcquireFlags::DONTWAIT)) {
-            // The caller handles an empty pool itself.
-            return self.parent_acquire_buffer(params);
-        }
-        let flags = params.map_or(gst::BufferPoolAcquireFlags::empty(), |p| p.flags())
-            | gst::BufferPoolAcquireFlags::DONTWAIT;
-        let dontwait = gst::BufferPoolAcquireParams::with_flags(flags);
-        match self.parent_acquire_buffer(Some(&dontwait)) {
-            Err(gst::FlowError::Eos) => {
-                let max = self.config.lock().unwrap().as_ref().map_or(0, |c| c.max);
-                let err = Error::PoolExhausted { max };
-                gst::error!(CAT, imp = self, "{err}");
-                self.post_error(&err, gst::ResourceError::Busy);
-                Err(gst::FlowError::Error)
-            }
-            other => other,
-        }
     }
 
     /// The process's memory pressure, as its pool registry was last told.
@@ -435,7 +369,7 @@ impl ObjectSubclass for DmaHeapBufferPool {
         // GstBufferPool's own reset_buffer in place of the trampoline gstreamer-rs installs
         // for it (this pool does not override it): one call fewer on every release.
         class.reset_buffer = parent.reset_buffer;
-        super::vfuncs::install(class, &parent);
+        vfuncs::install::<Self>(class, &parent);
     }
 }
 
@@ -730,5 +664,73 @@ impl BufferPoolImpl for DmaHeapBufferPool {
         // The heap memory leaves the statistics when it is freed (see HeapBuffer::track).
         self.alive.fetch_sub(1, Ordering::SeqCst);
         self.parent_free_buffer(buffer);
+    }
+}
+
+// acquire and release run for every buffer: `vfuncs.rs` calls these, inlined, around
+// GstBufferPool's own. What only some pools or some moments need is out of line.
+impl PerBuffer for DmaHeapBufferPool {
+    /// `on-exhaustion=error`: acquire must not wait (see `acquire_or_fail`).
+    #[inline(always)]
+    fn fails_when_exhausted(&self) -> bool {
+        self.hot_error_on_exhaustion.load(Ordering::Relaxed)
+    }
+
+    /// Counts an acquired buffer: buffers out and pool hits both follow from this count (a
+    /// miss is counted where it allocates).
+    #[inline(always)]
+    fn count_acquired(&self) {
+        self.acquired.add_one();
+    }
+
+    /// What release does before GstBufferPool takes `buffer` back: the buffer to give it, or
+    /// none when the pool holds it until a device is done with it.
+    #[inline(always)]
+    fn before_release(&self, mut buffer: gst::Buffer) -> Option<gst::Buffer> {
+        // Buffers made by start() are fresh: no device has seen them.
+        if self.starting.load(Ordering::SeqCst) {
+            return Some(buffer);
+        }
+        self.released.add_one();
+        let qos = self.hot_qos();
+        if self.is_lean(qos) {
+            self.trim(qos, &mut buffer);
+        }
+        // A buffer about to be freed need not wait; one going back to the free queue must not
+        // be handed out while a device still reads or writes it (unless every writer maps it,
+        // and so waits for the fences in DMA_BUF_IOCTL_SYNC).
+        if self.dmabufs.load(Ordering::Relaxed)
+            && !self.hot_skip_busy_check.load(Ordering::Relaxed)
+            && !buffer.flags().contains(gst::BufferFlags::TAG_MEMORY)
+        {
+            return self.hold_if_busy(buffer);
+        }
+        Some(buffer)
+    }
+
+    /// acquire_buffer for `on-exhaustion=error`: never waits for a buffer to come back, and
+    /// says why the stream stops when none is left.
+    #[inline(never)]
+    fn acquire_or_fail(
+        &self,
+        params: Option<&gst::BufferPoolAcquireParams>,
+    ) -> Result<gst::Buffer, gst::FlowError> {
+        if params.is_some_and(|p| p.flags().contains(gst::BufferPoolAcquireFlags::DONTWAIT)) {
+            // The caller handles an empty pool itself.
+            return self.parent_acquire_buffer(params);
+        }
+        let flags = params.map_or(gst::BufferPoolAcquireFlags::empty(), |p| p.flags())
+            | gst::BufferPoolAcquireFlags::DONTWAIT;
+        let dontwait = gst::BufferPoolAcquireParams::with_flags(flags);
+        match self.parent_acquire_buffer(Some(&dontwait)) {
+            Err(gst::FlowError::Eos) => {
+                let max = self.config.lock().unwrap().as_ref().map_or(0, |c| c.max);
+                let err = Error::PoolExhausted { max };
+                gst::error!(CAT, imp = self, "{err}");
+                self.post_error(&err, gst::ResourceError::Busy);
+                Err(gst::FlowError::Error)
+            }
+            other => other,
+        }
     }
 }

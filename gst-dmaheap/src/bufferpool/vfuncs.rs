@@ -1,85 +1,97 @@
-//! The pool's per-buffer virtual methods, acquire and release, installed on the class as plain
+//! A pool's per-buffer virtual methods, acquire and release, installed on its class as plain
 //! C functions.
 //!
 //! For every virtual method of a Rust subclass gstreamer-rs installs a trampoline: acquire's
-//! copies the parameters into a Rust value and back, converts the flow return twice and looks
-//! the parent class up again before it calls GstBufferPool's own function. On hardware that is
-//! a few loads and branches; under emulation (qemu TCG, as in the VM tests) a Rust pool that
-//! overrides nothing measured 1.18× the stock pool per round trip. These do the pool's own work
-//! (see `imp.rs`) and hand GstBufferPool's functions the very pointers they were given.
-
-use std::sync::OnceLock;
+//! copies the parameters into a Rust value and back and converts the flow return twice before
+//! it calls GstBufferPool's own function. On hardware that is a few loads and branches; under
+//! emulation (qemu TCG, as in the VM tests) a Rust pool that overrides nothing measured 1.18×
+//! the stock pool per round trip. These do the pool's own work ([`PerBuffer`]) and hand
+//! GstBufferPool's functions the very pointers they were given.
 
 use gst::ffi;
 use gst::glib::translate::*;
+use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use super::imp::DmaHeapBufferPool;
+/// What a pool does on every buffer, around GstBufferPool's acquire and release.
+pub(super) trait PerBuffer: ObjectSubclass<Type: IsA<gst::BufferPool>> {
+    /// Acquire must not wait for a buffer (then [`PerBuffer::acquire_or_fail`] acquires).
+    fn fails_when_exhausted(&self) -> bool;
 
-type AcquireFn = unsafe extern "C" fn(
-    *mut ffi::GstBufferPool,
-    *mut *mut ffi::GstBuffer,
-    *mut ffi::GstBufferPoolAcquireParams,
-) -> ffi::GstFlowReturn;
-type ReleaseFn = unsafe extern "C" fn(*mut ffi::GstBufferPool, *mut ffi::GstBuffer);
+    /// Acquire for a pool that [`PerBuffer::fails_when_exhausted`].
+    fn acquire_or_fail(
+        &self,
+        params: Option<&gst::BufferPoolAcquireParams>,
+    ) -> Result<gst::Buffer, gst::FlowError>;
 
-/// GstBufferPool's own acquire and release, which ours call.
-struct Parent {
-    acquire: AcquireFn,
-    release: ReleaseFn,
+    /// A buffer was acquired.
+    fn count_acquired(&self);
+
+    /// A buffer comes back: the buffer to give GstBufferPool, or none when the pool keeps it.
+    fn before_release(&self, buffer: gst::Buffer) -> Option<gst::Buffer>;
 }
 
-static PARENT: OnceLock<Parent> = OnceLock::new();
+/// Puts `T`'s acquire and release in `class`. Without both of GstBufferPool's functions in
+/// `parent` it leaves gstreamer-rs's trampolines, which handle a missing one.
+pub(super) fn install<T: PerBuffer>(
+    class: &mut ffi::GstBufferPoolClass,
+    parent: &ffi::GstBufferPoolClass,
+) {
+    if parent.acquire_buffer.is_some() && parent.release_buffer.is_some() {
+        class.acquire_buffer = Some(acquire_buffer::<T>);
+        class.release_buffer = Some(release_buffer::<T>);
+    }
+}
 
-/// Puts our acquire and release in `class`, calling `parent`'s. Without both parent functions
-/// it leaves gstreamer-rs's trampolines, which handle a missing one.
-pub(super) fn install(class: &mut ffi::GstBufferPoolClass, parent: &ffi::GstBufferPoolClass) {
-    let (Some(acquire), Some(release)) = (parent.acquire_buffer, parent.release_buffer) else {
-        return;
-    };
-    // A class is initialised once per process.
-    PARENT.get_or_init(|| Parent { acquire, release });
-    class.acquire_buffer = Some(acquire_buffer);
-    class.release_buffer = Some(release_buffer);
+/// The parent class of `T`'s, GstBufferPool's (or whichever class `T` derives from).
+#[inline(always)]
+fn parent_class<T: PerBuffer>() -> &'static ffi::GstBufferPoolClass {
+    // SAFETY: a registered subclass's type data is initialised before any instance exists,
+    // and lives as long as the process.
+    let data = unsafe { T::type_data().as_ref() };
+    // SAFETY: it holds the parent class, a class of GstBufferPool (the trait's bound), which
+    // lives as long as the process too.
+    unsafe { &*data.parent_class().cast::<ffi::GstBufferPoolClass>() }
 }
 
 /// The implementation behind `pool`.
 ///
 /// # Safety
-/// `pool` points to a live `GstDmaHeapBufferPool` for `'a`.
+/// `pool` points to a live instance of `T` for `'a`.
 #[inline(always)]
-unsafe fn imp<'a>(pool: *mut ffi::GstBufferPool) -> &'a DmaHeapBufferPool {
+unsafe fn imp<'a, T: PerBuffer>(pool: *mut ffi::GstBufferPool) -> &'a T {
     // SAFETY: the caller's promise; the instance struct begins with GstBufferPool's.
-    let instance = unsafe { &*pool.cast::<<DmaHeapBufferPool as ObjectSubclass>::Instance>() };
+    let instance = unsafe { &*pool.cast::<T::Instance>() };
     instance.imp()
 }
 
-unsafe extern "C" fn acquire_buffer(
+unsafe extern "C" fn acquire_buffer<T: PerBuffer>(
     pool: *mut ffi::GstBufferPool,
     buffer: *mut *mut ffi::GstBuffer,
     params: *mut ffi::GstBufferPoolAcquireParams,
 ) -> ffi::GstFlowReturn {
-    let Some(parent) = PARENT.get() else {
+    // Installed only where the parent has one.
+    let Some(parent_acquire) = parent_class::<T>().acquire_buffer else {
         return ffi::GST_FLOW_NOT_SUPPORTED;
     };
     // SAFETY: GstBufferPool calls a class's methods with an instance of that class, and this
-    // method is installed on GstDmaHeapBufferPool's (a subclass's instance is one too).
-    let imp = unsafe { imp(pool) };
+    // method is installed on `T`'s (a subclass's instance is one too).
+    let imp = unsafe { imp::<T>(pool) };
     if imp.fails_when_exhausted() {
         return acquire_or_fail(imp, buffer, params);
     }
     // SAFETY: GstBufferPool's acquire, with the arguments GstBufferPool gave this one.
-    let ret = unsafe { (parent.acquire)(pool, buffer, params) };
+    let ret = unsafe { parent_acquire(pool, buffer, params) };
     if ret == ffi::GST_FLOW_OK {
         imp.count_acquired();
     }
     ret
 }
 
-/// Acquire for `on-exhaustion=error`, through gstreamer-rs's types (it is not the hot path).
+/// Acquire for a pool that must not wait, through gstreamer-rs's types (not the hot path).
 #[inline(never)]
-fn acquire_or_fail(
-    imp: &DmaHeapBufferPool,
+fn acquire_or_fail<T: PerBuffer>(
+    imp: &T,
     buffer: *mut *mut ffi::GstBuffer,
     params: *mut ffi::GstBufferPoolAcquireParams,
 ) -> ffi::GstFlowReturn {
@@ -96,16 +108,19 @@ fn acquire_or_fail(
     }
 }
 
-unsafe extern "C" fn release_buffer(pool: *mut ffi::GstBufferPool, buffer: *mut ffi::GstBuffer) {
-    let Some(parent) = PARENT.get() else {
-        return;
-    };
+unsafe extern "C" fn release_buffer<T: PerBuffer>(
+    pool: *mut ffi::GstBufferPool,
+    buffer: *mut ffi::GstBuffer,
+) {
     // SAFETY: as in `acquire_buffer`.
-    let imp = unsafe { imp(pool) };
+    let imp = unsafe { imp::<T>(pool) };
     // SAFETY: release_buffer is given the caller's one reference to a valid buffer.
     let buffer: gst::Buffer = unsafe { from_glib_full(buffer) };
     if let Some(buffer) = imp.before_release(buffer) {
-        // SAFETY: GstBufferPool's release, given the pool and the reference we were given.
-        unsafe { (parent.release)(pool, buffer.into_glib_ptr()) };
+        // Installed only where the parent has one; without it the buffer is dropped (freed).
+        if let Some(parent_release) = parent_class::<T>().release_buffer {
+            // SAFETY: GstBufferPool's release, given the pool and the reference we were given.
+            unsafe { parent_release(pool, buffer.into_glib_ptr()) };
+        }
     }
 }
