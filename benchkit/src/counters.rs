@@ -152,12 +152,13 @@ pub fn method() -> String {
     let probe = ThreadCounters::open();
     format!(
         "system calls: {}; page faults: {}",
-        match (&probe.syscalls, syscalls_uncounted()) {
-            (Some(_), _) =>
-                "perf_event_open tracepoint raw_syscalls:sys_enter on the thread".into(),
-            (None, why) => format!(
+        // Only an uncounted probe asks why (which opens the event once more).
+        match probe.syscalls {
+            Some(_) => "perf_event_open tracepoint raw_syscalls:sys_enter on the thread".into(),
+            None => format!(
                 "not counted ({})",
-                why.unwrap_or_else(|| "perf_event_open failed on this thread".into())
+                syscalls_uncounted()
+                    .unwrap_or_else(|| "perf_event_open failed on this thread".into())
             ),
         },
         if probe.faults.is_some() {
