@@ -78,7 +78,7 @@ unsafe extern "C" fn acquire_buffer<T: PerBuffer>(
     // method is installed on `T`'s (a subclass's instance is one too).
     let imp = unsafe { imp::<T>(pool) };
     if imp.fails_when_exhausted() {
-        return acquire_or_fail(imp, buffer, params);
+        return acquire_failing_when_exhausted(imp, buffer, params);
     }
     // SAFETY: GstBufferPool's acquire, with the arguments GstBufferPool gave this one.
     let ret = unsafe { parent_acquire(pool, buffer, params) };
@@ -88,9 +88,10 @@ unsafe extern "C" fn acquire_buffer<T: PerBuffer>(
     ret
 }
 
-/// Acquire for a pool that must not wait, through gstreamer-rs's types (not the hot path).
+/// [`PerBuffer::acquire_or_fail`] behind the C signature, through gstreamer-rs's types (not
+/// the hot path: only pools with `on-exhaustion=error` take it).
 #[inline(never)]
-fn acquire_or_fail<T: PerBuffer>(
+fn acquire_failing_when_exhausted<T: PerBuffer>(
     imp: &T,
     buffer: *mut *mut ffi::GstBuffer,
     params: *mut ffi::GstBufferPoolAcquireParams,
