@@ -52,7 +52,9 @@ fn copy_plugin() -> PathBuf {
 
 /// Runs a GStreamer tool (`gst-launch-1.0`, `gst-inspect-1.0`) in a child process that loads
 /// this build of the plugin from [`plugin_dir`], with `GST_DEBUG` unset unless `env` sets it.
-/// A process of its own also reads the machine afresh (heaps, udmabuf's limit).
+/// A process of its own also reads the machine afresh (heaps, udmabuf's limit). Its registry
+/// is this process's where one was given (`GST_REGISTRY`: the test VMs keep one across boots,
+/// and GStreamer reads the copied plugin afresh, its mtime being new), else a private one.
 pub(crate) fn gst_tool(
     program: &str,
     args: &[&str],
@@ -62,7 +64,10 @@ pub(crate) fn gst_tool(
     let mut cmd = std::process::Command::new(program);
     cmd.args(args)
         .env("GST_PLUGIN_PATH", &dir)
-        .env("GST_REGISTRY", dir.join("registry.bin"))
+        .env(
+            "GST_REGISTRY",
+            std::env::var_os("GST_REGISTRY").unwrap_or_else(|| dir.join("registry.bin").into()),
+        )
         .env("GST_DEBUG_NO_COLOR", "1")
         .env_remove("GST_DEBUG");
     for (k, v) in env {

@@ -37,11 +37,15 @@ pub fn patience() -> Duration {
 /// The GStreamer registry of every child the rig starts: one file in the project's cache
 /// (`$XDG_CACHE_HOME/dmaheap`, never a shared directory such as /tmp), so that a plugin scan is
 /// paid once (see [`Daemons::make_gst_registry`]), not by every test's first `gst-launch-1.0`.
-/// GStreamer replaces it by rename, so processes may share it. `None` without a home, and
-/// each daemon set then keeps a registry of its own.
+/// GStreamer replaces it by rename, so processes may share it. Where this process was given a
+/// registry (`GST_REGISTRY`: the test VMs keep one across boots) the children share that.
+/// `None` without either or a home, and each daemon set then keeps a registry of its own.
 fn gst_registry() -> Option<&'static Path> {
     static PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
     PATH.get_or_init(|| {
+        if let Some(given) = std::env::var_os("GST_REGISTRY") {
+            return Some(PathBuf::from(given));
+        }
         let cache = std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?
