@@ -193,8 +193,24 @@ fn row_base(seq: u64, plane: usize, y: usize) -> u8 {
         .wrapping_add(seq.wrapping_mul(4)) as u8
 }
 
-fn ramp(len: usize) -> Vec<u8> {
-    (0..len).map(|x| (x as u64 * 3) as u8).collect()
+/// Every row of the pattern, as slices of one table: row `y` of plane `p` is `3·x + b` with
+/// `b = row_base(..)`, and as 3 is invertible mod 256 (3·171 = 513 ≡ 1), that is the ramp
+/// `3·i` from `i = 171·b mod 256` on. So a row is drawn with one copy and checked with one
+/// comparison (memcpy, memcmp), which keeps a test build (unoptimised) from spending its
+/// frame time on a per-byte loop: under the VM's emulated CPU that loop was most of each
+/// frame.
+struct Rows(Vec<u8>);
+
+impl Rows {
+    fn new(widest: usize) -> Self {
+        Self((0..widest + 256).map(|i| (i as u64 * 3) as u8).collect())
+    }
+
+    /// The `len` visible bytes of a row whose first byte is `base`.
+    fn row(&self, base: u8, len: usize) -> &[u8] {
+        let from = (base as usize * 171) % 256;
+        &self.0[from..from + len]
+    }
 }
 
 /// Draws frame `seq` into `planes` (one per plane of `format`). Nothing is written unless
@@ -209,14 +225,12 @@ pub fn draw(
     let sizes = planes.iter().map(|p| (p.bytes.len(), p.stride));
     let extents = fitting_extents(sizes, format, width, height)?;
     let widest = extents.iter().map(|e| e.0).max().unwrap_or(0);
-    let ramp = ramp(widest);
+    let table = Rows::new(widest);
     for (p, (plane, &(row_bytes, rows))) in planes.iter_mut().zip(&extents).enumerate() {
         for y in 0..rows {
             let start = y * plane.stride;
-            let base = row_base(seq, p, y);
-            for (dst, r) in plane.bytes[start..start + row_bytes].iter_mut().zip(&ramp) {
-                *dst = r.wrapping_add(base);
-            }
+            plane.bytes[start..start + row_bytes]
+                .copy_from_slice(table.row(row_base(seq, p, y), row_bytes));
         }
     }
     let n = COUNTER_BYTES.min(extents[0].0);
@@ -239,21 +253,23 @@ pub fn check(
     counter[..counter_len].copy_from_slice(&planes[0].bytes[..counter_len]);
     let seq = u64::from_le_bytes(counter);
     let widest = extents.iter().map(|e| e.0).max().unwrap_or(0);
-    let ramp = ramp(widest);
+    let table = Rows::new(widest);
     for (p, (plane, &(row_bytes, rows))) in planes.iter().zip(&extents).enumerate() {
         for y in 0..rows {
             let start = y * plane.stride;
-            let row = &plane.bytes[start..start + row_bytes];
             let skip = if p == 0 && y == 0 { counter_len } else { 0 };
-            let base = row_base(seq, p, y);
-            if let Some(x) = (skip..row_bytes).find(|&x| row[x] != ramp[x].wrapping_add(base)) {
+            let row = &plane.bytes[start + skip..start + row_bytes];
+            let expected = &table.row(row_base(seq, p, y), row_bytes)[skip..];
+            if row != expected {
+                // Only now, byte by byte: where.
+                let x = row.iter().zip(expected).take_while(|(a, b)| a == b).count();
                 return Err(PatternError::Mismatch {
                     seq,
                     plane: p,
                     row: y,
-                    byte: x,
+                    byte: skip + x,
                     found: row[x],
-                    expected: ramp[x].wrapping_add(base),
+                    expected: expected[x],
                 });
             }
         }
@@ -373,6 +389,29 @@ mod tests {
         let mut planes = planes_in_mut(&mut buf, &layout).unwrap();
         draw(&mut planes, format, width, height, counter).unwrap();
         (layout, buf)
+    }
+
+    /// Every visible byte is the documented `3·x + 2·y + 85·p + 4·seq (mod 256)`, computed
+    /// here byte by byte, not by the row table `draw` copies from.
+    #[test]
+    fn every_byte_is_the_documented_formula() {
+        let seq = 0x1234_5678_9abc_def5;
+        let (layout, buf) = drawn(VideoFormat::Nv12, 200, 6, seq);
+        for p in 0..layout.n_planes {
+            let rows = if p == 0 { 6 } else { 3 };
+            for y in 0..rows {
+                for x in 0..200 {
+                    if p == 0 && y == 0 && x < COUNTER_BYTES {
+                        continue;
+                    }
+                    let at = layout.offsets[p] as usize + y * layout.strides[p] as usize + x;
+                    let formula = (3 * x as u64 + 2 * y as u64 + 85 * p as u64)
+                        .wrapping_add(seq.wrapping_mul(4)) as u8;
+                    assert_eq!(buf[at], formula, "plane {p} row {y} byte {x}");
+                }
+            }
+        }
+        assert_eq!(buf[..COUNTER_BYTES], seq.to_le_bytes());
     }
 
     #[test]
