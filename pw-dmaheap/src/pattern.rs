@@ -193,24 +193,25 @@ fn row_base(seq: u64, plane: usize, y: usize) -> u8 {
         .wrapping_add(seq.wrapping_mul(4)) as u8
 }
 
-/// Every row of the pattern, as slices of one table: row `y` of plane `p` is `3·x + b` with
-/// `b = row_base(..)`, and as 3 is invertible mod 256 (3·171 = 513 ≡ 1), that is the ramp
-/// `3·i` from `i = 171·b mod 256` on. So a row is drawn with one copy and checked with one
-/// comparison (memcpy, memcmp), which keeps a test build (unoptimised) from spending its
-/// frame time on a per-byte loop: under the VM's emulated CPU that loop was most of each
-/// frame.
-struct Rows(Vec<u8>);
-
-impl Rows {
-    fn new(widest: usize) -> Self {
-        Self((0..widest + 256).map(|i| (i as u64 * 3) as u8).collect())
+/// `3·i mod 256` for `i` in `0..512`. A row whose byte 0 is `b` is `3·x + b`, and as 3 is
+/// invertible mod 256 (3·171 = 513 ≡ 1) that is this ramp from `i = 171·b` on; it repeats
+/// every 256 bytes (3·256 ≡ 0). So every row is drawn with copies and checked with
+/// comparisons of 256-byte slices of one static table (memcpy, memcmp): a per-byte loop in an
+/// unoptimised test build was most of each frame's time under the VM's emulated CPU.
+static RAMP: [u8; 512] = {
+    let mut table = [0u8; 512];
+    let mut i = 0;
+    while i < table.len() {
+        table[i] = (i * 3) as u8;
+        i += 1;
     }
+    table
+};
 
-    /// The `len` visible bytes of a row whose first byte is `base`.
-    fn row(&self, base: u8, len: usize) -> &[u8] {
-        let from = (base as usize * 171) % 256;
-        &self.0[from..from + len]
-    }
+/// 256 bytes of the row whose byte 0 is `base`, from byte `x` on (and again every 256).
+fn period(base: u8, x: usize) -> &'static [u8] {
+    let from = (base as usize * 171 + x) % 256;
+    &RAMP[from..from + 256]
 }
 
 /// Draws frame `seq` into `planes` (one per plane of `format`). Nothing is written unless
@@ -224,13 +225,13 @@ pub fn draw(
 ) -> Result<(), PatternError> {
     let sizes = planes.iter().map(|p| (p.bytes.len(), p.stride));
     let extents = fitting_extents(sizes, format, width, height)?;
-    let widest = extents.iter().map(|e| e.0).max().unwrap_or(0);
-    let table = Rows::new(widest);
     for (p, (plane, &(row_bytes, rows))) in planes.iter_mut().zip(&extents).enumerate() {
         for y in 0..rows {
             let start = y * plane.stride;
-            plane.bytes[start..start + row_bytes]
-                .copy_from_slice(table.row(row_base(seq, p, y), row_bytes));
+            let period = period(row_base(seq, p, y), 0);
+            for chunk in plane.bytes[start..start + row_bytes].chunks_mut(period.len()) {
+                chunk.copy_from_slice(&period[..chunk.len()]);
+            }
         }
     }
     let n = COUNTER_BYTES.min(extents[0].0);
@@ -252,25 +253,30 @@ pub fn check(
     let mut counter = [0u8; 8];
     counter[..counter_len].copy_from_slice(&planes[0].bytes[..counter_len]);
     let seq = u64::from_le_bytes(counter);
-    let widest = extents.iter().map(|e| e.0).max().unwrap_or(0);
-    let table = Rows::new(widest);
     for (p, (plane, &(row_bytes, rows))) in planes.iter().zip(&extents).enumerate() {
         for y in 0..rows {
             let start = y * plane.stride;
             let skip = if p == 0 && y == 0 { counter_len } else { 0 };
+            let period = period(row_base(seq, p, y), skip);
             let row = &plane.bytes[start + skip..start + row_bytes];
-            let expected = &table.row(row_base(seq, p, y), row_bytes)[skip..];
-            if row != expected {
-                // Only now, byte by byte: where.
-                let x = row.iter().zip(expected).take_while(|(a, b)| a == b).count();
-                return Err(PatternError::Mismatch {
-                    seq,
-                    plane: p,
-                    row: y,
-                    byte: skip + x,
-                    found: row[x],
-                    expected: expected[x],
-                });
+            for (i, chunk) in row.chunks(period.len()).enumerate() {
+                let expected = &period[..chunk.len()];
+                if chunk != expected {
+                    // Only now, byte by byte: where.
+                    let x = chunk
+                        .iter()
+                        .zip(expected)
+                        .take_while(|(a, b)| a == b)
+                        .count();
+                    return Err(PatternError::Mismatch {
+                        seq,
+                        plane: p,
+                        row: y,
+                        byte: skip + i * period.len() + x,
+                        found: chunk[x],
+                        expected: expected[x],
+                    });
+                }
             }
         }
     }
@@ -396,11 +402,12 @@ mod tests {
     #[test]
     fn every_byte_is_the_documented_formula() {
         let seq = 0x1234_5678_9abc_def5;
-        let (layout, buf) = drawn(VideoFormat::Nv12, 200, 6, seq);
+        // Rows of 600 bytes: longer than the table's 256-byte period.
+        let (layout, buf) = drawn(VideoFormat::Nv12, 600, 6, seq);
         for p in 0..layout.n_planes {
             let rows = if p == 0 { 6 } else { 3 };
             for y in 0..rows {
-                for x in 0..200 {
+                for x in 0..600 {
                     if p == 0 && y == 0 && x < COUNTER_BYTES {
                         continue;
                     }
@@ -427,6 +434,23 @@ mod tests {
         .unwrap_err();
         assert!(
             err.to_string().contains("frame 9: plane 1 row 1 byte 5"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_changed_byte_past_the_first_256_of_a_row_is_located() {
+        let (layout, mut buf) = drawn(VideoFormat::Gray8, 600, 3, 4);
+        buf[2 * layout.strides[0] as usize + 300] ^= 0x80;
+        let err = check(
+            &planes_in(&buf, &layout).unwrap(),
+            VideoFormat::Gray8,
+            600,
+            3,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("frame 4: plane 0 row 2 byte 300"),
             "{err}"
         );
     }
