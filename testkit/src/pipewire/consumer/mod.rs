@@ -8,6 +8,7 @@
 mod pods;
 mod receive;
 mod sync;
+mod trail;
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -24,6 +25,7 @@ use pw_dmaheap::{DataTypes, VideoParams};
 use pods::{buffers_param, enum_format, header_meta, pods, sync_meta, synced_buffers_param};
 use pw::spa::sys;
 use sync::{ExplicitSync, Fencing, MetaSyncTimeline};
+use trail::{Event, Trail};
 
 /// Which memory the consumer says it can take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +202,7 @@ struct State {
     held_buffer: Option<NonNull<pw::sys::pw_buffer>>,
     explicit: ExplicitSync,
     fencing: Fencing,
+    trail: Trail,
 }
 
 /// Where and when the last checked frame came, kept as numbers (formatted only for an error).
@@ -326,6 +329,7 @@ impl<'l> Consumer<'l> {
             held_buffer: None,
             explicit: ExplicitSync::new(extras.explicit_sync),
             fencing: Fencing::default(),
+            trail: Trail::default(),
         }));
         let explicit_sync = extras.explicit_sync.is_some();
         let on_state = Rc::clone(&state);
@@ -336,6 +340,13 @@ impl<'l> Consumer<'l> {
             .add_local_listener_with_user_data(())
             .state_changed(move |_, _, old, new| {
                 let mut st = on_state.borrow_mut();
+                st.trail.push(Event::State(match new {
+                    pw::stream::StreamState::Error(_) => "error",
+                    pw::stream::StreamState::Unconnected => "unconnected",
+                    pw::stream::StreamState::Connecting => "connecting",
+                    pw::stream::StreamState::Paused => "paused",
+                    pw::stream::StreamState::Streaming => "streaming",
+                }));
                 let gone = match new {
                     pw::stream::StreamState::Error(_) => true,
                     pw::stream::StreamState::Unconnected => !st.relinking,
@@ -353,6 +364,7 @@ impl<'l> Consumer<'l> {
                 st.imported.clear();
                 st.last_frames.clear();
                 let Some(param) = param else {
+                    st.trail.push(Event::Format(None));
                     st.format = None;
                     return;
                 };
@@ -364,6 +376,8 @@ impl<'l> Consumer<'l> {
                     }
                 };
                 st.format = Some(params);
+                st.trail
+                    .push(Event::Format(Some((params.width, params.height))));
                 st.seen.formats.push(params);
                 let types = match (params.modifier, accept) {
                     (Some(_), _) => DataTypes::DMA_BUF,
@@ -390,6 +404,9 @@ impl<'l> Consumer<'l> {
             })
             .remove_buffer(move |_, _, buffer| {
                 let mut st = on_remove.borrow_mut();
+                st.trail.push(Event::Removed {
+                    buffer: buffer as usize,
+                });
                 st.imported.clear();
                 st.last_frames.clear();
                 st.explicit.clear();
@@ -412,6 +429,13 @@ impl<'l> Consumer<'l> {
                     let d = d.as_raw();
                     (d.fd, d.mapoffset, d.maxsize)
                 });
+                st.trail.push(Event::Dequeued {
+                    buffer: raw.as_ptr() as usize,
+                    fd: buffer.map_or(-1, |b| b.0),
+                    chunk: memory.first().map_or(0, |d| d.chunk().size()),
+                    header: header_seq,
+                    drawn: None,
+                });
                 let points = buffer.and_then(|b| {
                     st.fence_check(b);
                     st.sync_before(b, &syncobjs, sync_meta)
@@ -428,6 +452,9 @@ impl<'l> Consumer<'l> {
                         unsafe { stream.queue_raw_buffer(old.as_ptr()) };
                     }
                 } else {
+                    st.trail.push(Event::Queued {
+                        buffer: raw.as_ptr() as usize,
+                    });
                     // SAFETY: dequeued above, queued exactly once.
                     unsafe { stream.queue_raw_buffer(raw.as_ptr()) };
                 }

@@ -192,6 +192,7 @@ impl State {
             }
             Ok(Some(seq)) => {
                 self.seen.checked += 1;
+                self.trail.drawn(seq);
                 if let Some(h) = header_seq {
                     if h != seq {
                         self.seen
@@ -203,11 +204,13 @@ impl State {
                         let detail = self.describe(&blocks, header_seq);
                         self.seen.error(format!(
                             "frame {seq} after frame {last} (format {} of {}, {} empty buffers \
-                             so far) [{detail}; frame {last} came {}]",
+                             so far) [{detail}; frame {last} came {}]; the consumer's last \
+                             events:{}",
                             self.seen.formats.len(),
                             params,
                             self.seen.empty,
-                            self.last_from.map_or_else(String::new, |l| l.to_string())
+                            self.last_from.map_or_else(String::new, |l| l.to_string()),
+                            self.trail
                         ));
                     }
                 }
