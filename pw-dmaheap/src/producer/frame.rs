@@ -246,22 +246,22 @@ pub(super) fn on_produce(
     inner_rc: &Rc<RefCell<Inner>>,
     dequeues: &Rc<raw::Dequeues>,
 ) {
-    let skip = with_inner(inner_rc, |inner| {
-        let Some(active) = inner.active.as_mut() else {
-            return false;
-        };
-        if active.sealed {
+    // Every cycle that can carry a frame does, the first one of a new buffer set above all.
+    // PipeWire keeps a link's io area across a renegotiation: until this stream's port writes
+    // it, it can still say HAVE_DATA with the id of a buffer of the old set, and a consumer
+    // that runs a cycle then is handed the buffer of the new set with that id. Its application
+    // reads that buffer whenever its loop gets to it, while this producer may be drawing the
+    // next frames into it, and it comes again when sent for real: a frame seen twice or out of
+    // order. A frame in the first cycle overwrites the stale id before any consumer runs.
+    let sealed = with_inner(inner_rc, |inner| {
+        let sealed = inner.active.as_ref().is_some_and(|a| a.sealed);
+        if sealed {
             inner.stats.starved += 1;
-            return true;
         }
-        // The first cycle of a new buffer set runs without a frame: PipeWire keeps a link's io
-        // area across a renegotiation, so the consumer may be handed, in that cycle, the id its
-        // io still names, a buffer of the new set. Drawing into it meanwhile would race the
-        // consumer reading it; one cycle later the consumer has seen (and skipped) it, empty.
-        !std::mem::replace(&mut active.settled, true)
+        sealed
     });
-    if skip != Some(false) {
-        return; // sealed or settling (or the state is busy: re-entered)
+    if sealed != Some(false) {
+        return; // sealed (or the state is busy: re-entered)
     }
     let Some(mut dequeued) = next_free(stream, inner_rc, dequeues) else {
         with_inner(inner_rc, |inner| inner.stats.starved += 1);
@@ -369,6 +369,10 @@ pub(super) fn on_produce(
             inner.events.push(Event::BuffersReady(negotiated));
         }
     }
+    log::trace!(
+        "{}: frame {sequence} queued in buffer {key:?}",
+        inner.config.node_name
+    );
     drop(inner);
     drop(dequeued); // queues the buffer
 }

@@ -337,7 +337,6 @@ pub(super) fn on_format(inner: &mut Inner, param: Option<&Pod>) -> Outcome {
         kind: None,
         origin: None::<Origin>,
         ready_reported: false,
-        settled: false,
         sealed: false,
     });
     inner.events.push(Event::FormatFixed(fixed));

@@ -40,8 +40,6 @@ pub(super) struct Active {
     pub(super) kind: Option<DataKind>,
     pub(super) origin: Option<Origin>,
     pub(super) ready_reported: bool,
-    /// The first process cycle of these buffers has passed (it runs without a frame).
-    pub(super) settled: bool,
     /// The stream stopped streaming (its consumer left or paused) since these buffers were
     /// made: their fds reached that consumer, so nothing is drawn into them any more. The
     /// node is suspended, and PipeWire removes them; the next link gets new ones.

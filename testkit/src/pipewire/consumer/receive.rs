@@ -66,10 +66,11 @@ impl State {
             return false;
         }
         if !datas.is_empty() && datas.iter().all(|d| d.chunk().size() == 0) {
-            // No frame in it: PipeWire 1.6 can hand an input the id of a buffer the producer
-            // never queued, right after a renegotiation (its io area still names a buffer of
-            // the old set). Every chunk is empty, as pipewiresrc sees too ("Chunk size is 0,
-            // skipping"): nothing to check, nothing to count as a frame.
+            // No frame in it: PipeWire can hand an input the id of a buffer the producer
+            // never queued, right after a renegotiation (the link's io area still names a
+            // buffer of the old set until the producer's port writes it). Every chunk is
+            // empty, as pipewiresrc sees too ("Chunk size is 0, skipping"): nothing to check,
+            // nothing to count as a frame, but counted, as the producer should prevent it.
             self.seen.empty += 1;
             return false;
         }

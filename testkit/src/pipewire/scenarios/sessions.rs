@@ -492,7 +492,8 @@ pub struct Resizes {
     pub resizes: u32,
     /// Frames it checked in all.
     pub frames_checked: u64,
-    /// Buffers it was handed that held no frame (PipeWire's stale io id, see `receive`).
+    /// Buffers it was handed that held no frame: ones the producer never sent (a stale id in
+    /// the link's io, see `receive`).
     pub empty: u64,
     /// The producer's counters at the end (`duplicates`: second free-queue entries dropped).
     pub stats: Stats,
