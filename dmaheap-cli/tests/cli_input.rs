@@ -82,6 +82,7 @@ fn explain_and_the_internal_hog_refuse_bad_numbers() {
     );
     refused(&["explain", "--size", "0"], "at least one byte");
     refused(&["bench-hog", "--leave", "18446744073709551615"], "--leave");
+    refused(&["bench-hog", "--mib", "0"], "--mib");
     refused(&["stats", "--pid=-5"], "invalid value '-5' for '--pid");
 }
 

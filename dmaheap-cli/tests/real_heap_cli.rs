@@ -260,8 +260,19 @@ fn psi_trigger_trims_pools_and_refills_after() -> Result<(), Failed> {
         }
         Ok(start.elapsed().as_secs_f64())
     };
-    let mut hog = Command::new(DMAHEAP)
-        .args(["bench-hog", "--leave", "64"])
+    // The hog rewrites 256 MiB in a cgroup held to 64 MiB: it reclaims (to zram) and is
+    // throttled all the time, which PSI counts as system-wide stalls within a second or two,
+    // where taking the whole VM's memory took half a minute under emulation.
+    let cgroup = dmaheap_testkit::MemoryCgroup::reclaiming(
+        &format!("dmaheap-psi-hog-{}", std::process::id()),
+        64 << 20,
+    )?;
+    let mut hog = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && exec {DMAHEAP} bench-hog --kind swap --mib 256",
+            cgroup.procs().display()
+        ))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()?;

@@ -377,6 +377,38 @@ impl MemoryCgroup {
         Ok(cgroup)
     }
 
+    /// Creates the v2 cgroup `<root>/<name>` whose members are throttled and reclaimed (to
+    /// swap, when there is some) above `high` bytes: memory pressure that PSI counts, made by
+    /// a member alone while the rest of the machine keeps its memory.
+    pub fn reclaiming(name: &str, high: u64) -> Result<Self, Failed> {
+        if effective_uid() != 0 {
+            return Err("creating a cgroup needs root".into());
+        }
+        let root = Path::new(CgroupFlavour::V2_ROOT);
+        let has_memory = |file: &str| {
+            std::fs::read_to_string(root.join(file))
+                .is_ok_and(|c| c.split_whitespace().any(|w| w == "memory"))
+        };
+        if !has_memory("cgroup.controllers") {
+            return Err("no cgroup v2 memory controller at /sys/fs/cgroup".into());
+        }
+        if !has_memory("cgroup.subtree_control") {
+            let control = root.join("cgroup.subtree_control");
+            std::fs::write(&control, "+memory")
+                .map_err(|e| format!("enabling memory in {}: {e}", control.display()))?;
+        }
+        let path = root.join(name);
+        std::fs::create_dir(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        let cgroup = Self {
+            flavour: CgroupFlavour::V2,
+            path,
+        };
+        let high_file = cgroup.path.join("memory.high");
+        std::fs::write(&high_file, high.to_string())
+            .map_err(|e| format!("writing {high} to {}: {e}", high_file.display()))?;
+        Ok(cgroup)
+    }
+
     /// The file a process writes its pid to, to join.
     pub fn procs(&self) -> std::path::PathBuf {
         self.path.join("cgroup.procs")

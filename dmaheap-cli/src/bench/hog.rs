@@ -66,6 +66,11 @@ pub(crate) struct HogArgs {
     /// Its size in MiB.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..=4096))]
     file_mib: u64,
+    /// MiB the swap hog takes and keeps rewriting, instead of what RAM and swap suggest: for
+    /// a hog in a memory cgroup whose `memory.high` is below it, which then reclaims (and is
+    /// throttled) all the time while the rest of the machine keeps its memory.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(16..=1 << 20))]
+    mib: Option<u64>,
 }
 
 /// How much the swap hog takes: with swap, a tenth more than RAM (the kernel must swap some
@@ -116,7 +121,9 @@ pub(crate) fn hog(args: HogArgs) -> Result<(), Box<dyn std::error::Error>> {
             refault(&path, args.file_mib << 20, &stopped)?;
         }
         HogKind::Swap | HogKind::Auto => {
-            let target = target_bytes(args.leave << 20);
+            let target = args
+                .mib
+                .map_or_else(|| target_bytes(args.leave << 20), |mib| mib << 20);
             let mut seed = 0x9E37_79B9_7F4A_7C15u64;
             let mut chunks: Vec<Vec<u8>> = Vec::new();
             while ((chunks.len() + 1) * CHUNK) as u64 <= target {
