@@ -335,28 +335,12 @@ impl MemoryCgroup {
     /// killer is turned off for it, so that an allocation over the limit fails instead.
     pub fn create(name: &str, limit: u64) -> Result<Self, Failed> {
         let flavour = CgroupFlavour::usable().ok_or("no usable memory cgroup")?;
-        let path = flavour.root().join(name);
-        if flavour == CgroupFlavour::V2 {
-            let control = flavour.root().join("cgroup.subtree_control");
-            let enabled = std::fs::read_to_string(&control)
-                .map_err(|e| format!("reading {}: {e}", control.display()))?;
-            if !enabled.split_whitespace().any(|w| w == "memory") {
-                std::fs::write(&control, "+memory")
-                    .map_err(|e| format!("enabling memory in {}: {e}", control.display()))?;
-            }
-        }
-        std::fs::create_dir(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
-        let cgroup = Self { flavour, path };
-        let write = |file: &str, value: &str| -> Result<(), Failed> {
-            let target = cgroup.path.join(file);
-            std::fs::write(&target, value)
-                .map_err(|e| format!("writing {value:?} to {}: {e}", target.display()).into())
-        };
+        let cgroup = Self::make(flavour, name)?;
         match flavour {
             CgroupFlavour::V2 => {
-                write("memory.max", &limit.to_string())?;
+                cgroup.write("memory.max", &limit.to_string())?;
                 if cgroup.path.join("memory.swap.max").exists() {
-                    write("memory.swap.max", "0")?;
+                    cgroup.write("memory.swap.max", "0")?;
                 } else if swap_is_on() {
                     return Err(format!(
                         "{} has no memory.swap.max: swap would take what the limit refuses",
@@ -367,11 +351,11 @@ impl MemoryCgroup {
             }
             CgroupFlavour::V1 => {
                 // memsw (memory + swap) may not be below the memory limit: memory first.
-                write("memory.limit_in_bytes", &limit.to_string())?;
+                cgroup.write("memory.limit_in_bytes", &limit.to_string())?;
                 if cgroup.path.join("memory.memsw.limit_in_bytes").exists() {
-                    write("memory.memsw.limit_in_bytes", &limit.to_string())?;
+                    cgroup.write("memory.memsw.limit_in_bytes", &limit.to_string())?;
                 }
-                write("memory.oom_control", "1")?;
+                cgroup.write("memory.oom_control", "1")?;
             }
         }
         Ok(cgroup)
@@ -384,29 +368,38 @@ impl MemoryCgroup {
         if effective_uid() != 0 {
             return Err("creating a cgroup needs root".into());
         }
-        let root = Path::new(CgroupFlavour::V2_ROOT);
-        let has_memory = |file: &str| {
-            std::fs::read_to_string(root.join(file))
-                .is_ok_and(|c| c.split_whitespace().any(|w| w == "memory"))
-        };
-        if !has_memory("cgroup.controllers") {
+        let controllers = Path::new(CgroupFlavour::V2_ROOT).join("cgroup.controllers");
+        if !std::fs::read_to_string(controllers)
+            .is_ok_and(|c| c.split_whitespace().any(|w| w == "memory"))
+        {
             return Err("no cgroup v2 memory controller at /sys/fs/cgroup".into());
         }
-        if !has_memory("cgroup.subtree_control") {
-            let control = root.join("cgroup.subtree_control");
-            std::fs::write(&control, "+memory")
-                .map_err(|e| format!("enabling memory in {}: {e}", control.display()))?;
-        }
-        let path = root.join(name);
-        std::fs::create_dir(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
-        let cgroup = Self {
-            flavour: CgroupFlavour::V2,
-            path,
-        };
-        let high_file = cgroup.path.join("memory.high");
-        std::fs::write(&high_file, high.to_string())
-            .map_err(|e| format!("writing {high} to {}: {e}", high_file.display()))?;
+        let cgroup = Self::make(CgroupFlavour::V2, name)?;
+        cgroup.write("memory.high", &high.to_string())?;
         Ok(cgroup)
+    }
+
+    /// Makes `<root>/<name>` (on v2 with the memory controller enabled for the root's
+    /// children).
+    fn make(flavour: CgroupFlavour, name: &str) -> Result<Self, Failed> {
+        if flavour == CgroupFlavour::V2 {
+            let control = flavour.root().join("cgroup.subtree_control");
+            let enabled = std::fs::read_to_string(&control)
+                .map_err(|e| format!("reading {}: {e}", control.display()))?;
+            if !enabled.split_whitespace().any(|w| w == "memory") {
+                std::fs::write(&control, "+memory")
+                    .map_err(|e| format!("enabling memory in {}: {e}", control.display()))?;
+            }
+        }
+        let path = flavour.root().join(name);
+        std::fs::create_dir(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        Ok(Self { flavour, path })
+    }
+
+    fn write(&self, file: &str, value: &str) -> Result<(), Failed> {
+        let target = self.path.join(file);
+        std::fs::write(&target, value)
+            .map_err(|e| format!("writing {value:?} to {}: {e}", target.display()).into())
     }
 
     /// The file a process writes its pid to, to join.
