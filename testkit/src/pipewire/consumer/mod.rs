@@ -96,6 +96,8 @@ pub struct Seen {
     pub unusable: BTreeSet<(u32, i64)>,
     /// Buffers that carried no frame (every chunk empty), skipped.
     pub empty: u64,
+    /// Where the first of them came: the frame before it and the consumer's last events.
+    pub first_empty: Option<String>,
     /// `SPA_DATA_SyncObj` blocks per buffer (2 with explicit sync, else 0).
     pub syncobj_blocks: BTreeSet<usize>,
     /// Frames whose acquire point was seen signalled.

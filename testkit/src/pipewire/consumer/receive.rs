@@ -72,6 +72,14 @@ impl State {
             // empty, as pipewiresrc sees too ("Chunk size is 0, skipping"): nothing to check,
             // nothing to count as a frame, but counted, as the producer should prevent it.
             self.seen.empty += 1;
+            if self.seen.first_empty.is_none() {
+                self.seen.first_empty = Some(format!(
+                    "after frame {:?} (format {}); the consumer's last events:{}",
+                    self.seen.last_seq,
+                    self.seen.formats.len(),
+                    self.trail
+                ));
+            }
             return false;
         }
         self.seen.frames += 1;

@@ -495,6 +495,8 @@ pub struct Resizes {
     /// Buffers it was handed that held no frame: ones the producer never sent (a stale id in
     /// the link's io, see `receive`).
     pub empty: u64,
+    /// Where the first of them came (see `Seen::first_empty`).
+    pub first_empty: Option<String>,
     /// The producer's counters at the end (`duplicates`: second free-queue entries dropped).
     pub stats: Stats,
 }
@@ -514,35 +516,37 @@ pub fn resizes(
     let format = config.formats[0];
     let (w0, h0) = (config.width, config.height);
     let producer = rig.producer(config)?;
-    let (checked, empty) = with_frames(rig, &producer, Duration::from_millis(1), || {
-        let consumer = rig.consumer(&name, format, accept)?;
-        for i in 0..=resizes {
-            let (w, h) = (w0 + 16 * i, h0 + 8 * i);
-            if i > 0 {
-                producer.resize(w, h).map_err(|e| e.to_string())?;
+    let (checked, empty, first_empty) =
+        with_frames(rig, &producer, Duration::from_millis(1), || {
+            let consumer = rig.consumer(&name, format, accept)?;
+            for i in 0..=resizes {
+                let (w, h) = (w0 + 16 * i, h0 + 8 * i);
+                if i > 0 {
+                    producer.resize(w, h).map_err(|e| e.to_string())?;
+                }
+                let target = consumer.seen().checked + frames_each;
+                rig.session.run_until(
+                    &format!("resize {i}: {frames_each} frames of {w}x{h}"),
+                    patience(),
+                    || {
+                        let seen = consumer.seen();
+                        first_error(&seen)?;
+                        let sized = seen
+                            .formats
+                            .last()
+                            .is_some_and(|f| (f.width, f.height) == (w, h));
+                        Ok(sized && seen.checked >= target)
+                    },
+                )?;
             }
-            let target = consumer.seen().checked + frames_each;
-            rig.session.run_until(
-                &format!("resize {i}: {frames_each} frames of {w}x{h}"),
-                patience(),
-                || {
-                    let seen = consumer.seen();
-                    first_error(&seen)?;
-                    let sized = seen
-                        .formats
-                        .last()
-                        .is_some_and(|f| (f.width, f.height) == (w, h));
-                    Ok(sized && seen.checked >= target)
-                },
-            )?;
-        }
-        let seen = consumer.seen();
-        Ok((seen.checked, seen.empty))
-    })?;
+            let seen = consumer.seen();
+            Ok((seen.checked, seen.empty, seen.first_empty))
+        })?;
     Ok(Resizes {
         resizes,
         frames_checked: checked,
         empty,
+        first_empty,
         stats: producer.stats(),
     })
 }
