@@ -274,7 +274,7 @@ fn forty_resizes_while_streaming_never_repeat_or_tear_a_frame() {
     let run = scenarios::resizes(&rig, cfg, Accept::DmaBufOrMemFd, 40, 20).unwrap();
     println!("{run:#?}");
     assert!(run.stats.negotiations > u64::from(run.resizes), "{run:?}");
-    assert_eq!(run.empty, 0, "buffers the producer never sent: {run:?}");
+    assert_eq!(run.empty, 0, "buffers the producer never sent: {run:#?}");
 }
 
 #[test]

@@ -76,6 +76,11 @@ fn main() {
             soak,
         )
         .test(
+            "real_heap_pw_forty_resizes_never_repeat_or_tear_a_frame",
+            &[Need::SystemHeap],
+            forty_resizes,
+        )
+        .test(
             "real_heap_pw_a_buffer_a_device_still_reads_waits_for_its_fence",
             &[Need::SystemHeap, Need::SwSync],
             fenced_buffer_waits,
@@ -440,6 +445,35 @@ fn soak() -> Result<(), Failed> {
         soak.fds_leaked,
         soak.fds_before,
         soak.fds_after
+    );
+    Ok(())
+}
+
+/// Forty renegotiations while frames stream from the system heap, every frame checked: no
+/// frame repeats, goes back or is torn, and the consumer is never handed a buffer the
+/// producer did not send. With PipeWire 1.6 each renegotiation leaves a stale id in the link's
+/// io area, which the producer keeps out of its free queue (`stale_returns`).
+fn forty_resizes() -> Result<(), Failed> {
+    let rig = rig()?;
+    let cfg = scenarios::config("resizes", 96, 64, VideoFormat::Bgrx);
+    let run = scenarios::resizes(&rig, cfg, Accept::DmaBufOrMemFd, 40, 20)?;
+    println!("{run:#?}");
+    ensure!(
+        run.stats.negotiations > u64::from(run.resizes),
+        "{} negotiations for {} resizes",
+        run.stats.negotiations,
+        run.resizes
+    );
+    ensure!(
+        run.empty == 0,
+        "{} buffers the producer never sent reached the consumer; the first {}",
+        run.empty,
+        run.first_empty.as_deref().unwrap_or("?")
+    );
+    ensure!(
+        run.stats.duplicates == 0,
+        "PipeWire handed out {} buffers the producer held",
+        run.stats.duplicates
     );
     Ok(())
 }

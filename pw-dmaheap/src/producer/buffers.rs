@@ -12,6 +12,8 @@ use crate::raw::{DataFill, StreamBuffer, spa_abi};
 /// `add_buffer`: picks the memory type (once per format), allocates the buffer and fills its
 /// `spa_data`.
 pub(super) fn on_add_buffer(inner: &mut Inner, buffer: &mut StreamBuffer<'_>) -> Outcome {
+    // Whatever becomes of it, the buffer has its id in the stream's set.
+    inner.returns.added(buffer.key());
     let node = inner.config.node_name.clone();
     let Some(active) = inner.active.as_mut() else {
         return fail(EINVAL, NegotiationError::BufferBeforeFormat);
@@ -175,6 +177,7 @@ fn allows_memfd(inner: &Inner, allowed: DataTypes) -> bool {
 
 /// `remove_buffer`: the buffer's fds reached consumers, so it is freed, not pooled.
 pub(super) fn on_remove_buffer(inner: &mut Inner, buffer: &mut StreamBuffer<'_>) {
+    inner.returns.removed(buffer.key());
     if let Some(slot) = inner.slots.remove(&buffer.key()) {
         log::debug!(
             "{}: freeing buffer {:?} ({} from {})",

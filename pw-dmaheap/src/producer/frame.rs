@@ -240,6 +240,9 @@ fn monotonic_ns() -> i64 {
         .saturating_add(t.tv_nsec)
 }
 
+/// How long frames are held back after a resize at most, waiting for the new format.
+const HOLD_BACK_AT_MOST: Duration = Duration::from_secs(3);
+
 /// `process`: draws and queues a frame into a free buffer, if there is one.
 pub(super) fn on_produce(
     stream: &Stream,
@@ -253,15 +256,33 @@ pub(super) fn on_produce(
     // reads that buffer whenever its loop gets to it, while this producer may be drawing the
     // next frames into it, and it comes again when sent for real: a frame seen twice or out of
     // order. A frame in the first cycle overwrites the stale id before any consumer runs.
-    let sealed = with_inner(inner_rc, |inner| {
+    //
+    // So from a resize until PipeWire sets the new format no frame goes out: a frame sent
+    // then may still sit unread in a link's io area when the buffers change, and PipeWire
+    // 1.6's reliable tee never overwrites an io area that says HAVE_DATA, so the consumer is
+    // handed that id of the new set (never sent, or drawn into meanwhile), and the buffer
+    // again when it is really sent. The hold-back ends after `HOLD_BACK_AT_MOST` whatever
+    // happens, should no renegotiation follow.
+    let skip = with_inner(inner_rc, |inner| {
+        if let Some(held) = &inner.held_back {
+            if held.since.elapsed() < HOLD_BACK_AT_MOST {
+                return true;
+            }
+            log::warn!(
+                "{}: no new format {} ms after the resize; frames go out again",
+                inner.config.node_name,
+                held.since.elapsed().as_millis()
+            );
+            inner.held_back = None;
+        }
         let sealed = inner.active.as_ref().is_some_and(|a| a.sealed);
         if sealed {
             inner.stats.starved += 1;
         }
         sealed
     });
-    if sealed != Some(false) {
-        return; // sealed (or the state is busy: re-entered)
+    if skip != Some(false) {
+        return; // held back, sealed (or the state is busy: re-entered)
     }
     let Some(mut dequeued) = next_free(stream, inner_rc, dequeues) else {
         with_inner(inner_rc, |inner| inner.stats.starved += 1);
@@ -357,6 +378,7 @@ pub(super) fn on_produce(
         dequeued.set_sync_points(sync.point, sync.point);
     }
     inner.slots.insert(key, slot);
+    inner.returns.queued(key);
     inner.stats.frames += 1;
     let report = inner
         .active

@@ -36,12 +36,14 @@ mod frame;
 mod negotiate;
 mod peers;
 mod report;
+mod returns;
 mod session;
 mod state;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Instant;
 
 use heapcore::{Origin, PoolRegistry};
 use pipewire as pw;
@@ -59,7 +61,7 @@ use crate::frame_pools::FramePools;
 use crate::params;
 use crate::raw::{self, spa_abi};
 use heapcore::syncobj::SyncDevice;
-use state::{Inner, Outcome, apply, flush_events, with_inner};
+use state::{HeldBack, Inner, Outcome, apply, flush_events, with_inner};
 
 /// A PipeWire video source node whose buffers come from DMA-BUF heaps.
 ///
@@ -77,6 +79,8 @@ pub struct Producer {
     inner: Rc<RefCell<Inner>>,
     /// The buffer a process callback holds dequeued while the render callback runs.
     dequeues: Rc<raw::Dequeues>,
+    /// Our port's io area, where a cycle leaves the buffer it hands back (see `returns`).
+    port_io: Rc<raw::PortIo>,
     triggers: Rc<Triggers>,
 }
 
@@ -177,6 +181,9 @@ impl Producer {
             peer_devices: Vec::new(),
             peer_ports: None,
             resizing: false,
+            held_back: None,
+            returns: Default::default(),
+            tee_swaps: raw::library_version().is_some_and(|v| v >= (1, 5, 81)),
             active: None,
             slots: HashMap::new(),
             spare: None,
@@ -192,6 +199,7 @@ impl Producer {
             stream,
             inner: Rc::new(RefCell::new(inner)),
             dequeues: Rc::default(),
+            port_io: Rc::default(),
             triggers: Rc::default(),
         };
         let listener = producer.listen(core.clone())?;
@@ -207,6 +215,7 @@ impl Producer {
         let on_process = Rc::clone(&self.inner);
         let produce_dequeues = Rc::clone(&self.dequeues);
         let remove_dequeues = Rc::clone(&self.dequeues);
+        let port_io = Rc::clone(&self.port_io);
         let param_core = core.clone();
         self.stream
             .add_local_listener_with_user_data(())
@@ -283,6 +292,7 @@ impl Producer {
                 }
                 flush_events(&on_param);
             })
+            .io_changed(move |_, _, id, area, size| port_io.changed(id, area, size))
             .add_buffer(raw::buffer_callback(move |stream, buffer| {
                 let outcome = with_inner(&on_add, |inner| buffers::on_add_buffer(inner, buffer));
                 apply(stream, &on_add, outcome);
@@ -358,22 +368,78 @@ impl Producer {
         if unconnected || !self.triggers.connected.get() || self.triggers.in_trigger.get() {
             return Ok(());
         }
+        self.announce_a_waiting_resize();
         self.triggers.in_trigger.set(true);
         let triggered = self.stream.trigger_process();
         self.triggers.in_trigger.set(false);
+        if triggered.is_ok() && self.stream.is_driving() {
+            self.check_what_the_cycle_hands_back();
+        }
         if self.triggers.disconnect_deferred.replace(false) {
             self.disconnect()?;
         }
         triggered.map_err(Error::pipewire("triggering a frame"))
     }
 
+    /// Announces the new size of a resize once a cycle without a frame has run since (see
+    /// `HeldBack`); counts that cycle otherwise.
+    fn announce_a_waiting_resize(&self) {
+        let outcome = with_inner(&self.inner, |inner| {
+            let held = inner.held_back.as_mut()?;
+            held.cycles += 1;
+            if held.cycles < 2 {
+                return None;
+            }
+            Some(Outcome::Announce {
+                what: "announcing the new size",
+                pods: held.unannounced.take()?,
+            })
+        });
+        apply(&self.stream, &self.inner, outcome.flatten());
+    }
+
+    /// The cycle `trigger_frame` ran is over but for its end, which puts the buffer the tee
+    /// handed back in the stream's free queue: a stale id is emptied from the port's io area
+    /// before that (see `returns`). Only where the tee swaps (PipeWire 1.5.81 and later).
+    fn check_what_the_cycle_hands_back(&self) {
+        let Some(io) = self.port_io.state() else {
+            return;
+        };
+        let Ok(mut inner) = self.inner.try_borrow_mut() else {
+            return;
+        };
+        if !inner.tee_swaps {
+            return;
+        }
+        match inner.returns.after_cycle(io) {
+            returns::Verdict::Stale(id) => {
+                self.port_io.forget_buffer();
+                inner.stats.stale_returns += 1;
+                log::debug!(
+                    "{}: the cycle handed back buffer id {id}, which was not sent since the \
+                     buffers changed (a stale id in a link's io area): not freed",
+                    inner.config.node_name
+                );
+            }
+            returns::Verdict::Returned(_) | returns::Verdict::Nothing => {}
+        }
+    }
+
     /// Changes the frame size. While a consumer is linked this renegotiates: every buffer of
-    /// the old size is removed and freed, and buffers of the new size are allocated.
+    /// the old size is removed and freed, and buffers of the new size are allocated. No
+    /// frame goes out from this call until the new format is set. While this producer drives
+    /// the graph, the new size is announced by the second [`Producer::trigger_frame`] call
+    /// from here, after a cycle without a frame, in which consumers read the last one. The
+    /// current size is a no-op.
     pub fn resize(&self, width: u32, height: u32) -> Result<()> {
+        let driving = self.stream.is_driving();
         let pods = {
             let mut inner = self.inner.borrow_mut();
             for format in &inner.config.formats {
                 FrameConstraints::for_frame(*format, width, height, inner.config.frame_rules())?;
+            }
+            if (inner.width, inner.height) == (width, height) {
+                return Ok(()); // nothing to renegotiate
             }
             inner.width = width;
             inner.height = height;
@@ -383,7 +449,24 @@ impl Producer {
             inner.dmabuf = inner.pools.probe_dmabuf();
             inner.fixated = None;
             log::info!("{}: resizing to {width}x{height}", inner.config.node_name);
-            inner.enum_formats()?
+            let pods = inner.enum_formats()?;
+            if inner.active.is_none() {
+                pods
+            } else if driving {
+                inner.held_back = Some(HeldBack {
+                    since: Instant::now(),
+                    unannounced: Some(pods),
+                    cycles: 0,
+                });
+                return Ok(()); // announced by `trigger_frame`
+            } else {
+                inner.held_back = Some(HeldBack {
+                    since: Instant::now(),
+                    unannounced: None,
+                    cycles: 0,
+                });
+                pods
+            }
         };
         let mut refs = params::pod_refs(&pods);
         self.stream

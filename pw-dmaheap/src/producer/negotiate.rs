@@ -238,6 +238,7 @@ pub(super) fn on_format(inner: &mut Inner, param: Option<&Pod>) -> Outcome {
     inner.drop_spare();
     inner.generation += 1;
     inner.active = None;
+    inner.held_back = None;
     let Some(param) = param else {
         // No link left to renegotiate with: PipeWire removed the buffers with the format.
         inner.resizing = false;

@@ -77,6 +77,10 @@ pub struct Stats {
     /// stream no longer refuses a second free-queue entry); each was left alone rather than
     /// drawn into while a consumer reads it or sent twice.
     pub duplicates: u64,
+    /// Buffer ids a cycle handed back that named no buffer sent since the buffers changed
+    /// (stale ids in a link's io area, PipeWire 1.5.81 and later); kept out of the free
+    /// queue.
+    pub stale_returns: u64,
 }
 
 /// Something a UI or log may want to show.

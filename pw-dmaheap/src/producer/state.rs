@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Instant;
 
 use heapcore::format::VideoFormat;
 use heapcore::{Origin, PooledBuf};
@@ -12,6 +13,7 @@ use pipewire::stream::Stream;
 use rustix::io::Errno;
 
 use super::report::{Event, Negotiated, PeerDevice, Stats};
+use super::returns::Returns;
 use crate::config::ProducerConfig;
 use crate::constraints::FrameConstraints;
 use crate::data_types::{DataKind, DataTypes};
@@ -44,6 +46,19 @@ pub(super) struct Active {
     /// made: their fds reached that consumer, so nothing is drawn into them any more. The
     /// node is suspended, and PipeWire removes them; the next link gets new ones.
     pub(super) sealed: bool,
+}
+
+/// Frames held back by a resize, from the moment it was asked for until PipeWire sets the
+/// new format (see `frame::on_produce`).
+pub(super) struct HeldBack {
+    pub(super) since: Instant,
+    /// The new formats while this producer drives the graph, not announced before a cycle
+    /// without a frame has run: consumers read the last frame by then, so no link's io area
+    /// holds it unread when the buffers change (PipeWire would hand the consumer that id of
+    /// the new set, a buffer never sent).
+    pub(super) unannounced: Option<Vec<PodBytes>>,
+    /// `trigger_frame` calls since.
+    pub(super) cycles: u32,
 }
 
 /// A buffer attached to the stream.
@@ -83,6 +98,12 @@ pub(super) struct Inner {
     /// A resize announced a new size and its buffers are not streaming yet. PipeWire 0.3.65
     /// pauses the stream while it renegotiates; that pause is not a consumer leaving.
     pub(super) resizing: bool,
+    /// A resize holds frames back until PipeWire sets the next format.
+    pub(super) held_back: Option<HeldBack>,
+    /// Where the buffers of the current set are, to tell a buffer handed back from a stale id.
+    pub(super) returns: Returns,
+    /// PipeWire's reliable tee swaps buffers (1.5.81 and later), so `returns` applies.
+    pub(super) tee_swaps: bool,
     pub(super) active: Option<Active>,
     pub(super) slots: HashMap<BufferKey, Slot>,
     /// The buffer allocated when the format was fixed, given to the first `add_buffer`.

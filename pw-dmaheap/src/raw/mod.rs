@@ -1,7 +1,8 @@
 //! The only `unsafe` code of this crate: reading and filling
 //! the `pw_buffer`/`spa_buffer`/`spa_data` structures PipeWire hands to stream callbacks,
 //! dequeuing, parking and queuing raw buffers, their metadata, and borrowing the fd of a
-//! received `spa_data`; and letting the calls PipeWire queued for a stream run before it goes.
+//! received `spa_data`; reading and clearing our port's io area; and letting the calls
+//! PipeWire queued for a stream run before it goes.
 //!
 //! Everything else sees safe types: [`StreamBuffer`] exists only for the duration of an
 //! `add_buffer`/`remove_buffer` callback, [`Dequeued`] only between dequeue and queue (it
@@ -10,6 +11,7 @@
 
 mod dequeue;
 mod meta;
+mod port_io;
 mod queued_calls;
 mod stream_buffer;
 
@@ -26,6 +28,7 @@ use pipewire::sys as pw_sys;
 
 pub(crate) use dequeue::{DequeueFailed, Dequeued, Dequeues, try_dequeue};
 pub(crate) use meta::{SyncPoints, spa_abi};
+pub(crate) use port_io::{PortIo, PortIoState, library_version};
 pub(crate) use queued_calls::settle_queued_calls;
 pub(crate) use stream_buffer::{StreamBuffer, buffer_callback, remove_buffer_callback};
 
@@ -41,6 +44,14 @@ pub(crate) const DATA_FLAG_MAPPABLE: u32 = 1 << 3;
 /// `remove_buffer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct BufferKey(usize);
+
+#[cfg(test)]
+impl BufferKey {
+    /// A key for tests of the bookkeeping; it names no buffer.
+    pub(crate) fn from_raw(address: usize) -> Self {
+        Self(address)
+    }
+}
 
 /// What to put in one `spa_data`.
 #[derive(Debug, Clone, Copy)]
