@@ -453,7 +453,7 @@ fn soak() -> Result<(), Failed> {
 /// frame repeats, goes back or is torn, and the consumer is never handed a buffer the
 /// producer did not send. With PipeWire 1.6 each renegotiation leaves a stale id in the link's
 /// io area, which the producer keeps out of its free queue (`stale_returns`); and now and then
-/// (one run in about twelve) a frame sent as the resize began is still unread when the buffers
+/// (2 runs in 14) a frame sent as the resize began is still unread when the buffers
 /// change, so the consumer is handed one buffer never sent, empty (pw-dmaheap's README, known
 /// issues). Up to [`never_sent_allowed`] of those pass there; before the hold-back it was
 /// 11 to 15 a run.
