@@ -450,21 +450,22 @@ impl Producer {
             inner.fixated = None;
             log::info!("{}: resizing to {width}x{height}", inner.config.node_name);
             let pods = inner.enum_formats()?;
-            if inner.active.is_none() {
-                pods
-            } else if driving {
+            if inner.active.is_some() {
+                let (unannounced, now) = if driving {
+                    (Some(pods), None)
+                } else {
+                    (None, Some(pods))
+                };
                 inner.held_back = Some(HeldBack {
                     since: Instant::now(),
-                    unannounced: Some(pods),
+                    unannounced,
                     cycles: 0,
                 });
-                return Ok(()); // announced by `trigger_frame`
+                match now {
+                    Some(pods) => pods,
+                    None => return Ok(()), // announced by `trigger_frame`
+                }
             } else {
-                inner.held_back = Some(HeldBack {
-                    since: Instant::now(),
-                    unannounced: None,
-                    cycles: 0,
-                });
                 pods
             }
         };
