@@ -351,6 +351,95 @@ fn prewarm_fills_the_pool_before_the_first_frame() {
     pool.set_active(false).unwrap();
 }
 
+/// GstBufferPool's queue is first in, first out: with more buffers than in flight it would
+/// hand each frame the buffer idle longest, out of the CPU's caches. The last ones back come
+/// first: a stream with one frame in flight writes into one buffer, the others stay ready.
+#[test]
+fn a_stream_with_one_frame_in_flight_reuses_the_buffer_it_returned_last() {
+    let pool = rgba_pool("realtime", 4, 4);
+    pool.set_active(true).unwrap();
+    let fd_of = |b: &gst::Buffer| memory_fd(b.peek_memory(0));
+    let mut fds = BTreeSet::new();
+    for frame in 0..20u8 {
+        let mut buf = pool.acquire_buffer(None).unwrap();
+        buf.get_mut().unwrap().map_writable().unwrap()[0] = frame;
+        fds.insert(fd_of(&buf));
+    }
+    assert_eq!(
+        fds.len(),
+        1,
+        "one frame in flight, yet buffers {fds:?} were written"
+    );
+    // Two in flight: two buffers, whatever the order they come back in.
+    let mut two = BTreeSet::new();
+    for _ in 0..10 {
+        let (a, b) = (
+            pool.acquire_buffer(None).unwrap(),
+            pool.acquire_buffer(None).unwrap(),
+        );
+        two.extend([fd_of(&a), fd_of(&b)]);
+        drop(b);
+        drop(a);
+    }
+    assert_eq!(two.len(), 2, "{two:?}");
+    // The buffer kept for reuse obeys flushing like the rest of the pool.
+    pool.set_flushing(true);
+    assert_eq!(
+        pool.acquire_buffer(None).unwrap_err(),
+        gst::FlowError::Flushing
+    );
+    pool.set_flushing(false);
+    drop(pool.acquire_buffer(None).unwrap());
+    let stats = pool.stats();
+    assert_eq!(stat(&stats, "pool-misses"), 0, "{stats}");
+    assert_eq!(stat(&stats, "heap-buffers"), 4, "{stats}");
+    pool.set_active(false).unwrap();
+    assert_eq!(
+        stat(&pool.stats(), "heap-buffers"),
+        0,
+        "stop frees the kept buffer too"
+    );
+}
+
+/// With every buffer out, acquire waits in GstBufferPool's queue, where a buffer kept for
+/// reuse would never reach it: each release must wake it. Two threads hand a pool's only
+/// buffer back and forth; a lost wake-up stops the exchange.
+#[test]
+fn a_release_wakes_an_acquire_waiting_on_a_full_pool() {
+    init();
+    let pool = DmaHeapBufferPool::new();
+    pool_config(
+        &pool,
+        "video/x-raw,format=RGBA,width=64,height=64",
+        1,
+        1,
+        &[],
+        None,
+    );
+    pool.set_active(true).unwrap();
+    let (to_releaser, releaser) = std::sync::mpsc::channel::<gst::Buffer>();
+    let (done, finished) = std::sync::mpsc::channel();
+    let acquirer = {
+        let pool = pool.clone();
+        std::thread::spawn(move || {
+            for _ in 0..20_000 {
+                // Blocks until the releaser has dropped the previous buffer.
+                let buf = pool.acquire_buffer(None).unwrap();
+                to_releaser.send(buf).unwrap();
+            }
+            done.send(()).unwrap();
+        })
+    };
+    let drops = std::thread::spawn(move || releaser.into_iter().for_each(drop));
+    finished
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("an acquire waiting on a full pool was never woken");
+    acquirer.join().unwrap();
+    drops.join().unwrap();
+    assert_eq!(stat(&pool.stats(), "pool-misses"), 0);
+    pool.set_active(false).unwrap();
+}
+
 #[test]
 fn realtime_pools_grow_from_heapcore_spares_under_the_process_budget() {
     let pool = rgba_pool("realtime", 2, 2);

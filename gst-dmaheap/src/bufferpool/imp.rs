@@ -1,4 +1,4 @@
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use gst::glib;
@@ -7,6 +7,7 @@ use gst::subclass::prelude::*;
 use gst_video::prelude::*;
 
 use super::fences::{self, BusyBuffers};
+use super::hot::HotBuffers;
 use super::vfuncs::{self, PerBuffer};
 use crate::allocator::DmaHeapAllocator;
 use crate::counter::ThreadCounter;
@@ -97,6 +98,10 @@ pub struct DmaHeapBufferPool {
     hot_skip_busy_check: AtomicBool,
     /// The process's pool registry, looked up once (its lookup asks the kernel for the pid).
     registry: OnceLock<heapcore::PoolRegistry>,
+    /// The buffers released last, handed out first (see `hot.rs`).
+    hot: HotBuffers,
+    /// The configured buffer size, which GstBufferPool's release checks: kept for `reusable`.
+    hot_size: AtomicUsize,
 }
 
 impl DmaHeapBufferPool {
@@ -479,6 +484,7 @@ impl BufferPoolImpl for DmaHeapBufferPool {
                     cfg.info.offset(),
                     cfg.params.align() + 1,
                 );
+                self.hot_size.store(cfg.size, Ordering::Relaxed);
                 *self.config.lock().unwrap() = Some(cfg);
                 if adjusted {
                     gst::debug!(CAT, imp = self, "configuration adjusted: {config:?}");
@@ -536,6 +542,10 @@ impl BufferPoolImpl for DmaHeapBufferPool {
         let held = self.busy.close(|buffer| self.parent_release_buffer(buffer));
         if held > 0 {
             gst::debug!(CAT, imp = self, "freeing {held} buffers devices still used");
+        }
+        // So do the hot buffers: GstBufferPool counts them among its buffers.
+        while let Some(buffer) = self.hot.take() {
+            self.parent_release_buffer(buffer);
         }
         let ok = self.parent_stop();
         // Buffers still out return to the closed heapcore pool and are freed then.
@@ -706,6 +716,19 @@ impl PerBuffer for DmaHeapBufferPool {
             return self.hold_if_busy(buffer);
         }
         Some(buffer)
+    }
+
+    #[inline(always)]
+    fn hot_buffers(&self) -> &HotBuffers {
+        &self.hot
+    }
+
+    #[inline(always)]
+    fn reusable(&self, buffer: &gst::BufferRef) -> bool {
+        !self.starting.load(Ordering::Relaxed)
+            && !buffer.flags().contains(gst::BufferFlags::TAG_MEMORY)
+            && buffer.size() == self.hot_size.load(Ordering::Relaxed)
+            && buffer.is_all_memory_writable()
     }
 
     /// acquire_buffer for `on-exhaustion=error`: never waits for a buffer to come back, and

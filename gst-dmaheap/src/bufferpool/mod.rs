@@ -9,6 +9,7 @@ use gst::subclass::prelude::*;
 use crate::stats::Stats;
 
 mod fences;
+mod hot;
 mod imp;
 mod vfuncs;
 

@@ -6,12 +6,17 @@
 //! it calls GstBufferPool's own function. On hardware that is a few loads and branches; under
 //! emulation (qemu TCG, as in the VM tests) a Rust pool that overrides nothing measured 1.18×
 //! the stock pool per round trip. These do the pool's own work ([`PerBuffer`]) and hand
-//! GstBufferPool's functions the very pointers they were given.
+//! GstBufferPool's functions the very pointers they were given. The buffers released last are
+//! kept beside GstBufferPool's queue and handed out first (see `hot.rs`).
+
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use gst::ffi;
 use gst::glib::translate::*;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
+
+use super::hot::HotBuffers;
 
 /// What a pool does on every buffer, around GstBufferPool's acquire and release.
 pub(super) trait PerBuffer: ObjectSubclass<Type: IsA<gst::BufferPool>> {
@@ -29,6 +34,14 @@ pub(super) trait PerBuffer: ObjectSubclass<Type: IsA<gst::BufferPool>> {
 
     /// A buffer comes back: the buffer to give GstBufferPool, or none when the pool keeps it.
     fn before_release(&self, buffer: gst::Buffer) -> Option<gst::Buffer>;
+
+    /// The buffers released last, handed out before GstBufferPool's queue.
+    fn hot_buffers(&self) -> &HotBuffers;
+
+    /// Whether a released buffer may be handed out again as it is: what GstBufferPool's own
+    /// release checks before it queues a buffer (no memory tag, the configured size, every
+    /// memory writable), and not while the pool starts.
+    fn reusable(&self, buffer: &gst::BufferRef) -> bool;
 }
 
 /// Puts `T`'s acquire and release in `class`. Without both of GstBufferPool's functions in
@@ -77,6 +90,23 @@ unsafe extern "C" fn acquire_buffer<T: PerBuffer>(
     // SAFETY: GstBufferPool calls a class's methods with an instance of that class, and this
     // method is installed on `T`'s (a subclass's instance is one too).
     let imp = unsafe { imp::<T>(pool) };
+    // SAFETY: `pool` points to a live GstBufferPool (as above).
+    let field = unsafe { &raw mut (*pool).flushing };
+    // SAFETY: the field is an aligned gint that lives as long as the pool, and GStreamer
+    // reads and writes it only with atomic operations (g_atomic_int_get/set), as this does.
+    let flushing = unsafe { AtomicI32::from_ptr(field) };
+    // Flushing: GstBufferPool's acquire says so.
+    if flushing.load(Ordering::Relaxed) == 0
+        && let Some(hot) = imp.hot_buffers().take()
+    {
+        return hand_out(imp, hot, buffer);
+    }
+    let _going = imp.hot_buffers().going_to_queue();
+    if flushing.load(Ordering::Relaxed) == 0
+        && let Some(hot) = imp.hot_buffers().take()
+    {
+        return hand_out(imp, hot, buffer);
+    }
     if imp.fails_when_exhausted() {
         return acquire_failing_when_exhausted(imp, buffer, params);
     }
@@ -86,6 +116,19 @@ unsafe extern "C" fn acquire_buffer<T: PerBuffer>(
         imp.count_acquired();
     }
     ret
+}
+
+/// Acquire's result when it takes a hot buffer.
+#[inline(always)]
+fn hand_out<T: PerBuffer>(
+    imp: &T,
+    hot: gst::Buffer,
+    buffer: *mut *mut ffi::GstBuffer,
+) -> ffi::GstFlowReturn {
+    imp.count_acquired();
+    // SAFETY: `buffer` is the caller's out-pointer; it takes the reference.
+    unsafe { *buffer = hot.into_glib_ptr() };
+    ffi::GST_FLOW_OK
 }
 
 /// [`PerBuffer::acquire_or_fail`] behind the C signature, through gstreamer-rs's types (not
@@ -117,11 +160,19 @@ unsafe extern "C" fn release_buffer<T: PerBuffer>(
     let imp = unsafe { imp::<T>(pool) };
     // SAFETY: release_buffer is given the caller's one reference to a valid buffer.
     let buffer: gst::Buffer = unsafe { from_glib_full(buffer) };
-    if let Some(buffer) = imp.before_release(buffer) {
-        // Installed only where the parent has one; without it the buffer is dropped (freed).
-        if let Some(parent_release) = parent_class::<T>().release_buffer {
-            // SAFETY: GstBufferPool's release, given the pool and the reference we were given.
-            unsafe { parent_release(pool, buffer.into_glib_ptr()) };
-        }
+    let Some(buffer) = imp.before_release(buffer) else {
+        return;
+    };
+    // Installed only where the parent has one.
+    let Some(parent_release) = parent_class::<T>().release_buffer else {
+        return;
+    };
+    // SAFETY: GstBufferPool's release, given the pool and a reference to one of its buffers.
+    let to_queue = |buffer: gst::Buffer| unsafe { parent_release(pool, buffer.into_glib_ptr()) };
+    if imp.reusable(&buffer) {
+        imp.hot_buffers().keep(buffer, to_queue);
+    } else {
+        // GstBufferPool frees it.
+        to_queue(buffer);
     }
 }
