@@ -71,6 +71,11 @@ pub(crate) struct Args {
     /// Repetitions of every case, interleaved (at least 5 for a target to count).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
     reps: u64,
+    /// Repetitions of the GStreamer pipelines (default: --reps): their frames/s moves with
+    /// the machine's other load from one run to the next, so a ratio near its target takes
+    /// more repetitions to decide than the pools do.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=400))]
+    pipeline_reps: Option<u64>,
     /// Scales every fixed sample count (0.05 to 10); the counts used are in the report.
     #[arg(long, default_value_t = 1.0, value_parser = scale, allow_negative_numbers = true)]
     scale: f64,
@@ -154,6 +159,7 @@ pub(crate) struct Ctx {
     pub alloc: Arc<Allocator>,
     pub sources: Vec<Source>,
     pub reps: usize,
+    pub pipeline_reps: usize,
     pub scale: f64,
     pub timer: TimerCost,
     pub say: bool,
@@ -226,6 +232,7 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         alloc,
         sources,
         reps: args.reps as usize,
+        pipeline_reps: args.pipeline_reps.unwrap_or(args.reps) as usize,
         scale: args.scale,
         timer,
         say: true,

@@ -42,6 +42,8 @@ pub(super) fn run(ctx: &Ctx, given: Option<&str>, served: &str) -> Result<PeersR
     cmd.args([
         "--reps",
         &ctx.reps.to_string(),
+        "--pipeline-reps",
+        &ctx.pipeline_reps.to_string(),
         "--scale",
         &ctx.scale.to_string(),
     ]);

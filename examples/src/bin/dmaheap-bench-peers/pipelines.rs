@@ -254,6 +254,7 @@ const STOCK_POOL_HEAP_MEMORY: &str =
     "videotestsrc ! fakesink, the sink offering a stock pool of dmaheap memory (control)";
 
 pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
+    let reps = ctx.pipeline_reps;
     let frames = ctx.count(3_000, 100) as u64;
     let caps = "video/x-raw,format=NV12,width=1280,height=720,framerate=30/1";
     let src = format!("videotestsrc num-buffers={frames} pattern=solid-color ! {caps}");
@@ -368,11 +369,11 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
             ..Throughput::default()
         })
         .collect();
-    for rep in 0..ctx.reps {
+    for rep in 0..reps {
         ctx.say(format!(
             "pipelines, repetition {}/{}: {} cases",
             rep + 1,
-            ctx.reps,
+            reps,
             specs.len()
         ));
         let order = dmaheap_benchkit::measure::interleaved(rep, specs.len());
@@ -411,7 +412,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
         let over = |other: &Throughput| -> Vec<f64> {
             r.fps.iter().zip(&other.fps).map(|(a, b)| a / b).collect()
         };
-        if r.fps.len() != ctx.reps {
+        if r.fps.len() != reps {
             continue;
         }
         let (reference, label) = if r.name.starts_with("vivid dma-bufs through") {
@@ -419,10 +420,10 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
                 .iter()
                 .find(|x| x.name.starts_with("vivid dma-bufs: "))
             {
-                Some(v) if v.fps.len() == ctx.reps => (v, "vivid ! fakesink"),
+                Some(v) if v.fps.len() == reps => (v, "vivid ! fakesink"),
                 _ => continue,
             }
-        } else if base.fps.len() == ctx.reps {
+        } else if base.fps.len() == reps {
             (base, "baseline")
         } else {
             continue;
@@ -445,7 +446,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
         if r.name == "with dmaheapupload, passing through"
             && let Some(heap) = results
                 .iter()
-                .find(|x| x.name == STOCK_POOL_HEAP_MEMORY && x.fps.len() == ctx.reps)
+                .find(|x| x.name == STOCK_POOL_HEAP_MEMORY && x.fps.len() == reps)
         {
             ratios.push(Ratio::new(
                 "pipelines",
