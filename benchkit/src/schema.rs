@@ -95,6 +95,7 @@ pub struct Ratio {
     /// The statistic compared ("p99", "p50", "max of 20", "frames/s", ...).
     pub stat: String,
     /// Per repetition, in run order.
+    #[serde(deserialize_with = "ratios_or_nan")]
     pub per_rep: Vec<f64>,
     /// `None` when a side was zero or missing.
     pub estimate: Option<Estimate>,
@@ -107,6 +108,14 @@ pub struct Ratio {
     /// A caveat, or why there is no estimate; left out when empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub note: String,
+}
+
+/// Per-repetition ratios as JSON holds them: one over a side that was 0 (a time at or under
+/// the timer's own cost, once that is subtracted) is infinite, which JSON writes as null. It
+/// is read back as not-a-number, which has no estimate either, as when the report was made.
+fn ratios_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    let values: Vec<Option<f64>> = Vec::deserialize(d)?;
+    Ok(values.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
 }
 
 impl Ratio {
@@ -466,5 +475,17 @@ mod tests {
         env.mark_clocksource_changed("hpet");
         assert!(env.clocksource_changed(), "{}", env.clocksource);
         assert!(env.clocksource.starts_with("tsc") && env.clocksource.contains("hpet"));
+    }
+
+    #[test]
+    fn a_ratio_over_a_zero_side_is_read_back() {
+        let ratio = Ratio::new("g", "a / b".into(), "p50".into(), vec![1.0, f64::INFINITY]);
+        assert!(ratio.estimate.is_none());
+        let json = serde_json::to_string(&ratio).unwrap();
+        assert!(json.contains("[1.0,null]"), "{json}");
+        let back: Ratio = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.per_rep[0], 1.0);
+        assert!(back.per_rep[1].is_nan());
+        assert!(back.estimate.is_none());
     }
 }
