@@ -59,16 +59,25 @@ fn met(m: Option<bool>, verdict: Option<Verdict>) -> String {
 /// A markdown table.
 struct Table {
     out: String,
+    columns: usize,
 }
 
 impl Table {
     fn new(header: &[&str]) -> Self {
         let mut out = format!("| {} |\n", header.join(" | "));
         out += &format!("|{}\n", "---|".repeat(header.len()));
-        Self { out }
+        Self {
+            out,
+            columns: header.len(),
+        }
     }
 
     fn row(&mut self, cells: Vec<String>) {
+        debug_assert_eq!(
+            cells.len(),
+            self.columns,
+            "a row's cells against its headings"
+        );
         let cells: Vec<String> = cells.into_iter().map(|c| c.replace('|', "\\|")).collect();
         self.out += &format!("| {} |\n", cells.join(" | "));
     }
@@ -417,6 +426,7 @@ fn throughput_table(r: &Report, group: &str) -> String {
         "95% CI",
         "CPU/frame",
         "consumer CPU/frame",
+        "page faults/frame",
         "first frame",
         "checked",
         "description",
@@ -689,6 +699,7 @@ pub(super) fn splice(existing: &str, generated: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dmaheap_benchkit::schema::Throughput;
 
     #[test]
     fn hand_written_sections_outside_the_block_are_kept() {
@@ -708,5 +719,36 @@ mod tests {
             splice("# Performance\nold\n", "x\n"),
             format!("{BEGIN}\nx\n{END}\n")
         );
+    }
+
+    #[test]
+    fn every_throughput_row_has_a_cell_per_heading() {
+        let measured = Throughput {
+            group: "pipelines".into(),
+            name: "a".into(),
+            frames: 10,
+            fps: vec![100.0, 110.0],
+            cpu_ns_per_frame: vec![1e6, 1.1e6],
+            faults_per_frame: vec![0.5, 0.5],
+            first_frame_ns: vec![1e6, 1e6],
+            ..Throughput::default()
+        };
+        let skipped = Throughput {
+            name: "b".into(),
+            skipped: Some("no device".into()),
+            ..measured.clone()
+        };
+        let report = Report {
+            throughput: vec![measured, skipped],
+            ..Report::default()
+        };
+        let table = throughput_table(&report, "pipelines");
+        let cells = |line: &str| line.matches(" | ").count() + 1;
+        let mut lines = table.lines().filter(|l| l.starts_with("| "));
+        let heading = cells(lines.next().unwrap());
+        for line in lines {
+            assert_eq!(cells(line), heading, "{line}");
+        }
+        assert!(table.contains("page faults/frame"), "{table}");
     }
 }
