@@ -95,16 +95,18 @@ unsafe extern "C" fn acquire_buffer<T: PerBuffer>(
     // SAFETY: the field is an aligned gint that lives as long as the pool, and GStreamer
     // reads and writes it only with atomic operations (g_atomic_int_get/set), as this does.
     let flushing = unsafe { AtomicI32::from_ptr(field) };
-    // Flushing: GstBufferPool's acquire says so.
-    if flushing.load(Ordering::Relaxed) == 0
-        && let Some(hot) = imp.hot_buffers().take()
-    {
+    // While flushing, GstBufferPool's acquire says so.
+    let hot = || {
+        (flushing.load(Ordering::Relaxed) == 0)
+            .then(|| imp.hot_buffers().take())
+            .flatten()
+    };
+    if let Some(hot) = hot() {
         return hand_out(imp, hot, buffer);
     }
+    // Looked at once more after saying so (see `hot.rs`).
     let _going = imp.hot_buffers().going_to_queue();
-    if flushing.load(Ordering::Relaxed) == 0
-        && let Some(hot) = imp.hot_buffers().take()
-    {
+    if let Some(hot) = hot() {
         return hand_out(imp, hot, buffer);
     }
     if imp.fails_when_exhausted() {
