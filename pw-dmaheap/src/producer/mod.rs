@@ -451,23 +451,22 @@ impl Producer {
             log::info!("{}: resizing to {width}x{height}", inner.config.node_name);
             let pods = inner.enum_formats()?;
             if inner.active.is_some() {
-                let (unannounced, now) = if driving {
-                    (Some(pods), None)
-                } else {
-                    (None, Some(pods))
-                };
-                inner.held_back = Some(HeldBack {
+                let held = HeldBack {
                     since: Instant::now(),
-                    unannounced,
+                    unannounced: None,
                     cycles: 0,
-                });
-                match now {
-                    Some(pods) => pods,
-                    None => return Ok(()), // announced by `trigger_frame`
+                };
+                if driving {
+                    let unannounced = Some(pods);
+                    inner.held_back = Some(HeldBack {
+                        unannounced,
+                        ..held
+                    });
+                    return Ok(()); // announced by `trigger_frame`
                 }
-            } else {
-                pods
+                inner.held_back = Some(held);
             }
+            pods
         };
         let mut refs = params::pod_refs(&pods);
         self.stream
