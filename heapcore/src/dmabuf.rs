@@ -49,6 +49,7 @@ impl Origin {
     }
 
     /// Whether buffers of this origin are dma-bufs (devices can import them).
+    #[inline]
     pub fn is_dmabuf(&self) -> bool {
         match self {
             Self::Heap(_) | Self::Udmabuf => true,
@@ -119,6 +120,7 @@ impl DmaBuf {
 
     /// Whether a device may hold fences on this buffer: it is a dma-buf and its fd has been
     /// handed out (or it was imported). One that never left this struct has none.
+    #[inline]
     pub(crate) fn may_carry_fences(&self) -> bool {
         self.is_dmabuf() && self.shared.load(Relaxed)
     }
@@ -171,6 +173,7 @@ impl DmaBuf {
     }
 
     /// Whether devices can import it (everything but the memfd fallback).
+    #[inline]
     pub fn is_dmabuf(&self) -> bool {
         self.origin.is_dmabuf()
     }

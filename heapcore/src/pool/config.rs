@@ -26,6 +26,7 @@ pub enum QosClass {
 impl QosClass {
     /// How many free buffers a pool of this class may keep at a pressure level (`None`: as
     /// many as its caps allow).
+    #[inline]
     pub(super) fn keep_free(self, level: PressureLevel, min_buffers: usize) -> Option<usize> {
         match (self, level) {
             (_, PressureLevel::Normal) | (Self::Realtime, _) => None,

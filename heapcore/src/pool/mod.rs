@@ -256,6 +256,7 @@ impl Pool {
 }
 
 impl Inner {
+    #[inline]
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.0.lock().unwrap_or_else(|p| p.into_inner())
     }
