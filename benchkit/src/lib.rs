@@ -2,6 +2,7 @@
 //! (examples): one measuring method, so that their figures compare, and one JSON schema, so
 //! that `dmaheap bench --report` reads what either printed.
 
+pub mod cgroup;
 pub mod counters;
 pub mod measure;
 pub mod schema;

@@ -39,6 +39,11 @@ fn main() {
             "psi_trigger_trims_pools_and_refills_after",
             &[Need::SystemHeap, Need::Root],
             psi_trigger_trims_pools_and_refills_after,
+        )
+        .test(
+            "refault_hog_in_its_cgroup_makes_memory_stalls",
+            &[Need::Root, Need::MemoryCgroup, Need::HogDisk],
+            refault_hog_in_its_cgroup_makes_memory_stalls,
         );
     suite.run()
 }
@@ -318,6 +323,64 @@ fn psi_trigger_trims_pools_and_refills_after() -> Result<(), Failed> {
         "the realtime pool refilled under critical pressure"
     );
     drop(taken);
+    Ok(())
+}
+
+/// The benchmark's refault hog in a memory cgroup held below its file, as `dmaheap bench`
+/// runs it where it can: the kernel reclaims the cgroup's page cache as the hog reads, and PSI
+/// (system-wide, what the bench's pools watch) counts the stalls, however much page cache the
+/// rest of the machine keeps (without the cgroup, a refault is a stall only when the kernel
+/// judges it recent, and the host's pressure runs saw none). Runs on the host too.
+fn refault_hog_in_its_cgroup_makes_memory_stalls() -> Result<(), Failed> {
+    use std::io::{BufRead, BufReader};
+    use std::time::Duration;
+
+    let some_total = || -> Result<u64, Failed> {
+        let psi = std::fs::read_to_string("/proc/pressure/memory")?;
+        psi.lines()
+            .find(|l| l.starts_with("some "))
+            .and_then(|l| l.rsplit("total=").next()?.trim().parse().ok())
+            .ok_or_else(|| format!("no `some ... total=` in /proc/pressure/memory: {psi}").into())
+    };
+    let limit = 64u64 << 20;
+    let cgroup = dmaheap_testkit::MemoryCgroup::reclaiming(
+        &format!("dmaheap-test-refault-{}", std::process::id()),
+        limit,
+    )?;
+    let file =
+        dmaheap_testkit::hog_dir().join(format!("dmaheap-test-refault-{}", std::process::id()));
+    let mut hog = Command::new(DMAHEAP)
+        .args(["bench-hog", "--kind", "refault", "--file"])
+        .arg(&file)
+        .arg("--cgroup")
+        .arg(cgroup.procs())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut ready = String::new();
+    BufReader::new(hog.stdout.take().ok_or("no hog stdout")?).read_line(&mut ready)?;
+    let before = some_total()?;
+    std::thread::sleep(Duration::from_secs(5));
+    let stalled_us = some_total()? - before;
+    let member = std::fs::read_to_string(cgroup.procs())?;
+    drop(hog.stdin.take());
+    let status = hog.wait()?;
+    println!(
+        "hog said {:?}; PSI memory `some` rose {stalled_us} µs in 5 s; cgroup members: {:?}",
+        ready.trim(),
+        member.trim()
+    );
+    ensure!(
+        ready.starts_with("ready "),
+        "the hog did not start: {ready:?} ({status})"
+    );
+    ensure!(
+        member.trim() == hog.id().to_string(),
+        "the hog ({}) was not the cgroup's member: {member:?}",
+        hog.id()
+    );
+    ensure!(status.success(), "the hog ended with {status}");
+    ensure!(stalled_us > 0, "PSI saw no memory stall in 5 s of the hog");
     Ok(())
 }
 

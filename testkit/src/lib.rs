@@ -12,6 +12,7 @@ use std::path::Path;
 #[cfg(feature = "pipewire")]
 pub mod pipewire;
 
+pub use dmaheap_benchkit::cgroup::{CgroupFlavour, MemoryCgroup};
 pub use libtest_mimic::Failed;
 use libtest_mimic::{Arguments, Trial};
 
@@ -33,6 +34,9 @@ pub enum Need {
     /// A memory cgroup this process may create and limit, with swap kept out of it and the
     /// OOM killer kept off its member (see [`MemoryCgroup`]).
     MemoryCgroup,
+    /// A directory on a disk for the benchmark's refault hog (`DMAHEAP_HOG_DIR`, else
+    /// /var/tmp): not tmpfs, whose pages only swap could reclaim.
+    HogDisk,
     /// The sw_sync debug timeline (CONFIG_SW_SYNC, debugfs), to make fences by hand.
     SwSync,
     /// vgem, a DRM device with PRIME but no display (and no syncobjs: DRIVER_SYNCOBJ is not
@@ -59,6 +63,7 @@ impl Need {
             Self::V4l2(name) if name.starts_with("vivid") => "vivid",
             Self::V4l2(_) => "vicodec",
             Self::MemoryCgroup => "memcg",
+            Self::HogDisk => "hog-disk",
             Self::SwSync => "sw_sync",
             Self::Vgem => "vgem",
             Self::DrmSyncobj => "drm-syncobj",
@@ -77,6 +82,10 @@ impl Need {
             Self::Kms => drm_card("vkms").is_some(),
             Self::V4l2(name) => v4l2_device(name).is_some(),
             Self::MemoryCgroup => CgroupFlavour::usable().is_some(),
+            // TMPFS_MAGIC.
+            Self::HogDisk => {
+                rustix::fs::statfs(hog_dir()).is_ok_and(|fs| fs.f_type as u64 != 0x0102_1994)
+            }
             Self::SwSync => Path::new(SW_SYNC).exists(),
             Self::Vgem => drm_card("vgem").is_some(),
             Self::DrmSyncobj => has_syncobj_device(),
@@ -111,6 +120,12 @@ impl fmt::Display for Need {
                  memory.swap.max or no swap, and CAP_SYS_RESOURCE; or cgroup v1's memory \
                  hierarchy with memsw or no swap)",
             ),
+            Self::HogDisk => write!(
+                f,
+                "a directory on a disk for the refault hog's file ({}: set DMAHEAP_HOG_DIR to \
+                 one that is not tmpfs)",
+                hog_dir().display()
+            ),
             Self::SwSync => write!(
                 f,
                 "the sw_sync timeline ({SW_SYNC}: CONFIG_SW_SYNC, debugfs)"
@@ -126,6 +141,11 @@ impl fmt::Display for Need {
             Self::GStreamer(major, minor) => write!(f, "GStreamer {major}.{minor} or newer"),
         }
     }
+}
+
+/// Where the benchmark's refault hog keeps its file, as `dmaheap bench` picks it.
+pub fn hog_dir() -> std::path::PathBuf {
+    std::env::var_os("DMAHEAP_HOG_DIR").map_or_else(|| "/var/tmp".into(), Into::into)
 }
 
 /// The name of the default CMA heap in `/dev/dma_heap`, by the names kernels give it. Where
@@ -250,180 +270,6 @@ fn effective_uid() -> u32 {
     status_field("Uid:")
         .and_then(|w| w.get(1)?.parse().ok())
         .unwrap_or(u32::MAX)
-}
-
-/// Whether this process has a capability (`CapEff`, a hex mask).
-fn has_capability(bit: u32) -> bool {
-    status_field("CapEff:")
-        .and_then(|w| u64::from_str_radix(w.first()?, 16).ok())
-        .is_some_and(|mask| mask & (1 << bit) != 0)
-}
-
-const CAP_SYS_RESOURCE: u32 = 24;
-
-/// Whether any swap device is active (`/proc/swaps` has more than its header).
-fn swap_is_on() -> bool {
-    std::fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1)
-}
-
-/// Which memory cgroup interface a test can use here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CgroupFlavour {
-    /// The unified hierarchy at /sys/fs/cgroup: `memory.max`, `memory.swap.max`. It has no
-    /// switch for the OOM killer, so the member must set its own `oom_score_adj` to -1000.
-    V2,
-    /// The v1 memory hierarchy at /sys/fs/cgroup/memory: `memory.limit_in_bytes`,
-    /// `memory.memsw.limit_in_bytes`, and `memory.oom_control` to turn the OOM killer off.
-    V1,
-}
-
-impl CgroupFlavour {
-    const V2_ROOT: &'static str = "/sys/fs/cgroup";
-    const V1_ROOT: &'static str = "/sys/fs/cgroup/memory";
-
-    /// The flavour a root process can create limited memory cgroups with, if any.
-    pub fn usable() -> Option<Self> {
-        if effective_uid() != 0 {
-            return None;
-        }
-        let v2 = Path::new(Self::V2_ROOT);
-        let v2_memory = std::fs::read_to_string(v2.join("cgroup.controllers"))
-            .is_ok_and(|c| c.split_whitespace().any(|w| w == "memory"));
-        // Swap must not take what the limit refuses, and a v2 member needs CAP_SYS_RESOURCE to
-        // lower its oom_score_adj.
-        if v2_memory && has_capability(CAP_SYS_RESOURCE) {
-            let swap_controlled = !swap_is_on() || swap_controller_v2();
-            if swap_controlled {
-                return Some(Self::V2);
-            }
-        }
-        let v1 = Path::new(Self::V1_ROOT);
-        if v1.join("memory.oom_control").exists()
-            && (!swap_is_on() || v1.join("memory.memsw.limit_in_bytes").exists())
-        {
-            return Some(Self::V1);
-        }
-        None
-    }
-
-    fn root(self) -> &'static Path {
-        Path::new(match self {
-            Self::V2 => Self::V2_ROOT,
-            Self::V1 => Self::V1_ROOT,
-        })
-    }
-}
-
-/// Whether v2 cgroups get `memory.swap.max`: swap accounting is on unless the kernel was booted
-/// with `swapaccount=0` (since 6.1 it is not a build option). [`MemoryCgroup::create`] checks.
-fn swap_controller_v2() -> bool {
-    !std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.contains("swapaccount=0"))
-}
-
-/// A memory cgroup made for one test, with a limit and no swap, removed on drop. Its member
-/// (a child process) joins it by writing its pid to [`MemoryCgroup::procs`].
-#[derive(Debug)]
-pub struct MemoryCgroup {
-    /// The cgroup interface it was made with.
-    pub flavour: CgroupFlavour,
-    /// Its directory in cgroupfs.
-    pub path: std::path::PathBuf,
-}
-
-impl MemoryCgroup {
-    /// Creates `<root>/<name>` limited to `limit` bytes of memory and no swap. On v1 the OOM
-    /// killer is turned off for it, so that an allocation over the limit fails instead.
-    pub fn create(name: &str, limit: u64) -> Result<Self, Failed> {
-        let flavour = CgroupFlavour::usable().ok_or("no usable memory cgroup")?;
-        let cgroup = Self::make(flavour, name)?;
-        match flavour {
-            CgroupFlavour::V2 => {
-                cgroup.write("memory.max", &limit.to_string())?;
-                if cgroup.path.join("memory.swap.max").exists() {
-                    cgroup.write("memory.swap.max", "0")?;
-                } else if swap_is_on() {
-                    return Err(format!(
-                        "{} has no memory.swap.max: swap would take what the limit refuses",
-                        cgroup.path.display()
-                    )
-                    .into());
-                }
-            }
-            CgroupFlavour::V1 => {
-                // memsw (memory + swap) may not be below the memory limit: memory first.
-                cgroup.write("memory.limit_in_bytes", &limit.to_string())?;
-                if cgroup.path.join("memory.memsw.limit_in_bytes").exists() {
-                    cgroup.write("memory.memsw.limit_in_bytes", &limit.to_string())?;
-                }
-                cgroup.write("memory.oom_control", "1")?;
-            }
-        }
-        Ok(cgroup)
-    }
-
-    /// Creates the v2 cgroup `<root>/<name>` whose members are throttled and reclaimed (to
-    /// swap, when there is some) above `high` bytes: memory pressure that PSI counts, made by
-    /// a member alone while the rest of the machine keeps its memory.
-    pub fn reclaiming(name: &str, high: u64) -> Result<Self, Failed> {
-        if effective_uid() != 0 {
-            return Err("creating a cgroup needs root".into());
-        }
-        let controllers = Path::new(CgroupFlavour::V2_ROOT).join("cgroup.controllers");
-        if !std::fs::read_to_string(controllers)
-            .is_ok_and(|c| c.split_whitespace().any(|w| w == "memory"))
-        {
-            return Err("no cgroup v2 memory controller at /sys/fs/cgroup".into());
-        }
-        let cgroup = Self::make(CgroupFlavour::V2, name)?;
-        cgroup.write("memory.high", &high.to_string())?;
-        Ok(cgroup)
-    }
-
-    /// Makes `<root>/<name>` (on v2 with the memory controller enabled for the root's
-    /// children).
-    fn make(flavour: CgroupFlavour, name: &str) -> Result<Self, Failed> {
-        if flavour == CgroupFlavour::V2 {
-            let control = flavour.root().join("cgroup.subtree_control");
-            let enabled = std::fs::read_to_string(&control)
-                .map_err(|e| format!("reading {}: {e}", control.display()))?;
-            if !enabled.split_whitespace().any(|w| w == "memory") {
-                std::fs::write(&control, "+memory")
-                    .map_err(|e| format!("enabling memory in {}: {e}", control.display()))?;
-            }
-        }
-        let path = flavour.root().join(name);
-        std::fs::create_dir(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
-        Ok(Self { flavour, path })
-    }
-
-    fn write(&self, file: &str, value: &str) -> Result<(), Failed> {
-        let target = self.path.join(file);
-        std::fs::write(&target, value)
-            .map_err(|e| format!("writing {value:?} to {}: {e}", target.display()).into())
-    }
-
-    /// The file a process writes its pid to, to join.
-    pub fn procs(&self) -> std::path::PathBuf {
-        self.path.join("cgroup.procs")
-    }
-}
-
-impl Drop for MemoryCgroup {
-    fn drop(&mut self) {
-        // The member has exited; its last charges may take a moment to leave.
-        for _ in 0..50 {
-            match std::fs::remove_dir(&self.path) {
-                Err(e) if e.raw_os_error() == Some(16) => {
-                    std::thread::sleep(std::time::Duration::from_millis(100))
-                }
-                Err(e) => {
-                    eprintln!("cannot remove {}: {e}", self.path.display());
-                    return;
-                }
-                Ok(()) => return,
-            }
-        }
-    }
 }
 
 /// Counts this process's open fds (for leak checks).

@@ -5,19 +5,28 @@
 //!   reclaim and swap for every allocation while it runs. For the test VM (zram swap), never
 //!   for a shared machine: it takes everyone's memory. Bounded: it always leaves `--leave` MiB
 //!   available and marks itself the OOM killer's first choice.
-//! - `refault`: pushes the pages of a file of its own out of memory (`MADV_PAGEOUT`) and
-//!   faults them back in, in a loop: real reclaim and refaults, which PSI counts as memory
-//!   stalls, without taking memory from anyone (it holds at most the file's pages). For
-//!   machines without swap or shared with others.
+//! - `refault`: reads a file of its own in a loop from a memory cgroup held below the file's
+//!   size, so the kernel reclaims the cgroup's page cache for every stretch it reads: real
+//!   reclaim, which PSI counts as memory stalls, without taking memory from anyone (it holds
+//!   at most the cgroup's limit). For machines without swap or shared with others. Where no
+//!   cgroup can be made (not root), it pushes its pages out itself (`MADV_PAGEOUT`) and
+//!   faults them back in; PSI then counts a stall only for a refault the kernel judges
+//!   recent, which depends on how much page cache the machine keeps, so the bench may see
+//!   none (and then judges no pressure target).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dmaheap_benchkit::cgroup::MemoryCgroup;
 use heapcore::sysinfo::MemInfo;
 
 const CHUNK: usize = 16 << 20;
+
+/// The refault hog's cgroup limit: a quarter of its file, so that every stretch it reads
+/// makes the kernel reclaim another.
+const REFAULT_CGROUP_LIMIT: u64 = 64 << 20;
 
 /// What makes the pressure.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -44,9 +53,9 @@ impl HogKind {
                  and swaps continuously"
             }
             Self::Refault => {
-                "a child pushes the pages of a 256 MiB file of its own out (MADV_PAGEOUT) and \
-                 faults them back in, in a loop: real reclaim and refault stalls counted by PSI, \
-                 contained (no swap here, and the machine is shared)"
+                "a child reads a 256 MiB file of its own in a loop from a memory cgroup held to \
+                 64 MiB: the kernel reclaims the cgroup's page cache all the time, stalls that \
+                 PSI counts, contained (no swap here, and the machine is shared)"
             }
         }
     }
@@ -63,6 +72,10 @@ pub(crate) struct HogArgs {
     /// The file `refault` churns (made, and removed at the end).
     #[arg(long)]
     file: Option<PathBuf>,
+    /// The `cgroup.procs` of a memory cgroup to join once the file is written (its pages
+    /// then load and are reclaimed there; the file's first writing is not charged to it).
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
     /// Its size in MiB.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..=4096))]
     file_mib: u64,
@@ -118,7 +131,7 @@ pub(crate) fn hog(args: HogArgs) -> Result<(), Box<dyn std::error::Error>> {
             let path = args
                 .file
                 .ok_or("the refault hog needs --file (a path on a disk, not tmpfs)")?;
-            refault(&path, args.file_mib << 20, &stopped)?;
+            refault(&path, args.file_mib << 20, args.cgroup.as_deref(), &stopped)?;
         }
         HogKind::Swap | HogKind::Auto => {
             let target = args
@@ -150,11 +163,13 @@ pub(crate) fn hog(args: HogArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The refault churn: a file of `len` bytes, mapped; each 16 MiB stretch is read twice (so
-/// its pages are on the active list, the working set), pushed out with `MADV_PAGEOUT`, and
-/// read again, which faults them back in from the disk.
+/// its pages are on the active list, the working set). In `cgroup` (whose limit is below the
+/// file's size) reading on makes the kernel reclaim older stretches; without one, each stretch
+/// is pushed out with `MADV_PAGEOUT` and read again, which faults it back in from the disk.
 fn refault(
     path: &std::path::Path,
     len: u64,
+    cgroup: Option<&std::path::Path>,
     stopped: &dyn Fn() -> bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use rustix::fs::{Mode, OFlags};
@@ -189,6 +204,15 @@ fn refault(
         w.flush()?;
     }
     file.sync_all()?;
+    drop(chunk);
+    // Only now: the writing above (and its 16 MiB buffer) is charged where the parent is.
+    if let Some(procs) = cgroup {
+        std::fs::write(procs, std::process::id().to_string())
+            .map_err(|e| format!("joining the cgroup {}: {e}", procs.display()))?;
+        // What the writing left in the page cache stays charged outside: drop it, so every
+        // page read from now on is the cgroup's.
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)?;
+    }
     let len = written as usize;
     // SAFETY: a new shared read-only mapping of our own file, unmapped below; nothing else
     // maps it and the file is not truncated while mapped (it is unlinked and ours alone).
@@ -218,9 +242,11 @@ fn refault(
                 sink ^= unsafe { byte.read_volatile() };
             }
         }
-        // SAFETY: the range is inside our mapping; MADV_PAGEOUT only drops clean pages, which
-        // the next access reads back from the file.
-        let _ = unsafe { rustix::mm::madvise(start.cast(), stretch, Advice::LinuxPageOut) };
+        if cgroup.is_none() {
+            // SAFETY: the range is inside our mapping; MADV_PAGEOUT only drops clean pages,
+            // which the next access reads back from the file.
+            let _ = unsafe { rustix::mm::madvise(start.cast(), stretch, Advice::LinuxPageOut) };
+        }
         at = (at + stretch) % len;
         // At most 16 MiB per 25 ms (640 MB/s) read back: steady reclaim, not a flood of I/O
         // on a shared disk.
@@ -238,12 +264,18 @@ pub(super) struct Hog {
     _stdout: BufReader<ChildStdout>,
     pub(super) held: u64,
     pub(super) took: Duration,
+    /// How it makes the pressure, for the report.
+    pub(super) how: String,
+    /// The refault hog's cgroup: removed (on drop, after the child has ended) with it.
+    _cgroup: Option<MemoryCgroup>,
 }
 
 impl Hog {
     pub(super) fn start(kind: HogKind) -> Result<Self, Box<dyn std::error::Error>> {
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
+        let mut cgroup = None;
+        let mut how = kind.describe().to_owned();
         match kind {
             HogKind::Refault => {
                 let dir = std::env::var_os("DMAHEAP_HOG_DIR")
@@ -252,6 +284,23 @@ impl Hog {
                 let file = dir.join(format!("dmaheap-bench-hog-{}", std::process::id()));
                 cmd.args(["bench-hog", "--kind", "refault", "--file"])
                     .arg(file);
+                match MemoryCgroup::reclaiming(
+                    &format!("dmaheap-bench-hog-{}", std::process::id()),
+                    REFAULT_CGROUP_LIMIT,
+                ) {
+                    Ok(c) => {
+                        cmd.arg("--cgroup").arg(c.procs());
+                        cgroup = Some(c);
+                    }
+                    Err(e) => {
+                        how = format!(
+                            "a child pushes the pages of a 256 MiB file of its own out \
+                             (MADV_PAGEOUT) and faults them back in, in a loop (no memory \
+                             cgroup: {e}); PSI counts a stall only for refaults the kernel \
+                             judges recent"
+                        );
+                    }
+                }
             }
             _ => {
                 cmd.args(["bench-hog", "--kind", "swap", "--leave", "96"]);
@@ -280,6 +329,8 @@ impl Hog {
             _stdout: stdout,
             held,
             took: start.elapsed(),
+            how,
+            _cgroup: cgroup,
         })
     }
 }

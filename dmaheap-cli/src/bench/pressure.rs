@@ -277,6 +277,7 @@ pub(super) fn run(ctx: &Ctx, kind: HogKind, report: &mut Report) -> Result<(), S
                 h.held >> 20,
                 h.took.as_secs_f64()
             ));
+            runs.source.clone_from(&h.how);
             hog = Some(h);
             // Give the watcher time to see it (PSI windows are 2 s).
             let deadline = Instant::now() + Duration::from_secs(10);
