@@ -567,7 +567,8 @@ cargo build --release --workspace     # dmaheap, dmaheap-bench-peers, the plugin
 target/release/dmaheap bench --label host --reps 16 --out docs/bench/host.json
 # the test VM (6.12, GStreamer 1.22): TCG is slow, so a tenth of the samples (p99 still
 # from at least 1,000 per run; the scale is in each run's environment); target/vm is the
-# one directory the VM may write
+# one directory the VM may write; a whole run takes longer than the rig's default 30 minutes
+export DMAHEAP_VM_TIMEOUT=3600
 tests/vm/run --kernel full -- target/release/dmaheap bench --label 'VM full 6.12' \\
     --reps 16 --scale 0.1 --out target/vm/vm-full-6.12.json
 # the 2026 stack (7.x, GStreamer 1.28, PipeWire 1.6): its own release build in the forky root;
