@@ -4,5 +4,6 @@
 
 pub mod cgroup;
 pub mod counters;
+pub mod hogfile;
 pub mod measure;
 pub mod schema;

@@ -82,9 +82,9 @@ impl Need {
             Self::Kms => drm_card("vkms").is_some(),
             Self::V4l2(name) => v4l2_device(name).is_some(),
             Self::MemoryCgroup => CgroupFlavour::usable().is_some(),
-            // TMPFS_MAGIC.
             Self::HogDisk => {
-                rustix::fs::statfs(hog_dir()).is_ok_and(|fs| fs.f_type as u64 != 0x0102_1994)
+                let dir = hog_dir();
+                dir.is_dir() && !dmaheap_benchkit::hogfile::on_tmpfs(&dir)
             }
             Self::SwSync => Path::new(SW_SYNC).exists(),
             Self::Vgem => drm_card("vgem").is_some(),
@@ -144,9 +144,7 @@ impl fmt::Display for Need {
 }
 
 /// Where the benchmark's refault hog keeps its file, as `dmaheap bench` picks it.
-pub fn hog_dir() -> std::path::PathBuf {
-    std::env::var_os("DMAHEAP_HOG_DIR").map_or_else(|| "/var/tmp".into(), Into::into)
-}
+pub use dmaheap_benchkit::hogfile::dir as hog_dir;
 
 /// The name of the default CMA heap in `/dev/dma_heap`, by the names kernels give it. Where
 /// one area shows under two names (Linux 6.19+: `default_cma_region` and the area's own,

@@ -20,6 +20,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dmaheap_benchkit::cgroup::MemoryCgroup;
+use dmaheap_benchkit::hogfile;
 use heapcore::sysinfo::MemInfo;
 
 const CHUNK: usize = 16 << 20;
@@ -174,15 +175,12 @@ fn refault(
 ) -> Result<(), Box<dyn std::error::Error>> {
     use rustix::fs::{Mode, OFlags};
     use rustix::mm::{Advice, MapFlags, ProtFlags};
-    if let Ok(fs) = rustix::fs::statfs(path.parent().unwrap_or(std::path::Path::new("/"))) {
-        // TMPFS_MAGIC: its pages are shmem, which only swap could reclaim.
-        if fs.f_type as u64 == 0x0102_1994 {
-            return Err(format!(
-                "{} is on tmpfs: the refault hog needs a disk",
-                path.display()
-            )
-            .into());
-        }
+    if hogfile::on_tmpfs(path.parent().unwrap_or(std::path::Path::new("/"))) {
+        return Err(format!(
+            "{} is on tmpfs: the refault hog needs a disk",
+            path.display()
+        )
+        .into());
     }
     let fd = rustix::fs::open(
         path,
@@ -278,10 +276,7 @@ impl Hog {
         let mut how = kind.describe().to_owned();
         match kind {
             HogKind::Refault => {
-                let dir = std::env::var_os("DMAHEAP_HOG_DIR")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("/var/tmp"));
-                let file = dir.join(format!("dmaheap-bench-hog-{}", std::process::id()));
+                let file = hogfile::dir().join(format!("dmaheap-bench-hog-{}", std::process::id()));
                 cmd.args(["bench-hog", "--kind", "refault", "--file"])
                     .arg(file);
                 match MemoryCgroup::reclaiming(
