@@ -257,6 +257,7 @@ const STOCK_POOL_HEAP_MEMORY: &str =
 const PASSTHROUGH: &str = "with dmaheapupload, passing through";
 const PATTERN_BASELINE: &str = "videotestsrc (its default pattern) ! fakesink";
 const PATTERN_PASSTHROUGH: &str = "videotestsrc (its default pattern) ! dmaheapupload ! fakesink";
+const PATTERN_STOCK_POOL_HEAP_MEMORY: &str = "videotestsrc (its default pattern) ! fakesink, the sink offering a stock pool of dmaheap memory (control)";
 const VIVID: &str = "vivid dma-bufs: v4l2src io-mode=dmabuf ! fakesink";
 
 pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
@@ -317,6 +318,17 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
             offer: Offer::None,
             reference: None,
             skip: None,
+        },
+        // Drawing into the heap's memory with no dmaheapupload: separates what the memory
+        // costs the drawing (its mapping, the sync bracketing) from what the element costs.
+        Spec {
+            name: PATTERN_STOCK_POOL_HEAP_MEMORY,
+            launch: format!("{pattern_src} ! fakesink name=sink sync=false"),
+            offer: Offer::StockPoolHeapMemory,
+            reference: Some(PATTERN_BASELINE),
+            skip: gst::Allocator::find(Some("dmaheap"))
+                .is_none()
+                .then(|| "no dmaheap allocator (no dmaheap plugin)".to_owned()),
         },
         Spec {
             name: PATTERN_PASSTHROUGH,
@@ -498,14 +510,19 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
         }
         ratios.push(ratio);
         // The same memory with no dmaheapupload: what the element itself costs.
-        if r.name == PASSTHROUGH
+        let same_memory = match r.name.as_str() {
+            PASSTHROUGH => Some(STOCK_POOL_HEAP_MEMORY),
+            PATTERN_PASSTHROUGH => Some(PATTERN_STOCK_POOL_HEAP_MEMORY),
+            _ => None,
+        };
+        if let Some(control) = same_memory
             && let Some(heap) = results
                 .iter()
-                .find(|x| x.name == STOCK_POOL_HEAP_MEMORY && x.fps.len() == reps)
+                .find(|x| x.name == control && x.fps.len() == reps)
         {
             ratios.push(Ratio::new(
                 "pipelines",
-                format!("{}: frames/s / {STOCK_POOL_HEAP_MEMORY}", r.name),
+                format!("{}: frames/s / {control}", r.name),
                 "frames/s".into(),
                 over(heap),
             ));
