@@ -154,7 +154,9 @@ fn bursts<A: Recycler, B: Recycler>(
     barrier.wait();
     let mut turn = 0usize;
     while out_a.len() < n || out_b.len() < n {
+        // Every thread bursts on the same method at once (see `time_in_turns`).
         let burst = |out: &mut Vec<u64>, r: &dyn Fn()| {
+            barrier.wait();
             for _ in 0..500.min(n - out.len()) {
                 let t0 = Instant::now();
                 r();

@@ -475,7 +475,8 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
                 Some(v) if v.fps.len() == reps => (v, name),
                 _ => continue,
             },
-            None if r.name == PATTERN_BASELINE => continue,
+            // A baseline of its own kind: a ratio over the solid-colour baseline says nothing.
+            None if r.name == PATTERN_BASELINE || r.name == VIVID => continue,
             None if base.fps.len() == reps => (base, "baseline"),
             None => continue,
         };
