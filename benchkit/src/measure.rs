@@ -617,12 +617,11 @@ pub const CHUNKS: usize = 20;
 /// Times every method of `methods` on this thread, in turns: each loop (acquire and release
 /// apart, then round trips) is cut into [`CHUNKS`] chunks and the methods run chunk by chunk,
 /// the order rotating, so that whatever else happens on the machine (another process, the
-/// scheduler's choices) falls on all of them alike. Every thread times the same method's
-/// chunk at the same moment (`barrier` is waited on before each): with a shared pool, the
-/// contention a method meets must not depend on which method the other threads happen to be
-/// timing (left to drift, it did, and on 2 CPUs a 4-thread p99 swung fivefold from run to
-/// run). Then each method's throughput loop, all threads starting it together. `barrier` is
-/// also waited on after the warm-up.
+/// scheduler's choices) falls on all of them alike. Then each method's throughput loop, all
+/// threads starting it together. `barrier` is waited on after the warm-up and before each
+/// throughput loop. (A barrier before every chunk, tried so that a shared pool's methods meet
+/// the same contention, made each chunk start cold after a context switch on oversubscribed
+/// CPUs, and those first operations became the p99: it measured the barrier.)
 pub fn time_in_turns(
     methods: &[&dyn Timed],
     n: usize,
@@ -640,7 +639,6 @@ pub fn time_in_turns(
             for k in 0..methods.len() {
                 let i = (k + c) % methods.len();
                 let todo = chunk.min(n - (c * chunk).min(n));
-                barrier.wait();
                 if phase == 0 {
                     methods[i].time_split(todo, timer, &mut out[i]);
                 } else {

@@ -154,7 +154,8 @@ fn bursts<A: Recycler, B: Recycler>(
     barrier.wait();
     let mut turn = 0usize;
     while out_a.len() < n || out_b.len() < n {
-        // Every thread bursts on the same method at once (see `time_in_turns`).
+        // Every thread bursts on the same method at once: left to drift apart over the 5 ms
+        // sleeps, the contention a burst met depended on where the other threads' bursts fell.
         let burst = |out: &mut Vec<u64>, r: &dyn Fn()| {
             barrier.wait();
             for _ in 0..500.min(n - out.len()) {

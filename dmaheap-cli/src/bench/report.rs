@@ -596,8 +596,10 @@ target/release/dmaheap bench --report docs/bench/*.json --write docs/performance
 - **Timer.** The cost of reading the clock (an empty timed region) is measured first and its
   median subtracted from every per-operation sample; both figures are in the environment table.
 - **Threads** are pinned to CPUs (`sched_setaffinity`, thread *i* on allowed CPU *i* mod
-  count), warmed up (1,000 operations, discarded) and started together by a barrier. Counts
-  above the number of CPUs are marked oversubscribed.
+  count), warmed up (1,000 operations, discarded) and started together by a barrier; under
+  pressure, where bursts of 500 operations are 5 ms apart, a barrier starts every burst, so
+  that the threads' bursts meet each other rather than drift apart. Counts above the number
+  of CPUs are marked oversubscribed.
 - **Acquire, release, round trip** are timed separately: a loop timing acquire and release
   apart (one buffer held at a time), then a loop timing acquire + release as one.
 - **Kernel entries** of each acquire and release are counted on the thread (system calls with
