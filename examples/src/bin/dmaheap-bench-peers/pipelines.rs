@@ -44,6 +44,8 @@ enum Offer {
 struct Spec {
     name: &'static str,
     launch: String,
+    /// The frames its source makes.
+    frames: u64,
     offer: Offer,
     /// The case its frames/s and CPU are compared with (the first case if none).
     reference: Option<&'static str>,
@@ -270,10 +272,14 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
     let pattern_frames = ctx.count(1_000, 30) as u64;
     let pattern_src = format!("videotestsrc num-buffers={pattern_frames} ! {caps}");
     let no_up = (!has("dmaheapupload")).then(|| "no dmaheapupload element".to_owned());
+    let no_alloc = gst::Allocator::find(Some("dmaheap"))
+        .is_none()
+        .then(|| "no dmaheap allocator (no dmaheap plugin)".to_owned());
     let v1_28 = gst::version() >= (1, 28, 0, 0);
     let mut specs = vec![
         Spec {
             name: "videotestsrc ! fakesink (baseline)",
+            frames,
             launch: format!("{src} ! fakesink name=sink sync=false"),
             offer: Offer::None,
             reference: None,
@@ -281,6 +287,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
         },
         Spec {
             name: "videotestsrc ! fakesink, the sink offering page-aligned system memory (control)",
+            frames,
             launch: format!("{src} ! fakesink name=sink sync=false"),
             offer: Offer::PageAlignedSystem,
             reference: None,
@@ -288,15 +295,15 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
         },
         Spec {
             name: STOCK_POOL_HEAP_MEMORY,
+            frames,
             launch: format!("{src} ! fakesink name=sink sync=false"),
             offer: Offer::StockPoolHeapMemory,
             reference: None,
-            skip: gst::Allocator::find(Some("dmaheap"))
-                .is_none()
-                .then(|| "no dmaheap allocator (no dmaheap plugin)".to_owned()),
+            skip: no_alloc.clone(),
         },
         Spec {
             name: "with identity (any one element more)",
+            frames,
             launch: format!("{src} ! identity ! fakesink name=sink sync=false"),
             offer: Offer::None,
             reference: None,
@@ -304,6 +311,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
         },
         Spec {
             name: PASSTHROUGH,
+            frames,
             launch: format!("{src} ! dmaheapupload name=up ! fakesink name=sink sync=false"),
             offer: Offer::None,
             reference: None,
@@ -314,6 +322,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
         // so per-buffer costs stand out: the worst case, reported beside.
         Spec {
             name: PATTERN_BASELINE,
+            frames: pattern_frames,
             launch: format!("{pattern_src} ! fakesink name=sink sync=false"),
             offer: Offer::None,
             reference: None,
@@ -323,15 +332,15 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
         // costs the drawing (its mapping, the sync bracketing) from what the element costs.
         Spec {
             name: PATTERN_STOCK_POOL_HEAP_MEMORY,
+            frames: pattern_frames,
             launch: format!("{pattern_src} ! fakesink name=sink sync=false"),
             offer: Offer::StockPoolHeapMemory,
             reference: Some(PATTERN_BASELINE),
-            skip: gst::Allocator::find(Some("dmaheap"))
-                .is_none()
-                .then(|| "no dmaheap allocator (no dmaheap plugin)".to_owned()),
+            skip: no_alloc.clone(),
         },
         Spec {
             name: PATTERN_PASSTHROUGH,
+            frames: pattern_frames,
             launch: format!(
                 "{pattern_src} ! dmaheapupload name=up ! fakesink name=sink sync=false"
             ),
@@ -341,6 +350,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
         },
         Spec {
             name: "with dmaheapupload qos=realtime prewarm=4, passing through",
+            frames,
             launch: format!(
                 "{src} ! dmaheapupload name=up qos=realtime prewarm=4 ! fakesink name=sink sync=false"
             ),
@@ -350,6 +360,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
         },
         Spec {
             name: "with dmaheapupload, forced copy (upstream ignores its pool)",
+            frames,
             launch: format!(
                 "{src} ! identity drop-allocation=true ! dmaheapupload name=up ! fakesink name=sink sync=false"
             ),
@@ -359,6 +370,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
         },
         Spec {
             name: "with dmaheapupload to DMA_DRM caps (1.28)",
+            frames,
             launch: format!(
                 "{src} ! dmaheapupload name=up ! video/x-raw(memory:DMABuf),format=DMA_DRM,drm-format=NV12 ! fakesink name=sink sync=false"
             ),
@@ -370,6 +382,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
         },
         Spec {
             name: "upstream GstVideoDmabufPool + GstUdmabufAllocator offered by the sink (1.28)",
+            frames,
             launch: format!("{src} ! fakesink name=sink sync=false"),
             offer: Offer::UpstreamDmabufUdmabuf,
             reference: None,
@@ -394,6 +407,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
     let vsrc = vivid_src.unwrap_or_default();
     specs.push(Spec {
         name: VIVID,
+        frames: vivid_frames,
         launch: format!("{vsrc} ! fakesink name=sink sync=false"),
         offer: Offer::None,
         reference: None,
@@ -401,6 +415,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
     });
     specs.push(Spec {
         name: "vivid dma-bufs through dmaheapupload (a foreign exporter's)",
+        frames: vivid_frames,
         launch: format!("{vsrc} ! dmaheapupload name=up ! fakesink name=sink sync=false"),
         offer: Offer::None,
         reference: Some(VIVID),
@@ -412,13 +427,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
             group: "pipelines".into(),
             name: s.name.into(),
             description: s.launch.clone(),
-            frames: if s.launch.starts_with("v4l2src") {
-                vivid_frames
-            } else if s.launch.starts_with(&pattern_src) {
-                pattern_frames
-            } else {
-                frames
-            },
+            frames: s.frames,
             skipped: s.skip.clone(),
             ..Throughput::default()
         })
