@@ -7,3 +7,4 @@ pub mod counters;
 pub mod hogfile;
 pub mod measure;
 pub mod schema;
+pub mod turns;

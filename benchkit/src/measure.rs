@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::counters::{Tally, ThreadCounters};
-
 /// Samples a p99 needs: below this the summary gives the maximum, labelled so.
 pub const P99_MIN_SAMPLES: usize = 1_000;
 /// Samples a p99.9 needs.
@@ -545,116 +543,6 @@ impl OpSamples {
         let ops_per_sec = out.batch_ops as f64 / secs.max(1e-9);
         (out, ops_per_sec)
     }
-}
-
-/// A recycler as the timing loops see it (the loops are generic; one virtual call per
-/// chunk of operations).
-pub trait Timed: Send + Sync {
-    /// Runs [`WARMUP_OPS`] untimed round trips.
-    fn warm_up(&self);
-    /// Times `n` acquires and `n` releases apart, one buffer held at a time.
-    fn time_split(&self, n: usize, timer: &TimerCost, s: &mut OpSamples);
-    /// Times `n` round trips (acquire and release together).
-    fn time_round_trips(&self, n: usize, timer: &TimerCost, s: &mut OpSamples);
-    /// `n` untimed round trips.
-    fn untimed(&self, n: usize);
-    /// Kernel entries of `n` acquires and of `n` releases, counted apart.
-    fn count(&self, n: u64) -> (Tally, Tally);
-}
-
-impl<R: Recycler> Timed for R {
-    fn warm_up(&self) {
-        for _ in 0..WARMUP_OPS {
-            self.release(std::hint::black_box(self.acquire()));
-        }
-    }
-
-    fn time_split(&self, n: usize, timer: &TimerCost, s: &mut OpSamples) {
-        for _ in 0..n {
-            let t0 = Instant::now();
-            let b = self.acquire();
-            let t1 = Instant::now();
-            self.release(std::hint::black_box(b));
-            let t2 = Instant::now();
-            s.acquire.record(timer.net(t1 - t0));
-            s.release.record(timer.net(t2 - t1));
-        }
-    }
-
-    fn time_round_trips(&self, n: usize, timer: &TimerCost, s: &mut OpSamples) {
-        for _ in 0..n {
-            let t0 = Instant::now();
-            self.release(std::hint::black_box(self.acquire()));
-            s.round_trip.record(timer.net(t0.elapsed()));
-        }
-    }
-
-    fn untimed(&self, n: usize) {
-        for _ in 0..n {
-            self.release(std::hint::black_box(self.acquire()));
-        }
-    }
-
-    fn count(&self, n: u64) -> (Tally, Tally) {
-        let counters = ThreadCounters::open();
-        let (mut acquire, mut release) = (Tally::default(), Tally::default());
-        for _ in 0..n {
-            let r0 = counters.read();
-            let b = self.acquire();
-            let r1 = counters.read();
-            self.release(std::hint::black_box(b));
-            let r2 = counters.read();
-            acquire.add(1, counters.delta(r0, r1));
-            release.add(1, counters.delta(r1, r2));
-        }
-        (acquire, release)
-    }
-}
-
-/// Chunks each timed loop is cut into, so that the methods compared take turns.
-pub const CHUNKS: usize = 20;
-
-/// Times every method of `methods` on this thread, in turns: each loop (acquire and release
-/// apart, then round trips) is cut into [`CHUNKS`] chunks and the methods run chunk by chunk,
-/// the order rotating, so that whatever else happens on the machine (another process, the
-/// scheduler's choices) falls on all of them alike. Then each method's throughput loop, all
-/// threads starting it together. `barrier` is waited on after the warm-up and before each
-/// throughput loop. (A barrier before every chunk, tried so that a shared pool's methods meet
-/// the same contention, made each chunk start cold after a context switch on oversubscribed
-/// CPUs, and those first operations became the p99: it measured the barrier.)
-pub fn time_in_turns(
-    methods: &[&dyn Timed],
-    n: usize,
-    timer: &TimerCost,
-    barrier: &Barrier,
-) -> Vec<OpSamples> {
-    let mut out: Vec<OpSamples> = methods.iter().map(|_| OpSamples::default()).collect();
-    for m in methods {
-        m.warm_up();
-    }
-    barrier.wait();
-    let chunk = n.div_ceil(CHUNKS);
-    for phase in 0..2 {
-        for c in 0..CHUNKS {
-            for k in 0..methods.len() {
-                let i = (k + c) % methods.len();
-                let todo = chunk.min(n - (c * chunk).min(n));
-                if phase == 0 {
-                    methods[i].time_split(todo, timer, &mut out[i]);
-                } else {
-                    methods[i].time_round_trips(todo, timer, &mut out[i]);
-                }
-            }
-        }
-    }
-    for (m, s) in methods.iter().zip(&mut out) {
-        barrier.wait();
-        let t0 = Instant::now();
-        m.untimed(n);
-        s.batch = Some((t0, Instant::now()));
-        s.batch_ops = n;
-    }
-    out
 }
 
 /// A small deterministic generator (xorshift64*), so runs are repeatable.

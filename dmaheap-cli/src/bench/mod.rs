@@ -224,7 +224,8 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let cpus = measure::allowed_cpus();
     env.pinning = format!(
         "thread i pinned to allowed CPU i mod {} (sched_setaffinity); a barrier starts the \
-         timed loops together (and every pressure burst); {} warm-up operations discarded",
+         timed loops together (and every pressure burst); the methods of a case take turns by \
+         a clock all its threads share; {} warm-up operations discarded",
         cpus.len(),
         measure::WARMUP_OPS
     );

@@ -9,10 +9,9 @@ use std::sync::{Arc, Mutex};
 use heapcore::{Allocator, DmaBuf, Pool, PoolConfig, PooledBuf, QosClass, Source};
 
 use dmaheap_benchkit::counters::Tally;
-use dmaheap_benchkit::measure::{
-    Hist, OpSamples, Recycler, Summary, Timed, TimerCost, on_pinned_threads, time_in_turns,
-};
+use dmaheap_benchkit::measure::{Hist, OpSamples, Recycler, Summary, TimerCost, on_pinned_threads};
 use dmaheap_benchkit::schema::Case;
+use dmaheap_benchkit::turns::{Timed, Turns, time_in_turns};
 
 /// A heapcore pool as a recycler.
 pub(super) struct HeapPool(pub Pool);
@@ -172,9 +171,10 @@ pub(super) fn run(
     }
     let made = Arc::new(made);
     let per = Arc::clone(&made);
+    let turns = Arc::new(Turns::new(spec.threads));
     let mut per_thread: Vec<Vec<OpSamples>> = on_pinned_threads(spec.threads, move |t, barrier| {
         let row: Vec<&dyn Timed> = per[t % per.len()].iter().map(|m| m.as_ref()).collect();
-        time_in_turns(&row, n, &timer, barrier)
+        time_in_turns(&row, n, &timer, barrier, &turns)
     });
     let mut counted: Option<Vec<Vec<(Tally, Tally)>>> = count.then(|| {
         let per = Arc::clone(&made);

@@ -8,9 +8,10 @@ use gst_video::prelude::*;
 use crate::Ctx;
 use dmaheap_benchkit::counters::Tally;
 use dmaheap_benchkit::measure::{
-    Goal, Hist, OpSamples, Recycler, Stat, Summary, Timed, on_pinned_threads, time_in_turns,
+    Goal, Hist, OpSamples, Recycler, Stat, Summary, on_pinned_threads,
 };
 use dmaheap_benchkit::schema::{Case, PeersReport, Ratio, Target};
+use dmaheap_benchkit::turns::{Timed, Turns, time_in_turns};
 
 /// A configured, active GStreamer pool.
 pub(crate) struct GstPool(pub gst::BufferPool);
@@ -254,7 +255,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
         let shared = std::sync::Arc::clone(&pools);
         let mut samples: Vec<OpSamples> = on_pinned_threads(1, move |_, barrier| {
             let row: Vec<&dyn Timed> = shared.iter().map(|(_, p)| p as &dyn Timed).collect();
-            time_in_turns(&row, n, &timer, barrier)
+            time_in_turns(&row, n, &timer, barrier, &Turns::new(1))
         })
         .pop()
         .unwrap_or_default();
