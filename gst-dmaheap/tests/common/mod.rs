@@ -28,7 +28,10 @@ pub(crate) fn init() {
 /// the real `gst-launch-1.0` / `gst-inspect-1.0`. `cargo test` builds the cdylib next to the
 /// test binary (`target/<profile>/deps/`) but does not copy it up to `target/<profile>/`,
 /// whose copy may be stale; and GStreamer would scan every other library in `deps/`. So the
-/// fresh one is copied into a private directory.
+/// fresh one is linked from a private directory. A link, not a copy: the debug plugin is some
+/// 55 MB, every test process made its own copy and nothing removed it, so 19 runs in a row in
+/// one VM boot filled its /tmp (`No space left on device`). GStreamer follows the link; its
+/// registry sees the built file's size and mtime, so a rebuilt plugin is read afresh.
 pub(crate) fn plugin_dir() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(copy_plugin).clone()
@@ -46,7 +49,10 @@ fn copy_plugin() -> PathBuf {
     .expect("cargo builds libgstdmaheap.so with the tests");
     let dir = std::env::temp_dir().join(format!("dmaheap-plugin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a private plugin directory");
-    std::fs::copy(&built, dir.join("libgstdmaheap.so")).expect("copy the plugin");
+    let link = dir.join("libgstdmaheap.so");
+    let _ = std::fs::remove_file(&link);
+    let built = built.canonicalize().expect("the built plugin's path");
+    std::os::unix::fs::symlink(&built, &link).expect("link the plugin");
     dir
 }
 
