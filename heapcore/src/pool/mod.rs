@@ -77,6 +77,10 @@ struct State {
     /// The pressure level last set (as `Inner::pressure`, which the refill thread reads
     /// without the lock).
     level: PressureLevel,
+    /// What the hot path compares, derived from the fields above whenever one of them
+    /// changes (rarely) so that an acquire or a release compares one number with the free
+    /// list's length instead of working it out each time.
+    limits: Limits,
     /// Buffers alive or reserved: free, handed out, and being allocated.
     total: usize,
     /// Reservations whose allocation has not finished yet (counted in `total`, neither free
@@ -85,6 +89,39 @@ struct State {
     serial: u64,
     /// Returned buffers a device still uses (counted in `total`, neither free nor out).
     busy: busy::Busy,
+}
+
+/// The free-list lengths at which the hot path leaves it.
+#[derive(Clone, Copy)]
+struct Limits {
+    /// A release finding this many free buffers frees its buffer instead: what the class
+    /// keeps at the pressure level, 0 once shut down, `usize::MAX` when there is no cap.
+    keep_free: usize,
+    /// An acquire leaving fewer free buffers than this looks at waking the refill thread:
+    /// half of `min_buffers` (a low watermark, so that a stream cycling a few buffers costs
+    /// no wake-up per frame) while the thread sleeps, else 0.
+    wake_refill_below: usize,
+}
+
+impl State {
+    /// Sets `shutdown`, `refill_idle` or `level` through here, so `limits` follows.
+    fn update(&mut self, change: impl FnOnce(&mut Self)) {
+        change(self);
+        self.limits = Limits {
+            keep_free: if self.shutdown {
+                0
+            } else {
+                self.qos
+                    .keep_free(self.level, self.min_buffers)
+                    .unwrap_or(usize::MAX)
+            },
+            wake_refill_below: if self.refill_idle {
+                self.min_buffers.div_ceil(2)
+            } else {
+                0
+            },
+        };
+    }
 }
 
 /// Starts what it holds on a cache line of its own.
@@ -166,6 +203,12 @@ impl Pool {
                 refill_idle: false,
                 qos: config.qos,
                 level: PressureLevel::Normal,
+                // As `update` derives them: no class caps its free list at the normal level,
+                // and the refill thread has not gone to sleep yet.
+                limits: Limits {
+                    keep_free: usize::MAX,
+                    wake_refill_below: 0,
+                },
                 total: 0,
                 allocating: 0,
                 serial: 0,
@@ -388,11 +431,10 @@ impl Inner {
     }
 
     /// Whether an acquire should wake the refill thread: only once the free list has fallen
-    /// below half of `min_buffers` (a low watermark), so that a steady stream cycling a few
-    /// buffers costs no wake-up per frame, and only if the thread sleeps.
+    /// below its low watermark, and only if the thread sleeps (see [`Limits`]).
     #[inline]
     fn should_wake_refill(&self, st: &State) -> bool {
-        st.refill_idle && st.free.len() < st.min_buffers.div_ceil(2) && self.wants_refill(st)
+        st.free.len() < st.limits.wake_refill_below && self.wants_refill(st)
     }
 
     /// Unlocks, then signals one waiting acquirer if there is one.
@@ -407,7 +449,7 @@ impl Inner {
 
     /// Signals the refill thread (the caller saw it idle and needed it).
     fn wake_refill(&self, mut st: MutexGuard<'_, State>) {
-        st.refill_idle = false;
+        st.update(|st| st.refill_idle = false);
         drop(st);
         self.refill.notify_one();
     }
@@ -575,8 +617,7 @@ impl Inner {
     /// more, returns it to be dropped (freed) once the lock is let go.
     #[inline]
     fn put_idle(&self, st: &mut State, buf: Slot) -> Option<Slot> {
-        let keep = st.qos.keep_free(st.level, st.min_buffers);
-        if st.shutdown || keep.is_some_and(|k| st.free.len() >= k) {
+        if st.free.len() >= st.limits.keep_free {
             if !st.shutdown {
                 self.counters.trims.fetch_add(1, Relaxed);
             }
@@ -614,7 +655,7 @@ impl Inner {
 
     fn set_pressure(&self, level: PressureLevel) {
         let previous = PressureLevel::from_u8(self.pressure.swap(level as u8, Relaxed));
-        self.lock().level = level;
+        self.lock().update(|st| st.level = level);
         if let Some(keep) = self.config.qos.keep_free(level, self.config.min_buffers) {
             self.trim(keep);
         }
@@ -660,7 +701,7 @@ impl Inner {
     fn shutdown(&self) {
         let freed = {
             let mut st = self.lock();
-            st.shutdown = true;
+            st.update(|st| st.shutdown = true);
             let mut freed = std::mem::take(&mut st.free);
             // Busy buffers are freed too: the kernel keeps their memory while a device
             // holds them. The waiter sees the shutdown and ends.

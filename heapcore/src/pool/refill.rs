@@ -30,14 +30,14 @@ fn refill_loop(pool: Weak<Inner>) {
         let serial = {
             let mut st = inner.lock();
             while !st.shutdown && !inner.wants_refill(&st) {
-                st.refill_idle = true;
+                st.update(|st| st.refill_idle = true);
                 st = inner
                     .refill
                     .wait_timeout(st, Duration::from_millis(500))
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
             }
-            st.refill_idle = false;
+            st.update(|st| st.refill_idle = false);
             if st.shutdown {
                 return;
             }
