@@ -122,7 +122,9 @@ impl DmaBuf {
     /// handed out (or it was imported). One that never left this struct has none.
     #[inline]
     pub(crate) fn may_carry_fences(&self) -> bool {
-        self.is_dmabuf() && self.shared.load(Relaxed)
+        // The flag first: it is one load, and false for every buffer a pool recycles without
+        // handing its fd out, the common case on a pool's release.
+        self.shared.load(Relaxed) && self.is_dmabuf()
     }
 
     /// Wraps an fd received from elsewhere (a PipeWire buffer, another process). Its size is
