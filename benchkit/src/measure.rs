@@ -32,7 +32,18 @@ pub struct TimerCost {
     pub p99_ns: u64,
     /// Subtracted from every per-operation sample (its median).
     pub subtracted_ns: u64,
+    /// The smallest non-zero empty region seen: the clock's step, or more if a read costs
+    /// more than a step (some hypervisors' clocks move in steps of 10 ns).
+    #[serde(default)]
+    pub step_ns: u64,
 }
+
+/// Clock reads (or steps, if longer) a timed sample should last: a sample of fewer is mostly
+/// rounding. Operations shorter than that are timed several at a time.
+pub const SAMPLE_SPAN_READS: u64 = 20;
+
+/// The most operations one sample stands for.
+pub const MAX_OPS_PER_SAMPLE: usize = 64;
 
 impl TimerCost {
     /// Measures the cost over 100,000 empty timed regions, after [`WARMUP_OPS`] untimed reads.
@@ -54,7 +65,26 @@ impl TimerCost {
             p50_ns: p50,
             p99_ns: quantile(&samples, 0.99),
             subtracted_ns: p50,
+            step_ns: samples.iter().copied().find(|&s| s > 0).unwrap_or(1),
         }
+    }
+
+    /// How many operations of `per_op` each one sample should time, so that it lasts
+    /// [`SAMPLE_SPAN_READS`] clock reads or steps: 1 for operations that long, up to
+    /// [`MAX_OPS_PER_SAMPLE`]. On a clock that moves in 10 ns steps a 25 ns round trip reads
+    /// as 20 or 30 ns, and a p99 of such samples says which step it fell on, not how long it
+    /// took.
+    pub fn ops_per_sample(&self, per_op: Duration) -> usize {
+        let span = SAMPLE_SPAN_READS * self.p50_ns.max(self.step_ns).max(1);
+        let per_op = nanos(per_op).max(1);
+        (span.div_ceil(per_op) as usize).clamp(1, MAX_OPS_PER_SAMPLE)
+    }
+
+    /// A sample of `ops` operations between two clock reads, without the clock's median
+    /// cost: nanoseconds per operation, rounded.
+    pub fn net_per_op(&self, raw: Duration, ops: usize) -> u64 {
+        let ops = ops.max(1) as u64;
+        (self.net(raw) + ops / 2) / ops
     }
 
     /// A sample taken between two clock reads, without the clock's median cost.
@@ -515,8 +545,12 @@ pub struct OpSamples {
     pub acquire: Hist,
     /// Release times, in nanoseconds without the timer's cost.
     pub release: Hist,
-    /// Round-trip (acquire and release together) times, in nanoseconds without the timer's cost.
+    /// Round-trip (acquire and release together) times, in nanoseconds per round trip without
+    /// the timer's cost.
     pub round_trip: Hist,
+    /// Round trips each `round_trip` sample timed together (see
+    /// [`TimerCost::ops_per_sample`]); 0 where none were timed.
+    pub round_trips_per_sample: usize,
     /// When the untimed round-trip loop (for throughput) started and ended.
     pub batch: Option<(Instant, Instant)>,
     /// Round trips in the untimed loop (for throughput).
@@ -533,6 +567,7 @@ impl OpSamples {
             out.acquire.merge(&s.acquire);
             out.release.merge(&s.release);
             out.round_trip.merge(&s.round_trip);
+            out.round_trips_per_sample = out.round_trips_per_sample.max(s.round_trips_per_sample);
             out.batch_ops += s.batch_ops;
             if let Some((a, b)) = s.batch {
                 first = Some(first.map_or(a, |f| f.min(a)));
@@ -574,6 +609,38 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On the host's clock (10 ns steps, two reads 30 ns apart) a 25 ns round trip is timed
+    /// 24 to a sample (600 ns, 20 reads); one of a microsecond alone; on a clock that moves
+    /// by 4 ms nothing short is resolved, and the most a sample takes is the cap.
+    #[test]
+    fn short_operations_are_timed_several_to_a_sample_of_twenty_reads_or_steps() {
+        let host = TimerCost {
+            samples: 1,
+            p50_ns: 30,
+            p99_ns: 31,
+            subtracted_ns: 30,
+            step_ns: 30,
+        };
+        assert_eq!(host.ops_per_sample(Duration::from_nanos(25)), 24);
+        assert_eq!(host.ops_per_sample(Duration::from_nanos(599)), 2);
+        assert_eq!(host.ops_per_sample(Duration::from_nanos(600)), 1);
+        assert_eq!(host.ops_per_sample(Duration::from_micros(1)), 1);
+        assert_eq!(host.ops_per_sample(Duration::ZERO), MAX_OPS_PER_SAMPLE);
+        let jiffies = TimerCost {
+            p50_ns: 0,
+            step_ns: 4_000_000,
+            ..host
+        };
+        assert_eq!(
+            jiffies.ops_per_sample(Duration::from_micros(5)),
+            MAX_OPS_PER_SAMPLE
+        );
+        // 24 round trips in 630 ns, the two reads' 30 taken off once: 25 ns each.
+        assert_eq!(host.net_per_op(Duration::from_nanos(630), 24), 25);
+        assert_eq!(host.net_per_op(Duration::from_nanos(643), 24), 26);
+        assert_eq!(host.net_per_op(Duration::from_nanos(20), 24), 0);
+    }
 
     #[test]
     fn summaries_give_only_what_their_count_supports() {

@@ -38,6 +38,11 @@ pub struct Case {
     /// Aggregate operations per second (all threads), per repetition, where measured.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ops_per_sec: Vec<f64>,
+    /// Operations each sample timed in a row, per repetition, where they were timed several
+    /// at a time (operations short against the clock: see `TimerCost::ops_per_sample`); the
+    /// summaries are then per operation, of samples that each average this many.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ops_per_sample: Vec<usize>,
     /// More than one thread per CPU.
     #[serde(default)]
     pub oversubscribed: bool,

@@ -21,11 +21,13 @@ pub trait Timed: Send + Sync {
     /// Times up to `n` acquires and releases apart (one buffer held at a time), stopping at
     /// `end`; returns how many it timed.
     fn time_split(&self, n: usize, end: Instant, timer: &TimerCost, s: &mut OpSamples) -> usize;
-    /// Times up to `n` round trips (acquire and release together), stopping at `end`; returns
-    /// how many it timed.
+    /// Takes up to `n` round-trip samples (acquire and release together), each timing `per`
+    /// round trips in a row and recording the time per round trip, stopping at `end`; returns
+    /// how many samples it took.
     fn time_round_trips(
         &self,
         n: usize,
+        per: usize,
         end: Instant,
         timer: &TimerCost,
         s: &mut OpSamples,
@@ -62,15 +64,18 @@ impl<R: Recycler> Timed for R {
     fn time_round_trips(
         &self,
         n: usize,
+        per: usize,
         end: Instant,
         timer: &TimerCost,
         s: &mut OpSamples,
     ) -> usize {
         for done in 0..n {
             let t0 = Instant::now();
-            self.release(std::hint::black_box(self.acquire()));
+            for _ in 0..per {
+                self.release(std::hint::black_box(self.acquire()));
+            }
             let t1 = Instant::now();
-            s.round_trip.record(timer.net(t1 - t0));
+            s.round_trip.record(timer.net_per_op(t1 - t0, per));
             if t1 >= end {
                 return done + 1;
             }
@@ -120,6 +125,9 @@ pub struct Turns {
     turn_ns: AtomicU64,
     /// Threads still timing; the others keep working in turns until none is left.
     timing: AtomicUsize,
+    /// Round trips per round-trip sample: each thread proposes what its fastest method needs
+    /// (see [`TimerCost::ops_per_sample`]); the most is taken, by every method and thread.
+    per_sample: AtomicUsize,
 }
 
 impl Turns {
@@ -130,6 +138,7 @@ impl Turns {
             start: OnceLock::new(),
             turn_ns: AtomicU64::new(nanos(MIN_TURN)),
             timing: AtomicUsize::new(threads),
+            per_sample: AtomicUsize::new(1),
         }
     }
 
@@ -153,7 +162,8 @@ impl Turns {
 /// Times every method of `methods` on this thread, in turns: turn `k` of the clock `turns`
 /// shares is method `k mod methods`, on every thread at once. In its turn a thread times at
 /// most one chunk ([`CHUNKS`] per loop) of that method, acquire and release apart until it
-/// has `n` of each, then round trips until it has `n`, and spends the rest of the turn on
+/// has `n` of each, then `n` round trips, several to a sample where one is short against the
+/// clock (the same number for every method and thread), and spends the rest of the turn on
 /// untimed round trips of the same method, so that the contention goes on whatever it
 /// times; a thread done with all its samples goes on in turns, untimed, until every thread
 /// is. Then each method's throughput loop, all threads starting it together. `barrier` is
@@ -174,12 +184,24 @@ pub fn time_in_turns(
         let probe = chunk.min(WARMUP_OPS);
         let t0 = Instant::now();
         m.untimed(probe);
-        turns.propose(t0.elapsed() / probe as u32, chunk);
+        let per_op = t0.elapsed() / probe as u32;
+        turns.propose(per_op, chunk);
+        turns
+            .per_sample
+            .fetch_max(timer.ops_per_sample(per_op), Ordering::Relaxed);
     }
     barrier.wait();
     let start = *turns.start.get_or_init(Instant::now);
-    // left[i] = (acquire/release pairs, round trips) method i still has to time.
-    let mut left: Vec<(usize, usize)> = methods.iter().map(|_| (n, n)).collect();
+    // The same number of round trips as acquire/release pairs, in fewer samples of `per`
+    // each: a round-trip chunk takes about as long as a split one, which the turn fits.
+    let per = turns.per_sample.load(Ordering::Relaxed);
+    let rounds = n.div_ceil(per);
+    let round_chunk = rounds.div_ceil(CHUNKS).max(1);
+    for s in &mut out {
+        s.round_trips_per_sample = per;
+    }
+    // left[i] = (acquire/release pairs, round-trip samples) method i still has to time.
+    let mut left: Vec<(usize, usize)> = methods.iter().map(|_| (n, rounds)).collect();
     let mut timing = !methods.is_empty() && n > 0;
     if !timing {
         turns.timing.fetch_sub(1, Ordering::Relaxed);
@@ -196,7 +218,8 @@ pub fn time_in_turns(
             if *split > 0 {
                 *split -= m.time_split((*split).min(chunk), end, timer, &mut out[i]);
             } else if *round > 0 {
-                *round -= m.time_round_trips((*round).min(chunk), end, timer, &mut out[i]);
+                *round -=
+                    m.time_round_trips((*round).min(round_chunk), per, end, timer, &mut out[i]);
             }
             if left.iter().all(|&(s, r)| s == 0 && r == 0) {
                 timing = false;
@@ -257,8 +280,11 @@ mod tests {
         });
         for (out, _) in &runs {
             for s in out {
-                let counts = [&s.acquire, &s.release, &s.round_trip].map(|h| h.summary().n);
-                assert_eq!(counts, [N; 3]);
+                let counts = [&s.acquire, &s.release].map(|h| h.summary().n);
+                assert_eq!(counts, [N; 2]);
+                let per = s.round_trips_per_sample;
+                assert!(per >= 1);
+                assert_eq!(s.round_trip.summary().n, N.div_ceil(per));
             }
         }
         let (_, other) = runs.pop().unwrap();

@@ -230,6 +230,7 @@ pub(super) fn run(ctx: &Ctx, report: &mut Report) -> Result<(), String> {
                 pooled: Summary::of(std::mem::take(&mut samples[i][k])),
                 kernel: None,
                 ops_per_sec: Vec::new(),
+                ops_per_sample: Vec::new(),
                 oversubscribed: false,
                 note: String::new(),
             });

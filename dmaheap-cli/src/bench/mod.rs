@@ -225,8 +225,10 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     env.pinning = format!(
         "thread i pinned to allowed CPU i mod {} (sched_setaffinity); a barrier starts the \
          timed loops together (and every pressure burst); the methods of a case take turns by \
-         a clock all its threads share; {} warm-up operations discarded",
+         a clock all its threads share; round trips shorter than {} clock reads (or steps) are \
+         timed several to a sample; {} warm-up operations discarded",
         cpus.len(),
+        measure::SAMPLE_SPAN_READS,
         measure::WARMUP_OPS
     );
     let ctx = Ctx {

@@ -247,6 +247,7 @@ pub(super) fn run(ctx: &Ctx, kind: HogKind, report: &mut Report) -> Result<(), S
                     pooled: Summary::default(),
                     kernel: None,
                     ops_per_sec: Vec::new(),
+                    ops_per_sample: Vec::new(),
                     oversubscribed: t > dmaheap_benchkit::measure::allowed_cpus().len(),
                     note: String::new(),
                 };

@@ -115,6 +115,7 @@ pub(super) struct Run {
     pub acquire: Hist,
     pub release: Hist,
     pub round_trip: Hist,
+    pub round_trips_per_sample: usize,
     pub ops_per_sec: f64,
     pub acquire_kernel: Option<Tally>,
     pub release_kernel: Option<Tally>,
@@ -209,6 +210,7 @@ pub(super) fn run(
             acquire: merged.acquire,
             release: merged.release,
             round_trip: merged.round_trip,
+            round_trips_per_sample: merged.round_trips_per_sample,
             ops_per_sec,
             acquire_kernel,
             release_kernel,
@@ -240,6 +242,7 @@ impl Cases {
             pooled: Summary::default(),
             kernel: None,
             ops_per_sec: Vec::new(),
+            ops_per_sample: Vec::new(),
             oversubscribed,
             note: String::new(),
         };
@@ -258,6 +261,9 @@ impl Cases {
         self.release.runs.push(run.release.summary());
         self.round_trip.runs.push(run.round_trip.summary());
         self.round_trip.ops_per_sec.push(run.ops_per_sec);
+        self.round_trip
+            .ops_per_sample
+            .push(run.round_trips_per_sample);
         self.samples[0].merge(&run.acquire);
         self.samples[1].merge(&run.release);
         self.samples[2].merge(&run.round_trip);

@@ -233,6 +233,8 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
     let mut runs: Vec<[Vec<Summary>; 3]> = vec![Default::default(); names.len()];
     let mut pooled: Vec<[Hist; 3]> = vec![Default::default(); names.len()];
     let mut kernel: Vec<(Tally, Tally)> = names.iter().map(|_| Default::default()).collect();
+    // Round trips per round-trip sample, per repetition (see TimerCost::ops_per_sample).
+    let mut per_sample: Vec<Vec<usize>> = vec![Vec::new(); names.len()];
     let mut missing: Vec<Option<String>> = vec![None; names.len()];
     for rep in 0..ctx.reps {
         ctx.say(format!(
@@ -275,6 +277,7 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
         }
         for ((i, _), s) in pools.iter().zip(samples.iter_mut()) {
             let s = std::mem::take(s);
+            per_sample[*i].push(s.round_trips_per_sample);
             for (k, h) in [s.acquire, s.release, s.round_trip].into_iter().enumerate() {
                 runs[*i][k].push(h.summary());
                 pooled[*i][k].merge(&h);
@@ -302,6 +305,11 @@ pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
                     _ => None,
                 },
                 ops_per_sec: Vec::new(),
+                ops_per_sample: if k == 2 {
+                    per_sample[i].clone()
+                } else {
+                    Vec::new()
+                },
                 oversubscribed: false,
                 note: String::new(),
             });
