@@ -629,7 +629,11 @@ target/release/dmaheap bench --report docs/bench/*.json --write docs/performance
   list's 4-thread p99 was 81 ns in one run and 962 ns in the next, as the thread on the
   other CPU happened to time the same method or another.)
 - **Acquire, release, round trip** are timed separately: a loop timing acquire and release
-  apart (one buffer held at a time), then a loop timing acquire + release as one.
+  apart (one buffer held at a time), then a loop timing acquire + release as one. Each is a
+  call the timing loop cannot inline, as a caller in another crate makes it: inlined, the
+  loop's code came out of the optimiser differently for every method and binary (one pool's
+  round trip took 10 ns in one build and 21 ns in another, the free list's 18 and 10), and
+  the ratios measured that.
 - **Kernel entries** of each acquire and release are counted on the thread (system calls with
   the `raw_syscalls:sys_enter` tracepoint, page faults with the software event, both via
   `perf_event_open`; `getrusage` where perf is not allowed), between readings around each
