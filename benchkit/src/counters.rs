@@ -63,19 +63,27 @@ fn perf_open(type_: u32, config: u64, flags: u64) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Keeps perf's scheduler hooks switched on for the rest of the process: one disabled dummy
-/// event on the thread, opened once and never closed (call it early, while the process has
-/// one thread; [`ThreadCounters::open`] calls it too). The first task event the kernel has
-/// switches the hooks in `__schedule` on (a static key: kernel text patched through an int3),
-/// and a second after the last one closes they are switched off again, so every case that
-/// counts would patch the scheduler twice, at moments no one chose. Under qemu TCG another
-/// vCPU can run the code while it is patched: the test VM died of an int3 Oops in
-/// `__schedule` as the GStreamer pools began counting. A dummy event costs nothing else
-/// (nothing in the kernel fires it), unlike holding the counters' own events, which would put
-/// every system call and page fault of every case on the slow path.
+/// Keeps perf's scheduler hooks switched on for the rest of the process: disabled events on
+/// the thread, opened once and never closed (call it early, while the process has one thread;
+/// [`ThreadCounters::open`] calls it too). `__schedule` has two of them, each a static key
+/// (kernel text patched through an int3): one that the first task event switches on, and one
+/// that the first context-switch event does (the counters' own). The kernel switches each
+/// off again when its last event closes, so every case that counts would patch the scheduler
+/// twice, at moments no one chose. Under qemu TCG another vCPU can run the code while it is
+/// patched: the test VM died of an int3 Oops in `__schedule` as the GStreamer pools began
+/// counting, first at the task-event key and, with that one held, twice in a row at the
+/// context-switch one (`__schedule+0x356`, `perf_swevent_enabled[PERF_COUNT_SW_CONTEXT_SWITCHES]`
+/// in the 6.12 test kernel's jump table). Held disabled, they cost a check per context switch
+/// and nothing else; the system-call tracepoint and the page-fault event are not held, which
+/// would put every system call and page fault of every case on the slow path.
 pub fn hold_scheduler_hooks() {
-    static HELD: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
-    HELD.get_or_init(|| perf_open(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_DUMMY, DISABLED));
+    static HELD: std::sync::OnceLock<[Option<OwnedFd>; 2]> = std::sync::OnceLock::new();
+    HELD.get_or_init(|| {
+        [
+            perf_open(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_DUMMY, DISABLED),
+            perf_open(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CONTEXT_SWITCHES, DISABLED),
+        ]
+    });
 }
 
 fn perf_read(fd: &OwnedFd) -> u64 {

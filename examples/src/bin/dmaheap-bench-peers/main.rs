@@ -107,6 +107,9 @@ fn pipewire_version() -> String {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Before GStreamer starts threads: counting's one patch of the scheduler happens now
+    // (see hold_scheduler_hooks), as in dmaheap bench, which runs this.
+    dmaheap_benchkit::counters::hold_scheduler_hooks();
     if let Err(e) = gst::init() {
         eprintln!("dmaheap-bench-peers: GStreamer: {e}");
         return ExitCode::FAILURE;
