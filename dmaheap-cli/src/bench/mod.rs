@@ -76,6 +76,10 @@ pub(crate) struct Args {
     /// more repetitions to decide than the pools do.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=400))]
     pipeline_reps: Option<u64>,
+    /// Repetitions of the pressure cases, each side (default: --reps): a p99 under reclaim
+    /// moves with when the kernel stalls, so its ratio takes more of them to decide too.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pressure_reps: Option<u64>,
     /// Scales every fixed sample count (0.05 to 10); the counts used are in the report.
     #[arg(long, default_value_t = 1.0, value_parser = scale, allow_negative_numbers = true)]
     scale: f64,
@@ -160,6 +164,7 @@ pub(crate) struct Ctx {
     pub sources: Vec<Source>,
     pub reps: usize,
     pub pipeline_reps: usize,
+    pub pressure_reps: usize,
     pub scale: f64,
     pub timer: TimerCost,
     pub say: bool,
@@ -236,6 +241,7 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         sources,
         reps: args.reps as usize,
         pipeline_reps: args.pipeline_reps.unwrap_or(args.reps) as usize,
+        pressure_reps: args.pressure_reps.unwrap_or(args.reps) as usize,
         scale: args.scale,
         timer,
         say: true,

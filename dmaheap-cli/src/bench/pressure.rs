@@ -272,7 +272,7 @@ pub(super) fn run(ctx: &Ctx, kind: HogKind, report: &mut Report) -> Result<(), S
         ),
     ];
     let mut hog: Option<Hog> = None;
-    for (i, under) in run_order(ctx.reps).into_iter().enumerate() {
+    for (i, under) in run_order(ctx.pressure_reps).into_iter().enumerate() {
         if under && hog.is_none() {
             ctx.say(format!("memory pressure: starting the {kind:?} hog"));
             let h = Hog::start(kind).map_err(|e| e.to_string())?;
