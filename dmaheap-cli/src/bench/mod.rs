@@ -77,7 +77,7 @@ pub(crate) struct Args {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=400))]
     pipeline_reps: Option<u64>,
     /// Repetitions of the pressure cases, each side (default: --reps): a p99 under reclaim
-    /// moves with when the kernel stalls, so its ratio takes more of them to decide too.
+    /// moves with the kernel's stalls, so its ratio too takes more of them to decide.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100))]
     pressure_reps: Option<u64>,
     /// Scales every fixed sample count (0.05 to 10); the counts used are in the report.
