@@ -229,7 +229,7 @@ fn v1_28_makers() -> Vec<(String, Result<gst::BufferPool, String>)> {
 pub(crate) fn run(ctx: &Ctx, report: &mut PeersReport) -> Result<(), String> {
     // Never fewer than 50,000 operations (25,000 round trips) a repetition, whatever the
     // scale: under qemu TCG a hypervisor hiccup lands in one p99 of 5,000 round trips and
-    // moves every pool's alike, where 25,000 kept every repetition's p99 clear of them.
+    // moves every pool's alike; with 25,000 they are rare (1 repetition in 36 so far).
     let n = ctx.count(100_000, 50_000);
     let (_, size) = caps();
     let names: Vec<String> = makers().into_iter().map(|(n, _)| n).collect();
